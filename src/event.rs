@@ -1,0 +1,318 @@
+//! The provider-neutral event model: what happened, whoever told us.
+//!
+//! Sources decode their payloads into these types at the edge, so code past `source/`
+//! never re-checks a commit id or a ref name.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Github,
+    Codecommit,
+    Manual,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Github => "github",
+            Source::Codecommit => "codecommit",
+            Source::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a value from a payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("commit id {0:?} is not a 40- or 64-character hexadecimal id")]
+    CommitSha(String),
+    #[error("ref {0:?} is not a full ref name (refs/heads/… or refs/tags/…)")]
+    RefName(String),
+    #[error("delivery id {0:?} must be 1 to 200 printable ASCII characters")]
+    DeliveryId(String),
+}
+
+/// A Git object id: 40 (SHA-1) or 64 (SHA-256) lowercase hexadecimal characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        let valid = (value.len() == 40 || value.len() == 64)
+            && value.bytes().all(|byte| byte.is_ascii_hexdigit());
+        if valid {
+            Ok(CommitSha(value.to_ascii_lowercase()))
+        } else {
+            Err(ParseError::CommitSha(value.to_string()))
+        }
+    }
+
+    /// The all-zero id GitHub uses for "no commit" (the `before` of a new branch, the
+    /// `after` of a deleted one).
+    pub fn is_zero(&self) -> bool {
+        self.0.bytes().all(|byte| byte == b'0')
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first seven characters, as Git shows a commit.
+    pub fn short(&self) -> &str {
+        &self.0[..7]
+    }
+}
+
+impl TryFrom<String> for CommitSha {
+    type Error = ParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        CommitSha::parse(&value)
+    }
+}
+
+impl From<CommitSha> for String {
+    fn from(value: CommitSha) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A full Git ref name such as `refs/heads/main` or `refs/tags/v1.2.0`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RefName(String);
+
+impl RefName {
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        let rest = value
+            .strip_prefix("refs/heads/")
+            .or_else(|| value.strip_prefix("refs/tags/"))
+            .or_else(|| value.strip_prefix("refs/pull/"));
+        let valid = matches!(rest, Some(rest) if !rest.is_empty())
+            && value.len() <= 1024
+            && !value.chars().any(|c| c.is_control());
+        if valid {
+            Ok(RefName(value.to_string()))
+        } else {
+            Err(ParseError::RefName(value.to_string()))
+        }
+    }
+
+    /// The ref of a branch name (`main` becomes `refs/heads/main`).
+    pub fn branch(name: &str) -> Result<Self, ParseError> {
+        RefName::parse(&format!("refs/heads/{name}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The branch name, for a `refs/heads/…` ref.
+    pub fn branch_name(&self) -> Option<&str> {
+        self.0.strip_prefix("refs/heads/")
+    }
+
+    /// The tag name, for a `refs/tags/…` ref.
+    pub fn tag_name(&self) -> Option<&str> {
+        self.0.strip_prefix("refs/tags/")
+    }
+
+    /// The name without its `refs/<kind>/` prefix.
+    pub fn short_name(&self) -> &str {
+        self.branch_name()
+            .or_else(|| self.tag_name())
+            .or_else(|| self.0.strip_prefix("refs/pull/"))
+            .unwrap_or(&self.0)
+    }
+}
+
+impl TryFrom<String> for RefName {
+    type Error = ParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        RefName::parse(&value)
+    }
+}
+
+impl From<RefName> for String {
+    fn from(value: RefName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for RefName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of one delivery (one HTTP request from a source). Redeliveries keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeliveryId(String);
+
+impl DeliveryId {
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        let valid = !value.is_empty()
+            && value.len() <= 200
+            && value.bytes().all(|byte| byte.is_ascii_graphic());
+        if valid {
+            Ok(DeliveryId(value.to_string()))
+        } else {
+            Err(ParseError::DeliveryId(value.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DeliveryId {
+    type Error = ParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        DeliveryId::parse(&value)
+    }
+}
+
+impl From<DeliveryId> for String {
+    fn from(value: DeliveryId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What happened, in a form every source decodes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub source: Source,
+    pub delivery: DeliveryId,
+    /// `owner/name` for GitHub, the repository name for CodeCommit.
+    pub repository: String,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    Push(Push),
+    PullRequest(PullRequest),
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Push(_) => "push",
+            EventKind::PullRequest(_) => "pull_request",
+        }
+    }
+}
+
+/// One push of a ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    pub git_ref: RefName,
+    /// The commit the ref pointed at before; all zeros when the ref was created.
+    pub before: CommitSha,
+    /// The commit the ref points at now; all zeros when the ref was deleted.
+    pub after: CommitSha,
+    /// The pushed commits, oldest first, as the source listed them.
+    pub commits: Vec<Commit>,
+    pub created: bool,
+    pub deleted: bool,
+    pub forced: bool,
+    /// The source's list may be incomplete (GitHub lists at most 2,048 commits and
+    /// carries no total), so commits between `before` and `after` can be missing.
+    pub commits_truncated: bool,
+    /// The commit at `after` when the source described it (GitHub's `head_commit`);
+    /// gives a message and author to a push that lists no commits.
+    pub head_commit: Option<Commit>,
+}
+
+/// One commit of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub id: CommitSha,
+    pub message: String,
+    pub author: String,
+    /// Paths added, modified or removed by the commit; `None` when the source did not
+    /// say, which path filters treat as "could be anything".
+    pub changed_paths: Option<Vec<String>>,
+}
+
+/// What was done to a pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestAction {
+    Opened,
+    Synchronize,
+    Reopened,
+    ReadyForReview,
+    Closed,
+    /// Every other action (`labeled`, `edited`, …), kept by name so a route can ask for it.
+    Other(String),
+}
+
+impl PullRequestAction {
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "opened" => Self::Opened,
+            "synchronize" => Self::Synchronize,
+            "reopened" => Self::Reopened,
+            "ready_for_review" => Self::ReadyForReview,
+            "closed" => Self::Closed,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Opened => "opened",
+            Self::Synchronize => "synchronize",
+            Self::Reopened => "reopened",
+            Self::ReadyForReview => "ready_for_review",
+            Self::Closed => "closed",
+            Self::Other(other) => other,
+        }
+    }
+}
+
+/// One pull-request event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub number: u64,
+    pub action: PullRequestAction,
+    pub title: String,
+    pub author: String,
+    pub head_ref: RefName,
+    pub head_sha: CommitSha,
+    pub base_ref: RefName,
+    pub base_sha: CommitSha,
+    pub draft: bool,
+    pub merged: bool,
+    pub labels: Vec<String>,
+    /// The head branch lives in another repository than the base; its code was
+    /// written by someone without write access to the base repository.
+    pub from_fork: bool,
+}

@@ -1,0 +1,17 @@
+//! gitdispatch: turns Git events into deployment-pipeline executions.
+//!
+//! The modules follow the data: `source` (authenticate and decode a delivery) →
+//! `plan` (pure: event to execution requests) → `queue` (durable) → `worker` →
+//! `executor`. `server` holds the HTTP routes, `daemon` runs the long-lived parts and
+//! `cli` the one-shot commands. See ARCHITECTURE.md.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod job;
+pub mod plan;
+pub mod queue;
+pub mod server;
+pub mod source;
+pub mod telemetry;

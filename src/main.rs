@@ -1,0 +1,164 @@
+//! The `gitdispatch` command line: parses arguments, loads the configuration, starts
+//! telemetry and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gitdispatch::cli::{self, EventArg};
+use gitdispatch::config::Config;
+use gitdispatch::plan::Planner;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "gitdispatch",
+    version,
+    about = "Turns Git events into pipeline executions"
+)]
+struct Args {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "GITDISPATCH_CONFIG",
+        default_value = "config/gitdispatch.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the webhook listener.
+    Serve,
+    /// Validate the configuration and print a summary of its pipelines and routes.
+    CheckConfig,
+    /// Print, as JSON lines, the executions an event payload would produce.
+    Plan {
+        /// The payload's event type (GitHub's X-GitHub-Event).
+        #[arg(long, value_enum)]
+        event: EventArg,
+        /// A webhook payload file (JSON).
+        #[arg(long)]
+        payload: PathBuf,
+        /// The delivery id execution names are derived from.
+        #[arg(long, default_value = "local-plan")]
+        delivery: String,
+        /// Say on stderr, route by route, which condition matched or failed.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Sign a payload file with the configured secret and POST it to the listener.
+    Send {
+        #[arg(long, value_enum)]
+        event: EventArg,
+        #[arg(long)]
+        payload: PathBuf,
+        /// Defaults to the configured listen address.
+        #[arg(long)]
+        url: Option<String>,
+        /// Defaults to a new random id.
+        #[arg(long)]
+        delivery: Option<String>,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<(Config, Planner), ExitCode> {
+    let config = Config::load(path).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })?;
+    let planner = Planner::new(&config).map_err(|problems| {
+        for problem in problems {
+            eprintln!("error: {problem}");
+        }
+        ExitCode::from(2)
+    })?;
+    Ok((config, planner))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (config, planner) = match load(&args.config) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match args.command {
+        Command::CheckConfig => {
+            println!("{} is valid", args.config.display());
+            print!("{}", cli::summary(&config, &planner));
+            ExitCode::SUCCESS
+        }
+        Command::Plan {
+            event,
+            payload,
+            delivery,
+            explain,
+        } => {
+            let result = cli::plan(
+                &planner,
+                event,
+                &payload,
+                &delivery,
+                explain,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            );
+            finish(result)
+        }
+        Command::Send {
+            event,
+            payload,
+            url,
+            delivery,
+        } => {
+            let runtime = runtime();
+            match runtime.block_on(cli::send(
+                &config,
+                event,
+                &payload,
+                url.as_deref(),
+                delivery.as_deref(),
+            )) {
+                Ok((status, body)) => {
+                    println!("{status} {body}");
+                    if (200..300).contains(&status) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => finish(Err(error)),
+            }
+        }
+        Command::Serve => {
+            gitdispatch::telemetry::init();
+            let runtime = runtime();
+            let result = runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
+                gitdispatch::daemon::serve(config, shutdown).await
+            });
+            finish(result)
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! The planner's rules as a table of cases: each builds an event, plans it against a
+//! small configuration and checks the requests (and the skips) it gives.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::Config;
+use crate::event::Commit;
+
+const SECRET_ENV: &str = "[github]\nwebhook_secrets = [\"x\"]\n";
+
+fn planner(routes_and_pipelines: &str) -> Planner {
+    let text = format!("{SECRET_ENV}\n{routes_and_pipelines}");
+    let config = Config::from_toml_str(&text, &|_| None).unwrap_or_else(|error| panic!("{error}"));
+    Planner::new(&config).unwrap()
+}
+
+const PIPELINES: &str = r#"
+[[pipelines]]
+name = "deploy"
+command = ["true"]
+concurrency = "serial"
+
+[[pipelines.projects]]
+name = "project-api-v2"
+repository = "acme/project-api-v2"
+skip_flag = "skip_api_v2"
+
+[[pipelines.projects]]
+name = "project-console-v1"
+repository = "acme/project-console-v1"
+skip_flag = "skip_console_v1"
+
+[[pipelines.projects]]
+name = "project-docs"
+repository = "acme/project-api-v2"
+skip_flag = "skip_docs"
+paths = ["docs/**"]
+
+[[pipelines]]
+name = "build"
+command = ["true"]
+"#;
+
+fn sha(seed: u8) -> CommitSha {
+    CommitSha::parse(&format!("{:040x}", u128::from(seed) + 0xabc0_0000)).unwrap()
+}
+
+fn zero() -> CommitSha {
+    CommitSha::parse(&"0".repeat(40)).unwrap()
+}
+
+fn commit(seed: u8, message: &str, paths: &[&str]) -> Commit {
+    Commit {
+        id: sha(seed),
+        message: message.to_string(),
+        author: "Ada".to_string(),
+        changed_paths: Some(paths.iter().map(|p| p.to_string()).collect()),
+    }
+}
+
+fn push(git_ref: &str, commits: Vec<Commit>) -> Event {
+    let after = commits.last().map_or_else(|| sha(99), |c| c.id.clone());
+    let head_commit = commits.last().cloned();
+    Event {
+        source: Source::Github,
+        delivery: DeliveryId::parse("delivery-1").unwrap(),
+        repository: "acme/project-api-v2".to_string(),
+        kind: EventKind::Push(Push {
+            git_ref: RefName::parse(git_ref).unwrap(),
+            before: sha(1),
+            after,
+            commits,
+            created: false,
+            deleted: false,
+            forced: false,
+            commits_truncated: false,
+            head_commit,
+        }),
+    }
+}
+
+fn pull_request(action: &str, edit: impl FnOnce(&mut PullRequest)) -> Event {
+    let mut pull_request = PullRequest {
+        number: 42,
+        action: PullRequestAction::parse(action),
+        title: "Add the thing".to_string(),
+        author: "octocat".to_string(),
+        head_ref: RefName::parse("refs/heads/feature/thing").unwrap(),
+        head_sha: sha(7),
+        base_ref: RefName::parse("refs/heads/main").unwrap(),
+        base_sha: sha(6),
+        draft: false,
+        merged: false,
+        labels: vec![],
+        from_fork: false,
+    };
+    edit(&mut pull_request);
+    Event {
+        source: Source::Github,
+        delivery: DeliveryId::parse("delivery-pr").unwrap(),
+        repository: "acme/project-api-v2".to_string(),
+        kind: EventKind::PullRequest(pull_request),
+    }
+}
+
+fn input(request: &ExecutionRequest) -> Value {
+    serde_json::from_str(request.input.as_str()).unwrap()
+}
+
+fn commits_of(plan: &Plan) -> Vec<CommitSha> {
+    plan.requests
+        .iter()
+        .map(|request| request.origin.commit.clone())
+        .collect()
+}
+
+fn edit_push(mut event: Event, edit: impl FnOnce(&mut Push)) -> Event {
+    if let EventKind::Push(push) = &mut event.kind {
+        edit(push);
+    }
+    event
+}
+
+const HOTFIX_ROUTE: &str = r#"
+[[routes]]
+name = "hotfix"
+pipeline = "deploy"
+repository = "acme/*"
+branches = ["hotfix/*"]
+environment = "acceptance"
+"#;
+
+#[test]
+fn every_commit_of_a_push_gets_an_execution_oldest_first() {
+    let planner = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    let event = push(
+        "refs/heads/hotfix/important_patch",
+        vec![
+            commit(2, "one", &["a"]),
+            commit(3, "two", &["b"]),
+            commit(4, "three", &["c"]),
+        ],
+    );
+    let plan = planner.plan(&event).unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(2), sha(3), sha(4)]);
+    let names: HashSet<_> = plan.requests.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names.len(), 3, "names are distinct");
+    let first = &plan.requests[0];
+    assert_eq!(first.pipeline, "deploy");
+    assert_eq!(first.group.as_deref(), Some("deploy/acceptance"));
+    assert_eq!(first.action, Action::Deploy);
+    assert!(
+        first
+            .name
+            .as_str()
+            .starts_with(&format!("deploy-acceptance-{}-", sha(2).short()))
+    );
+    assert_eq!(
+        input(first),
+        json!({
+            "environment": "acceptance",
+            "skip_api_v2": false,
+            "skip_console_v1": true,
+            "skip_docs": true,
+            "override_branches": [
+                {"project": "project-api-v2", "branch": "hotfix/important_patch"},
+                {"project": "project-docs", "branch": "hotfix/important_patch"}
+            ],
+            "git": {
+                "provider": "github",
+                "repository": "acme/project-api-v2",
+                "event": "push",
+                "ref": "refs/heads/hotfix/important_patch",
+                "branch": "hotfix/important_patch",
+                "commit": sha(2).as_str(),
+                "message": "one",
+                "author": "Ada",
+                "delivery": "delivery-1",
+                "pull_request": null,
+                "action": "deploy"
+            }
+        })
+    );
+}
+
+#[test]
+fn head_mode_gives_one_execution_for_the_newest_commit() {
+    let planner = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}commits = \"head\"\n"));
+    let event = push(
+        "refs/heads/hotfix/x",
+        vec![commit(2, "one", &["a"]), commit(3, "two", &["docs/b"])],
+    );
+    let plan = planner.plan(&event).unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(3)]);
+    // The head stands for the whole push: docs changed in the push, so docs deploy.
+    assert_eq!(input(&plan.requests[0])["skip_docs"], json!(false));
+}
+
+#[test]
+fn branch_filters_follow_github_actions() {
+    let cases: &[(&str, &str, bool)] = &[
+        // (filters, pushed ref, matches)
+        ("branches = [\"hotfix/*\"]", "refs/heads/hotfix/a", true),
+        ("branches = [\"hotfix/*\"]", "refs/heads/hotfix/a/b", false),
+        ("branches = [\"hotfix/**\"]", "refs/heads/hotfix/a/b", true),
+        ("branches = [\"hotfix/*\"]", "refs/heads/main", false),
+        ("branches = [\"hotfix/*\"]", "refs/tags/v1", false),
+        ("branches = [\"**\", \"!main\"]", "refs/heads/main", false),
+        ("branches = [\"**\", \"!main\"]", "refs/heads/dev", true),
+        ("branches_ignore = [\"main\"]", "refs/heads/main", false),
+        ("branches_ignore = [\"main\"]", "refs/heads/dev", true),
+        ("branches_ignore = [\"main\"]", "refs/tags/v1", false),
+        ("tags = [\"v*\"]", "refs/tags/v1.2", true),
+        ("tags = [\"v*\"]", "refs/tags/x1.2", false),
+        ("tags = [\"v*\"]", "refs/heads/main", false),
+        ("tags_ignore = [\"v*-rc\"]", "refs/tags/v1-rc", false),
+        ("tags_ignore = [\"v*-rc\"]", "refs/tags/v1", true),
+        ("", "refs/heads/anything", true),
+        ("", "refs/tags/anything", true),
+        (
+            "branches = [\"main\"]\ntags = [\"v*\"]",
+            "refs/tags/v2",
+            true,
+        ),
+        (
+            "branches = [\"main\"]\ntags = [\"v*\"]",
+            "refs/heads/main",
+            true,
+        ),
+    ];
+    for (filters, git_ref, expected) in cases {
+        let planner = planner(&format!(
+            "{PIPELINES}[[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\n{filters}\n"
+        ));
+        let plan = planner
+            .plan(&push(git_ref, vec![commit(2, "m", &["x"])]))
+            .unwrap();
+        assert_eq!(
+            plan.requests.len() == 1,
+            *expected,
+            "{filters:?} on {git_ref}: {:?}",
+            plan.trace
+        );
+        assert_eq!(plan.matched_routes == 1, *expected);
+    }
+}
+
+#[test]
+fn repository_and_source_must_match() {
+    let planner = planner(&format!(
+        "{PIPELINES}[[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\nrepository = \"other/*\"\n\
+         [[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\nsources = [\"codecommit\"]\n"
+    ));
+    let plan = planner
+        .plan(&push("refs/heads/main", vec![commit(2, "m", &["x"])]))
+        .unwrap();
+    assert!(plan.requests.is_empty());
+    assert_eq!(plan.matched_routes, 0);
+    assert!(
+        plan.trace[0].contains("does not match \"other/*\""),
+        "{:?}",
+        plan.trace
+    );
+    assert!(
+        plan.trace[1].contains("source github is not taken"),
+        "{:?}",
+        plan.trace
+    );
+}
+
+#[test]
+fn a_push_without_commits_runs_its_new_head() {
+    let planner = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    // A new branch at an existing commit: no commits listed, head_commit given.
+    let created = edit_push(push("refs/heads/hotfix/new", vec![]), |push| {
+        push.created = true;
+        push.before = zero();
+        push.after = sha(5);
+        push.head_commit = Some(commit(5, "existing", &["a"]));
+    });
+    let plan = planner.plan(&created).unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(5)]);
+    assert_eq!(
+        input(&plan.requests[0])["git"]["message"],
+        json!("existing")
+    );
+    // Unknown changed paths: the docs project cannot be proven untouched.
+    assert_eq!(input(&plan.requests[0])["skip_docs"], json!(false));
+
+    // A force-push back to an older commit: no commits, no head_commit.
+    let forced = edit_push(push("refs/heads/hotfix/new", vec![]), |push| {
+        push.forced = true;
+        push.after = sha(3);
+        push.head_commit = None;
+    });
+    let plan = planner.plan(&forced).unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(3)]);
+}
+
+#[test]
+fn deleted_branches_tear_down_only_when_asked() {
+    let deleted = edit_push(push("refs/heads/hotfix/gone", vec![]), |push| {
+        push.deleted = true;
+        push.after = zero();
+        push.before = sha(8);
+        push.head_commit = None;
+    });
+    let plain = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    let plan = plain.plan(&deleted).unwrap();
+    assert!(plan.requests.is_empty());
+    assert_eq!(plan.skipped[0].reason, SkipReason::Deleted);
+
+    let teardown = planner(&format!(
+        "{PIPELINES}{HOTFIX_ROUTE}teardown_on_delete = true\n"
+    ));
+    let plan = teardown.plan(&deleted).unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(8)]);
+    assert_eq!(plan.requests[0].action, Action::Teardown);
+    assert_eq!(input(&plan.requests[0])["git"]["action"], json!("teardown"));
+    assert!(plan.requests[0].name.as_str().contains("-teardown-"));
+}
+
+#[test]
+fn skip_ci_is_honoured_only_when_the_route_opts_in_and_is_recorded() {
+    let commits = vec![
+        commit(2, "fix [skip ci]", &["a"]),
+        commit(3, "[CI SKIP] too", &["a"]),
+        commit(4, "deploy me", &["a"]),
+    ];
+    let ignoring = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    let plan = ignoring
+        .plan(&push("refs/heads/hotfix/x", commits.clone()))
+        .unwrap();
+    assert_eq!(plan.requests.len(), 3);
+    assert!(plan.skipped.is_empty());
+
+    let honouring = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}skip_ci = true\n"));
+    let plan = honouring
+        .plan(&push("refs/heads/hotfix/x", commits))
+        .unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(4)]);
+    let skipped: Vec<_> = plan
+        .skipped
+        .iter()
+        .map(|s| (s.commit.clone(), s.reason))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            (Some(sha(2)), SkipReason::SkipCi),
+            (Some(sha(3)), SkipReason::SkipCi)
+        ]
+    );
+}
+
+#[test]
+fn path_filters_apply_per_commit() {
+    let commits = vec![
+        commit(2, "docs", &["docs/readme.md"]),
+        commit(3, "code", &["src/main.rs", "docs/x.md"]),
+        commit(4, "nothing listed", &[]),
+    ];
+    let include = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}paths = [\"src/**\"]\n"));
+    let plan = include
+        .plan(&push("refs/heads/hotfix/x", commits.clone()))
+        .unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(3)]);
+    assert_eq!(plan.skipped.len(), 2);
+    assert!(
+        plan.skipped
+            .iter()
+            .all(|skip| skip.reason == SkipReason::Paths)
+    );
+
+    let ignore = planner(&format!(
+        "{PIPELINES}{HOTFIX_ROUTE}paths_ignore = [\"docs/**\"]\n"
+    ));
+    let plan = ignore
+        .plan(&push("refs/heads/hotfix/x", commits.clone()))
+        .unwrap();
+    // Commit 4 lists no paths: "every changed path is ignored" holds vacuously.
+    assert_eq!(commits_of(&plan), vec![sha(3)]);
+
+    let negated = planner(&format!(
+        "{PIPELINES}{HOTFIX_ROUTE}paths = [\"**\", \"!docs/**\"]\n"
+    ));
+    let plan = negated.plan(&push("refs/heads/hotfix/x", commits)).unwrap();
+    assert_eq!(commits_of(&plan), vec![sha(3)]);
+}
+
+#[test]
+fn projects_outside_the_event_are_skipped_and_all_projects_can_be_forced() {
+    let planner_default = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    let event = push(
+        "refs/heads/hotfix/x",
+        vec![commit(2, "docs", &["docs/a.md"])],
+    );
+    let plan = planner_default.plan(&event).unwrap();
+    let value = input(&plan.requests[0]);
+    assert_eq!(value["skip_api_v2"], json!(false));
+    assert_eq!(value["skip_docs"], json!(false));
+    assert_eq!(value["skip_console_v1"], json!(true));
+
+    let all = planner(&format!(
+        "{PIPELINES}{HOTFIX_ROUTE}deploy_all_projects = true\n"
+    ));
+    let value = input(&all.plan(&event).unwrap().requests[0]);
+    assert_eq!(value["skip_console_v1"], json!(false));
+
+    // A repository the pipeline deploys nothing from gives no execution, and says so.
+    let mut foreign = event.clone();
+    foreign.repository = "acme/unrelated".to_string();
+    let plan = planner_default.plan(&foreign).unwrap();
+    assert!(plan.requests.is_empty());
+    assert_eq!(plan.skipped[0].reason, SkipReason::NoProjectTouched);
+}
+
+#[test]
+fn two_routes_naming_the_same_pipeline_and_environment_give_one_execution() {
+    let planner = planner(&format!(
+        "{PIPELINES}{HOTFIX_ROUTE}[[routes]]\npipeline = \"deploy\"\nenvironment = \"acceptance\"\n"
+    ));
+    let plan = planner
+        .plan(&push("refs/heads/hotfix/x", vec![commit(2, "m", &["a"])]))
+        .unwrap();
+    assert_eq!(plan.requests.len(), 1);
+    assert_eq!(plan.matched_routes, 2);
+    assert!(
+        plan.trace
+            .iter()
+            .any(|line| line.contains("already planned"))
+    );
+}
+
+#[test]
+fn parallel_pipelines_have_no_group_and_environment_takes_the_branch() {
+    let planner = planner(&format!(
+        "{PIPELINES}[[routes]]\npipeline = \"build\"\nenvironment = \"ci-{{branch}}\"\n"
+    ));
+    let plan = planner
+        .plan(&push("refs/heads/feature/a", vec![commit(2, "m", &["a"])]))
+        .unwrap();
+    assert_eq!(plan.requests[0].group, None);
+    assert_eq!(plan.requests[0].environment, "ci-feature/a");
+    assert!(
+        plan.requests[0]
+            .name
+            .as_str()
+            .starts_with("build-ci-feature-a-")
+    );
+}
+
+const PREVIEW_ROUTE: &str = r#"
+[[routes]]
+name = "preview"
+pipeline = "deploy"
+events = ["pull_request"]
+branches = ["main"]
+environment = "pr-{number}"
+"#;
+
+#[test]
+fn pull_requests_deploy_previews_and_tear_them_down() {
+    let planner = planner(&format!("{PIPELINES}{PREVIEW_ROUTE}"));
+    for action in ["opened", "synchronize", "reopened", "ready_for_review"] {
+        let plan = planner.plan(&pull_request(action, |_| {})).unwrap();
+        assert_eq!(plan.requests.len(), 1, "{action}");
+        let request = &plan.requests[0];
+        assert_eq!(request.environment, "pr-42");
+        assert_eq!(request.action, Action::Deploy);
+        assert_eq!(request.origin.commit, sha(7));
+        let value = input(request);
+        assert_eq!(value["git"]["pull_request"]["number"], json!(42));
+        assert_eq!(value["git"]["branch"], json!("feature/thing"));
+        assert_eq!(
+            value["override_branches"][0],
+            json!({"project": "project-api-v2", "branch": "feature/thing"})
+        );
+    }
+    let closed = planner
+        .plan(&pull_request("closed", |pr| pr.merged = true))
+        .unwrap();
+    assert_eq!(closed.requests[0].action, Action::Teardown);
+    assert_eq!(
+        input(&closed.requests[0])["git"]["action"],
+        json!("teardown")
+    );
+
+    let labeled = planner.plan(&pull_request("labeled", |_| {})).unwrap();
+    assert!(labeled.requests.is_empty());
+    assert_eq!(labeled.matched_routes, 0);
+}
+
+#[test]
+fn pull_request_branch_filters_apply_to_the_base() {
+    let planner = planner(&format!("{PIPELINES}{PREVIEW_ROUTE}"));
+    let plan = planner
+        .plan(&pull_request("opened", |pr| {
+            pr.base_ref = RefName::parse("refs/heads/release").unwrap()
+        }))
+        .unwrap();
+    assert!(plan.requests.is_empty());
+    assert!(
+        plan.trace[0].contains("base branch \"release\""),
+        "{:?}",
+        plan.trace
+    );
+}
+
+#[test]
+fn drafts_and_forks_are_not_deployed_unless_allowed() {
+    let strict = planner(&format!("{PIPELINES}{PREVIEW_ROUTE}"));
+    let draft = pull_request("opened", |pr| pr.draft = true);
+    let fork = pull_request("opened", |pr| pr.from_fork = true);
+    let fork_closed = pull_request("closed", |pr| pr.from_fork = true);
+    let draft_closed = pull_request("closed", |pr| pr.draft = true);
+
+    let plan = strict.plan(&draft).unwrap();
+    assert!(plan.requests.is_empty());
+    assert_eq!(plan.skipped[0].reason, SkipReason::Draft);
+    let plan = strict.plan(&fork).unwrap();
+    assert!(plan.requests.is_empty());
+    assert_eq!(plan.skipped[0].reason, SkipReason::Fork);
+    assert!(strict.plan(&fork_closed).unwrap().requests.is_empty());
+    // A draft may have been deployed before it went back to draft: closing tears down.
+    assert_eq!(
+        strict.plan(&draft_closed).unwrap().requests[0].action,
+        Action::Teardown
+    );
+
+    let lenient = planner(&format!(
+        "{PIPELINES}{PREVIEW_ROUTE}allow_drafts = true\nallow_forks = true\n"
+    ));
+    assert_eq!(lenient.plan(&draft).unwrap().requests.len(), 1);
+    assert_eq!(lenient.plan(&fork).unwrap().requests.len(), 1);
+}
+
+#[test]
+fn labels_and_actions_narrow_pull_request_routes() {
+    let planner = planner(&format!(
+        "{PIPELINES}{PREVIEW_ROUTE}labels = [\"preview\"]\nactions = [\"opened\", \"labeled\"]\n"
+    ));
+    assert!(
+        planner
+            .plan(&pull_request("opened", |_| {}))
+            .unwrap()
+            .requests
+            .is_empty()
+    );
+    let labeled = pull_request("labeled", |pr| pr.labels = vec!["preview".to_string()]);
+    assert_eq!(planner.plan(&labeled).unwrap().requests.len(), 1);
+    let synchronize = pull_request("synchronize", |pr| pr.labels = vec!["preview".to_string()]);
+    assert!(planner.plan(&synchronize).unwrap().requests.is_empty());
+}
+
+#[test]
+fn templates_replace_the_default_shape() {
+    let planner = planner(
+        &format!(
+            r#"{PIPELINES}
+[[pipelines]]
+name = "templated"
+command = ["true"]
+[pipelines.input_template]
+Comment = "from gitdispatch"
+"stage.$" = "$.environment"
+"sha.$" = "$.git.commit"
+{HOTFIX_ROUTE}"#
+        )
+        .replace("pipeline = \"deploy\"", "pipeline = \"templated\""),
+    );
+    let plan = planner
+        .plan(&push("refs/heads/hotfix/x", vec![commit(2, "m", &["a"])]))
+        .unwrap();
+    assert_eq!(
+        plan.requests[0].input.as_str(),
+        format!(
+            r#"{{"Comment":"from gitdispatch","stage":"acceptance","sha":"{}"}}"#,
+            sha(2)
+        )
+    );
+}
+
+#[test]
+fn inputs_over_the_step_functions_limit_are_refused() {
+    let huge = "x".repeat(MAX_INPUT_BYTES);
+    let planner = planner(&format!(
+        "{PIPELINES}[[pipelines]]\nname = \"big\"\ncommand = [\"true\"]\n\
+         [pipelines.input_template]\nblob = \"{huge}\"\n\
+         [[routes]]\npipeline = \"big\"\nenvironment = \"ci\"\n"
+    ));
+    let error = planner
+        .plan(&push("refs/heads/main", vec![commit(2, "m", &["a"])]))
+        .unwrap_err();
+    assert!(matches!(error, PlanError::InputTooLarge { bytes, .. } if bytes > MAX_INPUT_BYTES));
+}
+
+#[test]
+fn long_messages_are_cut() {
+    let planner = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    let long = "é".repeat(MAX_MESSAGE_BYTES);
+    let plan = planner
+        .plan(&push("refs/heads/hotfix/x", vec![commit(2, &long, &["a"])]))
+        .unwrap();
+    let message = input(&plan.requests[0])["git"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.len() <= MAX_MESSAGE_BYTES);
+    assert!(long.starts_with(&message));
+}
+
+#[test]
+fn possibly_truncated_commit_lists_are_flagged() {
+    let planner = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}"));
+    let event = edit_push(
+        push("refs/heads/hotfix/x", vec![commit(2, "m", &["a"])]),
+        |push| push.commits_truncated = true,
+    );
+    assert!(planner.plan(&event).unwrap().commits_may_be_truncated);
+}
+
+#[test]
+fn planning_is_deterministic() {
+    let planner = planner(&format!("{PIPELINES}{HOTFIX_ROUTE}{PREVIEW_ROUTE}"));
+    let event = push(
+        "refs/heads/hotfix/x",
+        vec![commit(2, "one", &["a"]), commit(3, "two", &["docs/b"])],
+    );
+    let first = planner.plan(&event).unwrap();
+    let second = planner.plan(&event).unwrap();
+    assert_eq!(first.requests, second.requests);
+    assert_eq!(first.trace, second.trace);
+}
+
+#[test]
+fn route_problems_are_reported_with_key_paths() {
+    let text = format!(
+        "{SECRET_ENV}{PIPELINES}[[routes]]\npipeline = \"deploy\"\nenvironment = \"pr-{{number}}\"\n\
+         branches = [\"a\"]\nbranches_ignore = [\"b\"]\nactions = [\"opend\"]\n\
+         [[routes]]\npipeline = \"deploy\"\nenvironment = \"{{nope}}\"\n"
+    );
+    let crate::config::LoadError::Invalid(problems) =
+        Config::from_toml_str(&text, &|_| None).unwrap_err()
+    else {
+        panic!("expected problems");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "routes[0].branches_ignore",
+            "routes[0].actions",
+            "routes[0].actions[0]",
+            "routes[0].environment",
+            "routes[1].environment",
+        ]
+    );
+}

@@ -1,0 +1,499 @@
+//! HTTP routes: webhooks in, small JSON answers out.
+//!
+//! Invariant: a webhook is answered 2xx only after every job it produced is durable on
+//! the queue (DESIGN invariant 1); any failure to enqueue is a 5xx.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
+
+use crate::config::{Config, parse_network};
+use crate::event::Event;
+use crate::job::Job;
+use crate::plan::{PlanError, Planner};
+use crate::queue::{JobSink, QueueError};
+use crate::source::SourceError;
+use crate::source::github::{self, Decoded, GithubSecrets};
+use crate::telemetry::{Metrics, labels};
+
+/// Everything a request handler needs, shared by all requests.
+pub struct AppState {
+    pub planner: Arc<Planner>,
+    pub github: GithubSecrets,
+    pub sink: Arc<dyn JobSink>,
+    pub metrics: Arc<Metrics>,
+    /// Per-client-address limiter; keys are evicted by [`run`]'s housekeeping.
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    trusted_proxies: Vec<IpNet>,
+    allowed_networks: Vec<IpNet>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    /// Cancelled when the daemon shuts down: `/readyz` then says so.
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Builds the state from a validated configuration.
+    pub fn new(
+        config: &Config,
+        planner: Arc<Planner>,
+        sink: Arc<dyn JobSink>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> AppState {
+        let rate = &config.server.rate_limit;
+        let quota = Quota::per_second(NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN));
+        let networks = |list: &[String]| -> Vec<IpNet> {
+            list.iter()
+                .filter_map(|text| parse_network(text).ok())
+                .collect()
+        };
+        AppState {
+            planner,
+            github: GithubSecrets::from_config(&config.github),
+            sink,
+            metrics,
+            limiter: RateLimiter::keyed(quota),
+            trusted_proxies: networks(&config.server.trusted_proxies),
+            allowed_networks: networks(&config.server.allowed_networks),
+            max_body_bytes: config.server.max_body_bytes,
+            request_timeout: config.server.request_timeout(),
+            shutdown,
+        }
+    }
+}
+
+/// Why a request was refused; the one place errors become HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("could not queue the jobs: {0}")]
+    Queue(#[from] QueueError),
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("could not read the body: {0}")]
+    BodyRead(String),
+    #[error("address {0} is not allowed")]
+    AddressNotAllowed(IpAddr),
+    #[error("too many requests from {0}")]
+    RateLimited(IpAddr, Duration),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Source(SourceError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            ApiError::Source(SourceError::Forbidden(_)) | ApiError::AddressNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Source(SourceError::UnsupportedMediaType(_)) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::Source(SourceError::Malformed(_)) | ApiError::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Source(SourceError::Unusable(_)) | ApiError::Plan(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, axum::Json(json!({"error": self.to_string()}))).into_response();
+        if let ApiError::RateLimited(_, wait) = &self {
+            let seconds = wait.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// The routes, with the address guard on the webhook endpoints.
+pub fn router(state: Arc<AppState>) -> Router {
+    let webhooks = Router::new()
+        .route("/webhooks/github", post(github_webhook))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
+    Router::new()
+        .merge(webhooks)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then finishes the requests in flight.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // The limiter keeps one entry per client address; drop the idle ones now and then
+    // so that a scan from many addresses does not grow memory for ever.
+    let housekeeping = {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        state.limiter.retain_recent();
+                        state.limiter.shrink_to_fit();
+                    }
+                }
+            }
+        })
+    };
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    housekeeping.abort();
+    result
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted address in `X-Forwarded-For`.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |address: &IpAddr| trusted.iter().any(|network| network.contains(address));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return peer;
+        };
+        for part in text.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(address) => hops.push(address),
+                // An unreadable hop: trust nothing the header says.
+                Err(_) => return peer,
+            }
+        }
+    }
+    // Walk back from the nearest hop; the first untrusted address is the client.
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        if !is_trusted(hop) {
+            return *hop;
+        }
+        client = *hop;
+    }
+    client
+}
+
+/// Refuses addresses outside `allowed_networks` (403) and clients over their rate
+/// (429), before any other work.
+async fn guard(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
+    if !state.allowed_networks.is_empty()
+        && !state
+            .allowed_networks
+            .iter()
+            .any(|network| network.contains(&client))
+    {
+        tracing::warn!(%client, "Refused a request from an address outside allowed_networks.");
+        count_refusal(&state, &ApiError::AddressNotAllowed(client));
+        return ApiError::AddressNotAllowed(client).into_response();
+    }
+    if let Err(not_until) = state.limiter.check_key(&client) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let error = ApiError::RateLimited(client, wait);
+        count_refusal(&state, &error);
+        return error.into_response();
+    }
+    next.run(request).await
+}
+
+fn count_refusal(state: &AppState, error: &ApiError) {
+    state
+        .metrics
+        .deliveries
+        .get_or_create(&labels(&[
+            ("source", "github"),
+            ("outcome", &format!("refused_{}", error.status().as_u16())),
+        ]))
+        .inc();
+}
+
+/// Reads at most `limit` bytes of body; more is a 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(error) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::TooLarge(limit))
+            } else {
+                Err(ApiError::BodyRead(error.to_string()))
+            }
+        }
+    }
+}
+
+async fn github_webhook(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = handle_github(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok((_, outcome, _)) => outcome.to_string(),
+        Err(error) => format!("refused_{}", error.status().as_u16()),
+    };
+    state
+        .metrics
+        .deliveries
+        .get_or_create(&labels(&[("source", "github"), ("outcome", &outcome)]))
+        .inc();
+    match result {
+        Ok((status, _, body)) => (status, axum::Json(body)).into_response(),
+        Err(error) => {
+            tracing::info!(status = error.status().as_u16(), error = %error, "Refused a GitHub delivery.");
+            error.into_response()
+        }
+    }
+}
+
+type Answer = (StatusCode, &'static str, serde_json::Value);
+
+async fn handle_github(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Answer, ApiError> {
+    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let verified = github::verify(&state.github, headers, &body)?;
+    let delivery = verified.delivery().clone();
+    let span = tracing::info_span!("delivery", source = "github", delivery = %delivery, event = verified.event_name());
+    async move {
+        match github::decode(verified)? {
+            Decoded::Ping => Ok((
+                StatusCode::OK,
+                "ping",
+                json!({"delivery": delivery.as_str(), "status": "pong"}),
+            )),
+            Decoded::Ignored(name) => {
+                tracing::info!(event = %name, "Ignored an event gitdispatch does not act on.");
+                Ok((
+                    StatusCode::ACCEPTED,
+                    "ignored",
+                    json!({
+                        "delivery": delivery.as_str(),
+                        "status": "ignored",
+                        "reason": format!("{name} events are not acted on"),
+                    }),
+                ))
+            }
+            Decoded::Event(event) => accept_event(state, *event).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Plans an event and queues its jobs; answers only when they are durable.
+async fn accept_event(state: &AppState, event: Event) -> Result<Answer, ApiError> {
+    let plan = state.planner.plan(&event)?;
+    let source = event.source.as_str();
+    for line in &plan.trace {
+        tracing::debug!(repository = %event.repository, "{line}");
+    }
+    for skip in &plan.skipped {
+        tracing::info!(
+            route = %skip.route,
+            commit = skip.commit.as_ref().map(|sha| sha.as_str()),
+            reason = skip.reason.as_str(),
+            "Skipped a commit on purpose."
+        );
+        state
+            .metrics
+            .commits_skipped
+            .get_or_create(&labels(&[("reason", skip.reason.as_str())]))
+            .inc();
+    }
+    if plan.commits_may_be_truncated {
+        tracing::warn!(
+            repository = %event.repository,
+            "The push lists {} commits, GitHub's maximum: commits beyond the list were not planned.",
+            github::MAX_LISTED_COMMITS
+        );
+        state.metrics.commit_lists_truncated.inc();
+    }
+    if plan.matched_routes == 0 {
+        tracing::info!(repository = %event.repository, kind = event.kind.name(), "No route matched the event.");
+        state
+            .metrics
+            .events_unrouted
+            .get_or_create(&labels(&[("source", source)]))
+            .inc();
+    }
+    let delivery = event.delivery.as_str();
+    if plan.requests.is_empty() {
+        let reason = if plan.matched_routes == 0 {
+            "no route matched the event".to_string()
+        } else {
+            let reasons: Vec<&str> = plan
+                .skipped
+                .iter()
+                .map(|skip| skip.reason.as_str())
+                .collect();
+            format!(
+                "matching routes planned nothing (skipped: {})",
+                reasons.join(", ")
+            )
+        };
+        return Ok((
+            StatusCode::OK,
+            "no_executions",
+            json!({"delivery": delivery, "status": "no_executions", "reason": reason}),
+        ));
+    }
+    let jobs: Vec<Job> = plan.requests.iter().cloned().map(Job::start).collect();
+    state.sink.enqueue(&jobs).await?;
+    for request in &plan.requests {
+        tracing::info!(
+            execution = %request.name,
+            pipeline = %request.pipeline,
+            environment = %request.environment,
+            commit = %request.origin.commit,
+            "Queued an execution."
+        );
+        state
+            .metrics
+            .executions_planned
+            .get_or_create(&labels(&[("pipeline", &request.pipeline)]))
+            .inc();
+    }
+    let names: Vec<&str> = plan
+        .requests
+        .iter()
+        .map(|request| request.name.as_str())
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        "queued",
+        json!({"delivery": delivery, "status": "queued", "executions": names}),
+    ))
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        )
+            .into_response()
+    } else {
+        axum::Json(json!({"status": "ready"})).into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn networks(list: &[&str]) -> Vec<IpNet> {
+        list.iter()
+            .map(|text| parse_network(text).unwrap())
+            .collect()
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = networks(&["10.0.0.0/8"]);
+        let outside: IpAddr = "203.0.113.9".parse().unwrap();
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            client_address(outside, &forwarded("1.2.3.4"), &trusted),
+            outside
+        );
+        // From a trusted proxy the nearest untrusted hop is the client.
+        assert_eq!(
+            client_address(
+                proxy,
+                &forwarded("1.2.3.4, 198.51.100.7, 10.9.9.9"),
+                &trusted
+            ),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A garbled header from a trusted proxy falls back to the peer.
+        assert_eq!(
+            client_address(proxy, &forwarded("nonsense"), &trusted),
+            proxy
+        );
+        // No header: the peer.
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+}

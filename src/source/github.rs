@@ -1,0 +1,528 @@
+//! GitHub webhooks: `X-Hub-Signature-256` verification and `push` / `pull_request`
+//! decoding.
+//!
+//! The typestate keeps the order right: [`verify`] is the only way to get a
+//! [`Verified`] delivery, and only a verified delivery can be [`decode`]d.
+
+use std::borrow::Cow;
+
+use axum::http::HeaderMap;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use super::SourceError;
+use crate::config::GithubConfig;
+use crate::event::{
+    Commit, CommitSha, DeliveryId, Event, EventKind, PullRequest, PullRequestAction, Push, RefName,
+    Source,
+};
+use crate::plan::pattern::PatternList;
+
+/// GitHub lists at most this many commits in a push payload, and says nothing of more.
+pub const MAX_LISTED_COMMITS: usize = 2048;
+
+/// The configured webhook secrets, each with the repositories it may speak for.
+#[derive(Debug, Clone)]
+pub struct GithubSecrets {
+    entries: Vec<SecretEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct SecretEntry {
+    secret: SecretString,
+    /// `None`: every repository.
+    scope: Option<PatternList>,
+}
+
+impl GithubSecrets {
+    /// Builds from a validated configuration (scopes were checked by validation).
+    pub fn from_config(config: &GithubConfig) -> GithubSecrets {
+        let entries = config
+            .webhook_secrets
+            .iter()
+            .map(|entry| SecretEntry {
+                secret: entry.secret().clone(),
+                scope: entry
+                    .repositories()
+                    .and_then(|globs| PatternList::compile(globs).ok()),
+            })
+            .collect();
+        GithubSecrets { entries }
+    }
+}
+
+/// How the body carries its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+}
+
+/// A delivery whose signature checked out. Its fields are private so that only
+/// [`verify`] can make one.
+#[derive(Debug)]
+pub struct Verified<'a> {
+    body: &'a [u8],
+    kind: BodyKind,
+    event_name: String,
+    delivery: DeliveryId,
+    scope: Option<&'a PatternList>,
+}
+
+impl Verified<'_> {
+    pub fn delivery(&self) -> &DeliveryId {
+        &self.delivery
+    }
+
+    pub fn event_name(&self) -> &str {
+        &self.event_name
+    }
+}
+
+/// What a verified delivery turned out to be.
+#[derive(Debug)]
+pub enum Decoded {
+    /// GitHub's hello when a hook is created.
+    Ping,
+    /// An event gitdispatch does not act on, by name.
+    Ignored(String),
+    Event(Box<Event>),
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Checks the content type and `X-Hub-Signature-256` over the raw body, against every
+/// configured secret, in constant time per comparison, before anything is parsed.
+pub fn verify<'a>(
+    secrets: &'a GithubSecrets,
+    headers: &HeaderMap,
+    body: &'a [u8],
+) -> Result<Verified<'a>, SourceError> {
+    let content_type = header(headers, "content-type").unwrap_or("");
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let kind = match media_type.as_str() {
+        "application/json" => BodyKind::Json,
+        "application/x-www-form-urlencoded" => BodyKind::Form,
+        _ => {
+            return Err(SourceError::UnsupportedMediaType(format!(
+                "content type {content_type:?} is not application/json or application/x-www-form-urlencoded"
+            )));
+        }
+    };
+
+    let Some(signature) = header(headers, "x-hub-signature-256") else {
+        let reason = if headers.contains_key("x-hub-signature") {
+            "only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required"
+        } else {
+            "X-Hub-Signature-256 header is missing"
+        };
+        return Err(SourceError::Unauthenticated(reason.to_string()));
+    };
+    let signature = signature
+        .strip_prefix("sha256=")
+        .and_then(|digits| hex::decode(digits).ok())
+        .filter(|bytes| bytes.len() == 32)
+        .ok_or_else(|| {
+            SourceError::Unauthenticated(
+                "X-Hub-Signature-256 is not sha256= followed by 64 hexadecimal digits".to_string(),
+            )
+        })?;
+    let entry = secrets
+        .entries
+        .iter()
+        .find(|entry| signature_matches(entry.secret.expose_secret().as_bytes(), body, &signature))
+        .ok_or_else(|| {
+            SourceError::Unauthenticated(
+                "X-Hub-Signature-256 does not match the body with any configured secret"
+                    .to_string(),
+            )
+        })?;
+
+    let event_name = header(headers, "x-github-event")
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| SourceError::Malformed("X-GitHub-Event header is missing".to_string()))?
+        .to_string();
+    let delivery = header(headers, "x-github-delivery")
+        .ok_or_else(|| SourceError::Malformed("X-GitHub-Delivery header is missing".to_string()))
+        .and_then(|value| {
+            DeliveryId::parse(value).map_err(|error| SourceError::Malformed(error.to_string()))
+        })?;
+    Ok(Verified {
+        body,
+        kind,
+        event_name,
+        delivery,
+        scope: entry.scope.as_ref(),
+    })
+}
+
+/// HMAC-SHA256 of `body` under `secret`, compared with `expected` in constant time.
+fn signature_matches(secret: &[u8], body: &[u8], expected: &[u8]) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.verify_slice(expected).is_ok()
+}
+
+/// The `sha256=<hex>` header value GitHub would send for `body`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Decodes a verified delivery and checks the signing secret's repository scope.
+pub fn decode(verified: Verified<'_>) -> Result<Decoded, SourceError> {
+    let json: Cow<'_, [u8]> = match verified.kind {
+        BodyKind::Json => Cow::Borrowed(verified.body),
+        BodyKind::Form => form_urlencoded::parse(verified.body)
+            .find(|(key, _)| key == "payload")
+            .map(|(_, value)| Cow::Owned(value.into_owned().into_bytes()))
+            .ok_or_else(|| SourceError::Malformed("form body has no payload field".to_string()))?,
+    };
+    let decoded = decode_payload(&verified.event_name, &verified.delivery, &json)?;
+    if let (Decoded::Event(event), Some(scope)) = (&decoded, verified.scope) {
+        if !scope.matches(&event.repository) {
+            return Err(SourceError::Forbidden(format!(
+                "the secret that signed this delivery does not cover repository {}",
+                event.repository
+            )));
+        }
+    }
+    Ok(decoded)
+}
+
+/// Decodes a JSON payload without any signature. Only for payloads that did not come
+/// over the network (the `plan` command reads a file the user chose); webhooks go
+/// through [`verify`] and [`decode`].
+pub fn decode_payload(
+    event_name: &str,
+    delivery: &DeliveryId,
+    json: &[u8],
+) -> Result<Decoded, SourceError> {
+    Ok(match event_name {
+        "ping" => Decoded::Ping,
+        "push" => Decoded::Event(Box::new(decode_push(json, delivery)?)),
+        "pull_request" => Decoded::Event(Box::new(decode_pull_request(json, delivery)?)),
+        other => Decoded::Ignored(other.to_string()),
+    })
+}
+
+fn parse_json<'de, T: Deserialize<'de>>(json: &'de [u8], what: &str) -> Result<T, SourceError> {
+    serde_json::from_slice(json).map_err(|error| {
+        if error.is_data() {
+            SourceError::Unusable(format!("{what} payload is not usable: {error}"))
+        } else {
+            SourceError::Malformed(format!("body is not valid JSON: {error}"))
+        }
+    })
+}
+
+fn unusable(error: impl std::fmt::Display) -> SourceError {
+    SourceError::Unusable(error.to_string())
+}
+
+#[derive(Deserialize)]
+struct RepositoryPayload {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+    #[serde(default)]
+    created: bool,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    forced: bool,
+    #[serde(default)]
+    commits: Vec<CommitPayload>,
+    head_commit: Option<CommitPayload>,
+    repository: RepositoryPayload,
+}
+
+#[derive(Deserialize)]
+struct CommitPayload {
+    id: String,
+    #[serde(default)]
+    message: String,
+    author: Option<AuthorPayload>,
+    #[serde(default)]
+    added: Vec<String>,
+    #[serde(default)]
+    removed: Vec<String>,
+    #[serde(default)]
+    modified: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AuthorPayload {
+    #[serde(default)]
+    name: String,
+    username: Option<String>,
+}
+
+impl CommitPayload {
+    fn into_commit(self) -> Result<Commit, SourceError> {
+        let author = self
+            .author
+            .map(|author| author.username.unwrap_or(author.name))
+            .unwrap_or_default();
+        let mut changed_paths = self.added;
+        changed_paths.extend(self.removed);
+        changed_paths.extend(self.modified);
+        Ok(Commit {
+            id: CommitSha::parse(&self.id).map_err(unusable)?,
+            message: self.message,
+            author,
+            changed_paths: Some(changed_paths),
+        })
+    }
+}
+
+fn decode_push(json: &[u8], delivery: &DeliveryId) -> Result<Event, SourceError> {
+    let payload: PushPayload = parse_json(json, "push")?;
+    let commits_truncated = payload.commits.len() >= MAX_LISTED_COMMITS;
+    let commits = payload
+        .commits
+        .into_iter()
+        .map(CommitPayload::into_commit)
+        .collect::<Result<Vec<_>, _>>()?;
+    let push = Push {
+        git_ref: RefName::parse(&payload.git_ref).map_err(unusable)?,
+        before: CommitSha::parse(&payload.before).map_err(unusable)?,
+        after: CommitSha::parse(&payload.after).map_err(unusable)?,
+        commits,
+        created: payload.created,
+        deleted: payload.deleted,
+        forced: payload.forced,
+        commits_truncated,
+        head_commit: payload
+            .head_commit
+            .map(CommitPayload::into_commit)
+            .transpose()?,
+    };
+    if push.git_ref.as_str().starts_with("refs/pull/") {
+        return Err(unusable(
+            "pushes to refs/pull/ are not branch or tag pushes",
+        ));
+    }
+    Ok(Event {
+        source: Source::Github,
+        delivery: delivery.clone(),
+        repository: payload.repository.full_name,
+        kind: EventKind::Push(push),
+    })
+}
+
+#[derive(Deserialize)]
+struct PullRequestPayload {
+    action: String,
+    number: u64,
+    pull_request: PullRequestBody,
+    repository: RepositoryPayload,
+}
+
+#[derive(Deserialize)]
+struct PullRequestBody {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    merged: Option<bool>,
+    #[serde(default)]
+    labels: Vec<LabelPayload>,
+    user: Option<UserPayload>,
+    head: BranchPayload,
+    base: BranchPayload,
+}
+
+#[derive(Deserialize)]
+struct LabelPayload {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct UserPayload {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct BranchPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+    /// `null` when the fork the pull request came from was deleted.
+    repo: Option<RepositoryPayload>,
+}
+
+fn decode_pull_request(json: &[u8], delivery: &DeliveryId) -> Result<Event, SourceError> {
+    let payload: PullRequestPayload = parse_json(json, "pull_request")?;
+    let body = payload.pull_request;
+    let base_repository = body
+        .base
+        .repo
+        .as_ref()
+        .map_or(payload.repository.full_name.as_str(), |repo| {
+            repo.full_name.as_str()
+        });
+    // A head in another repository (or in a deleted one) is a fork.
+    let from_fork = body
+        .head
+        .repo
+        .as_ref()
+        .is_none_or(|repo| !repo.full_name.eq_ignore_ascii_case(base_repository));
+    let pull_request = PullRequest {
+        number: payload.number,
+        action: PullRequestAction::parse(&payload.action),
+        title: body.title,
+        author: body.user.map(|user| user.login).unwrap_or_default(),
+        head_ref: RefName::branch(&body.head.git_ref).map_err(unusable)?,
+        head_sha: CommitSha::parse(&body.head.sha).map_err(unusable)?,
+        base_ref: RefName::branch(&body.base.git_ref).map_err(unusable)?,
+        base_sha: CommitSha::parse(&body.base.sha).map_err(unusable)?,
+        draft: body.draft,
+        merged: body.merged.unwrap_or(false),
+        labels: body.labels.into_iter().map(|label| label.name).collect(),
+        from_fork,
+    };
+    Ok(Event {
+        source: Source::Github,
+        delivery: delivery.clone(),
+        repository: payload.repository.full_name,
+        kind: EventKind::PullRequest(pull_request),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::config::WebhookSecretConfig;
+
+    /// GitHub's published example from "Validating webhook deliveries".
+    #[test]
+    fn github_published_test_vector() {
+        assert_eq!(
+            sign(b"It's a Secret to Everybody", b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+        assert!(signature_matches(
+            b"It's a Secret to Everybody",
+            b"Hello, World!",
+            &hex::decode("757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+                .unwrap()
+        ));
+    }
+
+    fn secrets(entries: Vec<WebhookSecretConfig>) -> GithubSecrets {
+        GithubSecrets::from_config(&GithubConfig {
+            webhook_secrets: entries,
+            token: None,
+        })
+    }
+
+    fn plain(secret: &str) -> WebhookSecretConfig {
+        WebhookSecretConfig::Plain(SecretString::from(secret))
+    }
+
+    fn headers(signature: Option<String>, event: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-github-event", HeaderValue::from_str(event).unwrap());
+        headers.insert("x-github-delivery", HeaderValue::from_static("d-1"));
+        if let Some(signature) = signature {
+            headers.insert(
+                "x-hub-signature-256",
+                HeaderValue::from_str(&signature).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn any_configured_secret_verifies_so_secrets_can_rotate() {
+        let secrets = secrets(vec![plain("old"), plain("new")]);
+        let body = br#"{"zen": "hi"}"#;
+        for secret in ["old", "new"] {
+            let headers = headers(Some(sign(secret.as_bytes(), body)), "ping");
+            assert!(verify(&secrets, &headers, body).is_ok(), "{secret}");
+        }
+        let headers = headers(Some(sign(b"other", body)), "ping");
+        assert!(matches!(
+            verify(&secrets, &headers, body),
+            Err(SourceError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn tampering_is_refused() {
+        let secrets = secrets(vec![plain("s")]);
+        let body = br#"{"zen": "hi"}"#;
+        let good = sign(b"s", body);
+        // Tampered body.
+        assert!(
+            verify(
+                &secrets,
+                &headers(Some(good.clone()), "ping"),
+                br#"{"zen": "ho"}"#
+            )
+            .is_err()
+        );
+        // Tampered signature, truncated signature, wrong scheme, no signature.
+        let mut flipped = good.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        for signature in [
+            String::from_utf8(flipped).unwrap(),
+            good[..good.len() - 2].to_string(),
+            good.replace("sha256=", "sha1="),
+        ] {
+            assert!(verify(&secrets, &headers(Some(signature), "ping"), body).is_err());
+        }
+        let mut legacy = headers(None, "ping");
+        legacy.insert("x-hub-signature", HeaderValue::from_static("sha1=abc"));
+        let Err(SourceError::Unauthenticated(reason)) = verify(&secrets, &legacy, body) else {
+            panic!("legacy signature accepted");
+        };
+        assert!(reason.contains("SHA-1"));
+    }
+
+    #[test]
+    fn scoped_secrets_speak_only_for_their_repositories() {
+        let secrets = secrets(vec![WebhookSecretConfig::Scoped(
+            crate::config::ScopedSecretConfig {
+                secret: SecretString::from("api"),
+                repositories: vec!["acme/api-*".to_string()],
+            },
+        )]);
+        let body = |repo: &str| {
+            format!(
+                r#"{{"ref":"refs/heads/main","before":"{z}","after":"{a}","commits":[],"head_commit":null,"repository":{{"full_name":"{repo}"}}}}"#,
+                z = "0".repeat(40),
+                a = "a".repeat(40)
+            )
+        };
+        let allowed = body("acme/api-v2");
+        let headers_for = |body: &str| headers(Some(sign(b"api", body.as_bytes())), "push");
+        let verified = verify(&secrets, &headers_for(&allowed), allowed.as_bytes()).unwrap();
+        assert!(matches!(decode(verified), Ok(Decoded::Event(_))));
+        let denied = body("acme/billing");
+        let verified = verify(&secrets, &headers_for(&denied), denied.as_bytes()).unwrap();
+        assert!(matches!(decode(verified), Err(SourceError::Forbidden(_))));
+    }
+}
