@@ -3,6 +3,7 @@
 //! Metric names follow `gitdispatch_<noun>_<unit>_total`; label sets stay small and
 //! never carry event data (branch names, messages) that a pusher controls.
 
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
@@ -20,6 +21,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -1052,9 +1052,17 @@ impl fmt::Display for Planner {
                 PathFilter::Include(list) => filters.push(format!("paths {}", list.describe())),
                 PathFilter::Exclude(list) => filters.push(format!("paths not {}", list.describe())),
             }
+            let commits = if route.events.contains(&EventName::Push) {
+                match route.commits {
+                    CommitsMode::Each => " (each commit)",
+                    CommitsMode::Head => " (head commit only)",
+                }
+            } else {
+                ""
+            };
             writeln!(
                 f,
-                "  {}: {} {} in {}{} -> {} @ {} ({} commit{})",
+                "  {}: {} {} in {}{} -> {} @ {}{}",
                 route.name,
                 route.sources.as_ref().map_or_else(
                     || "any source".to_string(),
@@ -1087,15 +1095,7 @@ impl fmt::Display for Planner {
                         EnvironmentPart::Branch => "{branch}",
                     })
                     .collect::<String>(),
-                match route.commits {
-                    CommitsMode::Each => "each",
-                    CommitsMode::Head => "head",
-                },
-                if route.commits == CommitsMode::Each {
-                    ""
-                } else {
-                    " only"
-                },
+                commits,
             )?;
         }
         Ok(())

@@ -1,0 +1,149 @@
+//! Shared helpers for the integration tests: a real server on 127.0.0.1:0, signed
+//! requests built from the fixtures, and what ended up queued.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gitdispatch::config::Config;
+use gitdispatch::plan::Planner;
+use gitdispatch::queue::MemorySink;
+use gitdispatch::server::{self, AppState};
+use gitdispatch::source::github::sign;
+use gitdispatch::telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "It's a Secret to Everybody";
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(name)).unwrap_or_else(|error| panic!("fixture {name}: {error}"))
+}
+
+/// The example configuration with the test secret.
+pub fn example_config() -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gitdispatch.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    config_from(&text)
+}
+
+pub fn config_from(text: &str) -> Config {
+    Config::from_toml_str(text, &|name| {
+        (name == "GITHUB_WEBHOOK_SECRET").then(|| SECRET.to_string())
+    })
+    .unwrap_or_else(|error| panic!("test config: {error}"))
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub sink: Arc<MemorySink>,
+    pub shutdown: CancellationToken,
+    pub client: reqwest::Client,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app(config: Config) -> TestApp {
+    let planner = Arc::new(Planner::new(&config).unwrap());
+    let sink = Arc::new(MemorySink::default());
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState::new(
+        &config,
+        planner,
+        sink.clone(),
+        Arc::new(Metrics::default()),
+        shutdown.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::run(listener, state, shutdown.clone()));
+    TestApp {
+        address,
+        sink,
+        shutdown,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// A GitHub-shaped delivery, signed with [`SECRET`] unless told otherwise.
+pub struct Delivery {
+    pub event: String,
+    pub id: String,
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub signature: Option<String>,
+}
+
+impl Delivery {
+    pub fn new(event: &str, body: Vec<u8>) -> Delivery {
+        let signature = Some(sign(SECRET.as_bytes(), &body));
+        Delivery {
+            event: event.to_string(),
+            id: uuid::Uuid::new_v4().to_string(),
+            body,
+            content_type: "application/json".to_string(),
+            signature,
+        }
+    }
+
+    pub fn fixture(event: &str, name: &str) -> Delivery {
+        Delivery::new(event, fixture(&format!("github/{name}")))
+    }
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl TestApp {
+    pub async fn post_github(&self, delivery: &Delivery) -> Answer {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/github", self.address))
+            .header("content-type", &delivery.content_type)
+            .header("x-github-event", &delivery.event)
+            .header("x-github-delivery", &delivery.id)
+            .body(delivery.body.clone());
+        if let Some(signature) = &delivery.signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Answer { status, body }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+}
+
+/// Names an answer reports as queued.
+pub fn executions(answer: &Answer) -> Vec<String> {
+    answer.body["executions"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .map(|name| name.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
