@@ -1,4 +1,4 @@
-//! The one-shot commands: `plan`, `check-config`, `send`.
+//! The one-shot commands: `plan`, `check-config`, `send`, `executions`, `dlq`.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,6 +8,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::daemon;
 use crate::event::DeliveryId;
 use crate::plan::Planner;
 use crate::source::github::{self, Decoded};
@@ -83,6 +84,7 @@ pub fn summary(config: &Config, planner: &Planner) -> String {
         "github: {} webhook secret(s)\n",
         config.github.webhook_secrets.len()
     ));
+    text.push_str(&format!("queue: {}\n", config.queue.type_name()));
     text.push_str(&format!("executor: {}\n", config.executor.type_name()));
     text.push_str(&planner.to_string());
     text
@@ -128,4 +130,97 @@ pub async fn send(
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     Ok((status, text))
+}
+
+fn format_time(ms: Option<i64>) -> String {
+    match ms.and_then(|ms| u64::try_from(ms).ok()) {
+        None => "-".to_string(),
+        Some(ms) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string(),
+    }
+}
+
+/// Lists the most recent executions of the local executor, one per line, or as JSON
+/// lines.
+pub async fn executions(
+    config: &Config,
+    limit: usize,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let executor = daemon::open_executor(config).await?;
+    let records = executor.recent(limit).await?;
+    for record in records {
+        if json {
+            let line = serde_json::json!({
+                "name": record.name,
+                "pipeline": record.pipeline,
+                "environment": record.environment,
+                "action": record.action,
+                "status": record.status,
+                "started_at_ms": record.started_at_ms,
+                "ended_at_ms": record.ended_at_ms,
+                "exit_code": record.exit_code,
+                "error": record.error,
+                "log": record.log_path,
+                "input": serde_json::from_str::<serde_json::Value>(&record.input)?,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {:<11} {:<20} {:<12} started {}  ended {}  log {}{}",
+                record.name,
+                record.status,
+                record.pipeline,
+                record.environment,
+                format_time(Some(record.started_at_ms)),
+                format_time(record.ended_at_ms),
+                record.log_path,
+                record
+                    .error
+                    .map(|error| format!("  ({error})"))
+                    .unwrap_or_default(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists the dead-lettered jobs of the embedded queue.
+pub async fn dlq_list(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+    let queue = daemon::open_queue(config).await?;
+    for dead in queue.dead_letters().await? {
+        writeln!(
+            out,
+            "{}  {}  group {}  received {} times  dead since {}  reason: {}",
+            dead.seq,
+            dead.message.id,
+            dead.message.group.as_deref().unwrap_or("-"),
+            dead.receive_count,
+            format_time(Some(dead.dead_at_ms)),
+            dead.reason,
+        )?;
+    }
+    Ok(())
+}
+
+/// Moves dead-lettered jobs (all, or the numbered ones) back onto the queue.
+pub async fn dlq_redrive(config: &Config, seqs: Option<Vec<i64>>) -> anyhow::Result<usize> {
+    let queue = daemon::open_queue(config).await?;
+    Ok(queue.redrive(seqs).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(format_time(Some(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(Some(1_795_420_800_000)), "2026-11-23T08:00:00Z");
+        assert_eq!(format_time(None), "-");
+    }
 }

@@ -201,6 +201,12 @@ pub enum QueueConfig {
     Embedded {
         #[serde(default = "default_queue_path")]
         path: PathBuf,
+        /// A received job not acknowledged within this time is handed out again.
+        #[serde(default = "default_visibility_timeout")]
+        visibility_timeout_secs: u64,
+        /// A job received this many times without success is dead-lettered.
+        #[serde(default = "default_max_receives")]
+        max_receives: u32,
     },
 }
 
@@ -208,10 +214,28 @@ fn default_queue_path() -> PathBuf {
     PathBuf::from("var/gitdispatch.db")
 }
 
+fn default_visibility_timeout() -> u64 {
+    30
+}
+
+fn default_max_receives() -> u32 {
+    5
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig::Embedded {
             path: default_queue_path(),
+            visibility_timeout_secs: default_visibility_timeout(),
+            max_receives: default_max_receives(),
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            QueueConfig::Embedded { .. } => "embedded",
         }
     }
 }
@@ -220,13 +244,56 @@ impl Default for QueueConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Jobs run at once by one worker process.
+    /// Jobs in progress at once in one worker process.
     pub concurrency: usize,
+    /// Jobs asked for per receive (SQS hands out at most 10).
+    pub batch_size: usize,
+    /// How long one receive waits for jobs (SQS long polling: at most 20).
+    pub receive_wait_secs: u64,
+    /// Executions started per second, sustained. The default keeps one worker under
+    /// Step Functions' smallest StartExecution refill rate (150/s); split the quota
+    /// between workers when running several.
+    pub starts_per_second: u32,
+    /// Starts allowed at once above the sustained rate.
+    pub start_burst: u32,
+    /// How often a serial pipeline's running execution is looked at.
+    pub poll_interval_secs: u64,
+    /// Backoff before the first retry; doubles with each receive.
+    pub retry_initial_ms: u64,
+    pub retry_max_secs: u64,
+    /// On shutdown, how long jobs in progress may finish before they are released.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { concurrency: 16 }
+        WorkerConfig {
+            concurrency: 16,
+            batch_size: 10,
+            receive_wait_secs: 20,
+            starts_per_second: 100,
+            start_burst: 200,
+            poll_interval_secs: 2,
+            retry_initial_ms: 1000,
+            retry_max_secs: 300,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn settings(&self) -> crate::worker::WorkerSettings {
+        crate::worker::WorkerSettings {
+            concurrency: self.concurrency,
+            batch_size: self.batch_size,
+            receive_wait: Duration::from_secs(self.receive_wait_secs),
+            starts_per_second: self.starts_per_second,
+            start_burst: self.start_burst,
+            poll_interval: Duration::from_secs(self.poll_interval_secs),
+            retry_initial: Duration::from_millis(self.retry_initial_ms),
+            retry_max: Duration::from_secs(self.retry_max_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
     }
 }
 
@@ -238,6 +305,9 @@ pub enum ExecutorConfig {
         /// Where each execution's output is written, one file per execution name.
         #[serde(default = "default_log_dir")]
         log_dir: PathBuf,
+        /// The SQLite file recording executions.
+        #[serde(default = "default_executions_path")]
+        path: PathBuf,
     },
 }
 
@@ -245,10 +315,15 @@ fn default_log_dir() -> PathBuf {
     PathBuf::from("var/log")
 }
 
+fn default_executions_path() -> PathBuf {
+    PathBuf::from("var/executions.db")
+}
+
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig::Local {
             log_dir: default_log_dir(),
+            path: default_executions_path(),
         }
     }
 }
@@ -515,8 +590,36 @@ impl Config {
             }
         }
 
-        if self.worker.concurrency == 0 {
-            problems.push(Problem::new("worker.concurrency", "must be above 0"));
+        let worker = &self.worker;
+        for (key, value) in [
+            ("concurrency", worker.concurrency as u64),
+            ("batch_size", worker.batch_size as u64),
+            ("starts_per_second", u64::from(worker.starts_per_second)),
+            ("start_burst", u64::from(worker.start_burst)),
+            ("poll_interval_secs", worker.poll_interval_secs),
+            ("retry_initial_ms", worker.retry_initial_ms),
+            ("retry_max_secs", worker.retry_max_secs),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(format!("worker.{key}"), "must be above 0"));
+            }
+        }
+        match &self.queue {
+            QueueConfig::Embedded {
+                visibility_timeout_secs,
+                max_receives,
+                ..
+            } => {
+                if *visibility_timeout_secs == 0 {
+                    problems.push(Problem::new(
+                        "queue.visibility_timeout_secs",
+                        "must be above 0",
+                    ));
+                }
+                if *max_receives == 0 {
+                    problems.push(Problem::new("queue.max_receives", "must be above 0"));
+                }
+            }
         }
 
         let mut names = HashSet::new();

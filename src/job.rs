@@ -46,3 +46,21 @@ impl Job {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job read back from the queue must be the job that was written, input bytes
+    /// included.
+    #[test]
+    fn jobs_round_trip_through_their_json() {
+        let body = r#"{"v":1,"type":"start","request":{"pipeline":"deploy","name":"deploy-ci-0123456-0123456789abcdef0123","group":"deploy/ci","environment":"ci","action":"deploy","input":"{\"environment\":\"ci\",\"n\":1.0}","origin":{"source":"github","delivery":"d","repository":"acme/api","git_ref":"refs/heads/main","commit":"0123456789abcdef0123456789abcdef01234567"}}}"#;
+        let job: Job = serde_json::from_str(body).unwrap();
+        assert_eq!(job.id(), "deploy-ci-0123456-0123456789abcdef0123");
+        assert_eq!(job.group(), Some("deploy/ci"));
+        let JobKind::Start { request } = &job.kind;
+        assert_eq!(request.input.as_str(), r#"{"environment":"ci","n":1.0}"#);
+        assert_eq!(serde_json::to_string(&job).unwrap(), body);
+    }
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gitdispatch::cli::{self, EventArg};
 use gitdispatch::config::Config;
+use gitdispatch::daemon::Role;
 use gitdispatch::plan::Planner;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +32,26 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the webhook listener.
+    /// Run the webhook listener and the worker in one process.
     Serve,
+    /// Run only the webhook listener (jobs go to the configured queue).
+    Listen,
+    /// Run only the worker (drains the configured queue).
+    Work,
+    /// List recent executions of the local executor.
+    Executions {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line, with the input.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and redrive dead-lettered jobs of the embedded queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Validate the configuration and print a summary of its pipelines and routes.
     CheckConfig,
     /// Print, as JSON lines, the executions an event payload would produce.
@@ -62,6 +81,17 @@ enum Command {
         /// Defaults to a new random id.
         #[arg(long)]
         delivery: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List the dead-lettered jobs with the reason each was dead-lettered.
+    List,
+    /// Put dead-lettered jobs back on the queue with a fresh receive count.
+    Redrive {
+        /// The numbers `dlq list` shows; every dead letter when none is given.
+        seqs: Vec<i64>,
     },
 }
 
@@ -133,13 +163,41 @@ fn main() -> ExitCode {
                 Err(error) => finish(Err(error)),
             }
         }
-        Command::Serve => {
+        Command::Serve | Command::Listen | Command::Work => {
+            let role = match args.command {
+                Command::Listen => Role::Listen,
+                Command::Work => Role::Work,
+                _ => Role::Serve,
+            };
             gitdispatch::telemetry::init();
             let runtime = runtime();
             let result = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
-                gitdispatch::daemon::serve(config, shutdown).await
+                gitdispatch::daemon::run(config, role, shutdown).await
+            });
+            finish(result)
+        }
+        Command::Executions { limit, json } => {
+            let result = runtime().block_on(cli::executions(
+                &config,
+                limit,
+                json,
+                &mut std::io::stdout().lock(),
+            ));
+            finish(result)
+        }
+        Command::Dlq { command } => {
+            let result = runtime().block_on(async {
+                match command {
+                    DlqCommand::List => cli::dlq_list(&config, &mut std::io::stdout().lock()).await,
+                    DlqCommand::Redrive { seqs } => {
+                        let seqs = (!seqs.is_empty()).then_some(seqs);
+                        let moved = cli::dlq_redrive(&config, seqs).await?;
+                        println!("{moved} job(s) put back on the queue");
+                        Ok(())
+                    }
+                }
             });
             finish(result)
         }

@@ -27,7 +27,7 @@ use crate::config::{Config, parse_network};
 use crate::event::Event;
 use crate::job::Job;
 use crate::plan::{PlanError, Planner};
-use crate::queue::{JobSink, QueueError};
+use crate::queue::{self, Queue, QueueError};
 use crate::source::SourceError;
 use crate::source::github::{self, Decoded, GithubSecrets};
 use crate::telemetry::{Metrics, labels};
@@ -36,7 +36,8 @@ use crate::telemetry::{Metrics, labels};
 pub struct AppState {
     pub planner: Arc<Planner>,
     pub github: GithubSecrets,
-    pub sink: Arc<dyn JobSink>,
+    /// Where planned jobs go; a 2xx means they are durable there.
+    pub queue: Arc<dyn Queue>,
     pub metrics: Arc<Metrics>,
     /// Per-client-address limiter; keys are evicted by [`run`]'s housekeeping.
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -53,7 +54,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         planner: Arc<Planner>,
-        sink: Arc<dyn JobSink>,
+        queue: Arc<dyn Queue>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> AppState {
@@ -68,7 +69,7 @@ impl AppState {
         AppState {
             planner,
             github: GithubSecrets::from_config(&config.github),
-            sink,
+            queue,
             metrics,
             limiter: RateLimiter::keyed(quota),
             trusted_proxies: networks(&config.server.trusted_proxies),
@@ -399,7 +400,7 @@ async fn accept_event(state: &AppState, event: Event) -> Result<Answer, ApiError
         ));
     }
     let jobs: Vec<Job> = plan.requests.iter().cloned().map(Job::start).collect();
-    state.sink.enqueue(&jobs).await?;
+    queue::enqueue(state.queue.as_ref(), &jobs).await?;
     for request in &plan.requests {
         tracing::info!(
             execution = %request.name,

@@ -30,7 +30,7 @@ async fn ping_is_answered() {
         .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body["status"], "pong");
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
 }
 
 #[tokio::test]
@@ -40,7 +40,7 @@ async fn a_push_of_several_commits_queues_one_execution_per_commit_and_route() {
     let answer = app.post_github(&delivery).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.body["delivery"], delivery.id.as_str());
-    let queued = requests(&app.sink.jobs());
+    let queued = requests(&app.queued_jobs());
     let names: Vec<String> = queued.iter().map(|r| r.name.to_string()).collect();
     assert_eq!(
         executions(&answer),
@@ -104,7 +104,7 @@ async fn tag_pushes_follow_the_tag_filters() {
         .post_github(&Delivery::fixture("push", "push_tag.json"))
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let queued = requests(&app.sink.jobs());
+    let queued = requests(&app.queued_jobs());
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].pipeline, "build");
     assert_eq!(queued[0].origin.git_ref.as_str(), "refs/tags/v2.4.0");
@@ -127,7 +127,7 @@ async fn a_new_branch_at_an_existing_commit_runs_that_commit() {
         .post_github(&Delivery::fixture("push", "push_branch_created.json"))
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let queued = requests(&app.sink.jobs());
+    let queued = requests(&app.queued_jobs());
     assert_eq!(queued.len(), 2, "build and hotfix deploy");
     for request in &queued {
         assert_eq!(
@@ -145,7 +145,7 @@ async fn a_force_push_back_runs_the_new_head() {
         .post_github(&Delivery::fixture("push", "push_forced.json"))
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let queued = requests(&app.sink.jobs());
+    let queued = requests(&app.queued_jobs());
     assert_eq!(queued.len(), 2);
     assert!(queued.iter().all(
         |request| request.origin.commit.as_str() == "a1b1c1d1e1f1a1b1c1d1e1f1a1b1c1d1e1f1a1b1"
@@ -161,7 +161,7 @@ async fn a_deleted_branch_tears_down_only_where_asked() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body["status"], "no_executions");
     assert!(answer.body["reason"].as_str().unwrap().contains("deleted"));
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
 
     let text = std::fs::read_to_string(common::fixture_path("../config/gitdispatch.toml"))
         .unwrap()
@@ -171,7 +171,7 @@ async fn a_deleted_branch_tears_down_only_where_asked() {
         .post_github(&Delivery::fixture("push", "push_branch_deleted.json"))
         .await;
     assert_eq!(answer.status, 202);
-    let queued = requests(&app.sink.jobs());
+    let queued = requests(&app.queued_jobs());
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].action, Action::Teardown);
     assert_eq!(
@@ -188,12 +188,12 @@ async fn pull_requests_deploy_a_preview_and_tear_it_down_when_closed() {
         ("pull_request_synchronize.json", Action::Deploy),
         ("pull_request_closed_merged.json", Action::Teardown),
     ] {
-        let before = app.sink.jobs().len();
+        let before = app.queued_jobs().len();
         let answer = app
             .post_github(&Delivery::fixture("pull_request", fixture))
             .await;
         assert_eq!(answer.status, 202, "{fixture}: {}", answer.body);
-        let queued = requests(&app.sink.jobs()[before..]);
+        let queued = requests(&app.queued_jobs()[before..]);
         assert_eq!(queued.len(), 1, "{fixture}");
         assert_eq!(queued[0].environment, "pr-42");
         assert_eq!(queued[0].group.as_deref(), Some("deploy/pr-42"));
@@ -225,7 +225,7 @@ async fn pull_requests_from_forks_and_drafts_are_not_deployed_by_default() {
             answer.body
         );
     }
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
 }
 
 #[tokio::test]
@@ -250,7 +250,7 @@ async fn other_events_are_acknowledged_and_ignored() {
         .await;
     assert_eq!(answer.status, 202);
     assert_eq!(answer.body["status"], "ignored");
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
 }
 
 /// Each case: a delivery made bad in one way, the status and a word of the reason.
@@ -345,7 +345,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_queued() {
     assert!(answer.text().await.unwrap().contains("X-GitHub-Event"));
 
     assert!(
-        app.sink.jobs().is_empty(),
+        app.queued_jobs().is_empty(),
         "a refused delivery queued nothing"
     );
 }
@@ -379,7 +379,7 @@ async fn bodies_over_the_limit_are_refused_with_413() {
     request.extend_from_slice(b"0\r\n\r\n");
     let response = raw_request(&app.address, &request).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
 }
 
 /// Writes bytes to the server as they are and reads the answer until it closes.
@@ -428,7 +428,7 @@ async fn addresses_outside_allowed_networks_get_403() {
         .await;
     assert_eq!(answer.status, 403);
     assert!(answer.body["error"].as_str().unwrap().contains("127.0.0.1"));
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
 
     // Behind a trusted proxy, the forwarded address is the one checked.
     let text = std::fs::read_to_string(common::fixture_path("../config/gitdispatch.toml"))
@@ -473,7 +473,7 @@ async fn a_scoped_secret_cannot_speak_for_other_repositories() {
             .unwrap()
             .contains("acme/project-api-v2")
     );
-    assert!(app.sink.jobs().is_empty());
+    assert!(app.queued_jobs().is_empty());
     // The organisation-wide secret still works for the same delivery.
     let delivery = Delivery::fixture("push", "push_branch_commits.json");
     assert_eq!(app.post_github(&delivery).await.status, 202);

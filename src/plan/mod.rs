@@ -12,7 +12,6 @@ use std::fmt;
 
 use globset::GlobMatcher;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::config::{CommitsMode, Concurrency, Config, EventName, Problem, RouteConfig};
@@ -90,24 +89,17 @@ pub struct Origin {
 }
 
 /// Rendered execution input: JSON text, kept byte for byte as rendered because Step
-/// Functions compares inputs as strings when it decides a start is a repeat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Functions compares inputs as strings when it decides a start is a repeat. It is
+/// serialized as a JSON string (not embedded), so that no decoder re-renders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Input(Box<RawValue>);
+pub struct Input(String);
 
 impl Input {
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 }
-
-impl PartialEq for Input {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Input {}
 
 /// One execution to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -537,7 +529,7 @@ impl Planner {
                 bytes: text.len(),
             });
         }
-        let input = Input(RawValue::from_string(text).expect("serde_json wrote valid JSON"));
+        let input = Input(text);
         let group = match pipeline.concurrency {
             Concurrency::Serial => Some(format!("{}/{}", pipeline.name, environment)),
             Concurrency::Parallel => None,

@@ -1,6 +1,15 @@
 //! Where jobs wait between the listener and the worker.
+//!
+//! The [`Queue`] trait has SQS semantics, whatever the backend: a send is durable when
+//! it returns; a received message is invisible for a visibility timeout and comes back
+//! unless acknowledged; each receive counts, and a message received too often without
+//! being acknowledged is dead-lettered; messages of one ordering group are handed out
+//! in send order, never while an earlier one of the group is in flight.
 
-use std::sync::Mutex;
+pub mod embedded;
+
+use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -8,41 +17,95 @@ use crate::job::Job;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// The backend could not be reached or failed; the operation may be retried.
     #[error("queue is unavailable: {0}")]
     Unavailable(String),
+    /// The message can never be sent as it is.
+    #[error("message {id} is refused: {reason}")]
+    Refused { id: String, reason: String },
 }
 
-/// What the listener needs of a queue: put jobs on it durably.
-#[async_trait]
-pub trait JobSink: Send + Sync {
-    /// Returns once every job is durable; an error means none can be assumed queued.
-    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError>;
+/// One message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Deduplication id: a second message with the id of one still queued is dropped.
+    pub id: String,
+    /// Ordering group, or `None` for a message that may run in any order.
+    pub group: Option<String>,
+    pub body: String,
 }
 
-/// Keeps planned jobs in memory and logs them: what `serve` does until the durable
-/// queue and the worker exist. Nothing here survives a restart.
-#[derive(Debug, Default)]
-pub struct MemorySink {
-    jobs: Mutex<Vec<Job>>,
-}
-
-impl MemorySink {
-    /// Every job enqueued so far, in order.
-    pub fn jobs(&self) -> Vec<Job> {
-        self.jobs.lock().expect("memory sink lock").clone()
-    }
-}
-
-#[async_trait]
-impl JobSink for MemorySink {
-    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
-        for job in jobs {
-            tracing::info!(job = %serde_json::to_string(job).unwrap_or_default(), "Planned a job.");
+impl Message {
+    pub fn from_job(job: &Job) -> Message {
+        Message {
+            id: job.id().to_string(),
+            group: job.group().map(str::to_string),
+            body: serde_json::to_string(job).expect("a job always serializes"),
         }
-        self.jobs
-            .lock()
-            .expect("memory sink lock")
-            .extend_from_slice(jobs);
-        Ok(())
     }
+}
+
+/// Proof of one receive of a message; acknowledging or releasing needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Receipt(pub String);
+
+impl fmt::Debug for Receipt {
+    /// Receipts are long and say nothing to a reader; show a prefix only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.0.chars().take(12).collect();
+        write!(f, "Receipt({shown}…)")
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub receipt: Receipt,
+    pub message: Message,
+    /// How many times the message has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// What a backend can promise beyond at-least-once delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Messages of one group go out in order, one group member in flight at a time.
+    pub ordering_groups: bool,
+    /// A message with the id of one still queued is dropped.
+    pub deduplication: bool,
+}
+
+/// A durable, at-least-once queue with SQS semantics.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends every message; returns once all are durable. On error, some may have been
+    /// sent: sending the same messages again is safe (ids deduplicate, names make
+    /// executions idempotent).
+    async fn send(&self, messages: &[Message]) -> Result<(), QueueError>;
+
+    /// Receives up to `max` messages, waiting up to `wait` for the first.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError>;
+
+    /// Deletes a message whose effect is durable.
+    async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError>;
+
+    /// Makes a message visible again after `delay` (retry later).
+    async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError>;
+
+    /// Keeps a message invisible for `visibility` from now (a heartbeat for long jobs).
+    async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), QueueError>;
+
+    /// Moves a message that can never succeed to the dead letters, with the reason.
+    async fn dead_letter(&self, received: &Received, reason: &str) -> Result<(), QueueError>;
+
+    /// How long a received message stays invisible unless extended.
+    fn visibility_timeout(&self) -> Duration;
+
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// Puts jobs on a queue: the listener's one use of it.
+pub async fn enqueue(queue: &dyn Queue, jobs: &[Job]) -> Result<(), QueueError> {
+    let messages: Vec<Message> = jobs.iter().map(Message::from_job).collect();
+    queue.send(&messages).await
 }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gitdispatch::config::Config;
+use gitdispatch::job::Job;
 use gitdispatch::plan::Planner;
-use gitdispatch::queue::MemorySink;
+use gitdispatch::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use gitdispatch::server::{self, AppState};
 use gitdispatch::source::github::sign;
 use gitdispatch::telemetry::Metrics;
@@ -41,7 +42,10 @@ pub fn config_from(text: &str) -> Config {
 
 pub struct TestApp {
     pub address: String,
-    pub sink: Arc<MemorySink>,
+    pub queue: Arc<EmbeddedQueue>,
+    queue_path: PathBuf,
+    /// Holds the queue file for the life of the app.
+    _directory: tempfile::TempDir,
     pub shutdown: CancellationToken,
     pub client: reqwest::Client,
 }
@@ -54,12 +58,22 @@ impl Drop for TestApp {
 
 pub async fn spawn_app(config: Config) -> TestApp {
     let planner = Arc::new(Planner::new(&config).unwrap());
-    let sink = Arc::new(MemorySink::default());
+    let directory = tempfile::tempdir().unwrap();
+    let queue_path = directory.path().join("queue.db");
+    let queue = Arc::new(
+        EmbeddedQueue::open(EmbeddedSettings {
+            path: queue_path.clone(),
+            visibility_timeout: std::time::Duration::from_secs(30),
+            max_receives: 5,
+        })
+        .await
+        .unwrap(),
+    );
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState::new(
         &config,
         planner,
-        sink.clone(),
+        queue.clone(),
         Arc::new(Metrics::default()),
         shutdown.clone(),
     ));
@@ -68,7 +82,9 @@ pub async fn spawn_app(config: Config) -> TestApp {
     tokio::spawn(server::run(listener, state, shutdown.clone()));
     TestApp {
         address,
-        sink,
+        queue,
+        queue_path,
+        _directory: directory,
         shutdown,
         client: reqwest::Client::new(),
     }
@@ -106,6 +122,19 @@ pub struct Answer {
 }
 
 impl TestApp {
+    /// Every job waiting in the queue file, in send order, read straight from SQLite.
+    pub fn queued_jobs(&self) -> Vec<Job> {
+        let connection = rusqlite::Connection::open(&self.queue_path).unwrap();
+        let mut statement = connection
+            .prepare("SELECT body FROM jobs ORDER BY seq")
+            .unwrap();
+        statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .unwrap()
+            .map(|body| serde_json::from_str(&body.unwrap()).unwrap())
+            .collect()
+    }
+
     pub async fn post_github(&self, delivery: &Delivery) -> Answer {
         let mut request = self
             .client

@@ -1,0 +1,511 @@
+//! The worker: drains the queue into executions.
+//!
+//! It receives in batches, runs jobs with bounded concurrency, rate-limits starts,
+//! retries what can be retried with exponential backoff and jitter, dead-letters what
+//! cannot succeed, and holds the jobs of `serial` pipelines until their execution ends.
+//!
+//! Invariant: a job leaves the queue only after its effect is durable (DESIGN
+//! invariant 3): acked after the start succeeded (and, in an ordering group, after the
+//! execution ended); released for a retry otherwise. The worker knows the queue and
+//! the executor only through their traits.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::executor::{ExecutionStatus, Executor, ExecutorError, Started};
+use crate::job::{CURRENT_VERSION, Job, JobKind};
+use crate::plan::ExecutionRequest;
+use crate::queue::{Queue, QueueError, Receipt, Received};
+use crate::telemetry::{Metrics, labels};
+
+/// A job this release cannot read (written by a newer one) waits this long before it
+/// is offered again, to a worker that may read it.
+const NEWER_JOB_DELAY: Duration = Duration::from_secs(60);
+
+/// How the worker drains the queue (`[worker]`).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs in progress at once.
+    pub concurrency: usize,
+    /// Messages asked for per receive.
+    pub batch_size: usize,
+    /// How long one receive waits for messages.
+    pub receive_wait: Duration,
+    /// Sustained executions started per second, and the burst allowed above it.
+    pub starts_per_second: u32,
+    pub start_burst: u32,
+    /// How often a held (serial) execution is described.
+    pub poll_interval: Duration,
+    /// Backoff of the first retry; doubles each receive up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How long shutdown lets jobs in progress finish before releasing them.
+    pub shutdown_grace: Duration,
+}
+
+/// The worker's counters.
+#[derive(Clone, Default)]
+struct WorkerMetrics {
+    /// Jobs handled, by outcome (`acked`, `retried`, `dead_lettered`, `released`).
+    jobs: Family<Vec<(&'static str, String)>, Counter>,
+    /// Starts, by pipeline and whether the execution was new or existed already.
+    starts: Family<Vec<(&'static str, String)>, Counter>,
+    /// Ended executions of held jobs, by pipeline and status.
+    executions_ended: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+/// Drains a queue into an executor.
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    executor: Arc<dyn Executor>,
+    limiter: DefaultDirectRateLimiter,
+    settings: WorkerSettings,
+    metrics: WorkerMetrics,
+}
+
+/// What a message body turned out to be.
+enum Decoded {
+    Job(Box<Job>),
+    /// Written by a newer release (a higher version or an unknown type).
+    Newer(String),
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct Header {
+    v: u32,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn decode(body: &str) -> Decoded {
+    let header: Header = match serde_json::from_str(body) {
+        Ok(header) => header,
+        Err(error) => return Decoded::Invalid(format!("not a job message: {error}")),
+    };
+    if header.v > CURRENT_VERSION {
+        return Decoded::Newer(format!(
+            "job version {} is newer than {CURRENT_VERSION}",
+            header.v
+        ));
+    }
+    match serde_json::from_str::<Job>(body) {
+        Ok(job) => Decoded::Job(Box::new(job)),
+        Err(_) if !matches!(header.kind.as_str(), "start") => Decoded::Newer(format!(
+            "job type {:?} is unknown to this release",
+            header.kind
+        )),
+        Err(error) => Decoded::Invalid(format!("job of type {} is invalid: {error}", header.kind)),
+    }
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        executor: Arc<dyn Executor>,
+        settings: WorkerSettings,
+        metrics: &Metrics,
+    ) -> Worker {
+        let quota = Quota::per_second(
+            NonZeroU32::new(settings.starts_per_second).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(settings.start_burst).unwrap_or(NonZeroU32::MIN));
+        let worker_metrics = WorkerMetrics::default();
+        metrics.register_family(
+            "gitdispatch_jobs",
+            "Jobs handled by the worker, by outcome",
+            worker_metrics.jobs.clone(),
+        );
+        metrics.register_family(
+            "gitdispatch_executions_started",
+            "Execution starts, by pipeline and whether the execution was new",
+            worker_metrics.starts.clone(),
+        );
+        metrics.register_family(
+            "gitdispatch_executions_ended",
+            "Ends of held executions, by pipeline and status",
+            worker_metrics.executions_ended.clone(),
+        );
+        Worker {
+            queue,
+            executor,
+            limiter: RateLimiter::direct(quota),
+            settings,
+            metrics: worker_metrics,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled; then lets jobs in progress finish for the
+    /// grace period and releases the rest, so nothing received is lost.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), QueueError> {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut failures: u32 = 0;
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let mut held = vec![first];
+            while held.len() < self.settings.batch_size {
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => held.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.queue.receive(held.len(), self.settings.receive_wait) => received,
+            };
+            let batch = match received {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = backoff(
+                        failures,
+                        Duration::from_millis(500),
+                        Duration::from_secs(30),
+                    );
+                    tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "Could not receive jobs.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            held.truncate(batch.len());
+            for chain in chains(batch, held) {
+                tasks.spawn(self.clone().run_chain(chain, hard_stop.clone()));
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+
+        if !tasks.is_empty() {
+            tracing::info!(
+                jobs = tasks.len(),
+                "Waiting for jobs in progress before stopping."
+            );
+        }
+        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                jobs = tasks.len(),
+                "Releasing jobs still in progress at the end of the grace period."
+            );
+            hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Runs the jobs of one chain (one ordering group, or a single ungrouped job) one
+    /// after the other, keeping the waiting ones invisible meanwhile.
+    async fn run_chain(
+        self: Arc<Self>,
+        chain: Vec<(Received, OwnedSemaphorePermit)>,
+        hard_stop: CancellationToken,
+    ) {
+        let waiting: Arc<Mutex<Vec<Receipt>>> = Arc::new(Mutex::new(
+            chain
+                .iter()
+                .map(|(received, _)| received.receipt.clone())
+                .collect(),
+        ));
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(
+            self.clone()
+                .heartbeat(waiting.clone(), heartbeat_stop.clone()),
+        );
+        for (received, permit) in chain {
+            if hard_stop.is_cancelled() {
+                self.settle(&received, Settle::Release(Duration::ZERO))
+                    .await;
+            } else {
+                self.handle(&received, &hard_stop).await;
+            }
+            waiting
+                .lock()
+                .expect("waiting receipts lock")
+                .retain(|receipt| *receipt != received.receipt);
+            drop(permit);
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+    }
+
+    /// Extends the visibility of every receipt in `waiting` at half the timeout, so a
+    /// long job (or one waiting behind it) is not handed to another worker.
+    async fn heartbeat(
+        self: Arc<Self>,
+        waiting: Arc<Mutex<Vec<Receipt>>>,
+        stop: CancellationToken,
+    ) {
+        let visibility = self.queue.visibility_timeout();
+        let period = (visibility / 2).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let receipts = waiting.lock().expect("waiting receipts lock").clone();
+            for receipt in receipts {
+                if let Err(error) = self.queue.extend(&receipt, visibility).await {
+                    tracing::warn!(%error, "Could not extend a job's visibility.");
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, received: &Received, hard_stop: &CancellationToken) {
+        let job = match decode(&received.message.body) {
+            Decoded::Job(job) => job,
+            Decoded::Newer(reason) => {
+                tracing::warn!(job = %received.message.id, %reason, "Left a job for a newer release.");
+                self.settle(received, Settle::Release(NEWER_JOB_DELAY))
+                    .await;
+                return;
+            }
+            Decoded::Invalid(reason) => {
+                self.settle(received, Settle::DeadLetter(reason)).await;
+                return;
+            }
+        };
+        match job.kind {
+            JobKind::Start { request } => {
+                let span = tracing::info_span!(
+                    "job",
+                    execution = %request.name,
+                    pipeline = %request.pipeline,
+                    delivery = %request.origin.delivery,
+                    repository = %request.origin.repository,
+                    git_ref = %request.origin.git_ref,
+                    commit = %request.origin.commit,
+                    receive_count = received.receive_count,
+                );
+                let settle = self
+                    .start(received, &request, hard_stop)
+                    .instrument(span.clone())
+                    .await;
+                self.settle(received, settle).instrument(span).await;
+            }
+        }
+    }
+
+    /// Starts one execution; for a grouped (serial) job, waits until it ends.
+    async fn start(
+        &self,
+        received: &Received,
+        request: &ExecutionRequest,
+        hard_stop: &CancellationToken,
+    ) -> Settle {
+        tokio::select! {
+            _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+            _ = self.limiter.until_ready() => {}
+        }
+        // Cancelling a start in flight is safe: the execution may exist, and the next
+        // attempt finds it by name.
+        let started = tokio::select! {
+            _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+            started = self.executor.start(request) => started,
+        };
+        let started = match started {
+            Ok(started) => started,
+            Err(ExecutorError::Retryable(error)) => {
+                let delay = backoff(
+                    received.receive_count,
+                    self.settings.retry_initial,
+                    self.settings.retry_max,
+                );
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry.");
+                return Settle::Retry(delay);
+            }
+            Err(ExecutorError::Permanent(error)) => return Settle::DeadLetter(error),
+        };
+        let existed = matches!(started, Started::Existing(_));
+        self.metrics
+            .starts
+            .get_or_create(&labels(&[
+                ("pipeline", &request.pipeline),
+                ("outcome", if existed { "existing" } else { "new" }),
+            ]))
+            .inc();
+        if existed {
+            tracing::info!(id = started.id(), "The execution existed already.");
+        } else {
+            tracing::info!(id = started.id(), "Started an execution.");
+        }
+        if request.group.is_none() {
+            return Settle::Ack;
+        }
+        // Serial: the group waits until this execution ends.
+        loop {
+            match self
+                .executor
+                .describe(&request.pipeline, &request.name)
+                .await
+            {
+                Ok(execution) if execution.status.is_finished() => {
+                    self.metrics
+                        .executions_ended
+                        .get_or_create(&labels(&[
+                            ("pipeline", &request.pipeline),
+                            ("status", execution.status.as_str()),
+                        ]))
+                        .inc();
+                    if execution.status == ExecutionStatus::Succeeded {
+                        tracing::info!("The execution succeeded.");
+                    } else {
+                        tracing::warn!(
+                            status = execution.status.as_str(),
+                            detail = execution.detail.as_deref(),
+                            "The execution did not succeed."
+                        );
+                    }
+                    return Settle::Ack;
+                }
+                Ok(_) => {}
+                Err(ExecutorError::Retryable(error)) => {
+                    tracing::warn!(%error, "Could not describe the execution; will look again.");
+                }
+                Err(ExecutorError::Permanent(error)) => return Settle::DeadLetter(error),
+            }
+            tokio::select! {
+                _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Acks, releases or dead-letters a message, and counts it.
+    async fn settle(&self, received: &Received, settle: Settle) {
+        let (outcome, result) = match &settle {
+            Settle::Ack => ("acked", self.queue.ack(&received.receipt).await),
+            Settle::Retry(delay) => (
+                "retried",
+                self.queue.release(&received.receipt, *delay).await,
+            ),
+            Settle::Release(delay) => (
+                "released",
+                self.queue.release(&received.receipt, *delay).await,
+            ),
+            Settle::DeadLetter(reason) => {
+                tracing::error!(job = %received.message.id, %reason, "Dead-lettered a job that cannot succeed.");
+                (
+                    "dead_lettered",
+                    self.queue.dead_letter(received, reason).await,
+                )
+            }
+        };
+        if let Err(error) = result {
+            // The message comes back after its visibility timeout; the start is
+            // idempotent by name, so a repeat is harmless.
+            tracing::error!(%error, outcome, "Could not settle a job; it will be received again.");
+        }
+        self.metrics
+            .jobs
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
+    }
+}
+
+/// What becomes of a handled message.
+#[derive(Debug)]
+enum Settle {
+    Ack,
+    /// A retryable failure: back later, after the backoff.
+    Retry(Duration),
+    /// Not handled here (shutdown, a newer job): back after the delay.
+    Release(Duration),
+    DeadLetter(String),
+}
+
+/// Splits a batch into chains: one per ordering group (in receive order, which is send
+/// order within a group), one per ungrouped message.
+fn chains(
+    batch: Vec<Received>,
+    permits: Vec<OwnedSemaphorePermit>,
+) -> Vec<Vec<(Received, OwnedSemaphorePermit)>> {
+    let mut chains: Vec<Vec<(Received, OwnedSemaphorePermit)>> = Vec::new();
+    let mut by_group: HashMap<String, usize> = HashMap::new();
+    for (received, permit) in batch.into_iter().zip(permits) {
+        match received.message.group.clone() {
+            Some(group) => match by_group.get(&group) {
+                Some(&index) => chains[index].push((received, permit)),
+                None => {
+                    by_group.insert(group, chains.len());
+                    chains.push(vec![(received, permit)]);
+                }
+            },
+            None => chains.push(vec![(received, permit)]),
+        }
+    }
+    chains
+}
+
+/// Exponential backoff with jitter: `initial × 2^(attempt-1)`, capped at `max`, of
+/// which a random half is kept so that retries of many jobs spread out.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let full = initial.saturating_mul(1u32 << exponent).min(max);
+    let half = full / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let initial = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        for attempt in 1..=12 {
+            let full = (initial * 2u32.pow(attempt - 1)).min(max);
+            for _ in 0..50 {
+                let delay = backoff(attempt, initial, max);
+                assert!(
+                    delay >= full / 2 && delay <= full,
+                    "attempt {attempt}: {delay:?}"
+                );
+            }
+        }
+        assert!(backoff(u32::MAX, initial, max) <= max);
+    }
+
+    #[test]
+    fn bodies_are_told_apart() {
+        assert!(matches!(decode("not json"), Decoded::Invalid(_)));
+        assert!(matches!(
+            decode(r#"{"v": 2, "type": "start"}"#),
+            Decoded::Newer(_)
+        ));
+        assert!(matches!(
+            decode(r#"{"v": 1, "type": "watch"}"#),
+            Decoded::Newer(_)
+        ));
+        assert!(matches!(
+            decode(r#"{"v": 1, "type": "start", "request": 3}"#),
+            Decoded::Invalid(_)
+        ));
+    }
+}
