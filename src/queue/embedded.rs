@@ -1,20 +1,21 @@
 //! The embedded queue: a SQLite file with SQS semantics.
 //!
-//! One thread owns the connection and runs every operation; operations that arrive
-//! while a transaction is being written wait and share the next one, so concurrent
-//! webhook requests share one commit (one fsync) instead of paying one each. Replies
-//! are sent only after the commit, so "sent" still means "on disk". The async side
-//! never blocks: it hands a command to the thread and awaits the reply.
+//! One writer task owns the connection and runs every operation; operations that
+//! arrive while a transaction is being written wait and share the next one, so
+//! concurrent webhook requests share one commit (one fsync) instead of paying one
+//! each. Replies are sent only after the commit, so "sent" still means "on disk". Each
+//! transaction runs on the blocking pool (`spawn_blocking`), never on an async thread;
+//! tokio also holds a paused test clock still while one runs, so timed tests see the
+//! queue's operations take no time.
 
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Capabilities, Message, Queue, QueueError, Receipt, Received};
@@ -142,7 +143,7 @@ enum Command {
 
 /// The SQLite-backed queue.
 pub struct EmbeddedQueue {
-    commands: std_mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
     /// Woken whenever a message may have become receivable (send, ack, release).
     arrivals: Arc<Notify>,
     clock: Clock,
@@ -152,29 +153,18 @@ pub struct EmbeddedQueue {
 impl EmbeddedQueue {
     /// Opens (creating if needed) the queue file and starts its writer thread.
     pub async fn open(settings: EmbeddedSettings) -> Result<EmbeddedQueue, QueueError> {
-        let (commands, receiver) = std_mpsc::channel();
-        let (opened, opened_reply) = oneshot::channel();
         let path = settings.path.clone();
-        std::thread::Builder::new()
-            .name("gitdispatch-queue".to_string())
-            .spawn(move || match open_connection(&path) {
-                Ok(connection) => {
-                    let _ = opened.send(Ok(()));
-                    writer_loop(connection, receiver);
-                }
-                Err(error) => {
-                    let _ = opened.send(Err(QueueError::Unavailable(format!(
-                        "cannot open queue file {}: {error}",
-                        path.display()
-                    ))));
-                }
-            })
-            .map_err(|error| {
-                QueueError::Unavailable(format!("cannot start queue thread: {error}"))
-            })?;
-        opened_reply
+        let connection = tokio::task::spawn_blocking(move || open_connection(&path))
             .await
-            .map_err(|_| QueueError::Unavailable("queue thread stopped".to_string()))??;
+            .map_err(|error| QueueError::Unavailable(format!("cannot open the queue: {error}")))?
+            .map_err(|error| {
+                QueueError::Unavailable(format!(
+                    "cannot open queue file {}: {error}",
+                    settings.path.display()
+                ))
+            })?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(writer(connection, receiver));
         Ok(EmbeddedQueue {
             commands,
             arrivals: Arc::new(Notify::new()),
@@ -187,10 +177,10 @@ impl EmbeddedQueue {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(make(reply))
-            .map_err(|_| QueueError::Unavailable("queue thread stopped".to_string()))?;
+            .map_err(|_| QueueError::Unavailable("the queue writer stopped".to_string()))?;
         answer
             .await
-            .map_err(|_| QueueError::Unavailable("queue thread stopped".to_string()))?
+            .map_err(|_| QueueError::Unavailable("the queue writer stopped".to_string()))?
     }
 
     /// Every dead-lettered message, oldest first.
@@ -382,8 +372,11 @@ fn pending<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> P
     })
 }
 
-fn writer_loop(mut connection: Connection, commands: std_mpsc::Receiver<Command>) {
-    while let Ok(first) = commands.recv() {
+/// Takes the commands that are waiting, runs them as one transaction on the blocking
+/// pool, and starts again.
+async fn writer(connection: Connection, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut connection = Some(connection);
+    while let Some(first) = commands.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
@@ -391,25 +384,44 @@ fn writer_loop(mut connection: Connection, commands: std_mpsc::Receiver<Command>
                 Err(_) => break,
             }
         }
-        let mut transaction =
-            match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
-                Ok(transaction) => transaction,
-                Err(error) => {
-                    let message = error.to_string();
-                    for command in batch {
-                        fail(command, &message);
-                    }
-                    continue;
-                }
-            };
-        let mut replies: Vec<Pending> = Vec::with_capacity(batch.len());
-        for command in batch {
-            replies.push(execute(&mut transaction, command));
+        let Some(mut owned) = connection.take() else {
+            break;
+        };
+        match tokio::task::spawn_blocking(move || {
+            write_batch(&mut owned, batch);
+            owned
+        })
+        .await
+        {
+            Ok(returned) => connection = Some(returned),
+            Err(error) => {
+                // The connection went with the failed task; callers now get errors.
+                tracing::error!(%error, "The queue writer failed.");
+                break;
+            }
         }
-        let commit_error = transaction.commit().err().map(|error| error.to_string());
-        for reply in replies {
-            reply(commit_error.as_deref());
+    }
+}
+
+fn write_batch(connection: &mut Connection, batch: Vec<Command>) {
+    let mut transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate)
+    {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            let message = error.to_string();
+            for command in batch {
+                fail(command, &message);
+            }
+            return;
         }
+    };
+    let mut replies: Vec<Pending> = Vec::with_capacity(batch.len());
+    for command in batch {
+        replies.push(execute(&mut transaction, command));
+    }
+    let commit_error = transaction.commit().err().map(|error| error.to_string());
+    for reply in replies {
+        reply(commit_error.as_deref());
     }
 }
 
