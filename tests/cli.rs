@@ -2,21 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use common::SECRET;
+use common::daemon::{Daemon, binary, write_config};
+use gitdispatch::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
+use gitdispatch::queue::{Message, Queue};
 use serde_json::Value;
-
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gitdispatch"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("GITHUB_WEBHOOK_SECRET", SECRET)
-        .env_remove("GITDISPATCH_CONFIG");
-    command
-}
 
 #[test]
 fn plan_prints_only_json_lines_and_explains_on_stderr() {
@@ -166,55 +158,24 @@ environment = "x"
     );
 }
 
-/// Starts `serve` with a config listening on an ephemeral port; returns the child and
-/// the address it logged.
-fn start_serve(config: &Path) -> (Child, String) {
-    let mut child = binary()
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env("GITDISPATCH_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("serve logs its address before exiting")
-            .unwrap();
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, address)
-}
-
-#[test]
-fn send_signs_a_payload_and_serve_queues_it() {
-    let directory = tempfile::tempdir().unwrap();
-    let config = directory.path().join("gitdispatch.toml");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_signs_a_payload_and_serve_runs_it() {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gitdispatch.toml"),
     )
-    .unwrap()
-    .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
-    std::fs::write(&config, text).unwrap();
-    let (mut child, address) = start_serve(&config);
-
+    .unwrap();
+    let mut daemon = Daemon::start(&text, &[]);
     let output = binary()
         .args([
             "--config",
-            config.to_str().unwrap(),
+            daemon.config.to_str().unwrap(),
             "send",
             "--event",
             "push",
             "--payload",
             "fixtures/github/push_branch_commits.json",
             "--url",
-            &format!("http://{address}/webhooks/github"),
+            &daemon.url(),
         ])
         .output()
         .unwrap();
@@ -222,11 +183,105 @@ fn send_signs_a_payload_and_serve_queues_it() {
     assert!(output.status.success(), "{stdout} {:?}", output.stderr);
     assert!(stdout.starts_with("202 "), "{stdout}");
     let body: Value = serde_json::from_str(stdout.trim_start_matches("202 ")).unwrap();
-    assert_eq!(body["executions"].as_array().unwrap().len(), 6);
+    let names: Vec<String> = body["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 6);
+    daemon.wait_for(
+        "the sent executions to succeed",
+        Duration::from_secs(60),
+        |daemon| {
+            let recorded = daemon.executions();
+            names.iter().all(|name| {
+                recorded
+                    .get(name)
+                    .is_some_and(|status| status == "succeeded")
+            })
+        },
+    );
+
+    // `executions` lists them with their log file.
+    let output = binary()
+        .args(["--config", daemon.config.to_str().unwrap(), "executions"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(output.stdout).unwrap();
+    for name in &names {
+        let line = listing
+            .lines()
+            .find(|line| line.starts_with(name.as_str()))
+            .unwrap();
+        assert!(line.contains("succeeded"), "{line}");
+        assert!(line.contains(&format!("{name}.log")), "{line}");
+    }
 
     // SIGTERM: the daemon stops cleanly.
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.wait().unwrap();
+    let status = daemon.terminate();
     assert!(status.success(), "{status:?}");
+    assert!(daemon.log().contains("Stopped."));
+}
+
+#[tokio::test]
+async fn dlq_lists_and_redrives_dead_letters() {
+    let directory = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gitdispatch.toml"),
+    )
+    .unwrap();
+    let config = write_config(directory.path(), &text);
+    let queue = EmbeddedQueue::open(EmbeddedSettings {
+        path: directory.path().join("queue.db"),
+        visibility_timeout: Duration::from_secs(30),
+        max_receives: 5,
+    })
+    .await
+    .unwrap();
+    queue
+        .send(&[Message {
+            id: "broken-job".into(),
+            group: Some("deploy/acceptance".into()),
+            body: "{]".into(),
+        }])
+        .await
+        .unwrap();
+    let received = queue.receive(1, Duration::ZERO).await.unwrap();
+    queue
+        .dead_letter(&received[0], "job is not valid JSON")
+        .await
+        .unwrap();
+
+    let output = binary()
+        .args(["--config", config.to_str().unwrap(), "dlq", "list"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listing = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        listing.starts_with("1  broken-job  group deploy/acceptance  received 1 times"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("reason: job is not valid JSON"),
+        "{listing}"
+    );
+
+    let output = binary()
+        .args(["--config", config.to_str().unwrap(), "dlq", "redrive", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "1 job(s) put back on the queue\n"
+    );
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.visible, depth.dead), (1, 0));
+    let again = queue.receive(1, Duration::ZERO).await.unwrap();
+    assert_eq!(again[0].message.id, "broken-job");
+    assert_eq!(
+        again[0].receive_count, 1,
+        "a redriven job starts its count again"
+    );
 }

@@ -2,6 +2,8 @@
 //! requests built from the fixtures, and what ended up queued.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,0 +1,190 @@
+//! The real `gitdispatch` binary as a daemon: its own directory for the queue, the
+//! execution records and logs; started, killed and restarted like in production.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::SECRET;
+
+pub struct Daemon {
+    pub directory: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub address: String,
+}
+
+/// A config like the example one, with every path in `directory` and every pipeline
+/// running the recording script.
+pub fn write_config(directory: &Path, text: &str) -> PathBuf {
+    let record = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pipelines/record.sh");
+    let text = text
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "path = \"var/gitdispatch.db\"",
+            &format!("path = \"{}\"", directory.join("queue.db").display()),
+        )
+        .replace(
+            "log_dir = \"var/log\"",
+            &format!("log_dir = \"{}\"", directory.join("log").display()),
+        )
+        .replace(
+            "path = \"var/executions.db\"",
+            &format!("path = \"{}\"", directory.join("executions.db").display()),
+        )
+        .replace(
+            "command = [\"sh\", \"deploy/local/deploy.sh\"]",
+            &format!("command = [\"sh\", \"{}\"]", record.display()),
+        )
+        .replace("poll_interval_secs = 2", "poll_interval_secs = 1");
+    let path = directory.join("gitdispatch.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gitdispatch"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GITHUB_WEBHOOK_SECRET", SECRET)
+        .env_remove("GITDISPATCH_CONFIG");
+    command
+}
+
+impl Daemon {
+    pub fn start(config_text: &str, extra_env: &[(&str, &str)]) -> Daemon {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(directory.path().join("records")).unwrap();
+        let config = write_config(directory.path(), config_text);
+        let mut daemon = Daemon {
+            directory,
+            config,
+            child: None,
+            address: String::new(),
+        };
+        daemon.spawn(extra_env);
+        daemon
+    }
+
+    pub fn records(&self) -> PathBuf {
+        self.directory.path().join("records")
+    }
+
+    /// Starts (or restarts) the process and waits for the address it listens on.
+    pub fn spawn(&mut self, extra_env: &[(&str, &str)]) {
+        let mut command = binary();
+        command
+            .args(["--config", self.config.to_str().unwrap(), "serve"])
+            .env("GITDISPATCH_LOG", "info")
+            .env("RECORD_DIR", self.records())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log_path = self.directory.path().join("daemon.log");
+        let (address_sender, address_receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .unwrap();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                use std::io::Write;
+                let _ = writeln!(log, "{line}");
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let _ =
+                        address_sender.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+            }
+        });
+        self.address = address_receiver
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the daemon did not start: {}", self.log()));
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.directory.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/webhooks/github", self.address)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    /// `(start, end)` lines of the recording script, by execution name.
+    pub fn events(&self) -> HashMap<String, Vec<(String, String, u128)>> {
+        let text = std::fs::read_to_string(self.records().join("events.log")).unwrap_or_default();
+        let mut events: HashMap<String, Vec<(String, String, u128)>> = HashMap::new();
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            events.entry(parts[1].to_string()).or_default().push((
+                parts[0].to_string(),
+                parts[2].to_string(),
+                parts[3].parse().unwrap(),
+            ));
+        }
+        events
+    }
+
+    /// The executions the daemon recorded, by name, with their status.
+    pub fn executions(&self) -> HashMap<String, String> {
+        let connection =
+            rusqlite::Connection::open(self.directory.path().join("executions.db")).unwrap();
+        let mut statement = connection
+            .prepare("SELECT name, status FROM executions")
+            .unwrap();
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Waits until `condition` holds, or panics with the daemon's log.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&Daemon) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; daemon log:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
