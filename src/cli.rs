@@ -90,6 +90,32 @@ pub fn summary(config: &Config, planner: &Planner) -> String {
     text
 }
 
+/// For an SQS queue, reads its settings and says what they mean; warns when the queue
+/// has no redrive policy (a job that keeps failing would never be dead-lettered).
+pub async fn check_queue(config: &Config) -> anyhow::Result<Vec<String>> {
+    let aws = daemon::aws_settings(config).await;
+    let daemon::OpenedQueue::Sqs(queue) = daemon::open_queue(config, aws.as_ref()).await? else {
+        return Ok(Vec::new());
+    };
+    let facts = queue.facts();
+    let mut lines = vec![format!(
+        "sqs queue: {}, visibility timeout {} s, messages up to {} bytes",
+        if facts.fifo { "FIFO" } else { "standard" },
+        facts.visibility_timeout.as_secs(),
+        facts.max_message_bytes
+    )];
+    match &facts.dead_letter {
+        Some((url, max_receives)) => lines.push(format!(
+            "dead letters: after {max_receives} receives, to {url}"
+        )),
+        None => lines.push(
+            "warning: the queue has no redrive policy, so a job that keeps failing is never dead-lettered; give it one (deploy/aws/gitdispatch.yaml does)"
+                .to_string(),
+        ),
+    }
+    Ok(lines)
+}
+
 /// Signs a payload file with the first configured GitHub secret and POSTs it, the way
 /// GitHub would. Returns the response status and body.
 pub async fn send(
@@ -150,7 +176,11 @@ pub async fn executions(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let executor = daemon::open_executor(config).await?;
+    let daemon::OpenedExecutor::Local(executor) = daemon::open_executor(config, None).await? else {
+        bail!(
+            "executions lists the local executor's record; with Step Functions, see the state machines' executions (aws stepfunctions list-executions)"
+        );
+    };
     let records = executor.recent(limit).await?;
     for record in records {
         if json {
@@ -190,8 +220,26 @@ pub async fn executions(
 }
 
 /// Lists the dead-lettered jobs of the embedded queue.
+async fn embedded_queue(
+    config: &Config,
+) -> anyhow::Result<std::sync::Arc<crate::queue::embedded::EmbeddedQueue>> {
+    let aws = daemon::aws_settings(config).await;
+    match daemon::open_queue(config, aws.as_ref()).await? {
+        daemon::OpenedQueue::Embedded(queue) => Ok(queue),
+        daemon::OpenedQueue::Sqs(queue) => bail!(
+            "the SQS queue dead-letters to {}: inspect it there, and redrive with the SQS console or StartMessageMoveTask",
+            queue
+                .facts()
+                .dead_letter
+                .as_ref()
+                .map_or("no queue (it has no redrive policy)", |(url, _)| url
+                    .as_str())
+        ),
+    }
+}
+
 pub async fn dlq_list(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
-    let queue = daemon::open_queue(config).await?;
+    let queue = embedded_queue(config).await?;
     for dead in queue.dead_letters().await? {
         writeln!(
             out,
@@ -209,7 +257,7 @@ pub async fn dlq_list(config: &Config, out: &mut dyn Write) -> anyhow::Result<()
 
 /// Moves dead-lettered jobs (all, or the numbered ones) back onto the queue.
 pub async fn dlq_redrive(config: &Config, seqs: Option<Vec<i64>>) -> anyhow::Result<usize> {
-    let queue = daemon::open_queue(config).await?;
+    let queue = embedded_queue(config).await?;
     Ok(queue.redrive(seqs).await?)
 }
 

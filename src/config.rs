@@ -208,6 +208,13 @@ pub enum QueueConfig {
         #[serde(default = "default_max_receives")]
         max_receives: u32,
     },
+    /// Amazon SQS; the visibility timeout and dead-lettering are the queue's own
+    /// settings (its `VisibilityTimeout` and redrive policy). Region, credentials and
+    /// endpoint come from the usual AWS settings (`AWS_REGION`, `AWS_ENDPOINT_URL`, …).
+    Sqs {
+        /// The queue URL; a FIFO queue's ends in `.fifo`.
+        url: String,
+    },
 }
 
 fn default_queue_path() -> PathBuf {
@@ -236,6 +243,8 @@ impl QueueConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             QueueConfig::Embedded { .. } => "embedded",
+            QueueConfig::Sqs { url } if url.ends_with(".fifo") => "sqs (FIFO)",
+            QueueConfig::Sqs { .. } => "sqs (standard)",
         }
     }
 }
@@ -309,6 +318,8 @@ pub enum ExecutorConfig {
         #[serde(default = "default_executions_path")]
         path: PathBuf,
     },
+    /// AWS Step Functions: each pipeline's `state_machine_arn` (standard workflows).
+    Stepfunctions {},
 }
 
 fn default_log_dir() -> PathBuf {
@@ -332,6 +343,7 @@ impl ExecutorConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             ExecutorConfig::Local { .. } => "local",
+            ExecutorConfig::Stepfunctions {} => "stepfunctions",
         }
     }
 }
@@ -620,8 +632,37 @@ impl Config {
                     problems.push(Problem::new("queue.max_receives", "must be above 0"));
                 }
             }
+            QueueConfig::Sqs { url } => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    problems.push(Problem::new(
+                        "queue.url",
+                        format!("{url:?} is not an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>)"),
+                    ));
+                }
+                if worker.batch_size > crate::queue::sqs::MAX_BATCH {
+                    problems.push(Problem::new(
+                        "worker.batch_size",
+                        "must be at most 10 with an SQS queue: SQS hands out at most 10 messages per receive",
+                    ));
+                }
+                if worker.receive_wait_secs > crate::queue::sqs::MAX_WAIT.as_secs() {
+                    problems.push(Problem::new(
+                        "worker.receive_wait_secs",
+                        "must be at most 20 with an SQS queue (the longest SQS long poll)",
+                    ));
+                }
+                if !url.ends_with(".fifo") {
+                    for (index, pipeline) in self.pipelines.iter().enumerate() {
+                        if pipeline.concurrency == Concurrency::Serial {
+                            problems.push(Problem::new(
+                                format!("pipelines[{index}].concurrency"),
+                                "\"serial\" needs a FIFO queue, which keeps a pipeline's executions for one environment in order, one at a time; queue.url is a standard queue (a FIFO queue's URL ends in .fifo)",
+                            ));
+                        }
+                    }
+                }
+            }
         }
-
         let mut names = HashSet::new();
         for (index, pipeline) in self.pipelines.iter().enumerate() {
             let path = format!("pipelines[{index}]");
@@ -641,6 +682,26 @@ impl Config {
                         Problem::new(format!("{path}.command"), "must name a program to run"),
                     ),
                     Some(_) => {}
+                },
+                ExecutorConfig::Stepfunctions {} => match &pipeline.state_machine_arn {
+                    None => problems.push(Problem::new(
+                        format!("{path}.state_machine_arn"),
+                        "is required by executor type \"stepfunctions\"",
+                    )),
+                    Some(arn) => {
+                        let parts: Vec<&str> = arn.split(':').collect();
+                        let valid = parts.len() == 7
+                            && parts[0] == "arn"
+                            && parts[2] == "states"
+                            && parts[5] == "stateMachine"
+                            && !parts[6].is_empty();
+                        if !valid {
+                            problems.push(Problem::new(
+                                format!("{path}.state_machine_arn"),
+                                format!("{arn:?} is not a state machine ARN (arn:aws:states:<region>:<account>:stateMachine:<name>)"),
+                            ));
+                        }
+                    }
                 },
             }
             if pipeline.timeout_secs == 0 {
@@ -869,6 +930,43 @@ token = "${THREE}"
         assert!(paths.contains(&"pipelines[1].command"), "{paths:?}");
         assert!(paths.contains(&"routes[0].pipeline"), "{paths:?}");
         assert!(paths.contains(&"routes[0].branches[0]"), "{paths:?}");
+    }
+
+    #[test]
+    fn aws_settings_are_checked() {
+        let text = MINIMAL
+            .replace(
+                "type = \"embedded\"\npath = \"var/gitdispatch.db\"",
+                "type = \"sqs\"\nurl = \"https://sqs.us-east-1.amazonaws.com/1/jobs\"",
+            )
+            .replace("type = \"local\"", "type = \"stepfunctions\"")
+            .replace(
+                "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:deploy\"",
+                "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:deploy\"",
+            )
+            + "[worker]\nbatch_size = 11\n";
+        let LoadError::Invalid(problems) = Config::from_toml_str(&text, &env).unwrap_err() else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "worker.batch_size",
+                "pipelines[0].concurrency",
+                "pipelines[0].state_machine_arn"
+            ]
+        );
+        assert!(problems[1].message.contains("needs a FIFO queue"));
+
+        let fifo = MINIMAL
+            .replace(
+                "type = \"embedded\"\npath = \"var/gitdispatch.db\"",
+                "type = \"sqs\"\nurl = \"https://sqs.us-east-1.amazonaws.com/1/jobs.fifo\"",
+            )
+            .replace("type = \"local\"", "type = \"stepfunctions\"");
+        let config = Config::from_toml_str(&fifo, &env).unwrap();
+        assert_eq!(config.queue.type_name(), "sqs (FIFO)");
     }
 
     #[test]

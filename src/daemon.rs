@@ -6,15 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ExecutorConfig, QueueConfig};
+use crate::executor::Executor;
 use crate::executor::local::{LocalExecutor, LocalPipeline};
+use crate::executor::stepfunctions::StepFunctionsExecutor;
 use crate::plan::Planner;
 use crate::queue::Queue;
 use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
+use crate::queue::sqs::SqsQueue;
 use crate::server::{self, AppState};
 use crate::telemetry::Metrics;
 use crate::worker::Worker;
@@ -67,8 +72,45 @@ async fn wait_for_signal() -> std::io::Result<()> {
     }
 }
 
+/// Loads the AWS settings the usual way (environment, profile, instance role), when a
+/// part of the configuration is on AWS.
+pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
+    let needed = matches!(config.queue, QueueConfig::Sqs { .. })
+        || matches!(config.executor, ExecutorConfig::Stepfunctions {});
+    if !needed {
+        return None;
+    }
+    // A long poll waits up to 20 s: each attempt may take longer than that.
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(90))
+        .build();
+    Some(
+        aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await,
+    )
+}
+
+/// The configured queue, by backend.
+pub enum OpenedQueue {
+    Embedded(Arc<EmbeddedQueue>),
+    Sqs(Arc<SqsQueue>),
+}
+
+impl OpenedQueue {
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        match self {
+            OpenedQueue::Embedded(queue) => queue.clone(),
+            OpenedQueue::Sqs(queue) => queue.clone(),
+        }
+    }
+}
+
 /// Opens the configured queue.
-pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<EmbeddedQueue>> {
+pub async fn open_queue(config: &Config, aws: Option<&SdkConfig>) -> anyhow::Result<OpenedQueue> {
     match &config.queue {
         QueueConfig::Embedded {
             path,
@@ -81,13 +123,58 @@ pub async fn open_queue(config: &Config) -> anyhow::Result<Arc<EmbeddedQueue>> {
                 max_receives: *max_receives,
             })
             .await?;
-            Ok(Arc::new(queue))
+            Ok(OpenedQueue::Embedded(Arc::new(queue)))
+        }
+        QueueConfig::Sqs { url } => {
+            let aws = aws.context("the SQS queue needs AWS settings")?;
+            let queue = SqsQueue::open(aws_sdk_sqs::Client::new(aws), url).await?;
+            let facts = queue.facts();
+            match &facts.dead_letter {
+                Some((dead_letter_url, max_receives)) => tracing::info!(
+                    fifo = facts.fifo,
+                    visibility_timeout_secs = facts.visibility_timeout.as_secs(),
+                    max_receives,
+                    dead_letter_queue = %dead_letter_url,
+                    "Opened the SQS queue."
+                ),
+                None => tracing::warn!(
+                    url = %url,
+                    "The SQS queue has no redrive policy: a job that keeps failing is received for ever and never dead-lettered."
+                ),
+            }
+            Ok(OpenedQueue::Sqs(Arc::new(queue)))
+        }
+    }
+}
+
+/// The configured executor, by backend.
+pub enum OpenedExecutor {
+    Local(Arc<LocalExecutor>),
+    StepFunctions(Arc<StepFunctionsExecutor>),
+}
+
+impl OpenedExecutor {
+    pub fn executor(&self) -> Arc<dyn Executor> {
+        match self {
+            OpenedExecutor::Local(executor) => executor.clone(),
+            OpenedExecutor::StepFunctions(executor) => executor.clone(),
+        }
+    }
+
+    /// Lets local executions finish within `grace`; Step Functions executions run on
+    /// without us.
+    pub async fn shutdown(&self, grace: Duration) {
+        if let OpenedExecutor::Local(executor) = self {
+            executor.shutdown(grace).await;
         }
     }
 }
 
 /// Opens the configured executor.
-pub async fn open_executor(config: &Config) -> anyhow::Result<Arc<LocalExecutor>> {
+pub async fn open_executor(
+    config: &Config,
+    aws: Option<&SdkConfig>,
+) -> anyhow::Result<OpenedExecutor> {
     match &config.executor {
         ExecutorConfig::Local { log_dir, path } => {
             let pipelines: HashMap<String, LocalPipeline> = config
@@ -105,7 +192,20 @@ pub async fn open_executor(config: &Config) -> anyhow::Result<Arc<LocalExecutor>
                 })
                 .collect();
             let executor = LocalExecutor::open(path, log_dir, pipelines).await?;
-            Ok(Arc::new(executor))
+            Ok(OpenedExecutor::Local(Arc::new(executor)))
+        }
+        ExecutorConfig::Stepfunctions {} => {
+            let aws = aws.context("the Step Functions executor needs AWS settings")?;
+            let state_machines: HashMap<String, String> = config
+                .pipelines
+                .iter()
+                .filter_map(|pipeline| {
+                    Some((pipeline.name.clone(), pipeline.state_machine_arn.clone()?))
+                })
+                .collect();
+            Ok(OpenedExecutor::StepFunctions(Arc::new(
+                StepFunctionsExecutor::new(aws_sdk_sfn::Client::new(aws), state_machines),
+            )))
         }
     }
 }
@@ -118,19 +218,20 @@ pub async fn run(config: Config, role: Role, shutdown: CancellationToken) -> any
         anyhow::anyhow!("invalid configuration: {}", shown.join("; "))
     })?);
     let metrics = Arc::new(Metrics::default());
-    let queue: Arc<dyn Queue> = open_queue(&config).await?;
+    let aws = aws_settings(&config).await;
+    let queue: Arc<dyn Queue> = open_queue(&config, aws.as_ref()).await?.queue();
 
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let mut executor = None;
     if role.works() {
-        let local = open_executor(&config).await?;
-        executor = Some(local.clone());
+        let opened = open_executor(&config, aws.as_ref()).await?;
         let worker = Arc::new(Worker::new(
             queue.clone(),
-            local,
+            opened.executor(),
             config.worker.settings(),
             &metrics,
         ));
+        executor = Some(opened);
         let shutdown = shutdown.clone();
         parts.spawn(async move { ("worker", worker.run(shutdown).await.map_err(Into::into)) });
         tracing::info!(

@@ -119,7 +119,15 @@ fn main() -> ExitCode {
         Command::CheckConfig => {
             println!("{} is valid", args.config.display());
             print!("{}", cli::summary(&config, &planner));
-            ExitCode::SUCCESS
+            match runtime().block_on(cli::check_queue(&config)) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => finish(Err(error)),
+            }
         }
         Command::Plan {
             event,

@@ -2,6 +2,7 @@
 //! is idempotent by execution name, and an execution is described by its status.
 
 pub mod local;
+pub mod stepfunctions;
 
 use async_trait::async_trait;
 

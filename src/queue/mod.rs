@@ -7,6 +7,7 @@
 //! in send order, never while an earlier one of the group is in flight.
 
 pub mod embedded;
+pub mod sqs;
 
 use std::fmt;
 use std::time::Duration;

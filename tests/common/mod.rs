@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod moto;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,507 @@
+//! Amazon SQS, standard or FIFO, behind the [`Queue`] trait.
+//!
+//! FIFO queues carry the ordering: a job's ordering group is its `MessageGroupId`, and a
+//! job without one gets a group of its own, so that it never waits behind another. The
+//! deduplication id is the job id (the execution name). Our id and group also travel
+//! as message attributes, so a message reads the same from either queue type and from
+//! the dead-letter queue. Dead-lettering after too many receives is the queue's own
+//! redrive policy; an explicit dead letter is sent to the redrive policy's target.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use sha2::{Digest, Sha256};
+
+use super::{Capabilities, Message, Queue, QueueError, Receipt, Received};
+
+/// SQS hands out at most this many messages per receive and takes as many per batch.
+pub const MAX_BATCH: usize = 10;
+/// SQS long polling waits at most this long.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// The total payload of one SendMessageBatch call is kept under this, whatever the
+/// queue's own message size limit.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Attempts at the entries of a batch that SQS did not take.
+const SEND_ATTEMPTS: u32 = 5;
+
+const ID_ATTRIBUTE: &str = "gitdispatch-id";
+const GROUP_ATTRIBUTE: &str = "gitdispatch-group";
+const REASON_ATTRIBUTE: &str = "gitdispatch-reason";
+
+/// What `GetQueueAttributes` told us at start.
+#[derive(Debug, Clone)]
+pub struct QueueFacts {
+    pub url: String,
+    pub fifo: bool,
+    pub visibility_timeout: Duration,
+    pub max_message_bytes: usize,
+    /// The redrive policy's target and its `maxReceiveCount`, when the queue has one.
+    pub dead_letter: Option<(String, u32)>,
+}
+
+/// An SQS queue.
+pub struct SqsQueue {
+    client: Client,
+    facts: QueueFacts,
+}
+
+fn unavailable<E>(what: &str, error: E) -> QueueError
+where
+    E: std::error::Error + 'static,
+{
+    QueueError::Unavailable(format!("{what}: {}", DisplayErrorContext(error)))
+}
+
+impl SqsQueue {
+    /// Reads the queue's attributes (type, visibility timeout, size limit, redrive
+    /// policy) and resolves its dead-letter queue.
+    pub async fn open(client: Client, url: &str) -> Result<SqsQueue, QueueError> {
+        let output = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .map_err(|error| unavailable(&format!("cannot read the attributes of {url}"), error))?;
+        let attributes = output.attributes().cloned().unwrap_or_default();
+        let number = |name: QueueAttributeName, default: u64| {
+            attributes
+                .get(&name)
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let fifo = attributes
+            .get(&QueueAttributeName::FifoQueue)
+            .is_some_and(|value| value == "true");
+        let dead_letter = match attributes.get(&QueueAttributeName::RedrivePolicy) {
+            None => None,
+            Some(policy) => {
+                let policy: serde_json::Value = serde_json::from_str(policy).map_err(|error| {
+                    QueueError::Unavailable(format!(
+                        "the redrive policy of {url} is not JSON: {error}"
+                    ))
+                })?;
+                let target = policy["deadLetterTargetArn"].as_str().unwrap_or_default();
+                let max_receives = match &policy["maxReceiveCount"] {
+                    serde_json::Value::Number(number) => number.as_u64().unwrap_or(0) as u32,
+                    serde_json::Value::String(text) => text.parse().unwrap_or(0),
+                    _ => 0,
+                };
+                let mut parts = target.split(':');
+                let (account, name) = (parts.nth(4), parts.next());
+                let (Some(account), Some(name)) = (account, name) else {
+                    return Err(QueueError::Unavailable(format!(
+                        "the redrive policy of {url} names no dead-letter queue ARN"
+                    )));
+                };
+                let dead_letter_url = client
+                    .get_queue_url()
+                    .queue_name(name)
+                    .queue_owner_aws_account_id(account)
+                    .send()
+                    .await
+                    .map_err(|error| unavailable("cannot find the dead-letter queue", error))?
+                    .queue_url()
+                    .unwrap_or_default()
+                    .to_string();
+                Some((dead_letter_url, max_receives))
+            }
+        };
+        let facts = QueueFacts {
+            url: url.to_string(),
+            fifo,
+            visibility_timeout: Duration::from_secs(number(
+                QueueAttributeName::VisibilityTimeout,
+                30,
+            )),
+            max_message_bytes: number(QueueAttributeName::MaximumMessageSize, 262_144) as usize,
+            dead_letter,
+        };
+        Ok(SqsQueue { client, facts })
+    }
+
+    pub fn facts(&self) -> &QueueFacts {
+        &self.facts
+    }
+
+    /// The group a message is sent with on a FIFO queue: its ordering group, or a group
+    /// of its own. SQS takes 1 to 128 characters of printable ASCII; other groups are
+    /// replaced by a hash of themselves.
+    fn message_group(message: &Message) -> String {
+        let group = message.group.as_deref().unwrap_or(&message.id);
+        let valid = !group.is_empty()
+            && group.len() <= 128
+            && group.bytes().all(|byte| byte.is_ascii_graphic());
+        if valid {
+            group.to_string()
+        } else {
+            format!(
+                "sha256-{}",
+                &hex::encode(Sha256::digest(group.as_bytes()))[..48]
+            )
+        }
+    }
+
+    fn entry(&self, index: usize, message: &Message) -> SendMessageBatchRequestEntry {
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message_body(&message.body)
+            .set_message_attributes(Some(attributes(message, None)));
+        if self.facts.fifo {
+            entry = entry
+                .message_group_id(Self::message_group(message))
+                .message_deduplication_id(dedup_id(&message.id));
+        }
+        entry.build().expect("id and body are set")
+    }
+
+    /// The bytes SQS counts against its size limit: the body and every attribute's
+    /// name, type and value.
+    fn size(message: &Message) -> usize {
+        let attribute = |name: &str, value: &str| name.len() + "String".len() + value.len();
+        message.body.len()
+            + attribute(ID_ATTRIBUTE, &message.id)
+            + message
+                .group
+                .as_deref()
+                .map_or(0, |group| attribute(GROUP_ATTRIBUTE, group))
+    }
+}
+
+/// SQS deduplication ids take 1 to 128 printable ASCII characters; execution names
+/// always fit, other ids are hashed.
+fn dedup_id(id: &str) -> String {
+    if !id.is_empty() && id.len() <= 128 && id.bytes().all(|byte| byte.is_ascii_graphic()) {
+        id.to_string()
+    } else {
+        hex::encode(Sha256::digest(id.as_bytes()))
+    }
+}
+
+fn string_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("the data type is set")
+}
+
+fn attributes(message: &Message, reason: Option<&str>) -> HashMap<String, MessageAttributeValue> {
+    let mut attributes = HashMap::new();
+    attributes.insert(ID_ATTRIBUTE.to_string(), string_attribute(&message.id));
+    if let Some(group) = &message.group {
+        attributes.insert(GROUP_ATTRIBUTE.to_string(), string_attribute(group));
+    }
+    if let Some(reason) = reason {
+        attributes.insert(
+            REASON_ATTRIBUTE.to_string(),
+            string_attribute(crate::plan::input::cut(reason, 1024)),
+        );
+    }
+    attributes
+}
+
+/// Reads a received SQS message back into our terms.
+fn read_message(message: &aws_sdk_sqs::types::Message) -> Option<Received> {
+    let receipt = message.receipt_handle()?.to_string();
+    let custom = message.message_attributes();
+    let text = |name: &str| {
+        custom
+            .and_then(|attributes| attributes.get(name))
+            .and_then(|value| value.string_value())
+            .map(str::to_string)
+    };
+    let receive_count = message
+        .attributes()
+        .and_then(|attributes| attributes.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1);
+    Some(Received {
+        receipt: Receipt(receipt),
+        message: Message {
+            id: text(ID_ATTRIBUTE).or_else(|| message.message_id().map(str::to_string))?,
+            group: text(GROUP_ATTRIBUTE),
+            body: message.body().unwrap_or_default().to_string(),
+        },
+        receive_count,
+    })
+}
+
+/// Reads the reason an explicitly dead-lettered message carries.
+pub fn dead_letter_reason(message: &aws_sdk_sqs::types::Message) -> Option<String> {
+    message
+        .message_attributes()?
+        .get(REASON_ATTRIBUTE)?
+        .string_value()
+        .map(str::to_string)
+}
+
+/// Reads a message received from a dead-letter queue.
+pub fn read_dead_letter(message: &aws_sdk_sqs::types::Message) -> Option<Message> {
+    read_message(message).map(|received| received.message)
+}
+
+fn whole_seconds(duration: Duration) -> i32 {
+    // SQS counts visibility in whole seconds, at most 12 hours; round up so a delay is
+    // never shorter than asked.
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    seconds.min(43_200) as i32
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn send(&self, messages: &[Message]) -> Result<(), QueueError> {
+        for message in messages {
+            let size = Self::size(message);
+            if size > self.facts.max_message_bytes {
+                return Err(QueueError::Refused {
+                    id: message.id.clone(),
+                    reason: format!(
+                        "{size} bytes is over the queue's limit of {} bytes",
+                        self.facts.max_message_bytes
+                    ),
+                });
+            }
+        }
+        // Batches of up to 10 entries and MAX_BATCH_BYTES.
+        let mut batches: Vec<Vec<&Message>> = Vec::new();
+        let mut bytes = 0;
+        for message in messages {
+            let size = Self::size(message);
+            let full = batches
+                .last()
+                .is_none_or(|batch| batch.len() == MAX_BATCH || bytes + size > MAX_BATCH_BYTES);
+            if full {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            batches
+                .last_mut()
+                .expect("a batch was pushed")
+                .push(message);
+            bytes += size;
+        }
+        for batch in batches {
+            self.send_batch(&batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
+        let max = max.clamp(1, MAX_BATCH) as i32;
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.facts.url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(wait.min(MAX_WAIT).as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|error| unavailable("cannot receive", error))?;
+        Ok(output.messages().iter().filter_map(read_message).collect())
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        match self
+            .client
+            .delete_message()
+            .queue_url(&self.facts.url)
+            .receipt_handle(&receipt.0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|service| service.is_receipt_handle_is_invalid()) =>
+            {
+                // Received again meanwhile: the newer receipt settles it, and the
+                // execution is idempotent by name.
+                tracing::warn!("A job's receipt expired before its acknowledgement.");
+                Ok(())
+            }
+            Err(error) => Err(unavailable("cannot delete a message", error)),
+        }
+    }
+
+    async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
+        self.change_visibility(receipt, delay).await
+    }
+
+    async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), QueueError> {
+        self.change_visibility(receipt, visibility).await
+    }
+
+    async fn dead_letter(&self, received: &Received, reason: &str) -> Result<(), QueueError> {
+        let Some((dead_letter_url, _)) = &self.facts.dead_letter else {
+            return Err(QueueError::Unavailable(format!(
+                "{} has no redrive policy, so there is no dead-letter queue to move the job to",
+                self.facts.url
+            )));
+        };
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(dead_letter_url)
+            .message_body(&received.message.body)
+            .set_message_attributes(Some(attributes(&received.message, Some(reason))));
+        if self.facts.fifo {
+            send = send
+                .message_group_id(Self::message_group(&received.message))
+                .message_deduplication_id(dedup_id(&format!("dead-{}", received.message.id)));
+        }
+        send.send()
+            .await
+            .map_err(|error| unavailable("cannot send to the dead-letter queue", error))?;
+        self.ack(&received.receipt).await
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.facts.visibility_timeout
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ordering_groups: self.facts.fifo,
+            deduplication: self.facts.fifo,
+        }
+    }
+}
+
+impl SqsQueue {
+    /// Sends one batch; entries SQS did not take are sent again (the call is not
+    /// atomic), those it refused as the sender's fault fail the send.
+    async fn send_batch(&self, batch: &[&Message]) -> Result<(), QueueError> {
+        let mut pending: Vec<&Message> = batch.to_vec();
+        for attempt in 1..=SEND_ATTEMPTS {
+            let entries: Vec<SendMessageBatchRequestEntry> = pending
+                .iter()
+                .enumerate()
+                .map(|(index, message)| self.entry(index, message))
+                .collect();
+            let output = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.facts.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|error| unavailable("cannot send messages", error))?;
+            let mut retry = Vec::new();
+            for failed in output.failed() {
+                let index: usize = failed.id().parse().unwrap_or(usize::MAX);
+                let Some(message) = pending.get(index) else {
+                    continue;
+                };
+                if failed.sender_fault() {
+                    return Err(QueueError::Refused {
+                        id: message.id.clone(),
+                        reason: format!(
+                            "{}: {}",
+                            failed.code(),
+                            failed.message().unwrap_or("refused by SQS")
+                        ),
+                    });
+                }
+                retry.push(*message);
+            }
+            if retry.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(
+                entries = retry.len(),
+                attempt,
+                "SQS did not take every entry of a batch; sending those again."
+            );
+            pending = retry;
+            tokio::time::sleep(crate::worker::backoff(
+                attempt,
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+            ))
+            .await;
+        }
+        Err(QueueError::Unavailable(format!(
+            "SQS did not take {} message(s) after {SEND_ATTEMPTS} attempts",
+            pending.len()
+        )))
+    }
+
+    async fn change_visibility(
+        &self,
+        receipt: &Receipt,
+        visibility: Duration,
+    ) -> Result<(), QueueError> {
+        match self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.facts.url)
+            .receipt_handle(&receipt.0)
+            .visibility_timeout(whole_seconds(visibility))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error.as_service_error().is_some_and(|service| {
+                    service.is_receipt_handle_is_invalid() || service.is_message_not_inflight()
+                }) =>
+            {
+                tracing::warn!(
+                    code = error.code(),
+                    "A job's receipt expired before its visibility could change."
+                );
+                Ok(())
+            }
+            Err(error) => Err(unavailable("cannot change a message's visibility", error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_that_sqs_would_refuse_are_hashed() {
+        let message = |group: Option<&str>| Message {
+            id: "deploy-acceptance-0123456-0123456789abcdef0123".into(),
+            group: group.map(str::to_string),
+            body: "{}".into(),
+        };
+        assert_eq!(
+            SqsQueue::message_group(&message(Some("deploy/acceptance"))),
+            "deploy/acceptance"
+        );
+        assert_eq!(
+            SqsQueue::message_group(&message(None)),
+            "deploy-acceptance-0123456-0123456789abcdef0123",
+            "an ungrouped job is a group of its own"
+        );
+        for group in ["deploy/feature ü", "deploy/a b", &"x".repeat(129)] {
+            let shown = SqsQueue::message_group(&message(Some(group)));
+            assert!(
+                shown.starts_with("sha256-") && shown.len() <= 128,
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn visibility_rounds_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::ZERO), 0);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(2500)), 3);
+        assert_eq!(whole_seconds(Duration::from_secs(100_000)), 43_200);
+    }
+}
