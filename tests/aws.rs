@@ -1,0 +1,649 @@
+//! gitdispatch on AWS, against moto: the CloudFormation template deployed, the sample
+//! state machine from deploy/ executed, the real binary in the middle; idempotency
+//! when a delivery or a message comes twice; and every job ending in exactly one
+//! execution while a stand-in between us and Step Functions throttles and fails calls.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use common::daemon::{Daemon, binary};
+use common::{Delivery, config_from, executions, moto};
+use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
+use gitdispatch::executor::{Executor, ExecutorError, Started};
+use gitdispatch::job::Job;
+use gitdispatch::plan::{ExecutionRequest, Planner};
+use gitdispatch::queue::sqs::SqsQueue;
+use gitdispatch::queue::{Queue, enqueue};
+use gitdispatch::source::github::{self, Decoded};
+use gitdispatch::telemetry::Metrics;
+use gitdispatch::worker::{Worker, WorkerSettings};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn repository_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// Creates the sample deployment state machine of deploy/stepfunctions in moto.
+async fn create_sample_state_machine(client: &aws_sdk_sfn::Client) -> String {
+    client
+        .create_state_machine()
+        .name(moto::unique("deploy-sample"))
+        .definition(repository_file("deploy/stepfunctions/deploy.asl.json"))
+        .role_arn("arn:aws:iam::123456789012:role/gitdispatch-sample")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string()
+}
+
+/// `config/aws.toml`, pointed at the given queue and state machine.
+fn aws_config_text(queue_url: &str, state_machine_arn: &str) -> String {
+    repository_file("config/aws.toml")
+        .replace(
+            "url = \"https://sqs.us-east-1.amazonaws.com/123456789012/gitdispatch.fifo\"",
+            &format!("url = \"{queue_url}\""),
+        )
+        .replace(
+            "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:deploy-sample\"",
+            &format!("state_machine_arn = \"{state_machine_arn}\""),
+        )
+        .replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:8080\"")
+        .replace("poll_interval_secs = 5", "poll_interval_secs = 1")
+}
+
+/// Plans a fixture the way the listener would, under a given delivery id.
+fn plan(config_text: &str, event: &str, fixture: &str, delivery: &str) -> Vec<ExecutionRequest> {
+    let config = config_from(config_text);
+    let planner = Planner::new(&config).unwrap();
+    let body = common::fixture(&format!("github/{fixture}"));
+    let delivery = gitdispatch::event::DeliveryId::parse(delivery).unwrap();
+    let Decoded::Event(event) = github::decode_payload(event, &delivery, &body).unwrap() else {
+        panic!("not an event");
+    };
+    planner.plan(&event).unwrap().requests
+}
+
+/// Every execution of a state machine, by name, with its status.
+async fn executions_of(
+    client: &aws_sdk_sfn::Client,
+    arn: &str,
+) -> HashMap<String, (ExecutionStatus, String)> {
+    let mut all = HashMap::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_executions()
+            .state_machine_arn(arn)
+            .set_next_token(token)
+            .send()
+            .await
+            .unwrap();
+        for execution in page.executions() {
+            let previous = all.insert(
+                execution.name().to_string(),
+                (
+                    execution.status().clone(),
+                    execution.execution_arn().to_string(),
+                ),
+            );
+            assert!(
+                previous.is_none(),
+                "two executions named {}",
+                execution.name()
+            );
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return all;
+        }
+    }
+}
+
+async fn wait_until_finished(client: &aws_sdk_sfn::Client, arn: &str, names: &[String]) {
+    for _ in 0..600 {
+        let all = executions_of(client, arn).await;
+        if names.iter().all(|name| {
+            all.get(name)
+                .is_some_and(|(status, _)| *status != ExecutionStatus::Running)
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "executions did not finish: {:?}",
+        executions_of(client, arn).await
+    );
+}
+
+#[test]
+fn the_template_embeds_the_sample_state_machine_verbatim() {
+    let template = repository_file("deploy/aws/gitdispatch.yaml");
+    let start = template.find("      Definition:\n").unwrap() + "      Definition:\n".len();
+    let end = template[start..].find("\n\nOutputs:").unwrap() + start;
+    let embedded: Value = serde_json::from_str(&template[start..end]).unwrap();
+    let file: Value =
+        serde_json::from_str(&repository_file("deploy/stepfunctions/deploy.asl.json")).unwrap();
+    assert_eq!(embedded, file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_functions_executor_starts_idempotently_and_describes() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let arn = create_sample_state_machine(&sfn).await;
+    let text = aws_config_text("https://sqs.us-east-1.amazonaws.com/1/unused.fifo", &arn);
+    let requests = plan(&text, "push", "push_branch_commits.json", "delivery-sfn");
+    let executor = StepFunctionsExecutor::new(
+        sfn.clone(),
+        HashMap::from([("deploy".to_string(), arn.clone())]),
+    );
+
+    let first = executor.start(&requests[0]).await.unwrap();
+    assert!(matches!(first, Started::New(_)), "{first:?}");
+    let name = requests[0].name.clone();
+    for _ in 0..100 {
+        let execution = executor.describe("deploy", &name).await.unwrap();
+        if execution.status.is_finished() {
+            assert_eq!(
+                execution.status,
+                gitdispatch::executor::ExecutionStatus::Succeeded
+            );
+            let output: Value = serde_json::from_str(execution.detail.as_deref().unwrap()).unwrap();
+            assert_eq!(output["action"], "deploy");
+            let components = output["components"].as_array().unwrap();
+            assert_eq!(components[0]["deployed"], true);
+            assert_eq!(
+                components[0]["override_branch"],
+                serde_json::json!(["hotfix/important_patch"])
+            );
+            assert_eq!(
+                components[1]["deployed"], false,
+                "console is skipped: skip_console_v1"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Again, after it ended: the same execution, not a second one.
+    let again = executor.start(&requests[0]).await.unwrap();
+    assert_eq!(again, Started::Existing(first.id().to_string()));
+    // The same name with another input is not ours.
+    let mut other = requests[1].clone();
+    other.name = requests[0].name.clone();
+    assert!(
+        matches!(executor.start(&other).await, Err(ExecutorError::Permanent(message)) if message.contains("another input"))
+    );
+    // A state machine that does not exist is a permanent failure.
+    let missing = StepFunctionsExecutor::new(
+        sfn.clone(),
+        HashMap::from([("deploy".to_string(), format!("{arn}-missing"))]),
+    );
+    assert!(matches!(
+        missing.start(&requests[1]).await,
+        Err(ExecutorError::Permanent(_))
+    ));
+    assert_eq!(executions_of(&sfn, &arn).await.len(), 1);
+}
+
+/// Deploys deploy/aws/gitdispatch.yaml to moto's CloudFormation and returns the
+/// stack's outputs. The sample state machine is created apart: moto runs only state
+/// machines made through its Step Functions API.
+async fn deploy_template() -> HashMap<String, String> {
+    let stack = moto::unique("gitdispatch");
+    let name = moto::unique("gd");
+    let body = repository_file("deploy/aws/gitdispatch.yaml");
+    let (stack, name, body) = (stack.as_str(), name.as_str(), body.as_str());
+    // CloudFormation speaks the query protocol; a plain form POST is all it takes.
+    let client = reqwest::Client::new();
+    let form = [
+        ("Action", "CreateStack"),
+        ("Version", "2010-05-15"),
+        ("StackName", stack),
+        ("TemplateBody", body),
+        ("Parameters.member.1.ParameterKey", "Name"),
+        ("Parameters.member.1.ParameterValue", name),
+        (
+            "Parameters.member.2.ParameterKey",
+            "CreateSampleStateMachine",
+        ),
+        ("Parameters.member.2.ParameterValue", "false"),
+        ("Parameters.member.3.ParameterKey", "VisibilityTimeout"),
+        ("Parameters.member.3.ParameterValue", "5"),
+        ("Capabilities.member.1", "CAPABILITY_IAM"),
+    ];
+    let encoded: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let authorization = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/cloudformation/aws4_request, SignedHeaders=host, Signature=0";
+    let response = client
+        .post(moto::url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", authorization)
+        .body(encoded)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let describe: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("Action", "DescribeStacks"),
+            ("Version", "2010-05-15"),
+            ("StackName", stack),
+        ])
+        .finish();
+    let text = client
+        .post(moto::url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", authorization)
+        .body(describe)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("CREATE_COMPLETE"), "{text}");
+    let mut outputs = HashMap::new();
+    for output in text.split("<member>").skip(1) {
+        let field = |tag: &str| {
+            let open = format!("<{tag}>");
+            let start = output.find(&open)? + open.len();
+            let end = output[start..].find(&format!("</{tag}>"))? + start;
+            Some(output[start..end].to_string())
+        };
+        if let (Some(key), Some(value)) = (field("OutputKey"), field("OutputValue")) {
+            outputs.insert(key, value);
+        }
+    }
+    outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_through_sqs_become_step_functions_executions() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let outputs = deploy_template().await;
+    let queue_url = outputs["QueueUrl"].clone();
+    assert!(queue_url.ends_with(".fifo"));
+    assert!(outputs.contains_key("DaemonPolicyArn"));
+    let arn = create_sample_state_machine(&sfn).await;
+    let text = aws_config_text(&queue_url, &arn);
+
+    // check-config reads the queue and sees its redrive policy.
+    let directory = tempfile::tempdir().unwrap();
+    let config_path = directory.path().join("aws.toml");
+    std::fs::write(
+        &config_path,
+        text.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
+    )
+    .unwrap();
+    let mut check = binary();
+    check.args(["--config", config_path.to_str().unwrap(), "check-config"]);
+    for (key, value) in moto::environment() {
+        check.env(key, value);
+    }
+    let output = check.output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("sqs queue: FIFO, visibility timeout 5 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dead letters: after 5 receives"),
+        "{stdout}"
+    );
+
+    let environment = moto::environment();
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = Daemon::start(&text, &environment);
+    let client = reqwest::Client::new();
+    let mut planned: HashMap<String, ExecutionRequest> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let push = Delivery::fixture("push", "push_branch_commits.json");
+    let push_id = push.id.clone();
+    for (event, fixture, delivery) in [
+        ("push", "push_branch_commits.json", push),
+        (
+            "pull_request",
+            "pull_request_opened.json",
+            Delivery::fixture("pull_request", "pull_request_opened.json"),
+        ),
+        (
+            "pull_request",
+            "pull_request_closed_merged.json",
+            Delivery::fixture("pull_request", "pull_request_closed_merged.json"),
+        ),
+    ] {
+        let answer = post(&client, &daemon.url(), &delivery).await;
+        assert_eq!(answer.status, 202, "{fixture}: {}", answer.body);
+        let requests = plan(&text, event, fixture, &delivery.id);
+        let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
+        assert_eq!(executions(&answer), names, "{fixture}");
+        order.extend(names);
+        planned.extend(requests.into_iter().map(|r| (r.name.to_string(), r)));
+    }
+    assert_eq!(planned.len(), 5);
+    wait_until_finished(&sfn, &arn, &order).await;
+
+    // The same delivery again (GitHub's redelivery keeps its id): no new execution.
+    let again = Delivery {
+        id: push_id,
+        ..Delivery::fixture("push", "push_branch_commits.json")
+    };
+    assert_eq!(post(&client, &daemon.url(), &again).await.status, 202);
+    wait_until_drained(&sqs, &queue_url).await;
+
+    let all = executions_of(&sfn, &arn).await;
+    assert_eq!(
+        all.len(),
+        planned.len(),
+        "one execution per planned name: {all:?}"
+    );
+    let mut runs = Vec::new();
+    for name in &order {
+        let (status, execution_arn) = &all[name];
+        assert_eq!(*status, ExecutionStatus::Succeeded, "{name}");
+        let described = sfn
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .unwrap();
+        let input: Value = serde_json::from_str(described.input().unwrap()).unwrap();
+        let expected: Value = serde_json::from_str(planned[name].input.as_str()).unwrap();
+        assert_eq!(input, expected, "{name} got its planned input");
+        let output: Value = serde_json::from_str(described.output().unwrap()).unwrap();
+        match planned[name].action {
+            gitdispatch::plan::Action::Teardown => {
+                assert_eq!(output["action"], "teardown", "the teardown path was taken");
+                assert_eq!(output["environment"], "pr-42");
+            }
+            gitdispatch::plan::Action::Deploy => {
+                assert_eq!(output["action"], "deploy");
+                let components = output["components"].as_array().unwrap();
+                assert_eq!(components[0]["deployed"], true, "api-v2 deployed");
+                assert_eq!(components[1]["deployed"], false, "console skipped");
+            }
+        }
+        runs.push((
+            planned[name].environment.clone(),
+            described.start_date().secs() as f64
+                + f64::from(described.start_date().subsec_nanos()) / 1e9,
+            described
+                .stop_date()
+                .map(|stop| stop.secs() as f64 + f64::from(stop.subsec_nanos()) / 1e9)
+                .unwrap(),
+        ));
+    }
+    // Serial: within an environment, each execution started after the previous ended,
+    // in commit order.
+    for environment in ["acceptance", "pr-42"] {
+        let in_order: Vec<&(String, f64, f64)> =
+            runs.iter().filter(|run| run.0 == environment).collect();
+        for pair in in_order.windows(2) {
+            assert!(
+                pair[1].1 >= pair[0].2,
+                "{environment}: overlapping or out of order: {in_order:?}"
+            );
+        }
+    }
+}
+
+/// Waits until no message is on the queue, visible or in flight.
+async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, url: &str) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let mut left = 0;
+    for _ in 0..600 {
+        let output = sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let attributes = output.attributes().unwrap();
+        left = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .map(|key| attributes[key].parse::<u32>().unwrap())
+        .sum::<u32>();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{left} message(s) still on the queue");
+}
+
+async fn post(client: &reqwest::Client, url: &str, delivery: &Delivery) -> common::Answer {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", &delivery.event)
+        .header("x-github-delivery", &delivery.id)
+        .header("x-hub-signature-256", delivery.signature.clone().unwrap())
+        .body(delivery.body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    common::Answer { status, body }
+}
+
+fn settings() -> WorkerSettings {
+    WorkerSettings {
+        concurrency: 8,
+        batch_size: 10,
+        receive_wait: Duration::from_secs(1),
+        starts_per_second: 100,
+        start_burst: 100,
+        poll_interval: Duration::from_millis(200),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_received_twice_starts_one_execution() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let arn = create_sample_state_machine(&sfn).await;
+    let (url, _) = moto::create_queue(&sqs, true, Duration::from_secs(2), 5).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+    let executor = Arc::new(StepFunctionsExecutor::new(
+        sfn.clone(),
+        HashMap::from([("deploy".to_string(), arn.clone())]),
+    ));
+    let text = aws_config_text(&url, &arn);
+    let requests = plan(&text, "push", "push_branch_commits.json", "delivery-twice");
+    let jobs: Vec<Job> = requests.iter().cloned().map(Job::start).collect();
+    enqueue(queue.as_ref(), &jobs).await.unwrap();
+
+    // A worker that started the first job and died before acknowledging it.
+    let received = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(received[0].message.id, requests[0].name.as_str());
+    executor.start(&requests[0]).await.unwrap();
+
+    // The next worker receives it again once its visibility runs out.
+    let worker = Arc::new(Worker::new(
+        queue.clone(),
+        executor,
+        settings(),
+        &Metrics::default(),
+    ));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
+    wait_until_finished(&sfn, &arn, &names).await;
+    wait_until_drained(&sqs, &url).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let all = executions_of(&sfn, &arn).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+}
+
+/// Stands between the executor and Step Functions: throttles some StartExecution
+/// calls, fails others after passing them on (the call happened, the answer is lost),
+/// and forwards the rest.
+async fn faulty_proxy(target: String, starts: Arc<AtomicUsize>) -> String {
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, Response, StatusCode};
+    let client = reqwest::Client::new();
+    let handler = move |request: Request<Body>| {
+        let client = client.clone();
+        let target = target.clone();
+        let starts = starts.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = to_bytes(body, 10 * 1024 * 1024).await.unwrap();
+            let operation = parts
+                .headers
+                .get("x-amz-target")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let fault = if operation.ends_with(".StartExecution") {
+                Some(starts.fetch_add(1, Ordering::SeqCst) % 4)
+            } else {
+                None
+            };
+            let throttled = || {
+                Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .header("content-type", "application/x-amz-json-1.0")
+                    .body(Body::from(
+                        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+                    ))
+                    .unwrap()
+            };
+            let failed = || {
+                Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .header("content-type", "application/x-amz-json-1.0")
+                    .body(Body::from(
+                        r#"{"__type":"InternalServerError","message":"oops"}"#,
+                    ))
+                    .unwrap()
+            };
+            match fault {
+                Some(0) => return throttled(),
+                Some(2) => return failed(),
+                _ => {}
+            }
+            let mut forward =
+                client.request(parts.method.clone(), format!("{target}{}", parts.uri));
+            for (name, value) in &parts.headers {
+                if name != "host" && name != "content-length" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.body(body.to_vec()).send().await.unwrap();
+            if fault == Some(1) {
+                // It happened, but the caller never hears so.
+                return failed();
+            }
+            let status = answer.status();
+            let content_type = answer.headers().get("content-type").cloned();
+            let bytes = answer.bytes().await.unwrap();
+            let mut response = Response::builder().status(status);
+            if let Some(content_type) = content_type {
+                response = response.header("content-type", content_type);
+            }
+            response.body(Body::from(bytes)).unwrap()
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let arn = create_sample_state_machine(&sfn).await;
+    let (url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 10).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+    let starts = Arc::new(AtomicUsize::new(0));
+    let proxy = faulty_proxy(moto::url().to_string(), starts.clone()).await;
+    let through_proxy = aws_sdk_sfn::Client::from_conf(
+        aws_sdk_sfn::config::Builder::from(&sdk)
+            .endpoint_url(proxy)
+            .build(),
+    );
+    let executor = Arc::new(StepFunctionsExecutor::new(
+        through_proxy,
+        HashMap::from([("deploy".to_string(), arn.clone())]),
+    ));
+
+    // Parallel jobs: plan a parallel version of the pipeline, several deliveries.
+    let text = aws_config_text(&url, &arn)
+        .replace("concurrency = \"serial\"", "concurrency = \"parallel\"");
+    let mut names = Vec::new();
+    for delivery in 0..4 {
+        let requests = plan(
+            &text,
+            "push",
+            "push_branch_commits.json",
+            &format!("faulty-{delivery}"),
+        );
+        names.extend(requests.iter().map(|r| r.name.to_string()));
+        let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
+        enqueue(queue.as_ref(), &jobs).await.unwrap();
+    }
+    let worker = Arc::new(Worker::new(
+        queue.clone(),
+        executor,
+        settings(),
+        &Metrics::default(),
+    ));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    wait_until_finished(&sfn, &arn, &names).await;
+    wait_until_drained(&sqs, &url).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let all = executions_of(&sfn, &arn).await;
+    let got: HashSet<&String> = all.keys().collect();
+    let want: HashSet<&String> = names.iter().collect();
+    assert_eq!(got, want, "exactly one execution per job");
+    assert!(
+        starts.load(Ordering::SeqCst) >= 2 * names.len(),
+        "faults were injected: {} StartExecution calls for {} jobs",
+        starts.load(Ordering::SeqCst),
+        names.len()
+    );
+    assert!(
+        moto::dead_letter_ids(&sqs, &dead_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
+}
