@@ -263,6 +263,15 @@ pub async fn run(config: Config, role: Role, shutdown: CancellationToken) -> any
         });
     }
 
+    // Shutdown has one deadline: what the worker's grace period leaves is what local
+    // executions get.
+    let stop_requested = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::Instant::now()
+        })
+    };
     let mut failure = None;
     while let Some(joined) = parts.join_next().await {
         let (part, result) = match joined {
@@ -282,9 +291,12 @@ pub async fn run(config: Config, role: Role, shutdown: CancellationToken) -> any
         }
     }
     if let Some(executor) = executor {
-        executor
-            .shutdown(Duration::from_secs(config.worker.shutdown_grace_secs))
-            .await;
+        let grace = Duration::from_secs(config.worker.shutdown_grace_secs);
+        let left = match stop_requested.await {
+            Ok(requested) => grace.saturating_sub(requested.elapsed()),
+            Err(_) => Duration::ZERO,
+        };
+        executor.shutdown(left).await;
     }
     tracing::info!("Stopped.");
     match failure {
