@@ -647,3 +647,40 @@ async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures
         "nothing dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_warns_about_a_queue_without_a_redrive_policy() {
+    let sqs = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", moto::unique("no-redrive")))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("aws.toml");
+    std::fs::write(
+        &path,
+        aws_config_text(
+            &url,
+            "arn:aws:states:us-east-1:123456789012:stateMachine:deploy-x",
+        ),
+    )
+    .unwrap();
+    let mut check = binary();
+    check.args(["--config", path.to_str().unwrap(), "check-config"]);
+    for (key, value) in moto::environment() {
+        check.env(key, value);
+    }
+    let output = check.output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: the queue has no redrive policy"),
+        "{stdout}"
+    );
+}
