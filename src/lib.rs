@@ -15,5 +15,6 @@ pub mod plan;
 pub mod queue;
 pub mod server;
 pub mod source;
+pub mod sqlite;
 pub mod telemetry;
 pub mod worker;

@@ -640,6 +640,18 @@ mod tests {
         panic!("the condition never held");
     }
 
+    /// The dead letters, once there are any.
+    async fn first_dead_letters(queue: &EmbeddedQueue) -> Vec<crate::queue::embedded::DeadLetter> {
+        for _ in 0..100 {
+            let dead = queue.dead_letters().await.unwrap();
+            if !dead.is_empty() {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Vec::new()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retryable_failures_are_retried_with_growing_backoff() {
         let requests = requests("parallel", 1);
@@ -698,14 +710,7 @@ mod tests {
         .unwrap();
         until(|| executor.started.lock().unwrap().len() == 1).await;
         let queue = running.queue.clone();
-        let mut dead = Vec::new();
-        for _ in 0..100 {
-            dead = queue.dead_letters().await.unwrap();
-            if !dead.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let dead = first_dead_letters(&queue).await;
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].message.id, doomed);
         assert_eq!(dead[0].reason, "state machine does not exist");
@@ -791,14 +796,7 @@ mod tests {
             .await
             .unwrap();
         let queue = running.queue.clone();
-        let mut dead = Vec::new();
-        for _ in 0..100 {
-            dead = queue.dead_letters().await.unwrap();
-            if !dead.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let dead = first_dead_letters(&queue).await;
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].message.id, "garbage");
         let depth = queue.depth().await.unwrap();

@@ -157,15 +157,7 @@ impl LocalExecutor {
 }
 
 fn open_store(path: &Path) -> rusqlite::Result<Connection> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-    }
-    let connection = Connection::open(path)?;
-    connection.busy_timeout(Duration::from_secs(5))?;
-    connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(None, "synchronous", "FULL")?;
+    let connection = crate::sqlite::open_durable(path)?;
     connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS executions (
              name TEXT PRIMARY KEY,

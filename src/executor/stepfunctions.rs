@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use aws_sdk_sfn::Client;
 use aws_sdk_sfn::config::http::HttpResponse;
 use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::operation::start_execution::StartExecutionError;
 use aws_sdk_sfn::types::ExecutionStatus as SfnStatus;
 
@@ -52,11 +53,18 @@ fn retryable<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool
     }
 }
 
-fn describe_error<E>(what: &str, error: E) -> String
+/// The executor's view of a failed call: worth retrying or not, with the cause chain.
+fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> ExecutorError
 where
-    E: std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    format!("{what}: {}", DisplayErrorContext(error))
+    let retry = retryable(&error);
+    let message = format!("{what}: {}", DisplayErrorContext(error));
+    if retry {
+        ExecutorError::Retryable(message)
+    } else {
+        ExecutorError::Permanent(message)
+    }
 }
 
 impl StepFunctionsExecutor {
@@ -76,13 +84,13 @@ impl StepFunctionsExecutor {
             })
     }
 
-    /// After `ExecutionAlreadyExists`: ours if its input is the planned one.
-    async fn existing(
+    /// DescribeExecution of the execution `name` of `state_machine`.
+    async fn describe_by_name(
         &self,
         state_machine: &str,
-        request: &ExecutionRequest,
-    ) -> Result<Started, ExecutorError> {
-        let arn = execution_arn(state_machine, &request.name).ok_or_else(|| {
+        name: &ExecutionName,
+    ) -> Result<(String, DescribeExecutionOutput), ExecutorError> {
+        let arn = execution_arn(state_machine, name).ok_or_else(|| {
             ExecutorError::Permanent(format!("{state_machine} is not a state machine ARN"))
         })?;
         let output = self
@@ -91,15 +99,17 @@ impl StepFunctionsExecutor {
             .execution_arn(&arn)
             .send()
             .await
-            .map_err(|error| {
-                let retry = retryable(&error);
-                let message = describe_error("cannot describe the existing execution", error);
-                if retry {
-                    ExecutorError::Retryable(message)
-                } else {
-                    ExecutorError::Permanent(message)
-                }
-            })?;
+            .map_err(|error| classify("DescribeExecution failed", error))?;
+        Ok((arn, output))
+    }
+
+    /// After `ExecutionAlreadyExists`: ours if its input is the planned one.
+    async fn existing(
+        &self,
+        state_machine: &str,
+        request: &ExecutionRequest,
+    ) -> Result<Started, ExecutorError> {
+        let (arn, output) = self.describe_by_name(state_machine, &request.name).await?;
         let same_input = match output.input() {
             None => true,
             Some(existing) => {
@@ -147,13 +157,7 @@ impl Executor for StepFunctionsExecutor {
                 {
                     return self.existing(&state_machine, request).await;
                 }
-                let retry = retryable(&error);
-                let message = describe_error("StartExecution failed", error);
-                if retry {
-                    Err(ExecutorError::Retryable(message))
-                } else {
-                    Err(ExecutorError::Permanent(message))
-                }
+                Err(classify("StartExecution failed", error))
             }
         }
     }
@@ -164,24 +168,7 @@ impl Executor for StepFunctionsExecutor {
         name: &ExecutionName,
     ) -> Result<Execution, ExecutorError> {
         let state_machine = self.state_machine(pipeline)?;
-        let arn = execution_arn(state_machine, name).ok_or_else(|| {
-            ExecutorError::Permanent(format!("{state_machine} is not a state machine ARN"))
-        })?;
-        let output = self
-            .client
-            .describe_execution()
-            .execution_arn(&arn)
-            .send()
-            .await
-            .map_err(|error| {
-                let retry = retryable(&error);
-                let message = describe_error("DescribeExecution failed", error);
-                if retry {
-                    ExecutorError::Retryable(message)
-                } else {
-                    ExecutorError::Permanent(message)
-                }
-            })?;
+        let (arn, output) = self.describe_by_name(state_machine, name).await?;
         let status = match output.status() {
             SfnStatus::Succeeded => ExecutionStatus::Succeeded,
             SfnStatus::Failed => ExecutionStatus::Failed,

@@ -321,16 +321,7 @@ impl Queue for EmbeddedQueue {
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-    }
-    let connection = Connection::open(path)?;
-    connection.busy_timeout(Duration::from_secs(5))?;
-    // WAL with synchronous=FULL: a commit is on disk when it returns.
-    connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(None, "synchronous", "FULL")?;
+    let connection = crate::sqlite::open_durable(path)?;
     connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS jobs (
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
