@@ -113,10 +113,12 @@ impl ApiError {
             ApiError::Source(SourceError::Malformed(_)) | ApiError::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::Source(SourceError::Unusable(_)) | ApiError::Plan(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ApiError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // A job the queue can never take (over its size limit): sending the
+            // delivery again cannot help.
+            ApiError::Source(SourceError::Unusable(_))
+            | ApiError::Plan(_)
+            | ApiError::Queue(QueueError::Refused { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Queue(QueueError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
         }

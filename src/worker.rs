@@ -356,7 +356,10 @@ impl Worker {
         if request.group.is_none() {
             return Settle::Ack;
         }
-        // Serial: the group waits until this execution ends.
+        // Serial: the group waits until this execution ends. Look soon at first (most
+        // executions of a quick pipeline are over in a moment), then every
+        // poll_interval.
+        let mut wait = Duration::from_millis(100);
         loop {
             match self
                 .executor
@@ -390,8 +393,9 @@ impl Worker {
             }
             tokio::select! {
                 _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = (wait * 2).min(self.settings.poll_interval);
         }
     }
 

@@ -684,3 +684,42 @@ async fn check_config_warns_about_a_queue_without_a_redrive_policy() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_cannot_be_queued_gets_a_5xx() {
+    let sqs = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let (url, _) = moto::create_queue(&sqs, true, Duration::from_secs(30), 5).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+    let config = config_from(&aws_config_text(
+        &url,
+        "arn:aws:states:us-east-1:123456789012:stateMachine:deploy-x",
+    ));
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(gitdispatch::server::AppState::new(
+        &config,
+        Arc::new(Planner::new(&config).unwrap()),
+        queue,
+        Arc::new(Metrics::default()),
+        shutdown.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    tokio::spawn(gitdispatch::server::run(listener, state, shutdown.clone()));
+
+    // The queue goes away between start and delivery.
+    sqs.delete_queue().queue_url(&url).send().await.unwrap();
+    let answer = post(
+        &reqwest::Client::new(),
+        &address,
+        &Delivery::fixture("push", "push_branch_commits.json"),
+    )
+    .await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not queue the jobs")
+    );
+    shutdown.cancel();
+}
