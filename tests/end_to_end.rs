@@ -287,7 +287,7 @@ async fn a_kill_during_a_burst_loses_nothing_acknowledged_and_runs_nothing_twice
         }));
     }
     // Kill once some deliveries were acknowledged and others are still in flight.
-    for _ in 0..400 {
+    for _ in 0..6000 {
         if acknowledged.lock().unwrap().len() >= 8 {
             break;
         }
