@@ -334,7 +334,7 @@ async fn webhooks_through_sqs_become_step_functions_executions() {
             Delivery::fixture("pull_request", "pull_request_closed_merged.json"),
         ),
     ] {
-        let answer = post(&client, &daemon.url(), &delivery).await;
+        let answer = delivery.post(&client, &daemon.url()).await.unwrap();
         assert_eq!(answer.status, 202, "{fixture}: {}", answer.body);
         let requests = plan(&text, event, fixture, &delivery.id);
         let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
@@ -350,7 +350,10 @@ async fn webhooks_through_sqs_become_step_functions_executions() {
         id: push_id,
         ..Delivery::fixture("push", "push_branch_commits.json")
     };
-    assert_eq!(post(&client, &daemon.url(), &again).await.status, 202);
+    assert_eq!(
+        again.post(&client, &daemon.url()).await.unwrap().status,
+        202
+    );
     wait_until_drained(&sqs, &queue_url).await;
 
     let all = executions_of(&sfn, &arn).await;
@@ -435,22 +438,6 @@ async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, url: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{left} message(s) still on the queue");
-}
-
-async fn post(client: &reqwest::Client, url: &str, delivery: &Delivery) -> common::Answer {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-github-event", &delivery.event)
-        .header("x-github-delivery", &delivery.id)
-        .header("x-hub-signature-256", delivery.signature.clone().unwrap())
-        .body(delivery.body.clone())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
-    common::Answer { status, body }
 }
 
 fn settings() -> WorkerSettings {
@@ -708,12 +695,10 @@ async fn a_delivery_that_cannot_be_queued_gets_a_5xx() {
 
     // The queue goes away between start and delivery.
     sqs.delete_queue().queue_url(&url).send().await.unwrap();
-    let answer = post(
-        &reqwest::Client::new(),
-        &address,
-        &Delivery::fixture("push", "push_branch_commits.json"),
-    )
-    .await;
+    let answer = Delivery::fixture("push", "push_branch_commits.json")
+        .post(&reqwest::Client::new(), &address)
+        .await
+        .unwrap();
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(
         answer.body["error"]

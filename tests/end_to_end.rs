@@ -18,25 +18,6 @@ fn example_text() -> String {
         .unwrap()
 }
 
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    delivery: &Delivery,
-) -> Result<(u16, Value), reqwest::Error> {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-github-event", &delivery.event)
-        .header("x-github-delivery", &delivery.id)
-        .header("x-hub-signature-256", delivery.signature.clone().unwrap())
-        .body(delivery.body.clone())
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let text = response.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-}
-
 /// The inputs `gitdispatch plan` gives for a payload under a delivery id, by name.
 fn planned_inputs(
     config: &Path,
@@ -84,9 +65,9 @@ async fn every_planned_execution_runs_once_with_its_planned_input_and_serial_one
         ("pull_request", "pull_request_closed_merged.json"),
     ] {
         let delivery = Delivery::new(event, fixture(&format!("github/{payload}")));
-        let (status, body) = post(&client, &daemon.url(), &delivery).await.unwrap();
-        assert_eq!(status, 202, "{payload}: {body}");
-        let names = executions(&common::Answer { status, body });
+        let answer = delivery.post(&client, &daemon.url()).await.unwrap();
+        assert_eq!(answer.status, 202, "{payload}: {}", answer.body);
+        let names = executions(&answer);
         let planned = planned_inputs(&daemon.config, event, payload, &delivery.id);
         let mut planned_names: Vec<&String> = planned.keys().collect();
         planned_names.sort();
@@ -224,12 +205,9 @@ async fn a_redelivered_webhook_does_not_run_twice() {
     let daemon = Daemon::start(&example_text(), &[]);
     let client = reqwest::Client::new();
     let delivery = Delivery::fixture("push", "push_branch_commits.json");
-    let (status, first) = post(&client, &daemon.url(), &delivery).await.unwrap();
-    assert_eq!(status, 202);
-    let names = executions(&common::Answer {
-        status,
-        body: first,
-    });
+    let first = delivery.post(&client, &daemon.url()).await.unwrap();
+    assert_eq!(first.status, 202);
+    let names = executions(&first);
     daemon.wait_for(
         "the first delivery's executions",
         Duration::from_secs(60),
@@ -243,8 +221,10 @@ async fn a_redelivered_webhook_does_not_run_twice() {
         },
     );
     // GitHub's redelivery keeps the delivery id.
-    let (status, _) = post(&client, &daemon.url(), &delivery).await.unwrap();
-    assert_eq!(status, 202);
+    assert_eq!(
+        delivery.post(&client, &daemon.url()).await.unwrap().status,
+        202
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events = daemon.events();
     for name in &names {
@@ -278,9 +258,9 @@ async fn a_kill_during_a_burst_loses_nothing_acknowledged_and_runs_nothing_twice
         let acknowledged = acknowledged.clone();
         sends.push(tokio::spawn(async move {
             let delivery = Delivery::fixture("push", "push_branch_commits.json");
-            if let Ok((status, body)) = post(&client, &url, &delivery).await {
-                if (200..300).contains(&status) {
-                    let names = executions(&common::Answer { status, body });
+            if let Ok(answer) = delivery.post(&client, &url).await {
+                if (200..300).contains(&answer.status) {
+                    let names = executions(&answer);
                     acknowledged.lock().unwrap().push(names);
                 }
             }

@@ -119,6 +119,31 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// POSTs the delivery to `url` with GitHub's headers; an error when nothing
+    /// answered.
+    pub async fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+    ) -> Result<Answer, reqwest::Error> {
+        let mut request = client
+            .post(url)
+            .header("content-type", &self.content_type)
+            .header("x-github-event", &self.event)
+            .header("x-github-delivery", &self.id)
+            .body(self.body.clone());
+        if let Some(signature) = &self.signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok(Answer { status, body })
+    }
+}
+
 pub struct Answer {
     pub status: u16,
     pub body: serde_json::Value,
@@ -139,21 +164,10 @@ impl TestApp {
     }
 
     pub async fn post_github(&self, delivery: &Delivery) -> Answer {
-        let mut request = self
-            .client
-            .post(format!("{}/webhooks/github", self.address))
-            .header("content-type", &delivery.content_type)
-            .header("x-github-event", &delivery.event)
-            .header("x-github-delivery", &delivery.id)
-            .body(delivery.body.clone());
-        if let Some(signature) = &delivery.signature {
-            request = request.header("x-hub-signature-256", signature);
-        }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Answer { status, body }
+        delivery
+            .post(&self.client, &format!("{}/webhooks/github", self.address))
+            .await
+            .expect("the server answers")
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
