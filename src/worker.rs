@@ -607,6 +607,13 @@ mod tests {
         _directory: tempfile::TempDir,
     }
 
+    impl Running {
+        async fn enqueue(&self, requests: Vec<ExecutionRequest>) {
+            let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
+            enqueue(self.queue.as_ref(), &jobs).await.unwrap();
+        }
+    }
+
     async fn start_worker(executor: Arc<ScriptedExecutor>, settings: WorkerSettings) -> Running {
         let directory = tempfile::tempdir().unwrap();
         let queue = Arc::new(
@@ -668,12 +675,7 @@ mod tests {
                 .collect(),
         );
         let running = start_worker(executor.clone(), settings()).await;
-        enqueue(
-            running.queue.as_ref(),
-            &requests.into_iter().map(Job::start).collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+        running.enqueue(requests).await;
         until(|| !executor.started.lock().unwrap().is_empty()).await;
         let attempts: Vec<Instant> = executor
             .attempts
@@ -706,12 +708,7 @@ mod tests {
             )]),
         );
         let running = start_worker(executor.clone(), settings()).await;
-        enqueue(
-            running.queue.as_ref(),
-            &requests.into_iter().map(Job::start).collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+        running.enqueue(requests).await;
         until(|| executor.started.lock().unwrap().len() == 1).await;
         let queue = running.queue.clone();
         let dead = first_dead_letters(&queue).await;
@@ -731,12 +728,7 @@ mod tests {
             ..ScriptedExecutor::default()
         });
         let running = start_worker(executor.clone(), settings()).await;
-        enqueue(
-            running.queue.as_ref(),
-            &requests.into_iter().map(Job::start).collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+        running.enqueue(requests).await;
         until(|| executor.started.lock().unwrap().len() == 4).await;
         let started = executor.started.lock().unwrap().clone();
         let order: Vec<String> = started.iter().map(|(name, _)| name.clone()).collect();
@@ -763,12 +755,7 @@ mod tests {
             ..ScriptedExecutor::default()
         });
         let running = start_worker(executor.clone(), settings()).await;
-        enqueue(
-            running.queue.as_ref(),
-            &requests.into_iter().map(Job::start).collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+        running.enqueue(requests).await;
         until(|| executor.started.lock().unwrap().len() == 1).await;
         running.shutdown.cancel();
         running.worker.await.unwrap().unwrap();

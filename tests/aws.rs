@@ -124,6 +124,16 @@ async fn wait_until_finished(client: &aws_sdk_sfn::Client, arn: &str, names: &[S
     );
 }
 
+/// Runs `gitdispatch check-config` against moto.
+fn check_config(config: &Path) -> std::process::Output {
+    let mut check = binary();
+    check.args(["--config", config.to_str().unwrap(), "check-config"]);
+    for (key, value) in moto::environment() {
+        check.env(key, value);
+    }
+    check.output().unwrap()
+}
+
 #[test]
 fn the_template_embeds_the_sample_state_machine_verbatim() {
     let template = repository_file("deploy/aws/gitdispatch.yaml");
@@ -291,12 +301,7 @@ async fn webhooks_through_sqs_become_step_functions_executions() {
         text.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\""),
     )
     .unwrap();
-    let mut check = binary();
-    check.args(["--config", config_path.to_str().unwrap(), "check-config"]);
-    for (key, value) in moto::environment() {
-        check.env(key, value);
-    }
-    let output = check.output().unwrap();
+    let output = check_config(&config_path);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.success(),
@@ -658,12 +663,7 @@ async fn check_config_warns_about_a_queue_without_a_redrive_policy() {
         ),
     )
     .unwrap();
-    let mut check = binary();
-    check.args(["--config", path.to_str().unwrap(), "check-config"]);
-    for (key, value) in moto::environment() {
-        check.env(key, value);
-    }
-    let output = check.output().unwrap();
+    let output = check_config(&path);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{stdout}");
     assert!(

@@ -4,7 +4,9 @@
 //! it returns; a received message is invisible for a visibility timeout and comes back
 //! unless acknowledged; each receive counts, and a message received too often without
 //! being acknowledged is dead-lettered; messages of one ordering group are handed out
-//! in send order, never while an earlier one of the group is in flight.
+//! in send order, and none of a group while an earlier one is in flight (one receive
+//! may hand out several of a group, in order, as SQS FIFO does: the worker then runs
+//! them one after the other).
 
 pub mod embedded;
 pub mod sqs;
@@ -70,7 +72,8 @@ pub struct Received {
 /// What a backend can promise beyond at-least-once delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Messages of one group go out in order, one group member in flight at a time.
+    /// Messages of one group go out in send order, none while an earlier one is in
+    /// flight (one receive may hand out several, in order).
     pub ordering_groups: bool,
     /// A message with the id of one still queued is dropped.
     pub deduplication: bool,
