@@ -186,10 +186,12 @@ pub async fn executions(
         if json {
             let line = serde_json::json!({
                 "name": record.name,
+                "planned_name": record.planned_name,
+                "attempt": record.attempt,
                 "pipeline": record.pipeline,
                 "environment": record.environment,
                 "action": record.action,
-                "status": record.status,
+                "status": record.status.as_str(),
                 "started_at_ms": record.started_at_ms,
                 "ended_at_ms": record.ended_at_ms,
                 "exit_code": record.exit_code,
@@ -203,7 +205,7 @@ pub async fn executions(
                 out,
                 "{}  {:<11} {:<20} {:<12} started {}  ended {}  log {}{}",
                 record.name,
-                record.status,
+                record.status.as_str(),
                 record.pipeline,
                 record.environment,
                 format_time(Some(record.started_at_ms)),

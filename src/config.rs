@@ -317,6 +317,10 @@ pub enum ExecutorConfig {
         /// The SQLite file recording executions.
         #[serde(default = "default_executions_path")]
         path: PathBuf,
+        /// How often an execution is run in all when our own shutdown or a crash keeps
+        /// interrupting it; then its job is dead-lettered.
+        #[serde(default = "default_max_attempts")]
+        max_attempts: u32,
     },
     /// AWS Step Functions: each pipeline's `state_machine_arn` (standard workflows).
     Stepfunctions {},
@@ -330,11 +334,16 @@ fn default_executions_path() -> PathBuf {
     PathBuf::from("var/executions.db")
 }
 
+fn default_max_attempts() -> u32 {
+    3
+}
+
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig::Local {
             log_dir: default_log_dir(),
             path: default_executions_path(),
+            max_attempts: default_max_attempts(),
         }
     }
 }
@@ -592,7 +601,7 @@ impl Config {
                     ));
                 }
                 for (glob_index, glob) in repositories.iter().enumerate() {
-                    if let Err(message) = crate::plan::pattern::compile_glob(glob) {
+                    if let Err(message) = crate::plan::pattern::compile_repository_glob(glob) {
                         problems.push(Problem::new(
                             format!("{path}.repositories[{glob_index}]"),
                             message,
@@ -661,6 +670,11 @@ impl Config {
                         }
                     }
                 }
+            }
+        }
+        if let ExecutorConfig::Local { max_attempts, .. } = &self.executor {
+            if *max_attempts == 0 {
+                problems.push(Problem::new("executor.max_attempts", "must be above 0"));
             }
         }
         let mut names = HashSet::new();

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ExecutorConfig, QueueConfig};
 use crate::executor::Executor;
-use crate::executor::local::{LocalExecutor, LocalPipeline};
+use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings};
 use crate::executor::stepfunctions::StepFunctionsExecutor;
 use crate::plan::Planner;
 use crate::queue::Queue;
@@ -176,7 +176,11 @@ pub async fn open_executor(
     aws: Option<&SdkConfig>,
 ) -> anyhow::Result<OpenedExecutor> {
     match &config.executor {
-        ExecutorConfig::Local { log_dir, path } => {
+        ExecutorConfig::Local {
+            log_dir,
+            path,
+            max_attempts,
+        } => {
             let pipelines: HashMap<String, LocalPipeline> = config
                 .pipelines
                 .iter()
@@ -191,7 +195,13 @@ pub async fn open_executor(
                     ))
                 })
                 .collect();
-            let executor = LocalExecutor::open(path, log_dir, pipelines).await?;
+            let executor = LocalExecutor::open(LocalSettings {
+                path: path.clone(),
+                log_dir: log_dir.clone(),
+                pipelines,
+                max_attempts: *max_attempts,
+            })
+            .await?;
             Ok(OpenedExecutor::Local(Arc::new(executor)))
         }
         ExecutorConfig::Stepfunctions {} => {
@@ -219,12 +229,33 @@ pub async fn run(config: Config, role: Role, shutdown: CancellationToken) -> any
     })?);
     let metrics = Arc::new(Metrics::default());
     let aws = aws_settings(&config).await;
-    let queue: Arc<dyn Queue> = open_queue(&config, aws.as_ref()).await?.queue();
+    let opened_queue = open_queue(&config, aws.as_ref()).await?;
+    let queue: Arc<dyn Queue> = opened_queue.queue();
 
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    if let OpenedQueue::Embedded(embedded) = &opened_queue {
+        // The writer never stops while the process is sound; if it does, every
+        // delivery would be refused: exit, so that a supervisor restarts the daemon.
+        let embedded = embedded.clone();
+        let shutdown = shutdown.clone();
+        parts.spawn(async move {
+            tokio::select! {
+                reason = embedded.writer_stopped() => ("queue writer", Err(anyhow::anyhow!(reason))),
+                _ = shutdown.cancelled() => ("queue writer", Ok(())),
+            }
+        });
+    }
     let mut executor = None;
     if role.works() {
         let opened = open_executor(&config, aws.as_ref()).await?;
+        if let OpenedExecutor::Local(local) = &opened {
+            // Before anything runs: what a crashed daemon left running must be
+            // stopped and recorded, or it would overlap what comes next.
+            local
+                .recover()
+                .await
+                .context("cannot settle the executions a stopped daemon left")?;
+        }
         let worker = Arc::new(Worker::new(
             queue.clone(),
             opened.executor(),

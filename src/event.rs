@@ -203,11 +203,41 @@ impl fmt::Display for DeliveryId {
     }
 }
 
+/// What tells one occurrence of an event from every other, built only from content
+/// the source authenticated: every delivery of one push (GitHub's redelivery, the same
+/// push from an organisation hook and a repository hook, a captured body posted again
+/// under a new delivery id) has the same occurrence, while a new push of the same
+/// commits (a force-push back, a re-opened pull request) has another. Execution names
+/// are derived from it, never from an unsigned header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Occurrence(String);
+
+impl Occurrence {
+    /// Joins the parts with their lengths, so that no two lists of parts give the same
+    /// text.
+    pub fn from_parts(parts: &[&str]) -> Occurrence {
+        let mut text = String::new();
+        for part in parts {
+            text.push_str(&part.len().to_string());
+            text.push(':');
+            text.push_str(part);
+        }
+        Occurrence(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What happened, in a form every source decodes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub source: Source,
+    /// The request that told us; not authenticated, so it names nothing.
     pub delivery: DeliveryId,
+    pub occurrence: Occurrence,
     /// `owner/name` for GitHub, the repository name for CodeCommit.
     pub repository: String,
     pub kind: EventKind,

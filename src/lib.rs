@@ -12,6 +12,7 @@ pub mod event;
 pub mod executor;
 pub mod job;
 pub mod plan;
+pub mod process;
 pub mod queue;
 pub mod server;
 pub mod source;

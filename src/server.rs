@@ -435,13 +435,19 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.shutdown.is_cancelled() {
-        (
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "shutting_down"})),
         )
-            .into_response()
-    } else {
-        axum::Json(json!({"status": "ready"})).into_response()
+            .into_response();
+    }
+    match state.queue.health() {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "queue_unavailable", "reason": reason})),
+        )
+            .into_response(),
     }
 }
 

@@ -34,6 +34,10 @@ use crate::telemetry::{Metrics, labels};
 /// is offered again, to a worker that may read it.
 const NEWER_JOB_DELAY: Duration = Duration::from_secs(60);
 
+/// How long a started execution may fail to be described before its job is released
+/// to be looked at again later (never dead-lettered: the execution exists).
+const DESCRIBE_PATIENCE: Duration = Duration::from_secs(300);
+
 /// How the worker drains the queue (`[worker]`).
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -189,10 +193,16 @@ impl Worker {
                     }
                 }
             };
-            held.truncate(batch.len());
-            for chain in chains(batch, held) {
-                tasks.spawn(self.clone().run_chain(chain, hard_stop.clone()));
+            // One permit per chain: a lane waiting behind its running execution holds
+            // one, however many of its jobs came in this receive. The permits of the
+            // rest go back at once.
+            for chain in chains(batch) {
+                let permit = held
+                    .pop()
+                    .expect("a batch never has more chains than messages");
+                tasks.spawn(self.clone().run_chain(chain, permit, hard_stop.clone()));
             }
+            drop(held);
             while tasks.try_join_next().is_some() {}
         }
 
@@ -218,35 +228,56 @@ impl Worker {
     }
 
     /// Runs the jobs of one chain (one ordering group, or a single ungrouped job) one
-    /// after the other, keeping the waiting ones invisible meanwhile.
+    /// after the other, keeping the waiting ones invisible meanwhile. The chain stops at
+    /// the first job that is not settled for good (released for later, or stopped by a
+    /// shutdown) and gives the rest back in order: a later commit never overtakes an
+    /// earlier one.
     async fn run_chain(
         self: Arc<Self>,
-        chain: Vec<(Received, OwnedSemaphorePermit)>,
+        chain: Vec<Received>,
+        _permit: OwnedSemaphorePermit,
         hard_stop: CancellationToken,
     ) {
         let waiting: Arc<Mutex<Vec<Receipt>>> = Arc::new(Mutex::new(
             chain
                 .iter()
-                .map(|(received, _)| received.receipt.clone())
+                .map(|received| received.receipt.clone())
                 .collect(),
         ));
+        let forget = |receipt: &Receipt| {
+            waiting
+                .lock()
+                .expect("waiting receipts lock")
+                .retain(|waiting| waiting != receipt);
+        };
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(
             self.clone()
                 .heartbeat(waiting.clone(), heartbeat_stop.clone()),
         );
-        for (received, permit) in chain {
-            if hard_stop.is_cancelled() {
-                self.settle(&received, Settle::Release(Duration::ZERO))
-                    .await;
+        let mut jobs = chain.into_iter();
+        while let Some(received) = jobs.next() {
+            let settle = if hard_stop.is_cancelled() {
+                Settle::Release(Duration::ZERO)
             } else {
-                self.handle(&received, &hard_stop).await;
+                self.handle(&received, &hard_stop).await
+            };
+            let for_good = settle.is_for_good();
+            self.settle(&received, settle).await;
+            forget(&received.receipt);
+            if !for_good {
+                let rest: Vec<Received> = jobs.by_ref().collect();
+                if !rest.is_empty() {
+                    tracing::info!(
+                        jobs = rest.len(),
+                        "Gave back the later jobs of a lane, in order, behind one that is not done."
+                    );
+                }
+                for later in rest {
+                    self.settle(&later, Settle::Release(Duration::ZERO)).await;
+                    forget(&later.receipt);
+                }
             }
-            waiting
-                .lock()
-                .expect("waiting receipts lock")
-                .retain(|receipt| *receipt != received.receipt);
-            drop(permit);
         }
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
@@ -275,19 +306,14 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, received: &Received, hard_stop: &CancellationToken) {
+    async fn handle(&self, received: &Received, hard_stop: &CancellationToken) -> Settle {
         let job = match decode(&received.message.body) {
             Decoded::Job(job) => job,
             Decoded::Newer(reason) => {
                 tracing::warn!(job = %received.message.id, %reason, "Left a job for a newer release.");
-                self.settle(received, Settle::Release(NEWER_JOB_DELAY))
-                    .await;
-                return;
+                return Settle::Release(NEWER_JOB_DELAY);
             }
-            Decoded::Invalid(reason) => {
-                self.settle(received, Settle::DeadLetter(reason)).await;
-                return;
-            }
+            Decoded::Invalid(reason) => return Settle::DeadLetter(reason),
         };
         match job.kind {
             JobKind::Start { request } => {
@@ -301,65 +327,106 @@ impl Worker {
                     commit = %request.origin.commit,
                     receive_count = received.receive_count,
                 );
-                let settle = self
-                    .start(received, &request, hard_stop)
-                    .instrument(span.clone())
-                    .await;
-                self.settle(received, settle).instrument(span).await;
+                self.start(received, &request, hard_stop)
+                    .instrument(span)
+                    .await
             }
         }
     }
 
-    /// Starts one execution; for a grouped (serial) job, waits until it ends.
+    /// Starts one execution and, when its job must be held (a serial lane, or an
+    /// executor whose executions die with this process), waits until it ends, starting
+    /// it again when it was interrupted.
     async fn start(
         &self,
         received: &Received,
         request: &ExecutionRequest,
         hard_stop: &CancellationToken,
     ) -> Settle {
-        tokio::select! {
-            _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
-            _ = self.limiter.until_ready() => {}
-        }
-        // Cancelling a start in flight is safe: the execution may exist, and the next
-        // attempt finds it by name.
-        let started = tokio::select! {
-            _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
-            started = self.executor.start(request) => started,
-        };
-        let started = match started {
-            Ok(started) => started,
-            Err(ExecutorError::Retryable(error)) => {
-                let delay = backoff(
-                    received.receive_count,
-                    self.settings.retry_initial,
-                    self.settings.retry_max,
-                );
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry.");
-                return Settle::Retry(delay);
+        let hold = request.group.is_some() || !self.executor.outlives_this_process();
+        // A lane's job retries in place rather than going back to the queue: the later
+        // jobs of the lane, handed out with it, would otherwise be received again with
+        // it every time, and dead-lettered by the queue's receive count for waiting.
+        let retry_in_place = request.group.is_some();
+        let mut tries = received.receive_count;
+        loop {
+            tokio::select! {
+                _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+                _ = self.limiter.until_ready() => {}
             }
-            Err(ExecutorError::Permanent(error)) => return Settle::DeadLetter(error),
-        };
-        let existed = matches!(started, Started::Existing(_));
-        self.metrics
-            .starts
-            .get_or_create(&labels(&[
-                ("pipeline", &request.pipeline),
-                ("outcome", if existed { "existing" } else { "new" }),
-            ]))
-            .inc();
-        if existed {
-            tracing::info!(id = started.id(), "The execution existed already.");
-        } else {
-            tracing::info!(id = started.id(), "Started an execution.");
+            // Cancelling a start in flight is safe: the execution may exist, and the
+            // next attempt finds it by name.
+            let started = tokio::select! {
+                _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+                started = self.executor.start(request) => started,
+            };
+            let started = match started {
+                Ok(started) => started,
+                Err(ExecutorError::Retryable(error)) => {
+                    let delay =
+                        backoff(tries, self.settings.retry_initial, self.settings.retry_max);
+                    if !retry_in_place {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry.");
+                        return Settle::Retry(delay);
+                    }
+                    if self.queue.max_receives().is_some_and(|max| tries >= max) {
+                        return Settle::DeadLetter(format!(
+                            "could not start the execution in {tries} tries: {error}"
+                        ));
+                    }
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry, holding the lane.");
+                    tries += 1;
+                    tokio::select! {
+                        _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+                Err(ExecutorError::Permanent(error)) => return Settle::DeadLetter(error),
+            };
+            let existed = matches!(started, Started::Existing(_));
+            self.metrics
+                .starts
+                .get_or_create(&labels(&[
+                    ("pipeline", &request.pipeline),
+                    ("outcome", if existed { "existing" } else { "new" }),
+                ]))
+                .inc();
+            if existed {
+                tracing::info!(id = started.id(), "The execution existed already.");
+            } else {
+                tracing::info!(id = started.id(), "Started an execution.");
+            }
+            if !hold {
+                return Settle::Ack;
+            }
+            match self.wait_for_end(request, hard_stop).await {
+                End::Finished => return Settle::Ack,
+                End::Interrupted => {
+                    tracing::warn!("The execution was interrupted; starting it again.");
+                    continue;
+                }
+                End::Stopped => return Settle::Release(Duration::ZERO),
+                End::Unknown(error) => {
+                    let delay = backoff(
+                        received.receive_count,
+                        self.settings.retry_initial,
+                        self.settings.retry_max,
+                    );
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not tell whether the execution ended; will look again.");
+                    return Settle::Retry(delay);
+                }
+            }
         }
-        if request.group.is_none() {
-            return Settle::Ack;
-        }
-        // Serial: the group waits until this execution ends. Look soon at first (most
-        // executions of a quick pipeline are over in a moment), then every
-        // poll_interval.
+    }
+
+    /// Follows a started execution until it ends. Look soon at first (most executions
+    /// of a quick pipeline are over in a moment), then every poll_interval. A failure
+    /// to describe it is never taken for its end: the execution was started, so it is
+    /// looked at again (Step Functions' reads are eventually consistent, and an
+    /// expired credential gets renewed) for up to DESCRIBE_PATIENCE.
+    async fn wait_for_end(&self, request: &ExecutionRequest, hard_stop: &CancellationToken) -> End {
         let mut wait = Duration::from_millis(100);
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             match self
                 .executor
@@ -383,16 +450,22 @@ impl Worker {
                             "The execution did not succeed."
                         );
                     }
-                    return Settle::Ack;
+                    return End::Finished;
                 }
-                Ok(_) => {}
-                Err(ExecutorError::Retryable(error)) => {
+                Ok(execution) if execution.status == ExecutionStatus::Interrupted => {
+                    return End::Interrupted;
+                }
+                Ok(_) => failing_since = None,
+                Err(error) => {
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= DESCRIBE_PATIENCE {
+                        return End::Unknown(error.to_string());
+                    }
                     tracing::warn!(%error, "Could not describe the execution; will look again.");
                 }
-                Err(ExecutorError::Permanent(error)) => return Settle::DeadLetter(error),
             }
             tokio::select! {
-                _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+                _ = hard_stop.cancelled() => return End::Stopped,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = (wait * 2).min(self.settings.poll_interval);
@@ -431,6 +504,18 @@ impl Worker {
     }
 }
 
+/// How a held execution's wait ended.
+enum End {
+    /// It ended for good (succeeded or not).
+    Finished,
+    /// Our shutdown or crash interrupted it: start it again.
+    Interrupted,
+    /// The worker is stopping.
+    Stopped,
+    /// It could not be described for DESCRIBE_PATIENCE.
+    Unknown(String),
+}
+
 /// What becomes of a handled message.
 #[derive(Debug)]
 enum Settle {
@@ -442,24 +527,29 @@ enum Settle {
     DeadLetter(String),
 }
 
+impl Settle {
+    /// Whether the job is done with: acknowledged, or dead-lettered. A job released for
+    /// later comes back, so nothing after it in its lane may run first.
+    fn is_for_good(&self) -> bool {
+        matches!(self, Settle::Ack | Settle::DeadLetter(_))
+    }
+}
+
 /// Splits a batch into chains: one per ordering group (in receive order, which is send
 /// order within a group), one per ungrouped message.
-fn chains(
-    batch: Vec<Received>,
-    permits: Vec<OwnedSemaphorePermit>,
-) -> Vec<Vec<(Received, OwnedSemaphorePermit)>> {
-    let mut chains: Vec<Vec<(Received, OwnedSemaphorePermit)>> = Vec::new();
+fn chains(batch: Vec<Received>) -> Vec<Vec<Received>> {
+    let mut chains: Vec<Vec<Received>> = Vec::new();
     let mut by_group: HashMap<String, usize> = HashMap::new();
-    for (received, permit) in batch.into_iter().zip(permits) {
+    for received in batch {
         match received.message.group.clone() {
             Some(group) => match by_group.get(&group) {
-                Some(&index) => chains[index].push((received, permit)),
+                Some(&index) => chains[index].push(received),
                 None => {
                     by_group.insert(group, chains.len());
-                    chains.push(vec![(received, permit)]);
+                    chains.push(vec![received]);
                 }
             },
-            None => chains.push(vec![(received, permit)]),
+            None => chains.push(vec![received]),
         }
     }
     chains
@@ -484,7 +574,9 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::event::{Commit, CommitSha, DeliveryId, Event, EventKind, Push, RefName, Source};
+    use crate::event::{
+        Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, RefName, Source,
+    };
     use crate::executor::Execution;
     use crate::plan::Planner;
     use crate::plan::name::ExecutionName;
@@ -500,6 +592,8 @@ mod tests {
         attempts: Mutex<Vec<(String, Instant)>>,
         started: Mutex<Vec<(String, Instant)>>,
         runs_for: Duration,
+        /// Answers to give to describes before the real one.
+        describe_errors: Mutex<VecDeque<ExecutorError>>,
     }
 
     #[async_trait]
@@ -532,6 +626,9 @@ mod tests {
             _pipeline: &str,
             name: &ExecutionName,
         ) -> Result<Execution, ExecutorError> {
+            if let Some(error) = self.describe_errors.lock().unwrap().pop_front() {
+                return Err(error);
+            }
             let started = self.started.lock().unwrap();
             let (_, at) = started
                 .iter()
@@ -570,6 +667,7 @@ mod tests {
         let event = Event {
             source: Source::Github,
             delivery: DeliveryId::parse("d").unwrap(),
+            occurrence: Occurrence::from_parts(&["d"]),
             repository: "acme/api".into(),
             kind: EventKind::Push(Push {
                 git_ref: RefName::parse("refs/heads/main").unwrap(),
@@ -653,7 +751,7 @@ mod tests {
 
     /// The dead letters, once there are any.
     async fn first_dead_letters(queue: &EmbeddedQueue) -> Vec<crate::queue::embedded::DeadLetter> {
-        for _ in 0..100 {
+        for _ in 0..10_000 {
             let dead = queue.dead_letters().await.unwrap();
             if !dead.is_empty() {
                 return dead;
@@ -743,6 +841,57 @@ mod tests {
         // kept each job from being handed out twice.
         let attempts = executor.attempts.lock().unwrap().len();
         assert_eq!(attempts, 4);
+        running.shutdown.cancel();
+        running.worker.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_execution_that_cannot_be_described_yet_is_not_dead_lettered() {
+        // Step Functions' reads are eventually consistent: right after a start, the
+        // execution may not show; a credential may expire meanwhile.
+        let requests = requests("serial", 2);
+        let executor = Arc::new(ScriptedExecutor {
+            runs_for: Duration::from_secs(5),
+            describe_errors: Mutex::new(VecDeque::from([
+                ExecutorError::Permanent("ExecutionDoesNotExist".into()),
+                ExecutorError::Permanent("ExecutionDoesNotExist".into()),
+                ExecutorError::Retryable("ExpiredTokenException".into()),
+            ])),
+            ..ScriptedExecutor::default()
+        });
+        let running = start_worker(executor.clone(), settings()).await;
+        running.enqueue(requests).await;
+        until(|| executor.started.lock().unwrap().len() == 2).await;
+        let started = executor.started.lock().unwrap().clone();
+        assert!(
+            started[1].1 - started[0].1 >= Duration::from_secs(5),
+            "the second started only after the first ended"
+        );
+        running.shutdown.cancel();
+        running.worker.await.unwrap().unwrap();
+        assert!(running.queue.dead_letters().await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_retries_its_head_in_place_and_dead_letters_it_after_max_receives() {
+        let requests = requests("serial", 2);
+        let head = requests[0].name.to_string();
+        let executor = Arc::new(ScriptedExecutor::default());
+        executor.errors.lock().unwrap().insert(
+            head.clone(),
+            (0..10)
+                .map(|_| ExecutorError::Retryable("throttled".into()))
+                .collect(),
+        );
+        let running = start_worker(executor.clone(), settings()).await;
+        running.enqueue(requests).await;
+        let queue = running.queue.clone();
+        let dead = first_dead_letters(&queue).await;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].message.id, head);
+        assert_eq!(dead[0].receive_count, 1, "retried in place, received once");
+        assert!(dead[0].reason.contains("in 6 tries"), "{}", dead[0].reason);
+        until(|| executor.started.lock().unwrap().len() == 1).await;
         running.shutdown.cancel();
         running.worker.await.unwrap().unwrap();
     }

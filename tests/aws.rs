@@ -8,11 +8,15 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sfn::types::ExecutionStatus;
+use common::aws::{
+    aws_config_text, create_sample_state_machine, executions_of, plan, plan_body, repository_file,
+    settings, wait_until_drained, wait_until_finished,
+};
 use common::daemon::{Daemon, binary};
+use common::proxy::{self, Fault, Proxy};
 use common::{Delivery, config_from, executions, moto};
 use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
 use gitdispatch::executor::{Executor, ExecutorError, Started};
@@ -20,111 +24,11 @@ use gitdispatch::job::Job;
 use gitdispatch::plan::{ExecutionRequest, Planner};
 use gitdispatch::queue::sqs::SqsQueue;
 use gitdispatch::queue::{Queue, enqueue};
-use gitdispatch::source::github::{self, Decoded};
 use gitdispatch::telemetry::Metrics;
-use gitdispatch::worker::{Worker, WorkerSettings};
+use gitdispatch::worker::Worker;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-fn repository_file(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
-}
-
-/// Creates the sample deployment state machine of deploy/stepfunctions in moto.
-async fn create_sample_state_machine(client: &aws_sdk_sfn::Client) -> String {
-    client
-        .create_state_machine()
-        .name(moto::unique("deploy-sample"))
-        .definition(repository_file("deploy/stepfunctions/deploy.asl.json"))
-        .role_arn("arn:aws:iam::123456789012:role/gitdispatch-sample")
-        .send()
-        .await
-        .unwrap()
-        .state_machine_arn()
-        .to_string()
-}
-
-/// `config/aws.toml`, pointed at the given queue and state machine.
-fn aws_config_text(queue_url: &str, state_machine_arn: &str) -> String {
-    repository_file("config/aws.toml")
-        .replace(
-            "url = \"https://sqs.us-east-1.amazonaws.com/123456789012/gitdispatch.fifo\"",
-            &format!("url = \"{queue_url}\""),
-        )
-        .replace(
-            "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:deploy-sample\"",
-            &format!("state_machine_arn = \"{state_machine_arn}\""),
-        )
-        .replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:8080\"")
-        .replace("poll_interval_secs = 5", "poll_interval_secs = 1")
-}
-
-/// Plans a fixture the way the listener would, under a given delivery id.
-fn plan(config_text: &str, event: &str, fixture: &str, delivery: &str) -> Vec<ExecutionRequest> {
-    let config = config_from(config_text);
-    let planner = Planner::new(&config).unwrap();
-    let body = common::fixture(&format!("github/{fixture}"));
-    let delivery = gitdispatch::event::DeliveryId::parse(delivery).unwrap();
-    let Decoded::Event(event) = github::decode_payload(event, &delivery, &body).unwrap() else {
-        panic!("not an event");
-    };
-    planner.plan(&event).unwrap().requests
-}
-
-/// Every execution of a state machine, by name, with its status.
-async fn executions_of(
-    client: &aws_sdk_sfn::Client,
-    arn: &str,
-) -> HashMap<String, (ExecutionStatus, String)> {
-    let mut all = HashMap::new();
-    let mut token = None;
-    loop {
-        let page = client
-            .list_executions()
-            .state_machine_arn(arn)
-            .set_next_token(token)
-            .send()
-            .await
-            .unwrap();
-        for execution in page.executions() {
-            let previous = all.insert(
-                execution.name().to_string(),
-                (
-                    execution.status().clone(),
-                    execution.execution_arn().to_string(),
-                ),
-            );
-            assert!(
-                previous.is_none(),
-                "two executions named {}",
-                execution.name()
-            );
-        }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            return all;
-        }
-    }
-}
-
-async fn wait_until_finished(client: &aws_sdk_sfn::Client, arn: &str, names: &[String]) {
-    for _ in 0..600 {
-        let all = executions_of(client, arn).await;
-        if names.iter().all(|name| {
-            all.get(name)
-                .is_some_and(|(status, _)| *status != ExecutionStatus::Running)
-        }) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "executions did not finish: {:?}",
-        executions_of(client, arn).await
-    );
-}
-
-/// Runs `gitdispatch check-config` against moto.
 fn check_config(config: &Path) -> std::process::Output {
     let mut check = binary();
     check.args(["--config", config.to_str().unwrap(), "check-config"]);
@@ -186,11 +90,17 @@ async fn the_step_functions_executor_starts_idempotently_and_describes() {
     // Again, after it ended: the same execution, not a second one.
     let again = executor.start(&requests[0]).await.unwrap();
     assert_eq!(again, Started::Existing(first.id().to_string()));
-    // The same name with another input is not ours.
-    let mut other = requests[1].clone();
-    other.name = requests[0].name.clone();
-    assert!(
-        matches!(executor.start(&other).await, Err(ExecutorError::Permanent(message)) if message.contains("another input"))
+    // The name is the key: another delivery of the same event (another delivery id in
+    // the input) finds the same execution.
+    let mut other = requests[0].clone();
+    other.origin.delivery = gitdispatch::event::DeliveryId::parse("another-delivery").unwrap();
+    let mut input: Value = serde_json::from_str(other.input.as_str()).unwrap();
+    input["git"]["delivery"] = "another-delivery".into();
+    other.input = serde_json::from_value(Value::String(input.to_string())).unwrap();
+    assert_ne!(other.input, requests[0].input);
+    assert_eq!(
+        executor.start(&other).await.unwrap(),
+        Started::Existing(first.id().to_string())
     );
     // A state machine that does not exist is a permanent failure.
     let missing = StepFunctionsExecutor::new(
@@ -417,48 +327,6 @@ async fn webhooks_through_sqs_become_step_functions_executions() {
     }
 }
 
-/// Waits until no message is on the queue, visible or in flight.
-async fn wait_until_drained(sqs: &aws_sdk_sqs::Client, url: &str) {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let mut left = 0;
-    for _ in 0..600 {
-        let output = sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        let attributes = output.attributes().unwrap();
-        left = [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        ]
-        .iter()
-        .map(|key| attributes[key].parse::<u32>().unwrap())
-        .sum::<u32>();
-        if left == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{left} message(s) still on the queue");
-}
-
-fn settings() -> WorkerSettings {
-    WorkerSettings {
-        concurrency: 8,
-        batch_size: 10,
-        receive_wait: Duration::from_secs(1),
-        starts_per_second: 100,
-        start_burst: 100,
-        poll_interval: Duration::from_millis(200),
-        retry_initial: Duration::from_millis(100),
-        retry_max: Duration::from_secs(2),
-        shutdown_grace: Duration::from_secs(5),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_received_twice_starts_one_execution() {
     let sdk = moto::sdk_config().await;
@@ -499,83 +367,6 @@ async fn a_message_received_twice_starts_one_execution() {
     assert_eq!(all.len(), 3, "{all:?}");
 }
 
-/// Stands between the executor and Step Functions: throttles some StartExecution
-/// calls, fails others after passing them on (the call happened, the answer is lost),
-/// and forwards the rest.
-async fn faulty_proxy(target: String, starts: Arc<AtomicUsize>) -> String {
-    use axum::body::{Body, to_bytes};
-    use axum::http::{Request, Response, StatusCode};
-    let client = reqwest::Client::new();
-    let handler = move |request: Request<Body>| {
-        let client = client.clone();
-        let target = target.clone();
-        let starts = starts.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let body = to_bytes(body, 10 * 1024 * 1024).await.unwrap();
-            let operation = parts
-                .headers
-                .get("x-amz-target")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let fault = if operation.ends_with(".StartExecution") {
-                Some(starts.fetch_add(1, Ordering::SeqCst) % 4)
-            } else {
-                None
-            };
-            let throttled = || {
-                Response::builder()
-                    .status(StatusCode::BAD_REQUEST)
-                    .header("content-type", "application/x-amz-json-1.0")
-                    .body(Body::from(
-                        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
-                    ))
-                    .unwrap()
-            };
-            let failed = || {
-                Response::builder()
-                    .status(StatusCode::INTERNAL_SERVER_ERROR)
-                    .header("content-type", "application/x-amz-json-1.0")
-                    .body(Body::from(
-                        r#"{"__type":"InternalServerError","message":"oops"}"#,
-                    ))
-                    .unwrap()
-            };
-            match fault {
-                Some(0) => return throttled(),
-                Some(2) => return failed(),
-                _ => {}
-            }
-            let mut forward =
-                client.request(parts.method.clone(), format!("{target}{}", parts.uri));
-            for (name, value) in &parts.headers {
-                if name != "host" && name != "content-length" {
-                    forward = forward.header(name, value);
-                }
-            }
-            let answer = forward.body(body.to_vec()).send().await.unwrap();
-            if fault == Some(1) {
-                // It happened, but the caller never hears so.
-                return failed();
-            }
-            let status = answer.status();
-            let content_type = answer.headers().get("content-type").cloned();
-            let bytes = answer.bytes().await.unwrap();
-            let mut response = Response::builder().status(status);
-            if let Some(content_type) = content_type {
-                response = response.header("content-type", content_type);
-            }
-            response.body(Body::from(bytes)).unwrap()
-        }
-    };
-    let app = axum::Router::new().fallback(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{address}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures() {
     let sdk = moto::sdk_config().await;
@@ -584,11 +375,32 @@ async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures
     let arn = create_sample_state_machine(&sfn).await;
     let (url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 10).await;
     let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
-    let starts = Arc::new(AtomicUsize::new(0));
-    let proxy = faulty_proxy(moto::url().to_string(), starts.clone()).await;
+    // Of every four StartExecution calls: one throttled, one that happens but whose
+    // answer is lost, one failing, one through.
+    let proxy = Proxy::start(moto::url(), |call| {
+        if !call.is("StartExecution") {
+            return Fault::Forward;
+        }
+        match call.index % 4 {
+            0 => {
+                let (status, body) = proxy::error(400, "ThrottlingException");
+                Fault::Answer(status, body)
+            }
+            1 => {
+                let (status, body) = proxy::error(500, "InternalServerError");
+                Fault::ForwardThenAnswer(status, body)
+            }
+            2 => {
+                let (status, body) = proxy::error(500, "InternalServerError");
+                Fault::Answer(status, body)
+            }
+            _ => Fault::Forward,
+        }
+    })
+    .await;
     let through_proxy = aws_sdk_sfn::Client::from_conf(
         aws_sdk_sfn::config::Builder::from(&sdk)
-            .endpoint_url(proxy)
+            .endpoint_url(&proxy.url)
             .build(),
     );
     let executor = Arc::new(StepFunctionsExecutor::new(
@@ -600,12 +412,12 @@ async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures
     let text = aws_config_text(&url, &arn)
         .replace("concurrency = \"serial\"", "concurrency = \"parallel\"");
     let mut names = Vec::new();
-    for delivery in 0..4 {
-        let requests = plan(
+    for push in 0..4 {
+        let requests = plan_body(
             &text,
             "push",
-            "push_branch_commits.json",
-            &format!("faulty-{delivery}"),
+            &common::push_variant("push_branch_commits.json", push),
+            &format!("faulty-{push}"),
         );
         names.extend(requests.iter().map(|r| r.name.to_string()));
         let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
@@ -628,10 +440,14 @@ async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures
     let got: HashSet<&String> = all.keys().collect();
     let want: HashSet<&String> = names.iter().collect();
     assert_eq!(got, want, "exactly one execution per job");
+    let starts = proxy
+        .calls()
+        .iter()
+        .filter(|call| call.is("StartExecution"))
+        .count();
     assert!(
-        starts.load(Ordering::SeqCst) >= 2 * names.len(),
-        "faults were injected: {} StartExecution calls for {} jobs",
-        starts.load(Ordering::SeqCst),
+        starts >= 2 * names.len(),
+        "faults were injected: {starts} StartExecution calls for {} jobs",
         names.len()
     );
     assert!(

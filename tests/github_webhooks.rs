@@ -4,7 +4,11 @@
 
 mod common;
 
-use common::{Delivery, SECRET, config_from, example_config, executions, spawn_app};
+use std::collections::HashSet;
+
+use common::{
+    Delivery, SECRET, config_from, example_config, executions, fixture, push_variant, spawn_app,
+};
 use gitdispatch::job::{Job, JobKind};
 use gitdispatch::plan::{Action, ExecutionRequest};
 use gitdispatch::source::github::sign;
@@ -75,21 +79,61 @@ async fn a_push_of_several_commits_queues_one_execution_per_commit_and_route() {
 }
 
 #[tokio::test]
-async fn a_redelivery_plans_the_same_execution_names() {
+async fn execution_names_come_from_signed_content_so_a_replay_plans_nothing_new() {
     let app = spawn_app(example_config()).await;
     let delivery = Delivery::fixture("push", "push_branch_commits.json");
     let first = app.post_github(&delivery).await;
-    let second = app.post_github(&delivery).await;
     assert_eq!(first.status, 202);
-    assert_eq!(executions(&first), executions(&second));
-    let other = app
+    // GitHub's redelivery (same id), a captured body replayed under a new delivery id,
+    // the same push from a second hook: the delivery id is not signed, so it names
+    // nothing.
+    let redelivered = app.post_github(&delivery).await;
+    let replayed = app
         .post_github(&Delivery::fixture("push", "push_branch_commits.json"))
         .await;
-    assert_ne!(
-        executions(&first),
-        executions(&other),
-        "another delivery, other names"
+    assert_eq!(executions(&first), executions(&redelivered));
+    assert_eq!(executions(&first), executions(&replayed));
+    // A new push of the same commits (pushed again after a force-push away and back)
+    // is another occurrence and deploys again.
+    let pushed_again = app
+        .post_github(&Delivery::new(
+            "push",
+            push_variant("push_branch_commits.json", 1),
+        ))
+        .await;
+    assert_eq!(pushed_again.status, 202);
+    let again: HashSet<String> = executions(&pushed_again).into_iter().collect();
+    assert!(
+        executions(&first).iter().all(|name| !again.contains(name)),
+        "a new push, new names"
     );
+
+    // Pull requests: the same event replayed plans the same names; the pull request
+    // updated (a new updated_at) or reopened plans new ones.
+    let opened = Delivery::fixture("pull_request", "pull_request_opened.json");
+    let first = executions(&app.post_github(&opened).await);
+    let replayed = executions(
+        &app.post_github(&Delivery::fixture(
+            "pull_request",
+            "pull_request_opened.json",
+        ))
+        .await,
+    );
+    assert_eq!(first.len(), 1);
+    assert_eq!(first, replayed);
+    let updated = String::from_utf8(fixture("github/pull_request_opened.json"))
+        .unwrap()
+        .replacen(
+            "\"updated_at\": \"2026-11-20T15:10:00Z\"",
+            "\"updated_at\": \"2026-11-21T09:00:00Z\"",
+            1,
+        );
+    let updated = executions(
+        &app.post_github(&Delivery::new("pull_request", updated.into_bytes()))
+            .await,
+    );
+    assert_eq!(updated.len(), 1);
+    assert_ne!(first, updated, "the pull request changed: a new occurrence");
 }
 
 #[tokio::test]

@@ -17,11 +17,18 @@ pub enum ExecutionStatus {
     Failed,
     TimedOut,
     Aborted,
+    /// Stopped by our own shutdown or crash before it ended: not finished, and the next
+    /// start of its name runs it again as a new attempt.
+    Interrupted,
 }
 
 impl ExecutionStatus {
+    /// Ended for good: nothing will run it again.
     pub fn is_finished(self) -> bool {
-        self != ExecutionStatus::Running
+        !matches!(
+            self,
+            ExecutionStatus::Running | ExecutionStatus::Interrupted
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -31,6 +38,7 @@ impl ExecutionStatus {
             ExecutionStatus::Failed => "failed",
             ExecutionStatus::TimedOut => "timed_out",
             ExecutionStatus::Aborted => "aborted",
+            ExecutionStatus::Interrupted => "interrupted",
         }
     }
 }
@@ -75,9 +83,22 @@ pub enum ExecutorError {
 
 #[async_trait]
 pub trait Executor: Send + Sync {
-    /// Starts an execution; starting a name that exists with the same input returns the
-    /// existing one.
+    /// Starts an execution; starting a name that exists already returns the existing
+    /// execution (the name is the idempotency key: every delivery of one event plans
+    /// the same names). A name whose last run was interrupted is run again as a new
+    /// attempt, under a name of its own.
+    ///
+    /// Cancelling the returned future is safe: the execution may or may not exist
+    /// afterwards, and the next start of the name finds it.
     async fn start(&self, request: &ExecutionRequest) -> Result<Started, ExecutorError>;
+
+    /// Whether a started execution goes on whatever happens to this process (Step
+    /// Functions), so that its job can be acknowledged once it started. When it runs
+    /// inside this process (the local executor), a crash would take it along: its job
+    /// is held until it ends, so that the queue hands it out again after a crash.
+    fn outlives_this_process(&self) -> bool {
+        true
+    }
 
     async fn describe(
         &self,

@@ -34,36 +34,46 @@ pub fn execution_arn(state_machine_arn: &str, name: &ExecutionName) -> Option<St
     Some(format!("{prefix}:execution:{machine}:{}", name.as_str()))
 }
 
-/// Whether a failed call is worth another attempt: throttling, server faults, and
-/// failures that left no answer.
-fn retryable<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
-    match error {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            code.contains("Throttl")
-                || matches!(
-                    code,
-                    "ServiceUnavailable" | "InternalServerError" | "ExecutionLimitExceeded"
-                )
-                || service.raw().status().as_u16() >= 500
-        }
-        // Timeouts, connection failures, unreadable responses: the call may or may not
-        // have happened; the name makes trying again safe.
-        _ => true,
-    }
-}
+/// Error codes that say the request itself is wrong: trying it again cannot help. Every
+/// other failure is worth another attempt, whatever its status class: throttling and
+/// service faults, and also what an operator can put right while the job waits
+/// (expired or rotated credentials, a policy that does not allow the call yet), which
+/// the queue's redrive policy dead-letters if it never gets put right.
+const PERMANENT_CODES: &[&str] = &[
+    "StateMachineDoesNotExist",
+    "StateMachineDeleting",
+    "StateMachineTypeNotSupported",
+    "InvalidArn",
+    "InvalidName",
+    "InvalidExecutionInput",
+    "ValidationException",
+];
 
-/// The executor's view of a failed call: worth retrying or not, with the cause chain.
+/// The executor's view of a failed call, classified by the service's error code (not by
+/// its status class: a 400 is as often throttling or an expired token as a bad
+/// request), with the cause chain. `ExecutionDoesNotExist`, the one error of
+/// DescribeExecution that is not in the list, is retryable too: only executions we
+/// started are described, and one that does not show yet is one Step Functions' eventually
+/// consistent reads do not show yet.
 fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> ExecutorError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let retry = retryable(&error);
+    let permanent = match &error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            PERMANENT_CODES.contains(&code)
+        }
+        // Timeouts, connection failures, unreadable responses, credentials that could
+        // not be loaded: the call may or may not have happened; the name makes trying
+        // again safe.
+        _ => false,
+    };
     let message = format!("{what}: {}", DisplayErrorContext(error));
-    if retry {
-        ExecutorError::Retryable(message)
-    } else {
+    if permanent {
         ExecutorError::Permanent(message)
+    } else {
+        ExecutorError::Retryable(message)
     }
 }
 
@@ -103,29 +113,26 @@ impl StepFunctionsExecutor {
         Ok((arn, output))
     }
 
-    /// After `ExecutionAlreadyExists`: ours if its input is the planned one.
+    /// After `ExecutionAlreadyExists`: the name is ours (names are derived from the event
+    /// and the pipeline), so the execution stands for this request. Its input may differ
+    /// in what names no event, such as the delivery id of another delivery of the same
+    /// event.
     async fn existing(
         &self,
         state_machine: &str,
         request: &ExecutionRequest,
     ) -> Result<Started, ExecutorError> {
         let (arn, output) = self.describe_by_name(state_machine, &request.name).await?;
-        let same_input = match output.input() {
-            None => true,
-            Some(existing) => {
-                existing == request.input.as_str()
-                    || serde_json::from_str::<serde_json::Value>(existing).ok()
-                        == serde_json::from_str::<serde_json::Value>(request.input.as_str()).ok()
-            }
-        };
-        if same_input {
-            Ok(Started::Existing(arn))
-        } else {
-            Err(ExecutorError::Permanent(format!(
-                "execution {} already exists with another input",
-                request.name
-            )))
+        if output
+            .input()
+            .is_some_and(|input| input != request.input.as_str())
+        {
+            tracing::info!(
+                execution = %request.name,
+                "The execution exists with another input (another delivery of the same event); it stands for this one."
+            );
         }
+        Ok(Started::Existing(arn))
     }
 }
 
@@ -196,7 +203,53 @@ impl Executor for StepFunctionsExecutor {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_sfn::error::ErrorMetadata;
+    use aws_sdk_sfn::operation::describe_execution::DescribeExecutionError;
+
     use super::*;
+
+    fn service_error(status: u16, code: &str) -> SdkError<DescribeExecutionError, HttpResponse> {
+        let metadata = ErrorMetadata::builder().code(code).message("m").build();
+        SdkError::service_error(
+            DescribeExecutionError::generic(metadata),
+            HttpResponse::new(status.try_into().unwrap(), "".into()),
+        )
+    }
+
+    #[test]
+    fn errors_are_classified_by_code_not_status() {
+        for (status, code) in [
+            (400, "ThrottlingException"),
+            (400, "ExecutionDoesNotExist"),
+            (400, "ExpiredTokenException"),
+            (400, "UnrecognizedClientException"),
+            (403, "AccessDeniedException"),
+            (400, "ExecutionLimitExceeded"),
+            (500, "InternalServerError"),
+            (503, "ServiceUnavailable"),
+        ] {
+            assert!(
+                matches!(
+                    classify("x", service_error(status, code)),
+                    ExecutorError::Retryable(_)
+                ),
+                "{code}"
+            );
+        }
+        for code in [
+            "StateMachineDoesNotExist",
+            "InvalidExecutionInput",
+            "InvalidName",
+        ] {
+            assert!(
+                matches!(
+                    classify("x", service_error(400, code)),
+                    ExecutorError::Permanent(_)
+                ),
+                "{code}"
+            );
+        }
+    }
 
     #[test]
     fn execution_arns_derive_from_state_machine_arns() {

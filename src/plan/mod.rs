@@ -21,7 +21,7 @@ use crate::event::{
 };
 use input::{MAX_INPUT_BYTES, MAX_MESSAGE_BYTES, Template, cut};
 use name::{ExecutionName, NameParts, execution_name};
-use pattern::{PatternList, compile_glob};
+use pattern::{PatternList, compile_repository_glob};
 
 /// Pull-request actions a route takes when it does not list its own.
 pub const DEFAULT_PULL_REQUEST_ACTIONS: &[&str] = &[
@@ -514,7 +514,7 @@ impl Planner {
         };
 
         let name = execution_name(NameParts {
-            delivery: &event.delivery,
+            occurrence: &event.occurrence,
             pipeline: &pipeline.name,
             environment: &environment,
             git_ref,
@@ -867,7 +867,7 @@ fn compile_route(
         ));
     }
     let repository = route.repository.as_ref().and_then(|glob| {
-        compile_glob(glob)
+        compile_repository_glob(glob)
             .map_err(|message| problems.push(Problem::new(format!("{path}.repository"), message)))
             .ok()
     });

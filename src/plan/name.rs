@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::event::{CommitSha, DeliveryId, RefName};
+use crate::event::{CommitSha, Occurrence, RefName};
 use crate::plan::Action;
 
 /// Step Functions' limit on execution names.
@@ -42,6 +42,33 @@ impl ExecutionName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name of the `attempt`th run of this execution, for an executor that runs an
+    /// interrupted execution again: the name itself for the first attempt, then
+    /// `<readable part>-a<attempt>-<hash of the name and the attempt>`, the readable part
+    /// cut from its start to fit. Each attempt has a name of its own, so "once per name"
+    /// still holds when an execution is run again.
+    pub fn attempt(&self, attempt: u32) -> ExecutionName {
+        if attempt <= 1 {
+            return self.clone();
+        }
+        let mut hasher = Sha256::new();
+        hasher.update((self.0.len() as u64).to_be_bytes());
+        hasher.update(self.0.as_bytes());
+        hasher.update(attempt.to_be_bytes());
+        let digest = hex::encode(hasher.finalize());
+        let hash = &digest[..HASH_LENGTH];
+        let readable = self
+            .0
+            .rsplit_once('-')
+            .map_or(self.0.as_str(), |(readable, _)| readable);
+        let marker = format!("-a{attempt}");
+        let room = MAX_NAME_LENGTH - HASH_LENGTH - 1 - marker.len();
+        // Names are ASCII, so any byte index is a character boundary.
+        let readable = &readable[readable.len().saturating_sub(room)..];
+        let readable = readable.trim_start_matches('-');
+        ExecutionName(format!("{readable}{marker}-{hash}"))
+    }
 }
 
 impl TryFrom<String> for ExecutionName {
@@ -63,10 +90,11 @@ impl fmt::Display for ExecutionName {
     }
 }
 
-/// What an execution name is a function of.
+/// What an execution name is a function of: authenticated content only, never the
+/// delivery id (which anyone replaying a captured body can change).
 #[derive(Debug, Clone, Copy)]
 pub struct NameParts<'a> {
-    pub delivery: &'a DeliveryId,
+    pub occurrence: &'a Occurrence,
     pub pipeline: &'a str,
     pub environment: &'a str,
     pub git_ref: &'a RefName,
@@ -80,7 +108,7 @@ pub struct NameParts<'a> {
 pub fn execution_name(parts: NameParts<'_>) -> ExecutionName {
     let mut hasher = Sha256::new();
     for field in [
-        parts.delivery.as_str(),
+        parts.occurrence.as_str(),
         parts.pipeline,
         parts.environment,
         parts.git_ref.as_str(),
@@ -134,7 +162,7 @@ mod tests {
     use super::*;
 
     fn name(
-        delivery: &str,
+        occurrence: &str,
         pipeline: &str,
         environment: &str,
         git_ref: &str,
@@ -142,7 +170,7 @@ mod tests {
         action: Action,
     ) -> ExecutionName {
         execution_name(NameParts {
-            delivery: &DeliveryId::parse(delivery).unwrap(),
+            occurrence: &Occurrence::from_parts(&[occurrence]),
             pipeline,
             environment,
             git_ref: &RefName::parse(git_ref).unwrap(),
@@ -187,6 +215,37 @@ mod tests {
     }
 
     #[test]
+    fn attempts_have_names_of_their_own() {
+        let planned = name(
+            "o",
+            "deploy",
+            "acceptance",
+            "refs/heads/main",
+            SHA,
+            Action::Deploy,
+        );
+        assert_eq!(planned.attempt(1), planned);
+        let second = planned.attempt(2);
+        assert!(
+            second.as_str().starts_with("deploy-acceptance-1f2e3d4-a2-"),
+            "{second}"
+        );
+        assert_ne!(second, planned.attempt(3));
+        assert_eq!(second, planned.attempt(2), "deterministic");
+        let long = name(
+            "o",
+            &"p".repeat(200),
+            "e",
+            "refs/heads/x",
+            SHA,
+            Action::Teardown,
+        );
+        let tenth = long.attempt(10);
+        assert!(ExecutionName::parse(tenth.as_str()).is_ok(), "{tenth}");
+        assert!(tenth.as_str().contains("-1f2e3d4-teardown-a10-"), "{tenth}");
+    }
+
+    #[test]
     fn long_and_hostile_parts_still_give_a_valid_name() {
         let shown = name(
             "d",
@@ -218,11 +277,11 @@ mod tests {
     proptest! {
         #[test]
         fn names_are_always_valid_and_deterministic(
-            (delivery, pipeline, environment, git_ref, commit, teardown) in arbitrary_parts()
+            (occurrence, pipeline, environment, git_ref, commit, teardown) in arbitrary_parts()
         ) {
             let action = if teardown { Action::Teardown } else { Action::Deploy };
-            let first = name(&delivery, &pipeline, &environment, &git_ref, &commit, action);
-            let second = name(&delivery, &pipeline, &environment, &git_ref, &commit, action);
+            let first = name(&occurrence, &pipeline, &environment, &git_ref, &commit, action);
+            let second = name(&occurrence, &pipeline, &environment, &git_ref, &commit, action);
             prop_assert_eq!(&first, &second);
             prop_assert!(ExecutionName::parse(first.as_str()).is_ok());
         }
@@ -234,9 +293,9 @@ mod tests {
             let mut seen: HashMap<ExecutionName, (String, String, String, String, String, bool)> =
                 HashMap::new();
             for part in parts {
-                let (delivery, pipeline, environment, git_ref, commit, teardown) = part.clone();
+                let (occurrence, pipeline, environment, git_ref, commit, teardown) = part.clone();
                 let action = if teardown { Action::Teardown } else { Action::Deploy };
-                let shown = name(&delivery, &pipeline, &environment, &git_ref, &commit, action);
+                let shown = name(&occurrence, &pipeline, &environment, &git_ref, &commit, action);
                 if let Some(previous) = seen.insert(shown.clone(), part.clone()) {
                     prop_assert_eq!(previous, part, "two inputs share {}", shown);
                 }
@@ -245,12 +304,12 @@ mod tests {
 
         #[test]
         fn inputs_that_differ_in_one_part_differ_in_name(
-            (delivery, pipeline, environment, git_ref, commit, teardown) in arbitrary_parts(),
+            (occurrence, pipeline, environment, git_ref, commit, teardown) in arbitrary_parts(),
             which in 0usize..6,
         ) {
             let action = if teardown { Action::Teardown } else { Action::Deploy };
-            let base = name(&delivery, &pipeline, &environment, &git_ref, &commit, action);
-            let mut changed = (delivery.clone(), pipeline.clone(), environment.clone(),
+            let base = name(&occurrence, &pipeline, &environment, &git_ref, &commit, action);
+            let mut changed = (occurrence.clone(), pipeline.clone(), environment.clone(),
                 git_ref.clone(), commit.clone(), action);
             match which {
                 0 => changed.0.push('x'),

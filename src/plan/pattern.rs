@@ -5,8 +5,19 @@
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
-/// Compiles one glob with GitHub Actions' rules (`*` does not cross `/`).
+/// Compiles one glob with GitHub Actions' rules (`*` does not cross `/`). Branch, tag
+/// and path names are case-sensitive, as Git's are.
 pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    compile(pattern, false)
+}
+
+/// Compiles a glob over repository names (`owner/name`), which GitHub (and CodeCommit
+/// in its ARNs' eyes) treats case-insensitively: `acme/*` takes `Acme/API`.
+pub fn compile_repository_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    compile(pattern, true)
+}
+
+fn compile(pattern: &str, case_insensitive: bool) -> Result<GlobMatcher, String> {
     if pattern.is_empty() {
         return Err("an empty pattern matches nothing".to_string());
     }
@@ -14,6 +25,7 @@ pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
     let glob: Glob = GlobBuilder::new(&rewritten)
         .literal_separator(true)
         .backslash_escape(true)
+        .case_insensitive(case_insensitive)
         .build()
         .map_err(|error| format!("{pattern:?} is not a valid glob: {}", error.kind()))?;
     Ok(glob.compile_matcher())
@@ -48,6 +60,18 @@ pub struct PatternList {
 impl PatternList {
     /// Compiles every pattern; the errors are `(index, message)` pairs.
     pub fn compile(patterns: &[String]) -> Result<PatternList, Vec<(usize, String)>> {
+        PatternList::compile_with(patterns, false)
+    }
+
+    /// Compiles patterns over repository names, matched case-insensitively.
+    pub fn compile_repositories(patterns: &[String]) -> Result<PatternList, Vec<(usize, String)>> {
+        PatternList::compile_with(patterns, true)
+    }
+
+    fn compile_with(
+        patterns: &[String],
+        case_insensitive: bool,
+    ) -> Result<PatternList, Vec<(usize, String)>> {
         let mut compiled = Vec::with_capacity(patterns.len());
         let mut errors = Vec::new();
         for (index, pattern) in patterns.iter().enumerate() {
@@ -55,7 +79,7 @@ impl PatternList {
                 Some(body) => (true, body),
                 None => (false, pattern.as_str()),
             };
-            match compile_glob(body) {
+            match compile(body, case_insensitive) {
                 Ok(matcher) => compiled.push((negated, matcher, pattern.clone())),
                 Err(message) => errors.push((index, message)),
             }

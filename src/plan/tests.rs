@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::Config;
-use crate::event::Commit;
+use crate::event::{Commit, Occurrence};
 
 const SECRET_ENV: &str = "[github]\nwebhook_secrets = [\"x\"]\n";
 
@@ -65,6 +65,7 @@ fn push(git_ref: &str, commits: Vec<Commit>) -> Event {
     Event {
         source: Source::Github,
         delivery: DeliveryId::parse("delivery-1").unwrap(),
+        occurrence: Occurrence::from_parts(&["push-1"]),
         repository: "acme/project-api-v2".to_string(),
         kind: EventKind::Push(Push {
             git_ref: RefName::parse(git_ref).unwrap(),
@@ -99,6 +100,7 @@ fn pull_request(action: &str, edit: impl FnOnce(&mut PullRequest)) -> Event {
     Event {
         source: Source::Github,
         delivery: DeliveryId::parse("delivery-pr").unwrap(),
+        occurrence: Occurrence::from_parts(&["pull-request-1"]),
         repository: "acme/project-api-v2".to_string(),
         kind: EventKind::PullRequest(pull_request),
     }
@@ -267,6 +269,29 @@ fn repository_and_source_must_match() {
         "{:?}",
         plan.trace
     );
+}
+
+#[test]
+fn repositories_match_whatever_their_case_and_branches_do_not() {
+    // GitHub names repositories case-insensitively: a route for "acme/*" and a project
+    // of "acme/project-api-v2" take a push to "Acme/Project-API-v2"; branch names stay
+    // case-sensitive, as Git's are.
+    let planner = planner(&format!(
+        "{PIPELINES}{HOTFIX_ROUTE}[[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\nrepository = \"ACME/Project-*\"\nbranches = [\"main\"]\n"
+    ));
+    let mut event = push("refs/heads/hotfix/x", vec![commit(2, "m", &["a"])]);
+    event.repository = "Acme/Project-API-v2".to_string();
+    let plan = planner.plan(&event).unwrap();
+    assert_eq!(plan.requests.len(), 1, "{:?}", plan.trace);
+    assert_eq!(
+        input(&plan.requests[0])["skip_api_v2"],
+        false,
+        "project matched"
+    );
+    let mut event = push("refs/heads/MAIN", vec![commit(2, "m", &["a"])]);
+    event.repository = "acme/project-api-v2".to_string();
+    let plan = planner.plan(&event).unwrap();
+    assert!(plan.requests.is_empty(), "{:?}", plan.trace);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Capabilities, Message, Queue, QueueError, Receipt, Received};
 
@@ -139,11 +140,27 @@ enum Command {
         now: i64,
         reply: Reply<Depth>,
     },
+    /// Makes the writer fail as a bug would, to test what notices it.
+    #[cfg(test)]
+    Panic,
+}
+
+/// What the writer task tells the rest of the process about itself.
+#[derive(Default)]
+struct WriterHealth {
+    /// Why the writer stopped; set once, when it did.
+    stopped: std::sync::OnceLock<String>,
+    /// Cancelled when the writer stopped.
+    stopped_signal: CancellationToken,
+    /// The error of the last transaction, until one commits again (a full disk, a
+    /// file that cannot be written).
+    failing: std::sync::Mutex<Option<String>>,
 }
 
 /// The SQLite-backed queue.
 pub struct EmbeddedQueue {
     commands: mpsc::UnboundedSender<Command>,
+    health: Arc<WriterHealth>,
     /// Woken whenever a message may have become receivable (send, ack, release).
     arrivals: Arc<Notify>,
     clock: Clock,
@@ -164,9 +181,11 @@ impl EmbeddedQueue {
                 ))
             })?;
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(writer(connection, receiver));
+        let health = Arc::new(WriterHealth::default());
+        tokio::spawn(writer(connection, receiver, health.clone()));
         Ok(EmbeddedQueue {
             commands,
+            health,
             arrivals: Arc::new(Notify::new()),
             clock: Clock::new(),
             settings,
@@ -181,6 +200,18 @@ impl EmbeddedQueue {
         answer
             .await
             .map_err(|_| QueueError::Unavailable("the queue writer stopped".to_string()))?
+    }
+
+    /// Resolves when the writer task has stopped (it never does while the process is
+    /// sound): the queue then refuses everything, and the daemon should exit so that a
+    /// supervisor restarts it. Returns why it stopped.
+    pub async fn writer_stopped(&self) -> String {
+        self.health.stopped_signal.cancelled().await;
+        self.health
+            .stopped
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the queue writer stopped".to_string())
     }
 
     /// Every dead-lettered message, oldest first.
@@ -312,10 +343,24 @@ impl Queue for EmbeddedQueue {
         self.settings.visibility_timeout
     }
 
+    fn max_receives(&self) -> Option<u32> {
+        Some(self.settings.max_receives)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             ordering_groups: true,
             deduplication: true,
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if let Some(reason) = self.health.stopped.get() {
+            return Err(reason.clone());
+        }
+        match &*self.health.failing.lock().expect("queue health lock") {
+            Some(error) => Err(format!("the queue file cannot be written: {error}")),
+            None => Ok(()),
         }
     }
 }
@@ -364,10 +409,18 @@ fn pending<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> P
 }
 
 /// Takes the commands that are waiting, runs them as one transaction on the blocking
-/// pool, and starts again.
-async fn writer(connection: Connection, mut commands: mpsc::UnboundedReceiver<Command>) {
+/// pool, and starts again. If it ever stops, it says so in `health`: callers then get
+/// errors, readiness fails and the daemon exits.
+async fn writer(
+    connection: Connection,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    health: Arc<WriterHealth>,
+) {
     let mut connection = Some(connection);
-    while let Some(first) = commands.recv().await {
+    let reason = loop {
+        let Some(first) = commands.recv().await else {
+            break "the queue was closed".to_string();
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
@@ -376,25 +429,45 @@ async fn writer(connection: Connection, mut commands: mpsc::UnboundedReceiver<Co
             }
         }
         let Some(mut owned) = connection.take() else {
-            break;
+            break "the queue writer lost its connection".to_string();
         };
         match tokio::task::spawn_blocking(move || {
-            write_batch(&mut owned, batch);
-            owned
+            let outcome = write_batch(&mut owned, batch);
+            (owned, outcome)
         })
         .await
         {
-            Ok(returned) => connection = Some(returned),
+            Ok((returned, outcome)) => {
+                connection = Some(returned);
+                let mut failing = health.failing.lock().expect("queue health lock");
+                match outcome {
+                    Ok(()) => {
+                        if failing.take().is_some() {
+                            tracing::info!("The queue file can be written again.");
+                        }
+                    }
+                    Err(error) => {
+                        if failing.is_none() {
+                            tracing::error!(%error, "The queue file cannot be written; deliveries are refused with 503 until it can.");
+                        }
+                        *failing = Some(error);
+                    }
+                }
+            }
             Err(error) => {
                 // The connection went with the failed task; callers now get errors.
-                tracing::error!(%error, "The queue writer failed.");
-                break;
+                break format!("the queue writer failed: {error}");
             }
         }
-    }
+    };
+    tracing::error!(%reason, "The queue writer stopped.");
+    let _ = health.stopped.set(reason);
+    health.stopped_signal.cancel();
 }
 
-fn write_batch(connection: &mut Connection, batch: Vec<Command>) {
+/// Runs a batch as one transaction and answers each command; the transaction's own
+/// error (beginning or committing it), if any.
+fn write_batch(connection: &mut Connection, batch: Vec<Command>) -> Result<(), String> {
     let mut transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate)
     {
         Ok(transaction) => transaction,
@@ -403,7 +476,7 @@ fn write_batch(connection: &mut Connection, batch: Vec<Command>) {
             for command in batch {
                 fail(command, &message);
             }
-            return;
+            return Err(message);
         }
     };
     let mut replies: Vec<Pending> = Vec::with_capacity(batch.len());
@@ -413,6 +486,10 @@ fn write_batch(connection: &mut Connection, batch: Vec<Command>) {
     let commit_error = transaction.commit().err().map(|error| error.to_string());
     for reply in replies {
         reply(commit_error.as_deref());
+    }
+    match commit_error {
+        Some(error) => Err(error),
+        None => Ok(()),
     }
 }
 
@@ -437,6 +514,8 @@ fn fail(command: Command, message: &str) {
         Command::Depth { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
+        #[cfg(test)]
+        Command::Panic => {}
     }
 }
 
@@ -523,6 +602,8 @@ fn execute(transaction: &mut Transaction<'_>, command: Command) -> Pending {
             in_savepoint(transaction, |tx| redrive(tx, seqs.as_deref(), now)),
         ),
         Command::Depth { now, reply } => pending(reply, depth(transaction, now)),
+        #[cfg(test)]
+        Command::Panic => panic!("a writer bug"),
     }
 }
 
@@ -684,4 +765,37 @@ fn depth(tx: &Connection, now: i64) -> rusqlite::Result<Depth> {
         in_flight: in_flight as u64,
         dead: dead as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_writer_that_dies_is_noticed() {
+        let directory = tempfile::tempdir().unwrap();
+        let queue = EmbeddedQueue::open(EmbeddedSettings {
+            path: directory.path().join("queue.db"),
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 5,
+        })
+        .await
+        .unwrap();
+        assert_eq!(queue.health(), Ok(()));
+        queue.commands.send(Command::Panic).unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(10), queue.writer_stopped())
+            .await
+            .expect("the writer's end is signalled");
+        assert!(reason.contains("the queue writer failed"), "{reason}");
+        assert!(queue.health().is_err(), "readiness reflects it");
+        let message = Message {
+            id: "a".into(),
+            group: None,
+            body: "{}".into(),
+        };
+        assert!(matches!(
+            queue.send(&[message]).await,
+            Err(QueueError::Unavailable(_))
+        ));
+    }
 }

@@ -40,12 +40,24 @@ pub struct Message {
 
 impl Message {
     pub fn from_job(job: &Job) -> Message {
+        let body = serde_json::to_string(job).expect("a job always serializes");
         Message {
             id: job.id().to_string(),
             group: job.group().map(str::to_string),
-            body: serde_json::to_string(job).expect("a job always serializes"),
+            body: escape_noncharacters(body),
         }
     }
+}
+
+/// Writes U+FFFE and U+FFFF, which SQS refuses in a message body, as JSON escapes: they
+/// can only occur inside JSON strings, where the escape reads back as the same
+/// character. A commit message holding one must not make its job unsendable.
+fn escape_noncharacters(body: String) -> String {
+    if !body.contains(['\u{fffe}', '\u{ffff}']) {
+        return body;
+    }
+    body.replace('\u{fffe}', "\\ufffe")
+        .replace('\u{ffff}', "\\uffff")
 }
 
 /// Proof of one receive of a message; acknowledging or releasing needs it.
@@ -105,11 +117,39 @@ pub trait Queue: Send + Sync {
     /// How long a received message stays invisible unless extended.
     fn visibility_timeout(&self) -> Duration;
 
+    /// How many receives a message gets before it is dead-lettered, when the queue
+    /// dead-letters at all.
+    fn max_receives(&self) -> Option<u32>;
+
     fn capabilities(&self) -> Capabilities;
+
+    /// Whether the queue can take work now; the reason when it cannot. Readiness
+    /// reports it.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Puts jobs on a queue: the listener's one use of it.
 pub async fn enqueue(queue: &dyn Queue, jobs: &[Job]) -> Result<(), QueueError> {
     let messages: Vec<Message> = jobs.iter().map(Message::from_job).collect();
     queue.send(&messages).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_never_hold_characters_sqs_refuses_and_read_back_the_same() {
+        let body = r#"{"v":1,"type":"start","request":{"pipeline":"deploy","name":"deploy-ci-0123456-0123456789abcdef0123","group":null,"environment":"ci","action":"deploy","input":"{\"m\":\"x\"}","origin":{"source":"github","delivery":"d","repository":"acme/api","git_ref":"refs/heads/main","commit":"0123456789abcdef0123456789abcdef01234567"}}}"#;
+        let mut job: Job = serde_json::from_str(body).unwrap();
+        let crate::job::JobKind::Start { request } = &mut job.kind;
+        let input = "{\"m\":\"odd \u{fffe} and \u{ffff} in a message\"}";
+        request.input = serde_json::from_value(serde_json::Value::String(input.into())).unwrap();
+        let message = Message::from_job(&job);
+        assert!(!message.body.contains(['\u{fffe}', '\u{ffff}']));
+        let read: Job = serde_json::from_str(&message.body).unwrap();
+        assert_eq!(read, job, "the escapes read back as the characters");
+    }
 }

@@ -175,6 +175,12 @@ impl SqsQueue {
     }
 }
 
+/// The characters SQS takes in a message body (XML 1.0's): tab, line feed, carriage
+/// return, and everything from space up except the surrogates, U+FFFE and U+FFFF.
+fn sqs_allows(character: char) -> bool {
+    matches!(character, '\t' | '\n' | '\r' | ' '..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+}
+
 /// SQS deduplication ids take 1 to 128 printable ASCII characters; execution names
 /// always fit, other ids are hashed.
 fn dedup_id(id: &str) -> String {
@@ -258,6 +264,8 @@ fn whole_seconds(duration: Duration) -> i32 {
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, messages: &[Message]) -> Result<(), QueueError> {
+        // Everything SQS would refuse is refused here, before anything is sent: a
+        // delivery is either queued whole or refused whole.
         for message in messages {
             let size = Self::size(message);
             if size > self.facts.max_message_bytes {
@@ -266,6 +274,15 @@ impl Queue for SqsQueue {
                     reason: format!(
                         "{size} bytes is over the queue's limit of {} bytes",
                         self.facts.max_message_bytes
+                    ),
+                });
+            }
+            if let Some(character) = message.body.chars().find(|c| !sqs_allows(*c)) {
+                return Err(QueueError::Refused {
+                    id: message.id.clone(),
+                    reason: format!(
+                        "the body holds {:?}, a character SQS does not take",
+                        character
                     ),
                 });
             }
@@ -288,8 +305,9 @@ impl Queue for SqsQueue {
                 .push(message);
             bytes += size;
         }
+        let mut sent_any = false;
         for batch in batches {
-            self.send_batch(&batch).await?;
+            self.send_batch(&batch, &mut sent_any).await?;
         }
         Ok(())
     }
@@ -370,6 +388,13 @@ impl Queue for SqsQueue {
         self.facts.visibility_timeout
     }
 
+    fn max_receives(&self) -> Option<u32> {
+        self.facts
+            .dead_letter
+            .as_ref()
+            .map(|(_, max_receives)| *max_receives)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             ordering_groups: self.facts.fifo,
@@ -380,8 +405,11 @@ impl Queue for SqsQueue {
 
 impl SqsQueue {
     /// Sends one batch; entries SQS did not take are sent again (the call is not
-    /// atomic), those it refused as the sender's fault fail the send.
-    async fn send_batch(&self, batch: &[&Message]) -> Result<(), QueueError> {
+    /// atomic), those it refused as the sender's fault fail the send. `sent_any` says
+    /// whether an earlier entry of the same send went in: a refusal is then not the
+    /// delivery's final answer (the queued part would run without the rest), but a
+    /// failure to retry, which a redelivery completes (names make that safe).
+    async fn send_batch(&self, batch: &[&Message], sent_any: &mut bool) -> Result<(), QueueError> {
         let mut pending: Vec<&Message> = batch.to_vec();
         for attempt in 1..=SEND_ATTEMPTS {
             let entries: Vec<SendMessageBatchRequestEntry> = pending
@@ -397,6 +425,9 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|error| unavailable("cannot send messages", error))?;
+            if !output.successful().is_empty() {
+                *sent_any = true;
+            }
             let mut retry = Vec::new();
             for failed in output.failed() {
                 let index: usize = failed.id().parse().unwrap_or(usize::MAX);
@@ -404,13 +435,21 @@ impl SqsQueue {
                     continue;
                 };
                 if failed.sender_fault() {
-                    return Err(QueueError::Refused {
-                        id: message.id.clone(),
-                        reason: format!(
-                            "{}: {}",
-                            failed.code(),
-                            failed.message().unwrap_or("refused by SQS")
-                        ),
+                    let reason = format!(
+                        "{}: {}",
+                        failed.code(),
+                        failed.message().unwrap_or("refused by SQS")
+                    );
+                    return Err(if *sent_any {
+                        QueueError::Unavailable(format!(
+                            "SQS refused message {} after other messages of the same send went in: {reason}",
+                            message.id
+                        ))
+                    } else {
+                        QueueError::Refused {
+                            id: message.id.clone(),
+                            reason,
+                        }
                     });
                 }
                 retry.push(*message);

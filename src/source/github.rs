@@ -15,8 +15,8 @@ use sha2::Sha256;
 use super::SourceError;
 use crate::config::GithubConfig;
 use crate::event::{
-    Commit, CommitSha, DeliveryId, Event, EventKind, PullRequest, PullRequestAction, Push, RefName,
-    Source,
+    Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, PullRequest, PullRequestAction,
+    Push, RefName, Source,
 };
 use crate::plan::pattern::PatternList;
 
@@ -46,7 +46,7 @@ impl GithubSecrets {
                 secret: entry.secret().clone(),
                 scope: entry
                     .repositories()
-                    .and_then(|globs| PatternList::compile(globs).ok()),
+                    .and_then(|globs| PatternList::compile_repositories(globs).ok()),
             })
             .collect();
         GithubSecrets { entries }
@@ -233,6 +233,19 @@ fn unusable(error: impl std::fmt::Display) -> SourceError {
 #[derive(Deserialize)]
 struct RepositoryPayload {
     full_name: String,
+    /// When the repository was last pushed to: a number of seconds in push payloads
+    /// (a timestamp text elsewhere). Signed, and new for every push.
+    #[serde(default)]
+    pushed_at: Option<serde_json::Value>,
+}
+
+/// A JSON scalar as text, for an occurrence key.
+fn scalar_text(value: Option<&serde_json::Value>) -> String {
+    match value {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -319,9 +332,22 @@ fn decode_push(json: &[u8], delivery: &DeliveryId) -> Result<Event, SourceError>
             "pushes to refs/pull/ are not branch or tag pushes",
         ));
     }
+    // GitHub names repositories case-insensitively; the key must not depend on which
+    // hook spelled it how.
+    let repository_key = payload.repository.full_name.to_ascii_lowercase();
+    let occurrence = Occurrence::from_parts(&[
+        "github",
+        "push",
+        &repository_key,
+        push.git_ref.as_str(),
+        push.before.as_str(),
+        push.after.as_str(),
+        &scalar_text(payload.repository.pushed_at.as_ref()),
+    ]);
     Ok(Event {
         source: Source::Github,
         delivery: delivery.clone(),
+        occurrence,
         repository: payload.repository.full_name,
         kind: EventKind::Push(push),
     })
@@ -343,6 +369,9 @@ struct PullRequestBody {
     draft: bool,
     #[serde(default)]
     merged: Option<bool>,
+    /// Changes with every action on the pull request; part of its occurrence key.
+    #[serde(default)]
+    updated_at: Option<serde_json::Value>,
     #[serde(default)]
     labels: Vec<LabelPayload>,
     user: Option<UserPayload>,
@@ -399,9 +428,19 @@ fn decode_pull_request(json: &[u8], delivery: &DeliveryId) -> Result<Event, Sour
         labels: body.labels.into_iter().map(|label| label.name).collect(),
         from_fork,
     };
+    let occurrence = Occurrence::from_parts(&[
+        "github",
+        "pull_request",
+        &payload.repository.full_name.to_ascii_lowercase(),
+        &pull_request.number.to_string(),
+        pull_request.action.as_str(),
+        pull_request.head_sha.as_str(),
+        &scalar_text(body.updated_at.as_ref()),
+    ]);
     Ok(Event {
         source: Source::Github,
         delivery: delivery.clone(),
+        occurrence,
         repository: payload.repository.full_name,
         kind: EventKind::PullRequest(pull_request),
     })

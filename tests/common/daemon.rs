@@ -9,6 +9,45 @@ use std::time::{Duration, Instant};
 
 use super::SECRET;
 
+/// One line of the recording script.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub kind: String,
+    pub run: String,
+    pub planned: String,
+    pub environment: String,
+    pub at_ns: u128,
+}
+
+/// One run of the recording script, from its lines.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub name: String,
+    pub planned: String,
+    pub environment: String,
+    pub starts: usize,
+    /// When its first and last line were written.
+    pub first_ns: u128,
+    pub last_ns: u128,
+    pub ended: bool,
+}
+
+/// The runs of one environment that overlapped in time: a run's lines (from its start
+/// to its last tick or end) never reach into another's.
+pub fn overlaps(runs: &[&Run]) -> Vec<(String, String)> {
+    let mut sorted: Vec<&&Run> = runs.iter().collect();
+    sorted.sort_by_key(|run| run.first_ns);
+    let mut found = Vec::new();
+    for (index, run) in sorted.iter().enumerate() {
+        for later in &sorted[index + 1..] {
+            if later.first_ns < run.last_ns {
+                found.push((run.name.clone(), later.name.clone()));
+            }
+        }
+    }
+    found
+}
+
 pub struct Daemon {
     pub directory: tempfile::TempDir,
     pub config: PathBuf,
@@ -136,27 +175,71 @@ impl Daemon {
         child.wait().unwrap()
     }
 
-    /// `(start, end)` lines of the recording script, by execution name.
-    pub fn events(&self) -> HashMap<String, Vec<(String, String, u128)>> {
+    /// The lines the recording script wrote, in the order written.
+    pub fn lines(&self) -> Vec<Line> {
         let text = std::fs::read_to_string(self.records().join("events.log")).unwrap_or_default();
-        let mut events: HashMap<String, Vec<(String, String, u128)>> = HashMap::new();
-        for line in text.lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            events.entry(parts[1].to_string()).or_default().push((
-                parts[0].to_string(),
-                parts[2].to_string(),
-                parts[3].parse().unwrap(),
-            ));
-        }
-        events
+        text.lines()
+            .filter_map(|line| {
+                let parts: Vec<&str> = line.split(' ').collect();
+                // A line cut by a kill mid-write is not a line.
+                if parts.len() != 5 {
+                    return None;
+                }
+                Some(Line {
+                    kind: parts[0].to_string(),
+                    run: parts[1].to_string(),
+                    planned: parts[2].to_string(),
+                    environment: parts[3].to_string(),
+                    at_ns: parts[4].parse().ok()?,
+                })
+            })
+            .collect()
     }
 
-    /// The executions the daemon recorded, by name, with their status.
+    /// The runs the recording script saw, by run name.
+    pub fn runs(&self) -> HashMap<String, Run> {
+        let mut runs: HashMap<String, Run> = HashMap::new();
+        for line in self.lines() {
+            let run = runs.entry(line.run.clone()).or_insert_with(|| Run {
+                name: line.run.clone(),
+                planned: line.planned.clone(),
+                environment: line.environment.clone(),
+                starts: 0,
+                first_ns: line.at_ns,
+                last_ns: line.at_ns,
+                ended: false,
+            });
+            run.first_ns = run.first_ns.min(line.at_ns);
+            run.last_ns = run.last_ns.max(line.at_ns);
+            match line.kind.as_str() {
+                "start" => run.starts += 1,
+                "end" => run.ended = true,
+                _ => {}
+            }
+        }
+        runs
+    }
+
+    /// The runs that reached their end, by planned name.
+    pub fn completed(&self) -> HashMap<String, Vec<Run>> {
+        let mut completed: HashMap<String, Vec<Run>> = HashMap::new();
+        for run in self.runs().into_values().filter(|run| run.ended) {
+            completed.entry(run.planned.clone()).or_default().push(run);
+        }
+        completed
+    }
+
+    /// The executions the daemon recorded, by planned name, with the status of their
+    /// latest run.
     pub fn executions(&self) -> HashMap<String, String> {
         let connection =
             rusqlite::Connection::open(self.directory.path().join("executions.db")).unwrap();
         let mut statement = connection
-            .prepare("SELECT name, status FROM executions")
+            .prepare(
+                "SELECT planned_name, status FROM executions AS e
+                 WHERE attempt = (SELECT MAX(attempt) FROM executions AS l
+                                  WHERE l.planned_name = e.planned_name)",
+            )
             .unwrap();
         statement
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))

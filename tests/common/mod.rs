@@ -2,8 +2,10 @@
 //! requests built from the fixtures, and what ended up queued.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod daemon;
 pub mod moto;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +29,22 @@ pub fn fixture_path(name: &str) -> PathBuf {
 
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixture_path(name)).unwrap_or_else(|error| panic!("fixture {name}: {error}"))
+}
+
+/// A push fixture as another push of the same commits would send it: the same body
+/// with the repository's `pushed_at` moved on by `n` seconds.
+pub fn push_variant(name: &str, n: u64) -> Vec<u8> {
+    let text = String::from_utf8(fixture(&format!("github/{name}"))).unwrap();
+    assert_eq!(
+        text.matches("\"pushed_at\": 1700000000").count(),
+        1,
+        "{name} has one pushed_at"
+    );
+    text.replace(
+        "\"pushed_at\": 1700000000",
+        &format!("\"pushed_at\": {}", 1_700_000_000 + n),
+    )
+    .into_bytes()
 }
 
 /// The example configuration with the test secret.
