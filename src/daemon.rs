@@ -220,9 +220,20 @@ pub async fn open_executor(
     }
 }
 
+/// A file size limit (`RLIMIT_FSIZE`, as a full disk would) must make the queue's writes
+/// fail with an error it reports (503, not ready), not kill the daemon with SIGXFSZ.
+/// Pipeline commands get the default back (see the local executor).
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Runs `role` until `shutdown` is cancelled or a part stops on its own, in which case
 /// the others are shut down too and the error names the part.
 pub async fn run(config: Config, role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
+    ignore_file_size_signal();
     let planner = Arc::new(Planner::new(&config).map_err(|problems| {
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid configuration: {}", shown.join("; "))

@@ -34,6 +34,10 @@ use crate::telemetry::{Metrics, labels};
 /// is offered again, to a worker that may read it.
 const NEWER_JOB_DELAY: Duration = Duration::from_secs(60);
 
+/// With short polls (`receive_wait_secs = 0`), how long an empty receive waits before
+/// the next one.
+const EMPTY_POLL_PAUSE: Duration = Duration::from_millis(200);
+
 /// How long a started execution may fail to be described before its job is released
 /// to be looked at again later (never dead-lettered: the execution exists).
 const DESCRIBE_PATIENCE: Duration = Duration::from_secs(300);
@@ -193,6 +197,13 @@ impl Worker {
                     }
                 }
             };
+            if batch.is_empty() && self.settings.receive_wait.is_zero() {
+                // Short polls: do not ask again at once when there was nothing.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(EMPTY_POLL_PAUSE) => {}
+                }
+            }
             // One permit per chain: a lane waiting behind its running execution holds
             // one, however many of its jobs came in this receive. The permits of the
             // rest go back at once.

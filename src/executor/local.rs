@@ -885,10 +885,12 @@ async fn spawn_command(
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes one write(2) of a buffer prepared
-    // before the fork, to the log file already set up as the child's stdout.
+    // async-signal-safe calls are allowed: one write(2) of a buffer prepared before the
+    // fork, to the log file already set up as the child's stdout, and signal(2) to give
+    // the command the default SIGXFSZ the daemon ignores for itself.
     unsafe {
         command.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
             libc::write(1, header.as_ptr().cast(), header.len());
             Ok(())
         });
@@ -903,6 +905,10 @@ async fn spawn_command(
     })
 }
 
+/// Records how a run ended. The outcome is known only here, so a store that cannot be
+/// written (a full disk) is tried again until it can: a run left `running` would hold
+/// its lane for ever. A shutdown aborts the wait, and the run is then recorded as
+/// interrupted.
 async fn finish(
     store: &Arc<Mutex<Connection>>,
     name: &ExecutionName,
@@ -910,17 +916,33 @@ async fn finish(
     code: Option<i32>,
     error: Option<String>,
 ) {
-    let key = name.to_string();
-    let result = with_store(store, move |connection| {
-        connection.execute(
-            "UPDATE executions SET status = ?2, exit_code = ?3, error = ?4, ended_at = ?5
-             WHERE name = ?1",
-            params![key, status.as_str(), code, error, now_ms()],
-        )
-    })
-    .await;
-    if let Err(error) = result {
-        tracing::error!(execution = %name, %error, "Could not record the end of an execution.");
+    let mut failures = 0;
+    loop {
+        let key = name.to_string();
+        let error = error.clone();
+        let result = with_store(store, move |connection| {
+            connection.execute(
+                "UPDATE executions SET status = ?2, exit_code = ?3, error = ?4, ended_at = ?5
+                 WHERE name = ?1",
+                params![key, status.as_str(), code, error, now_ms()],
+            )
+        })
+        .await;
+        match result {
+            Ok(_) => return,
+            Err(error) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::error!(execution = %name, %error, "Could not record the end of an execution; trying again.");
+                }
+                tokio::time::sleep(crate::worker::backoff(
+                    failures,
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                ))
+                .await;
+            }
+        }
     }
 }
 

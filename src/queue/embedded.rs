@@ -28,6 +28,9 @@ const MAX_BATCH: usize = 1024;
 /// another process.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+/// While the file cannot be written, the writer tries a write this often.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Settings of the embedded queue (`[queue]` with `type = "embedded"`).
 #[derive(Debug, Clone)]
 pub struct EmbeddedSettings {
@@ -140,6 +143,8 @@ enum Command {
         now: i64,
         reply: Reply<Depth>,
     },
+    /// A write that changes nothing visible, to learn whether the file can be written.
+    Probe,
     /// Makes the writer fail as a bug would, to test what notices it.
     #[cfg(test)]
     Panic,
@@ -389,9 +394,17 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
              reason TEXT NOT NULL,
              sent_at INTEGER NOT NULL,
              dead_at INTEGER NOT NULL
-         );",
+         );
+         CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
     )?;
     Ok(connection)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
 }
 
 /// A reply waiting for the commit of its transaction.
@@ -418,7 +431,19 @@ async fn writer(
 ) {
     let mut connection = Some(connection);
     let reason = loop {
-        let Some(first) = commands.recv().await else {
+        let failing = health.failing.lock().expect("queue health lock").is_some();
+        let first = if failing {
+            // While the file cannot be written, try a write now and then even when
+            // nothing asks for one: readiness must come back when the disk does,
+            // though a load balancer sends nothing to an unready listener.
+            match tokio::time::timeout(PROBE_INTERVAL, commands.recv()).await {
+                Ok(command) => command,
+                Err(_) => Some(Command::Probe),
+            }
+        } else {
+            commands.recv().await
+        };
+        let Some(first) = first else {
             break "the queue was closed".to_string();
         };
         let mut batch = vec![first];
@@ -480,14 +505,24 @@ fn write_batch(connection: &mut Connection, batch: Vec<Command>) -> Result<(), S
         }
     };
     let mut replies: Vec<Pending> = Vec::with_capacity(batch.len());
+    let mut probe_error = None;
     for command in batch {
+        if let Command::Probe = command {
+            let probed = transaction
+                .prepare_cached("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)")
+                .and_then(|mut statement| statement.execute([now_ms()]));
+            if let Err(error) = probed {
+                probe_error = Some(error.to_string());
+            }
+            continue;
+        }
         replies.push(execute(&mut transaction, command));
     }
     let commit_error = transaction.commit().err().map(|error| error.to_string());
     for reply in replies {
         reply(commit_error.as_deref());
     }
-    match commit_error {
+    match commit_error.or(probe_error) {
         Some(error) => Err(error),
         None => Ok(()),
     }
@@ -514,6 +549,7 @@ fn fail(command: Command, message: &str) {
         Command::Depth { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
+        Command::Probe => {}
         #[cfg(test)]
         Command::Panic => {}
     }
@@ -602,6 +638,8 @@ fn execute(transaction: &mut Transaction<'_>, command: Command) -> Pending {
             in_savepoint(transaction, |tx| redrive(tx, seqs.as_deref(), now)),
         ),
         Command::Depth { now, reply } => pending(reply, depth(transaction, now)),
+        // Run by write_batch itself, which needs its outcome.
+        Command::Probe => Box::new(|_: Option<&str>| {}),
         #[cfg(test)]
         Command::Panic => panic!("a writer bug"),
     }

@@ -149,6 +149,30 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// The running process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sets the process's file size limit, as a full disk would be felt: writes past
+    /// `bytes` fail. `None` lifts it.
+    pub fn limit_file_size(&self, bytes: Option<u64>) {
+        let limit = libc::rlimit {
+            rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit reads the struct we pass and writes nothing (no old limit).
+        let result = unsafe {
+            libc::prlimit(
+                self.pid() as libc::pid_t,
+                libc::RLIMIT_FSIZE,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(result, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.directory.path().join("daemon.log")).unwrap_or_default()
     }
