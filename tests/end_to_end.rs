@@ -396,6 +396,23 @@ fn assert_lane_recovered(daemon: &Daemon, planned: &[String]) {
     }
 }
 
+/// Starts the daemon again, with quick deploys, and checks how the lane recovered.
+fn restart_and_finish_the_lane(daemon: &mut Daemon, planned: &[String]) {
+    daemon.spawn(&[("RECORD_SLEEP", "0.5")]);
+    daemon.wait_for(
+        "the lane to finish after the restart",
+        Duration::from_secs(90),
+        |daemon| {
+            acceptance_lane(daemon)
+                .iter()
+                .filter(|run| run.ended)
+                .count()
+                == 3
+        },
+    );
+    assert_lane_recovered(daemon, planned);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_serial_deploy_runs_it_again_before_the_rest_of_its_lane() {
     let mut daemon = Daemon::start(&slow_lane(), &[("RECORD_SLEEP", "3")]);
@@ -418,19 +435,7 @@ async fn a_restart_during_a_serial_deploy_runs_it_again_before_the_rest_of_its_l
         Some("interrupted")
     );
 
-    daemon.spawn(&[("RECORD_SLEEP", "0.5")]);
-    daemon.wait_for(
-        "the lane to finish after the restart",
-        Duration::from_secs(90),
-        |daemon| {
-            acceptance_lane(daemon)
-                .iter()
-                .filter(|run| run.ended)
-                .count()
-                == 3
-        },
-    );
-    assert_lane_recovered(&daemon, &planned);
+    restart_and_finish_the_lane(&mut daemon, &planned);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,19 +473,7 @@ async fn after_a_kill_the_deploy_left_running_is_stopped_before_its_lane_goes_on
     std::thread::sleep(Duration::from_millis(500));
     assert!(ticks(&daemon) > before, "the orphan runs on after the kill");
 
-    daemon.spawn(&[("RECORD_SLEEP", "0.5")]);
-    daemon.wait_for(
-        "the lane to finish after the restart",
-        Duration::from_secs(90),
-        |daemon| {
-            acceptance_lane(daemon)
-                .iter()
-                .filter(|run| run.ended)
-                .count()
-                == 3
-        },
-    );
-    assert_lane_recovered(&daemon, &planned);
+    restart_and_finish_the_lane(&mut daemon, &planned);
     let log = daemon.log();
     assert!(
         log.contains("Stopped the processes of an execution a stopped daemon left behind"),

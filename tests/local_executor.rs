@@ -72,6 +72,14 @@ async fn executor(directory: &Path, command: &[&str], timeout: Duration) -> Loca
         .unwrap()
 }
 
+/// An executor whose command appends a line to a file for each run; and the file.
+async fn counting_executor(directory: &Path) -> (LocalExecutor, std::path::PathBuf) {
+    let counter = directory.join("count");
+    let script = format!("echo run >> {}", counter.display());
+    let executor = executor(directory, &["sh", "-c", &script], Duration::from_secs(30)).await;
+    (executor, counter)
+}
+
 async fn wait_finished(executor: &LocalExecutor, request: &ExecutionRequest) -> ExecutionStatus {
     for _ in 0..200 {
         let execution = executor.describe("job", &request.name).await.unwrap();
@@ -137,14 +145,7 @@ async fn the_command_gets_the_input_on_stdin_and_names_in_its_environment() {
 #[tokio::test]
 async fn a_second_start_of_a_name_runs_nothing() {
     let directory = tempfile::tempdir().unwrap();
-    let counter = directory.path().join("count");
-    let script = format!("echo run >> {}", counter.display());
-    let executor = executor(
-        directory.path(),
-        &["sh", "-c", &script],
-        Duration::from_secs(30),
-    )
-    .await;
+    let (executor, counter) = counting_executor(directory.path()).await;
     let request = &requests("job")[0];
     executor.start(request).await.unwrap();
     wait_finished(&executor, request).await;
@@ -535,14 +536,7 @@ async fn a_log_that_cannot_be_created_is_a_retryable_failure_that_leaves_no_reco
 #[tokio::test]
 async fn a_start_whose_caller_stops_waiting_still_runs_to_its_end() {
     let directory = tempfile::tempdir().unwrap();
-    let counter = directory.path().join("count");
-    let script = format!("echo run >> {}", counter.display());
-    let executor = executor(
-        directory.path(),
-        &["sh", "-c", &script],
-        Duration::from_secs(30),
-    )
-    .await;
+    let (executor, counter) = counting_executor(directory.path()).await;
     let request = &requests("job")[0];
     // Polled once, then dropped: a worker's shutdown cancelling a start in flight.
     let start = executor.start(request);
