@@ -290,22 +290,6 @@ impl Default for WorkerConfig {
     }
 }
 
-impl WorkerConfig {
-    pub fn settings(&self) -> crate::worker::WorkerSettings {
-        crate::worker::WorkerSettings {
-            concurrency: self.concurrency,
-            batch_size: self.batch_size,
-            receive_wait: Duration::from_secs(self.receive_wait_secs),
-            starts_per_second: self.starts_per_second,
-            start_burst: self.start_burst,
-            poll_interval: Duration::from_secs(self.poll_interval_secs),
-            retry_initial: Duration::from_millis(self.retry_initial_ms),
-            retry_max: Duration::from_secs(self.retry_max_secs),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-        }
-    }
-}
-
 /// `[executor]`: what runs a pipeline.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -601,7 +585,7 @@ impl Config {
                     ));
                 }
                 for (glob_index, glob) in repositories.iter().enumerate() {
-                    if let Err(message) = crate::plan::pattern::compile_repository_glob(glob) {
+                    if let Err(message) = crate::pattern::compile_repository_glob(glob) {
                         problems.push(Problem::new(
                             format!("{path}.repositories[{glob_index}]"),
                             message,

@@ -22,7 +22,7 @@ use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use crate::queue::sqs::SqsQueue;
 use crate::server::{self, AppState};
 use crate::telemetry::Metrics;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerSettings};
 
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +270,7 @@ pub async fn run(config: Config, role: Role, shutdown: CancellationToken) -> any
         let worker = Arc::new(Worker::new(
             queue.clone(),
             opened.executor(),
-            config.worker.settings(),
+            WorkerSettings::from_config(&config.worker),
             &metrics,
         ));
         executor = Some(opened);

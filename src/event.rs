@@ -24,6 +24,15 @@ impl Source {
             Source::Manual => "manual",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Source> {
+        match text {
+            "github" => Some(Source::Github),
+            "codecommit" => Some(Source::Codecommit),
+            "manual" => Some(Source::Manual),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Source {

@@ -18,10 +18,11 @@ use common::aws::{
 use common::daemon::{Daemon, binary};
 use common::proxy::{self, Fault, Proxy};
 use common::{Delivery, config_from, executions, moto};
+use gitdispatch::execution::ExecutionRequest;
 use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
 use gitdispatch::executor::{Executor, ExecutorError, Started};
 use gitdispatch::job::Job;
-use gitdispatch::plan::{ExecutionRequest, Planner};
+use gitdispatch::plan::Planner;
 use gitdispatch::queue::sqs::SqsQueue;
 use gitdispatch::queue::{Queue, enqueue};
 use gitdispatch::telemetry::Metrics;
@@ -96,7 +97,7 @@ async fn the_step_functions_executor_starts_idempotently_and_describes() {
     other.origin.delivery = gitdispatch::event::DeliveryId::parse("another-delivery").unwrap();
     let mut input: Value = serde_json::from_str(other.input.as_str()).unwrap();
     input["git"]["delivery"] = "another-delivery".into();
-    other.input = serde_json::from_value(Value::String(input.to_string())).unwrap();
+    other.input = gitdispatch::execution::Input::from_json(input.to_string()).unwrap();
     assert_ne!(other.input, requests[0].input);
     assert_eq!(
         executor.start(&other).await.unwrap(),
@@ -292,11 +293,11 @@ async fn webhooks_through_sqs_become_step_functions_executions() {
         assert_eq!(input, expected, "{name} got its planned input");
         let output: Value = serde_json::from_str(described.output().unwrap()).unwrap();
         match planned[name].action {
-            gitdispatch::plan::Action::Teardown => {
+            gitdispatch::execution::Action::Teardown => {
                 assert_eq!(output["action"], "teardown", "the teardown path was taken");
                 assert_eq!(output["environment"], "pr-42");
             }
-            gitdispatch::plan::Action::Deploy => {
+            gitdispatch::execution::Action::Deploy => {
                 assert_eq!(output["action"], "deploy");
                 let components = output["components"].as_array().unwrap();
                 assert_eq!(components[0]["deployed"], true, "api-v2 deployed");

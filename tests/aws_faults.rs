@@ -18,10 +18,11 @@ use common::aws::{
 use common::moto;
 use common::proxy::{self, Call, Fault, Proxy};
 use gitdispatch::config::Config;
+use gitdispatch::execution::ExecutionRequest;
 use gitdispatch::executor::local::{LocalExecutor, LocalPipeline, LocalSettings, RunStatus};
 use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
 use gitdispatch::job::Job;
-use gitdispatch::plan::{ExecutionRequest, Planner};
+use gitdispatch::plan::Planner;
 use gitdispatch::queue::sqs::SqsQueue;
 use gitdispatch::queue::{Message, Queue, QueueError, enqueue};
 use gitdispatch::telemetry::Metrics;

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use common::{
     Delivery, SECRET, config_from, example_config, executions, fixture, push_variant, spawn_app,
 };
+use gitdispatch::execution::{Action, ExecutionRequest};
 use gitdispatch::job::{Job, JobKind};
-use gitdispatch::plan::{Action, ExecutionRequest};
 use gitdispatch::source::github::sign;
 use serde_json::{Value, json};
 

@@ -11,9 +11,10 @@ use gitdispatch::config::Config;
 use gitdispatch::event::{
     Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, RefName, Source,
 };
+use gitdispatch::execution::ExecutionRequest;
 use gitdispatch::executor::local::{LocalExecutor, LocalPipeline, LocalSettings, RunStatus};
 use gitdispatch::executor::{ExecutionStatus, Executor, ExecutorError, Started};
-use gitdispatch::plan::{ExecutionRequest, Planner};
+use gitdispatch::plan::Planner;
 use gitdispatch::process::ProcessIdentity;
 
 /// Two planned requests of pipeline `name`, from a push of two commits.

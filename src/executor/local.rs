@@ -35,8 +35,8 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 
 use super::{Execution, ExecutionStatus, Executor, ExecutorError, Started};
-use crate::plan::ExecutionRequest;
-use crate::plan::name::ExecutionName;
+use crate::execution::ExecutionRequest;
+use crate::execution::name::ExecutionName;
 use crate::process::{self, Liveness, ProcessIdentity};
 
 /// The environment variable that carries a run's own id (random, recorded with the
@@ -935,7 +935,7 @@ async fn finish(
                 if failures == 1 {
                     tracing::error!(execution = %name, %error, "Could not record the end of an execution; trying again.");
                 }
-                tokio::time::sleep(crate::worker::backoff(
+                tokio::time::sleep(crate::retry::backoff(
                     failures,
                     Duration::from_millis(100),
                     Duration::from_secs(5),

@@ -6,8 +6,8 @@ pub mod stepfunctions;
 
 use async_trait::async_trait;
 
-use crate::plan::ExecutionRequest;
-use crate::plan::name::ExecutionName;
+use crate::execution::ExecutionRequest;
+use crate::execution::name::ExecutionName;
 
 /// Where an execution is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

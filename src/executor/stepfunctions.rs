@@ -16,9 +16,9 @@ use aws_sdk_sfn::operation::start_execution::StartExecutionError;
 use aws_sdk_sfn::types::ExecutionStatus as SfnStatus;
 
 use super::{Execution, ExecutionStatus, Executor, ExecutorError, Started};
-use crate::plan::ExecutionRequest;
-use crate::plan::input::MAX_INPUT_BYTES;
-use crate::plan::name::ExecutionName;
+use crate::execution::ExecutionRequest;
+use crate::execution::MAX_INPUT_BYTES;
+use crate::execution::name::ExecutionName;
 
 /// Starts executions of the configured state machines.
 pub struct StepFunctionsExecutor {

@@ -4,24 +4,9 @@
 use serde_json::{Map, Value};
 use serde_json_path::JsonPath;
 
-/// Step Functions refuses larger inputs (bytes of UTF-8).
-pub const MAX_INPUT_BYTES: usize = 262_144;
-
 /// Commit messages are written by whoever can push; only this much of one reaches a
 /// pipeline.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
-
-/// Cuts `text` to at most `limit` bytes on a character boundary.
-pub fn cut(text: &str, limit: usize) -> &str {
-    if text.len() <= limit {
-        return text;
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
 
 /// A compiled `input_template`.
 #[derive(Debug, Clone)]
@@ -155,12 +140,5 @@ mod tests {
         let errors = Template::compile(&template).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(keys, vec!["input_template.a.$", "input_template.b.c.$"]);
-    }
-
-    #[test]
-    fn cut_respects_character_boundaries() {
-        assert_eq!(cut("héllo", 2), "h");
-        assert_eq!(cut("héllo", 3), "hé");
-        assert_eq!(cut("abc", 10), "abc");
     }
 }

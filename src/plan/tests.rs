@@ -3,9 +3,16 @@
 
 use serde_json::{Value, json};
 
+use std::collections::HashSet;
+
 use super::*;
 use crate::config::Config;
-use crate::event::{Commit, Occurrence};
+use crate::event::{
+    Commit, CommitSha, DeliveryId, Occurrence, PullRequest, PullRequestAction, Push, RefName,
+    Source,
+};
+use crate::execution::{Action, ExecutionRequest};
+use input::MAX_MESSAGE_BYTES;
 
 const SECRET_ENV: &str = "[github]\nwebhook_secrets = [\"x\"]\n";
 

@@ -208,7 +208,7 @@ fn attributes(message: &Message, reason: Option<&str>) -> HashMap<String, Messag
     if let Some(reason) = reason {
         attributes.insert(
             REASON_ATTRIBUTE.to_string(),
-            string_attribute(crate::plan::input::cut(reason, 1024)),
+            string_attribute(crate::text::cut(reason, 1024)),
         );
     }
     attributes
@@ -463,7 +463,7 @@ impl SqsQueue {
                 "SQS did not take every entry of a batch; sending those again."
             );
             pending = retry;
-            tokio::time::sleep(crate::worker::backoff(
+            tokio::time::sleep(crate::retry::backoff(
                 attempt,
                 Duration::from_millis(100),
                 Duration::from_secs(5),

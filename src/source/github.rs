@@ -18,7 +18,7 @@ use crate::event::{
     Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, PullRequest, PullRequestAction,
     Push, RefName, Source,
 };
-use crate::plan::pattern::PatternList;
+use crate::pattern::PatternList;
 
 /// GitHub lists at most this many commits in a push payload, and says nothing of more.
 pub const MAX_LISTED_COMMITS: usize = 2048;

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_sfn::types::ExecutionStatus;
-use gitdispatch::plan::{ExecutionRequest, Planner};
+use gitdispatch::execution::ExecutionRequest;
+use gitdispatch::plan::Planner;
 use gitdispatch::source::github::{self, Decoded};
 use gitdispatch::worker::WorkerSettings;
 

@@ -177,7 +177,10 @@ impl TestApp {
         statement
             .query_map([], |row| row.get::<_, String>(0))
             .unwrap()
-            .map(|body| serde_json::from_str(&body.unwrap()).unwrap())
+            .map(|body| match Job::read(&body.unwrap()) {
+                gitdispatch::job::Read::Job(job) => *job,
+                other => panic!("not a job: {other:?}"),
+            })
             .collect()
     }
 

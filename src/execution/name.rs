@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::event::{CommitSha, Occurrence, RefName};
-use crate::plan::Action;
+use crate::execution::Action;
 
 /// Step Functions' limit on execution names.
 pub const MAX_NAME_LENGTH: usize = 80;

@@ -1,0 +1,106 @@
+//! Jobs: what waits on the queue for a worker. A [`Job`] is what the code works with;
+//! its wire form (`wire`) is a type of its own, versioned and tagged
+//! (`{"v": 1, "type": "start", ...}`), so that a field added to an execution request
+//! never silently changes what is on the queue, and a message written by one release is
+//! still read by the next.
+
+mod wire;
+
+use crate::execution::ExecutionRequest;
+
+/// The message version this release writes.
+pub const CURRENT_VERSION: u32 = 1;
+
+/// One job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub kind: JobKind,
+}
+
+/// What a job asks a worker to do; one file of `worker/` per kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobKind {
+    /// Start one execution.
+    Start { request: ExecutionRequest },
+}
+
+/// What a message body turned out to be.
+#[derive(Debug)]
+pub enum Read {
+    Job(Box<Job>),
+    /// Written by a newer release (a higher version or an unknown type): a worker of
+    /// that release may read it.
+    Newer(String),
+    /// Not a job at all, or a broken one.
+    Invalid(String),
+}
+
+impl Job {
+    pub fn start(request: ExecutionRequest) -> Job {
+        Job {
+            kind: JobKind::Start { request },
+        }
+    }
+
+    /// The id the queue deduplicates on: the execution name, which is already a
+    /// deterministic function of everything that makes the job distinct.
+    pub fn id(&self) -> &str {
+        match &self.kind {
+            JobKind::Start { request } => request.name.as_str(),
+        }
+    }
+
+    /// Jobs of one group run one at a time, in the order they were sent.
+    pub fn group(&self) -> Option<&str> {
+        match &self.kind {
+            JobKind::Start { request } => request.group.as_deref(),
+        }
+    }
+
+    /// The message body: the current wire version.
+    pub fn to_body(&self) -> String {
+        wire::write(self)
+    }
+
+    /// Reads a message body of this release's version or an earlier one.
+    pub fn read(body: &str) -> Read {
+        wire::read(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job read back from the queue must be the job that was written, input bytes
+    /// included, and its wire form must not change by accident.
+    #[test]
+    fn jobs_round_trip_through_their_json() {
+        let body = r#"{"v":1,"type":"start","request":{"pipeline":"deploy","name":"deploy-ci-0123456-0123456789abcdef0123","group":"deploy/ci","environment":"ci","action":"deploy","input":"{\"environment\":\"ci\",\"n\":1.0}","origin":{"source":"github","delivery":"d","repository":"acme/api","git_ref":"refs/heads/main","commit":"0123456789abcdef0123456789abcdef01234567"}}}"#;
+        let Read::Job(job) = Job::read(body) else {
+            panic!("not read");
+        };
+        assert_eq!(job.id(), "deploy-ci-0123456-0123456789abcdef0123");
+        assert_eq!(job.group(), Some("deploy/ci"));
+        let JobKind::Start { request } = &job.kind;
+        assert_eq!(request.input.as_str(), r#"{"environment":"ci","n":1.0}"#);
+        assert_eq!(job.to_body(), body);
+    }
+
+    #[test]
+    fn bodies_are_told_apart() {
+        assert!(matches!(Job::read("not json"), Read::Invalid(_)));
+        assert!(matches!(
+            Job::read(r#"{"v": 2, "type": "start"}"#),
+            Read::Newer(_)
+        ));
+        assert!(matches!(
+            Job::read(r#"{"v": 1, "type": "watch"}"#),
+            Read::Newer(_)
+        ));
+        assert!(matches!(
+            Job::read(r#"{"v": 1, "type": "start", "request": 3}"#),
+            Read::Invalid(_)
+        ));
+    }
+}

@@ -1,0 +1,136 @@
+//! The wire form of jobs, version 1. Every field is spelled out here rather than
+//! borrowed from the types the planner and the worker use, so that changing those never
+//! changes what is on the queue; reading parses every field back into its checked type.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CURRENT_VERSION, Job, JobKind, Read};
+use crate::event::{CommitSha, DeliveryId, RefName, Source};
+use crate::execution::name::ExecutionName;
+use crate::execution::{Action, ExecutionRequest, Input, Origin};
+
+#[derive(Serialize, Deserialize)]
+struct WireJob {
+    v: u32,
+    #[serde(flatten)]
+    kind: WireKind,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireKind {
+    Start { request: WireRequest },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRequest {
+    pipeline: String,
+    name: String,
+    group: Option<String>,
+    environment: String,
+    action: String,
+    /// The input as a JSON string, so that no decoder re-renders it.
+    input: String,
+    origin: WireOrigin,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireOrigin {
+    source: String,
+    delivery: String,
+    repository: String,
+    git_ref: String,
+    commit: String,
+}
+
+/// The first fields of any version: enough to tell what a message is.
+#[derive(Deserialize)]
+struct Header {
+    v: u32,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// The job types this release reads.
+const KNOWN_TYPES: &[&str] = &["start"];
+
+pub(super) fn write(job: &Job) -> String {
+    let kind = match &job.kind {
+        JobKind::Start { request } => WireKind::Start {
+            request: WireRequest {
+                pipeline: request.pipeline.clone(),
+                name: request.name.to_string(),
+                group: request.group.clone(),
+                environment: request.environment.clone(),
+                action: request.action.as_str().to_string(),
+                input: request.input.as_str().to_string(),
+                origin: WireOrigin {
+                    source: request.origin.source.as_str().to_string(),
+                    delivery: request.origin.delivery.to_string(),
+                    repository: request.origin.repository.clone(),
+                    git_ref: request.origin.git_ref.to_string(),
+                    commit: request.origin.commit.to_string(),
+                },
+            },
+        },
+    };
+    serde_json::to_string(&WireJob {
+        v: CURRENT_VERSION,
+        kind,
+    })
+    .expect("a job always serializes")
+}
+
+pub(super) fn read(body: &str) -> Read {
+    let header: Header = match serde_json::from_str(body) {
+        Ok(header) => header,
+        Err(error) => return Read::Invalid(format!("not a job message: {error}")),
+    };
+    if header.v > CURRENT_VERSION {
+        return Read::Newer(format!(
+            "job version {} is newer than {CURRENT_VERSION}",
+            header.v
+        ));
+    }
+    if !KNOWN_TYPES.contains(&header.kind.as_str()) {
+        return Read::Newer(format!(
+            "job type {:?} is unknown to this release",
+            header.kind
+        ));
+    }
+    let wire: WireJob = match serde_json::from_str(body) {
+        Ok(wire) => wire,
+        Err(error) => {
+            return Read::Invalid(format!("job of type {} is invalid: {error}", header.kind));
+        }
+    };
+    match wire.kind {
+        WireKind::Start { request } => match request.parse() {
+            Ok(request) => Read::Job(Box::new(Job::start(request))),
+            Err(reason) => Read::Invalid(format!("job of type start is invalid: {reason}")),
+        },
+    }
+}
+
+impl WireRequest {
+    fn parse(self) -> Result<ExecutionRequest, String> {
+        let origin = self.origin;
+        Ok(ExecutionRequest {
+            name: ExecutionName::parse(&self.name).map_err(|error| error.to_string())?,
+            action: Action::parse(&self.action)
+                .ok_or_else(|| format!("action {:?} is unknown", self.action))?,
+            input: Input::from_json(self.input).ok_or("the input is not JSON")?,
+            origin: Origin {
+                source: Source::parse(&origin.source)
+                    .ok_or_else(|| format!("source {:?} is unknown", origin.source))?,
+                delivery: DeliveryId::parse(&origin.delivery).map_err(|error| error.to_string())?,
+                repository: origin.repository,
+                git_ref: RefName::parse(&origin.git_ref).map_err(|error| error.to_string())?,
+                commit: CommitSha::parse(&origin.commit).map_err(|error| error.to_string())?,
+            },
+            pipeline: self.pipeline,
+            group: self.group,
+            environment: self.environment,
+        })
+    }
+}

@@ -1,0 +1,410 @@
+//! The worker: drains the queue into executions.
+//!
+//! It receives in batches, runs jobs with bounded concurrency, rate-limits starts,
+//! retries what can be retried with exponential backoff and jitter, dead-letters what
+//! cannot succeed, and holds the jobs of `serial` pipelines until their execution ends.
+//!
+//! Invariant: a job leaves the queue only after its effect is durable (DESIGN
+//! invariant 3): acked after the start succeeded (and, in an ordering group, after the
+//! execution ended); released for a retry otherwise. The worker knows the queue and
+//! the executor only through their traits.
+
+mod start;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::WorkerConfig;
+use crate::executor::Executor;
+use crate::job::{Job, JobKind, Read};
+use crate::queue::{Queue, QueueError, Receipt, Received};
+use crate::retry::backoff;
+use crate::telemetry::{Metrics, labels};
+
+/// A job this release cannot read (written by a newer one) waits this long before it
+/// is offered again, to a worker that may read it.
+const NEWER_JOB_DELAY: Duration = Duration::from_secs(60);
+
+/// With short polls (`receive_wait_secs = 0`), how long an empty receive waits before
+/// the next one.
+const EMPTY_POLL_PAUSE: Duration = Duration::from_millis(200);
+
+/// How the worker drains the queue (`[worker]`).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs in progress at once.
+    pub concurrency: usize,
+    /// Messages asked for per receive.
+    pub batch_size: usize,
+    /// How long one receive waits for messages.
+    pub receive_wait: Duration,
+    /// Sustained executions started per second, and the burst allowed above it.
+    pub starts_per_second: u32,
+    pub start_burst: u32,
+    /// How often a held (serial) execution is described.
+    pub poll_interval: Duration,
+    /// Backoff of the first retry; doubles each receive up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How long shutdown lets jobs in progress finish before releasing them.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerSettings {
+    /// The settings `[worker]` gives.
+    pub fn from_config(config: &WorkerConfig) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: config.concurrency,
+            batch_size: config.batch_size,
+            receive_wait: Duration::from_secs(config.receive_wait_secs),
+            starts_per_second: config.starts_per_second,
+            start_burst: config.start_burst,
+            poll_interval: Duration::from_secs(config.poll_interval_secs),
+            retry_initial: Duration::from_millis(config.retry_initial_ms),
+            retry_max: Duration::from_secs(config.retry_max_secs),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        }
+    }
+}
+
+/// The worker's counters.
+#[derive(Clone, Default)]
+struct WorkerMetrics {
+    /// Jobs handled, by outcome (`acked`, `retried`, `dead_lettered`, `released`).
+    jobs: Family<Vec<(&'static str, String)>, Counter>,
+    /// Starts, by pipeline and whether the execution was new or existed already.
+    starts: Family<Vec<(&'static str, String)>, Counter>,
+    /// Ended executions of held jobs, by pipeline and status.
+    executions_ended: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+/// Drains a queue into an executor.
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    executor: Arc<dyn Executor>,
+    limiter: DefaultDirectRateLimiter,
+    settings: WorkerSettings,
+    metrics: WorkerMetrics,
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        executor: Arc<dyn Executor>,
+        settings: WorkerSettings,
+        metrics: &Metrics,
+    ) -> Worker {
+        let quota = Quota::per_second(
+            NonZeroU32::new(settings.starts_per_second).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(settings.start_burst).unwrap_or(NonZeroU32::MIN));
+        let worker_metrics = WorkerMetrics::default();
+        metrics.register_family(
+            "gitdispatch_jobs",
+            "Jobs handled by the worker, by outcome",
+            worker_metrics.jobs.clone(),
+        );
+        metrics.register_family(
+            "gitdispatch_executions_started",
+            "Execution starts, by pipeline and whether the execution was new",
+            worker_metrics.starts.clone(),
+        );
+        metrics.register_family(
+            "gitdispatch_executions_ended",
+            "Ends of held executions, by pipeline and status",
+            worker_metrics.executions_ended.clone(),
+        );
+        Worker {
+            queue,
+            executor,
+            limiter: RateLimiter::direct(quota),
+            settings,
+            metrics: worker_metrics,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled; then lets jobs in progress finish for the
+    /// grace period and releases the rest, so nothing received is lost.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), QueueError> {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut failures: u32 = 0;
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let mut held = vec![first];
+            while held.len() < self.settings.batch_size {
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => held.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.queue.receive(held.len(), self.settings.receive_wait) => received,
+            };
+            let batch = match received {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = backoff(
+                        failures,
+                        Duration::from_millis(500),
+                        Duration::from_secs(30),
+                    );
+                    tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "Could not receive jobs.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() && self.settings.receive_wait.is_zero() {
+                // Short polls: do not ask again at once when there was nothing.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(EMPTY_POLL_PAUSE) => {}
+                }
+            }
+            // One permit per chain: a lane waiting behind its running execution holds
+            // one, however many of its jobs came in this receive. The permits of the
+            // rest go back at once.
+            for chain in chains(batch) {
+                let permit = held
+                    .pop()
+                    .expect("a batch never has more chains than messages");
+                tasks.spawn(self.clone().run_chain(chain, permit, hard_stop.clone()));
+            }
+            drop(held);
+            while tasks.try_join_next().is_some() {}
+        }
+
+        if !tasks.is_empty() {
+            tracing::info!(
+                jobs = tasks.len(),
+                "Waiting for jobs in progress before stopping."
+            );
+        }
+        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                jobs = tasks.len(),
+                "Releasing jobs still in progress at the end of the grace period."
+            );
+            hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Runs the jobs of one chain (one ordering group, or a single ungrouped job) one
+    /// after the other, keeping the waiting ones invisible meanwhile. The chain stops at
+    /// the first job that is not settled for good (released for later, or stopped by a
+    /// shutdown) and gives the rest back in order: a later commit never overtakes an
+    /// earlier one.
+    async fn run_chain(
+        self: Arc<Self>,
+        chain: Vec<Received>,
+        _permit: OwnedSemaphorePermit,
+        hard_stop: CancellationToken,
+    ) {
+        let waiting: Arc<Mutex<Vec<Receipt>>> = Arc::new(Mutex::new(
+            chain
+                .iter()
+                .map(|received| received.receipt.clone())
+                .collect(),
+        ));
+        let forget = |receipt: &Receipt| {
+            waiting
+                .lock()
+                .expect("waiting receipts lock")
+                .retain(|waiting| waiting != receipt);
+        };
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(
+            self.clone()
+                .heartbeat(waiting.clone(), heartbeat_stop.clone()),
+        );
+        let mut jobs = chain.into_iter();
+        while let Some(received) = jobs.next() {
+            let settle = if hard_stop.is_cancelled() {
+                Settle::Release(Duration::ZERO)
+            } else {
+                self.handle(&received, &hard_stop).await
+            };
+            let for_good = settle.is_for_good();
+            self.settle(&received, settle).await;
+            forget(&received.receipt);
+            if !for_good {
+                let rest: Vec<Received> = jobs.by_ref().collect();
+                if !rest.is_empty() {
+                    tracing::info!(
+                        jobs = rest.len(),
+                        "Gave back the later jobs of a lane, in order, behind one that is not done."
+                    );
+                }
+                for later in rest {
+                    self.settle(&later, Settle::Release(Duration::ZERO)).await;
+                    forget(&later.receipt);
+                }
+            }
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+    }
+
+    /// Extends the visibility of every receipt in `waiting` at half the timeout, so a
+    /// long job (or one waiting behind it) is not handed to another worker.
+    async fn heartbeat(
+        self: Arc<Self>,
+        waiting: Arc<Mutex<Vec<Receipt>>>,
+        stop: CancellationToken,
+    ) {
+        let visibility = self.queue.visibility_timeout();
+        let period = (visibility / 2).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let receipts = waiting.lock().expect("waiting receipts lock").clone();
+            for receipt in receipts {
+                if let Err(error) = self.queue.extend(&receipt, visibility).await {
+                    tracing::warn!(%error, "Could not extend a job's visibility.");
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, received: &Received, hard_stop: &CancellationToken) -> Settle {
+        let job = match Job::read(&received.message.body) {
+            Read::Job(job) => job,
+            Read::Newer(reason) => {
+                tracing::warn!(job = %received.message.id, %reason, "Left a job for a newer release.");
+                return Settle::Release(NEWER_JOB_DELAY);
+            }
+            Read::Invalid(reason) => return Settle::DeadLetter(reason),
+        };
+        match job.kind {
+            JobKind::Start { request } => {
+                let span = tracing::info_span!(
+                    "job",
+                    execution = %request.name,
+                    pipeline = %request.pipeline,
+                    delivery = %request.origin.delivery,
+                    repository = %request.origin.repository,
+                    git_ref = %request.origin.git_ref,
+                    commit = %request.origin.commit,
+                    receive_count = received.receive_count,
+                );
+                self.start(received, &request, hard_stop)
+                    .instrument(span)
+                    .await
+            }
+        }
+    }
+
+    /// Acks, releases or dead-letters a message, and counts it.
+    async fn settle(&self, received: &Received, settle: Settle) {
+        let (outcome, result) = match &settle {
+            Settle::Ack => ("acked", self.queue.ack(&received.receipt).await),
+            Settle::Retry(delay) => (
+                "retried",
+                self.queue.release(&received.receipt, *delay).await,
+            ),
+            Settle::Release(delay) => (
+                "released",
+                self.queue.release(&received.receipt, *delay).await,
+            ),
+            Settle::DeadLetter(reason) => {
+                tracing::error!(job = %received.message.id, %reason, "Dead-lettered a job that cannot succeed.");
+                (
+                    "dead_lettered",
+                    self.queue.dead_letter(received, reason).await,
+                )
+            }
+        };
+        if let Err(error) = result {
+            // The message comes back after its visibility timeout; the start is
+            // idempotent by name, so a repeat is harmless.
+            tracing::error!(%error, outcome, "Could not settle a job; it will be received again.");
+        }
+        self.metrics
+            .jobs
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
+    }
+}
+
+/// How a held execution's wait ended.
+pub(crate) enum End {
+    /// It ended for good (succeeded or not).
+    Finished,
+    /// Our shutdown or crash interrupted it: start it again.
+    Interrupted,
+    /// The worker is stopping.
+    Stopped,
+    /// It could not be described for DESCRIBE_PATIENCE.
+    Unknown(String),
+}
+
+/// What becomes of a handled message.
+#[derive(Debug)]
+enum Settle {
+    Ack,
+    /// A retryable failure: back later, after the backoff.
+    Retry(Duration),
+    /// Not handled here (shutdown, a newer job): back after the delay.
+    Release(Duration),
+    DeadLetter(String),
+}
+
+impl Settle {
+    /// Whether the job is done with: acknowledged, or dead-lettered. A job released for
+    /// later comes back, so nothing after it in its lane may run first.
+    fn is_for_good(&self) -> bool {
+        matches!(self, Settle::Ack | Settle::DeadLetter(_))
+    }
+}
+
+/// Splits a batch into chains: one per ordering group (in receive order, which is send
+/// order within a group), one per ungrouped message.
+fn chains(batch: Vec<Received>) -> Vec<Vec<Received>> {
+    let mut chains: Vec<Vec<Received>> = Vec::new();
+    let mut by_group: HashMap<String, usize> = HashMap::new();
+    for received in batch {
+        match received.message.group.clone() {
+            Some(group) => match by_group.get(&group) {
+                Some(&index) => chains[index].push(received),
+                None => {
+                    by_group.insert(group, chains.len());
+                    chains.push(vec![received]);
+                }
+            },
+            None => chains.push(vec![received]),
+        }
+    }
+    chains
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,385 @@
+//! The worker against the embedded queue with paused time, and an executor scripted
+//! to fail, run long or not be described yet.
+
+use std::collections::VecDeque;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::*;
+use crate::config::Config;
+use crate::event::{
+    Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, RefName, Source,
+};
+use crate::execution::ExecutionRequest;
+use crate::execution::name::ExecutionName;
+use crate::executor::{Execution, ExecutionStatus, ExecutorError, Started};
+use crate::plan::Planner;
+use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
+use crate::queue::{Message, enqueue};
+
+/// An executor that answers from a script: errors to give before a start succeeds,
+/// and how long an execution runs. It stands in for a backend only here, to drive
+/// the worker's retry and hold paths with paused time.
+#[derive(Default)]
+struct ScriptedExecutor {
+    errors: Mutex<HashMap<String, VecDeque<ExecutorError>>>,
+    attempts: Mutex<Vec<(String, Instant)>>,
+    started: Mutex<Vec<(String, Instant)>>,
+    runs_for: Duration,
+    /// Answers to give to describes before the real one.
+    describe_errors: Mutex<VecDeque<ExecutorError>>,
+}
+
+#[async_trait]
+impl Executor for ScriptedExecutor {
+    async fn start(&self, request: &ExecutionRequest) -> Result<Started, ExecutorError> {
+        let name = request.name.to_string();
+        self.attempts
+            .lock()
+            .unwrap()
+            .push((name.clone(), Instant::now()));
+        if let Some(error) = self
+            .errors
+            .lock()
+            .unwrap()
+            .get_mut(&name)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(error);
+        }
+        let mut started = self.started.lock().unwrap();
+        if started.iter().any(|(existing, _)| *existing == name) {
+            return Ok(Started::Existing(name));
+        }
+        started.push((name.clone(), Instant::now()));
+        Ok(Started::New(name))
+    }
+
+    async fn describe(
+        &self,
+        _pipeline: &str,
+        name: &ExecutionName,
+    ) -> Result<Execution, ExecutorError> {
+        if let Some(error) = self.describe_errors.lock().unwrap().pop_front() {
+            return Err(error);
+        }
+        let started = self.started.lock().unwrap();
+        let (_, at) = started
+            .iter()
+            .find(|(existing, _)| existing == name.as_str())
+            .ok_or_else(|| ExecutorError::Permanent("unknown".into()))?;
+        let status = if at.elapsed() >= self.runs_for {
+            ExecutionStatus::Succeeded
+        } else {
+            ExecutionStatus::Running
+        };
+        Ok(Execution {
+            id: name.to_string(),
+            status,
+            detail: None,
+        })
+    }
+}
+
+/// Plans a push of `commits` commits to a pipeline of the given concurrency.
+fn requests(concurrency: &str, commits: u8) -> Vec<ExecutionRequest> {
+    let text = format!(
+        "[github]\nwebhook_secrets = [\"s\"]\n[[pipelines]]\nname = \"deploy\"\n\
+         command = [\"true\"]\nconcurrency = \"{concurrency}\"\n\
+         [[routes]]\npipeline = \"deploy\"\nenvironment = \"acceptance\"\n"
+    );
+    let config = Config::from_toml_str(&text, &|_| None).unwrap();
+    let planner = Planner::new(&config).unwrap();
+    let commits: Vec<Commit> = (1..=commits)
+        .map(|n| Commit {
+            id: CommitSha::parse(&format!("{n:040x}")).unwrap(),
+            message: format!("commit {n}"),
+            author: "a".into(),
+            changed_paths: None,
+        })
+        .collect();
+    let event = Event {
+        source: Source::Github,
+        delivery: DeliveryId::parse("d").unwrap(),
+        occurrence: Occurrence::from_parts(&["d"]),
+        repository: "acme/api".into(),
+        kind: EventKind::Push(Push {
+            git_ref: RefName::parse("refs/heads/main").unwrap(),
+            before: CommitSha::parse(&"f".repeat(40)).unwrap(),
+            after: commits.last().unwrap().id.clone(),
+            commits,
+            created: false,
+            deleted: false,
+            forced: false,
+            commits_truncated: false,
+            head_commit: None,
+        }),
+    };
+    planner.plan(&event).unwrap().requests
+}
+
+fn settings() -> WorkerSettings {
+    WorkerSettings {
+        concurrency: 8,
+        batch_size: 10,
+        receive_wait: Duration::from_secs(1),
+        starts_per_second: 1000,
+        start_burst: 1000,
+        poll_interval: Duration::from_secs(1),
+        retry_initial: Duration::from_secs(2),
+        retry_max: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+struct Running {
+    queue: Arc<EmbeddedQueue>,
+    shutdown: CancellationToken,
+    worker: tokio::task::JoinHandle<Result<(), QueueError>>,
+    _directory: tempfile::TempDir,
+}
+
+impl Running {
+    async fn enqueue(&self, requests: Vec<ExecutionRequest>) {
+        let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
+        enqueue(self.queue.as_ref(), &jobs).await.unwrap();
+    }
+}
+
+async fn start_worker(executor: Arc<ScriptedExecutor>, settings: WorkerSettings) -> Running {
+    let directory = tempfile::tempdir().unwrap();
+    let queue = Arc::new(
+        EmbeddedQueue::open(EmbeddedSettings {
+            path: directory.path().join("queue.db"),
+            visibility_timeout: Duration::from_secs(10),
+            max_receives: 6,
+        })
+        .await
+        .unwrap(),
+    );
+    let worker = Arc::new(Worker::new(
+        queue.clone(),
+        executor,
+        settings,
+        &Metrics::default(),
+    ));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    Running {
+        queue,
+        shutdown,
+        worker: handle,
+        _directory: directory,
+    }
+}
+
+async fn until(mut condition: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the condition never held");
+}
+
+/// The dead letters, once there are any.
+async fn first_dead_letters(queue: &EmbeddedQueue) -> Vec<crate::queue::embedded::DeadLetter> {
+    for _ in 0..10_000 {
+        let dead = queue.dead_letters().await.unwrap();
+        if !dead.is_empty() {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Vec::new()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_are_retried_with_growing_backoff() {
+    let requests = requests("parallel", 1);
+    let name = requests[0].name.to_string();
+    let executor = Arc::new(ScriptedExecutor::default());
+    executor.errors.lock().unwrap().insert(
+        name.clone(),
+        (0..3)
+            .map(|_| ExecutorError::Retryable("throttled".into()))
+            .collect(),
+    );
+    let running = start_worker(executor.clone(), settings()).await;
+    running.enqueue(requests).await;
+    until(|| !executor.started.lock().unwrap().is_empty()).await;
+    let attempts: Vec<Instant> = executor
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.1)
+        .collect();
+    assert_eq!(attempts.len(), 4, "three failures, then the start");
+    // Backoff after receive n is at least half of 2 s × 2^(n-1).
+    for (index, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let at_least = Duration::from_secs(2) * 2u32.pow(index as u32) / 2;
+        assert!(gap >= at_least, "retry {index}: {gap:?} < {at_least:?}");
+    }
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+    assert_eq!(running.queue.depth().await.unwrap().visible, 0, "acked");
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_are_dead_lettered_with_the_reason() {
+    let requests = requests("parallel", 2);
+    let doomed = requests[0].name.to_string();
+    let executor = Arc::new(ScriptedExecutor::default());
+    executor.errors.lock().unwrap().insert(
+        doomed.clone(),
+        VecDeque::from([ExecutorError::Permanent(
+            "state machine does not exist".into(),
+        )]),
+    );
+    let running = start_worker(executor.clone(), settings()).await;
+    running.enqueue(requests).await;
+    until(|| executor.started.lock().unwrap().len() == 1).await;
+    let queue = running.queue.clone();
+    let dead = first_dead_letters(&queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, doomed);
+    assert_eq!(dead[0].reason, "state machine does not exist");
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn serial_jobs_run_one_after_another_in_commit_order() {
+    let requests = requests("serial", 4);
+    let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
+    let executor = Arc::new(ScriptedExecutor {
+        runs_for: Duration::from_secs(30),
+        ..ScriptedExecutor::default()
+    });
+    let running = start_worker(executor.clone(), settings()).await;
+    running.enqueue(requests).await;
+    until(|| executor.started.lock().unwrap().len() == 4).await;
+    let started = executor.started.lock().unwrap().clone();
+    let order: Vec<String> = started.iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(order, names, "commit order");
+    for pair in started.windows(2) {
+        assert!(
+            pair[1].1 - pair[0].1 >= Duration::from_secs(30),
+            "the next started before the previous ended"
+        );
+    }
+    // Held for 30 s each, longer than the 10 s visibility timeout: the heartbeat
+    // kept each job from being handed out twice.
+    let attempts = executor.attempts.lock().unwrap().len();
+    assert_eq!(attempts, 4);
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_execution_that_cannot_be_described_yet_is_not_dead_lettered() {
+    // Step Functions' reads are eventually consistent: right after a start, the
+    // execution may not show; a credential may expire meanwhile.
+    let requests = requests("serial", 2);
+    let executor = Arc::new(ScriptedExecutor {
+        runs_for: Duration::from_secs(5),
+        describe_errors: Mutex::new(VecDeque::from([
+            ExecutorError::Permanent("ExecutionDoesNotExist".into()),
+            ExecutorError::Permanent("ExecutionDoesNotExist".into()),
+            ExecutorError::Retryable("ExpiredTokenException".into()),
+        ])),
+        ..ScriptedExecutor::default()
+    });
+    let running = start_worker(executor.clone(), settings()).await;
+    running.enqueue(requests).await;
+    until(|| executor.started.lock().unwrap().len() == 2).await;
+    let started = executor.started.lock().unwrap().clone();
+    assert!(
+        started[1].1 - started[0].1 >= Duration::from_secs(5),
+        "the second started only after the first ended"
+    );
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+    assert!(running.queue.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lane_retries_its_head_in_place_and_dead_letters_it_after_max_receives() {
+    let requests = requests("serial", 2);
+    let head = requests[0].name.to_string();
+    let executor = Arc::new(ScriptedExecutor::default());
+    executor.errors.lock().unwrap().insert(
+        head.clone(),
+        (0..10)
+            .map(|_| ExecutorError::Retryable("throttled".into()))
+            .collect(),
+    );
+    let running = start_worker(executor.clone(), settings()).await;
+    running.enqueue(requests).await;
+    let queue = running.queue.clone();
+    let dead = first_dead_letters(&queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, head);
+    assert_eq!(dead[0].receive_count, 1, "retried in place, received once");
+    assert!(dead[0].reason.contains("in 6 tries"), "{}", dead[0].reason);
+    until(|| executor.started.lock().unwrap().len() == 1).await;
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_jobs_that_outlive_the_grace_period() {
+    let requests = requests("serial", 1);
+    let executor = Arc::new(ScriptedExecutor {
+        runs_for: Duration::from_secs(3600),
+        ..ScriptedExecutor::default()
+    });
+    let running = start_worker(executor.clone(), settings()).await;
+    running.enqueue(requests).await;
+    until(|| executor.started.lock().unwrap().len() == 1).await;
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+    let depth = running.queue.depth().await.unwrap();
+    assert_eq!(
+        depth.visible, 1,
+        "the held job is back on the queue at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreadable_jobs_are_dead_lettered_and_newer_ones_left_for_later() {
+    let executor = Arc::new(ScriptedExecutor::default());
+    let running = start_worker(executor, settings()).await;
+    running
+        .queue
+        .send(&[
+            Message {
+                id: "garbage".into(),
+                group: None,
+                body: "{]".into(),
+            },
+            Message {
+                id: "future".into(),
+                group: None,
+                body: r#"{"v":2,"type":"start"}"#.into(),
+            },
+        ])
+        .await
+        .unwrap();
+    let queue = running.queue.clone();
+    let dead = first_dead_letters(&queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, "garbage");
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (0, 1),
+        "the newer job waits, released"
+    );
+    running.shutdown.cancel();
+    running.worker.await.unwrap().unwrap();
+}
