@@ -3,15 +3,67 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
+use crate::app::{self, AppError, OpenedExecutor, OpenedQueue};
 use crate::config::Config;
-use crate::daemon;
-use crate::event::DeliveryId;
-use crate::plan::Planner;
+use crate::event::{DeliveryId, ParseError};
+use crate::executor::ExecutorError;
+use crate::plan::{PlanError, Planner};
+use crate::queue::QueueError;
+use crate::source::SourceError;
 use crate::source::github::{self, Decoded};
+
+/// Why a one-shot command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read payload file {path}")]
+    ReadPayload {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Delivery(#[from] ParseError),
+    #[error("cannot decode {path}")]
+    Decode {
+        path: std::path::PathBuf,
+        #[source]
+        source: SourceError,
+    },
+    #[error("{0} is not an event that plans executions")]
+    NotAnEvent(&'static str),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("cannot write the output")]
+    Output(#[from] std::io::Error),
+    #[error("a planned input is not JSON")]
+    Input(#[from] serde_json::Error),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+    #[error("github.webhook_secrets is empty: there is no secret to sign with")]
+    NoSecret,
+    #[error("cannot POST to {url}")]
+    Send {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{0}")]
+    WrongBackend(String),
+}
+
+fn read_payload(payload: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(payload).map_err(|source| CliError::ReadPayload {
+        path: payload.to_path_buf(),
+        source,
+    })
+}
 
 /// Event kinds the `plan` and `send` commands take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,14 +92,17 @@ pub fn plan(
     explain: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let json = std::fs::read(payload)
-        .with_context(|| format!("cannot read payload file {}", payload.display()))?;
+) -> Result<(), CliError> {
+    let json = read_payload(payload)?;
     let delivery = DeliveryId::parse(delivery)?;
-    let decoded = github::decode_payload(event.as_str(), &delivery, &json)
-        .with_context(|| format!("cannot decode {}", payload.display()))?;
+    let decoded = github::decode_payload(event.as_str(), &delivery, &json).map_err(|source| {
+        CliError::Decode {
+            path: payload.to_path_buf(),
+            source,
+        }
+    })?;
     let Decoded::Event(event) = decoded else {
-        bail!("{} is not an event that plans executions", event.as_str());
+        return Err(CliError::NotAnEvent(event.as_str()));
     };
     let plan = planner.plan(&event)?;
     if explain {
@@ -92,9 +147,9 @@ pub fn summary(config: &Config, planner: &Planner) -> String {
 
 /// For an SQS queue, reads its settings and says what they mean; warns when the queue
 /// has no redrive policy (a job that keeps failing would never be dead-lettered).
-pub async fn check_queue(config: &Config) -> anyhow::Result<Vec<String>> {
-    let aws = daemon::aws_settings(config).await;
-    let daemon::OpenedQueue::Sqs(queue) = daemon::open_queue(config, aws.as_ref()).await? else {
+pub async fn check_queue(config: &Config) -> Result<Vec<String>, CliError> {
+    let aws = app::aws_settings(config).await;
+    let OpenedQueue::Sqs(queue) = app::open_queue(config, aws.as_ref()).await? else {
         return Ok(Vec::new());
     };
     let facts = queue.facts();
@@ -124,11 +179,10 @@ pub async fn send(
     payload: &Path,
     url: Option<&str>,
     delivery: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    let body = std::fs::read(payload)
-        .with_context(|| format!("cannot read payload file {}", payload.display()))?;
+) -> Result<(u16, String), CliError> {
+    let body = read_payload(payload)?;
     let Some(secret) = config.github.webhook_secrets.first() else {
-        bail!("github.webhook_secrets is empty: there is no secret to sign with");
+        return Err(CliError::NoSecret);
     };
     let signature = github::sign(secret.secret().expose_secret().as_bytes(), &body);
     let url = match url {
@@ -152,7 +206,10 @@ pub async fn send(
         .body(body)
         .send()
         .await
-        .with_context(|| format!("cannot POST to {url}"))?;
+        .map_err(|source| CliError::Send {
+            url: url.clone(),
+            source,
+        })?;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     Ok((status, text))
@@ -175,11 +232,11 @@ pub async fn executions(
     limit: usize,
     json: bool,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let daemon::OpenedExecutor::Local(executor) = daemon::open_executor(config, None).await? else {
-        bail!(
-            "executions lists the local executor's record; with Step Functions, see the state machines' executions (aws stepfunctions list-executions)"
-        );
+) -> Result<(), CliError> {
+    let OpenedExecutor::Local(executor) = app::open_executor(config, None).await? else {
+        return Err(CliError::WrongBackend(
+            "executions lists the local executor's record; with Step Functions, see the state machines' executions (aws stepfunctions list-executions)".to_string(),
+        ));
     };
     let records = executor.recent(limit).await?;
     for record in records {
@@ -224,11 +281,11 @@ pub async fn executions(
 /// Lists the dead-lettered jobs of the embedded queue.
 async fn embedded_queue(
     config: &Config,
-) -> anyhow::Result<std::sync::Arc<crate::queue::embedded::EmbeddedQueue>> {
-    let aws = daemon::aws_settings(config).await;
-    match daemon::open_queue(config, aws.as_ref()).await? {
-        daemon::OpenedQueue::Embedded(queue) => Ok(queue),
-        daemon::OpenedQueue::Sqs(queue) => bail!(
+) -> Result<std::sync::Arc<crate::queue::embedded::EmbeddedQueue>, CliError> {
+    let aws = app::aws_settings(config).await;
+    match app::open_queue(config, aws.as_ref()).await? {
+        OpenedQueue::Embedded(queue) => Ok(queue),
+        OpenedQueue::Sqs(queue) => Err(CliError::WrongBackend(format!(
             "the SQS queue dead-letters to {}: inspect it there, and redrive with the SQS console or StartMessageMoveTask",
             queue
                 .facts()
@@ -236,11 +293,11 @@ async fn embedded_queue(
                 .as_ref()
                 .map_or("no queue (it has no redrive policy)", |(url, _)| url
                     .as_str())
-        ),
+        ))),
     }
 }
 
-pub async fn dlq_list(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn dlq_list(config: &Config, out: &mut dyn Write) -> Result<(), CliError> {
     let queue = embedded_queue(config).await?;
     for dead in queue.dead_letters().await? {
         writeln!(
@@ -258,7 +315,7 @@ pub async fn dlq_list(config: &Config, out: &mut dyn Write) -> anyhow::Result<()
 }
 
 /// Moves dead-lettered jobs (all, or the numbered ones) back onto the queue.
-pub async fn dlq_redrive(config: &Config, seqs: Option<Vec<i64>>) -> anyhow::Result<usize> {
+pub async fn dlq_redrive(config: &Config, seqs: Option<Vec<i64>>) -> Result<usize, CliError> {
     let queue = embedded_queue(config).await?;
     Ok(queue.redrive(seqs).await?)
 }

@@ -5,9 +5,11 @@
 //! `executor`. `server` holds the HTTP routes, `daemon` runs the long-lived parts and
 //! `cli` the one-shot commands. See ARCHITECTURE.md.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod event;
 pub mod execution;
 pub mod executor;

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gitdispatch::app::Compiled;
 use gitdispatch::cli::{self, EventArg};
-use gitdispatch::config::Config;
 use gitdispatch::daemon::Role;
-use gitdispatch::plan::Planner;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -95,31 +94,25 @@ enum DlqCommand {
     },
 }
 
-fn load(path: &std::path::Path) -> Result<(Config, Planner), ExitCode> {
-    let config = Config::load(path).map_err(|error| {
+fn load(path: &std::path::Path) -> Result<Compiled, ExitCode> {
+    gitdispatch::app::load(path).map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::from(2)
-    })?;
-    let planner = Planner::new(&config).map_err(|problems| {
-        for problem in problems {
-            eprintln!("error: {problem}");
-        }
-        ExitCode::from(2)
-    })?;
-    Ok((config, planner))
+    })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (config, planner) = match load(&args.config) {
-        Ok(loaded) => loaded,
+    let compiled = match load(&args.config) {
+        Ok(compiled) => compiled,
         Err(code) => return code,
     };
+    let (config, planner) = (&compiled.config, &compiled.planner);
     match args.command {
         Command::CheckConfig => {
             println!("{} is valid", args.config.display());
-            print!("{}", cli::summary(&config, &planner));
-            match runtime().block_on(cli::check_queue(&config)) {
+            print!("{}", cli::summary(config, planner));
+            match runtime().block_on(cli::check_queue(config)) {
                 Ok(lines) => {
                     for line in lines {
                         println!("{line}");
@@ -136,7 +129,7 @@ fn main() -> ExitCode {
             explain,
         } => {
             let result = cli::plan(
-                &planner,
+                planner,
                 event,
                 &payload,
                 &delivery,
@@ -154,7 +147,7 @@ fn main() -> ExitCode {
         } => {
             let runtime = runtime();
             match runtime.block_on(cli::send(
-                &config,
+                config,
                 event,
                 &payload,
                 url.as_deref(),
@@ -182,13 +175,13 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
-                gitdispatch::daemon::run(config, role, shutdown).await
+                gitdispatch::daemon::run(compiled, role, shutdown).await
             });
             finish(result)
         }
         Command::Executions { limit, json } => {
             let result = runtime().block_on(cli::executions(
-                &config,
+                config,
                 limit,
                 json,
                 &mut std::io::stdout().lock(),
@@ -198,10 +191,10 @@ fn main() -> ExitCode {
         Command::Dlq { command } => {
             let result = runtime().block_on(async {
                 match command {
-                    DlqCommand::List => cli::dlq_list(&config, &mut std::io::stdout().lock()).await,
+                    DlqCommand::List => cli::dlq_list(config, &mut std::io::stdout().lock()).await,
                     DlqCommand::Redrive { seqs } => {
                         let seqs = (!seqs.is_empty()).then_some(seqs);
-                        let moved = cli::dlq_redrive(&config, seqs).await?;
+                        let moved = cli::dlq_redrive(config, seqs).await?;
                         println!("{moved} job(s) put back on the queue");
                         Ok(())
                     }
@@ -219,7 +212,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-fn finish(result: anyhow::Result<()>) -> ExitCode {
+fn finish<E: Into<anyhow::Error>>(result: Result<(), E>) -> ExitCode {
+    let result = result.map_err(Into::into);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,7 +1,7 @@
 //! HTTP routes: webhooks in, small JSON answers out.
 //!
 //! Invariant: a webhook is answered 2xx only after every job it produced is durable on
-//! the queue (DESIGN invariant 1); any failure to enqueue is a 5xx.
+//! the queue ("answered only when durable"); any failure to enqueue is a 5xx.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -24,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 use crate::config::{Config, parse_network};
+use crate::error::Chain;
 use crate::event::Event;
 use crate::job::Job;
 use crate::plan::{PlanError, Planner};
@@ -118,7 +119,7 @@ impl ApiError {
             ApiError::Source(SourceError::Unusable(_))
             | ApiError::Plan(_)
             | ApiError::Queue(QueueError::Refused { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Queue(QueueError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Queue(QueueError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -301,7 +302,7 @@ async fn github_webhook(
     match result {
         Ok((status, _, body)) => (status, axum::Json(body)).into_response(),
         Err(error) => {
-            tracing::info!(status = error.status().as_u16(), error = %error, "Refused a GitHub delivery.");
+            tracing::info!(status = error.status().as_u16(), error = %Chain(&error), "Refused a GitHub delivery.");
             error.into_response()
         }
     }

@@ -110,7 +110,7 @@ async fn the_step_functions_executor_starts_idempotently_and_describes() {
     );
     assert!(matches!(
         missing.start(&requests[1]).await,
-        Err(ExecutorError::Permanent(_))
+        Err(ExecutorError::Permanent { .. })
     ));
     assert_eq!(executions_of(&sfn, &arn).await.len(), 1);
 }

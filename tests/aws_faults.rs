@@ -40,7 +40,7 @@ async fn sfn_through(proxy: &Proxy) -> aws_sdk_sfn::Client {
 }
 
 /// Short polls: moto's long polls hand a waiting receiver messages of a group another
-/// receive holds (DESIGN's moto notes).
+/// receive holds, which AWS never does.
 fn short_polls() -> WorkerSettings {
     WorkerSettings {
         receive_wait: Duration::ZERO,
@@ -273,7 +273,7 @@ async fn a_refusal_after_part_of_a_delivery_went_in_is_a_failure_to_retry() {
     .await;
     let error = queue.send(&messages(15)).await.unwrap_err();
     assert!(
-        matches!(&error, QueueError::Unavailable(reason) if reason.contains("after other messages")),
+        matches!(&error, QueueError::Unavailable { message: reason, .. } if reason.contains("after other messages")),
         "{error}"
     );
 
@@ -288,7 +288,7 @@ async fn a_refusal_after_part_of_a_delivery_went_in_is_a_failure_to_retry() {
     .await;
     assert!(matches!(
         queue.send(&messages(3)).await,
-        Err(QueueError::Unavailable(_))
+        Err(QueueError::Unavailable { .. })
     ));
 
     // Refused before anything went in: the delivery itself is unusable (422).

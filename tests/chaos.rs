@@ -845,7 +845,7 @@ name = "build"
 state_machine_arn = "{build}"
 {PIPELINES_AND_ROUTES}"#,
         // Short polls: moto's long polls hand a waiting receiver messages of a group
-        // another worker holds (DESIGN's moto notes).
+        // another worker holds, which AWS never does.
         server_and_worker(0),
         deploy = machines["deploy"],
         build = machines["build"],

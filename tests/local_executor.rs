@@ -221,7 +221,7 @@ async fn failures_are_recorded_with_their_cause() {
 
     assert!(matches!(
         missing.start(&requests("other")[0]).await,
-        Err(ExecutorError::Permanent(_))
+        Err(ExecutorError::Permanent { .. })
     ));
 }
 
@@ -500,7 +500,10 @@ async fn a_shutdown_interrupts_what_outlives_the_grace_period_and_it_runs_again_
         );
     }
     let executor = executor(directory.path(), &["sleep", "60"], Duration::from_secs(90)).await;
-    let Err(ExecutorError::Permanent(reason)) = executor.start(request).await else {
+    let Err(ExecutorError::Permanent {
+        message: reason, ..
+    }) = executor.start(request).await
+    else {
         panic!("a fourth attempt started");
     };
     assert!(reason.contains("interrupted 3 time(s)"), "{reason}");
@@ -517,7 +520,7 @@ async fn a_log_that_cannot_be_created_is_a_retryable_failure_that_leaves_no_reco
     std::fs::write(directory.path().join("log"), "").unwrap();
     assert!(matches!(
         executor.start(request).await,
-        Err(ExecutorError::Retryable(reason)) if reason.contains("cannot create log file")
+        Err(ExecutorError::Retryable { message: reason, .. }) if reason.contains("cannot create log file")
     ));
     assert!(
         runs(directory.path()).is_empty(),

@@ -1,4 +1,4 @@
-//! Deterministic, valid, readable execution names (DESIGN invariant 2).
+//! Deterministic, valid, readable execution names: the idempotency key of every start.
 
 use std::fmt;
 

@@ -4,6 +4,17 @@
 pub mod local;
 pub mod stepfunctions;
 
+use crate::config::{Config, ExecutorConfig, Problem};
+use crate::error::BoxError;
+
+/// What the configured executor needs of the configuration.
+pub fn check(config: &Config) -> Vec<Problem> {
+    match &config.executor {
+        ExecutorConfig::Local { .. } => local::check(config),
+        ExecutorConfig::Stepfunctions {} => stepfunctions::check(config),
+    }
+}
+
 use async_trait::async_trait;
 
 use crate::execution::ExecutionRequest;
@@ -70,15 +81,49 @@ impl Started {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    /// Throttling, a timeout, a 5xx: try again later.
-    #[error("{0}")]
-    Retryable(String),
-    /// Trying again cannot help (no such pipeline, invalid input, a name taken by
-    /// another input).
-    #[error("{0}")]
-    Permanent(String),
+    /// Throttling, a timeout, a 5xx, a machine short of something: try again later.
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Trying again cannot help (no such pipeline or state machine, an invalid input).
+    #[error("{message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl ExecutorError {
+    pub fn retryable(message: impl Into<String>) -> ExecutorError {
+        ExecutorError::Retryable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> ExecutorError {
+        ExecutorError::Permanent {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Retryable because of `source`, which the error keeps.
+    pub fn retryable_from(
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> ExecutorError {
+        ExecutorError::Retryable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 #[async_trait]

@@ -10,15 +10,47 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_sfn::Client;
 use aws_sdk_sfn::config::http::HttpResponse;
-use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use aws_sdk_sfn::operation::start_execution::StartExecutionError;
 use aws_sdk_sfn::types::ExecutionStatus as SfnStatus;
 
 use super::{Execution, ExecutionStatus, Executor, ExecutorError, Started};
+use crate::config::{Config, Problem};
+use crate::error::BoxError;
 use crate::execution::ExecutionRequest;
 use crate::execution::MAX_INPUT_BYTES;
 use crate::execution::name::ExecutionName;
+
+/// What Step Functions needs of the configuration: a state machine ARN for every
+/// pipeline.
+pub fn check(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (index, pipeline) in config.pipelines.iter().enumerate() {
+        let path = format!("pipelines[{index}].state_machine_arn");
+        match &pipeline.state_machine_arn {
+            None => problems.push(Problem::new(
+                path,
+                "is required by executor type \"stepfunctions\"",
+            )),
+            Some(arn) => {
+                let parts: Vec<&str> = arn.split(':').collect();
+                let valid = parts.len() == 7
+                    && parts[0] == "arn"
+                    && parts[2] == "states"
+                    && parts[5] == "stateMachine"
+                    && !parts[6].is_empty();
+                if !valid {
+                    problems.push(Problem::new(
+                        path,
+                        format!("{arn:?} is not a state machine ARN (arn:aws:states:<region>:<account>:stateMachine:<name>)"),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
 
 /// Starts executions of the configured state machines.
 pub struct StepFunctionsExecutor {
@@ -57,23 +89,30 @@ const PERMANENT_CODES: &[&str] = &[
 /// consistent reads do not show yet.
 fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> ExecutorError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let permanent = match &error {
+    let (permanent, summary) = match &error {
         SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            PERMANENT_CODES.contains(&code)
+            let code = service.err().code().unwrap_or("an error without a code");
+            let summary = match service.err().message() {
+                Some(message) => format!("{code}: {message}"),
+                None => code.to_string(),
+            };
+            (PERMANENT_CODES.contains(&code), summary)
         }
         // Timeouts, connection failures, unreadable responses, credentials that could
         // not be loaded: the call may or may not have happened; the name makes trying
         // again safe.
-        _ => false,
+        other => (false, other.to_string()),
     };
-    let message = format!("{what}: {}", DisplayErrorContext(error));
+    // One line for logs and dead-letter reasons; the SDK's error, with the raw
+    // response, stays the cause.
+    let message = format!("{what}: {summary}");
+    let source: Option<BoxError> = Some(Box::new(error));
     if permanent {
-        ExecutorError::Permanent(message)
+        ExecutorError::Permanent { message, source }
     } else {
-        ExecutorError::Retryable(message)
+        ExecutorError::Retryable { message, source }
     }
 }
 
@@ -90,7 +129,7 @@ impl StepFunctionsExecutor {
             .get(pipeline)
             .map(String::as_str)
             .ok_or_else(|| {
-                ExecutorError::Permanent(format!("pipeline {pipeline} has no state_machine_arn"))
+                ExecutorError::permanent(format!("pipeline {pipeline} has no state_machine_arn"))
             })
     }
 
@@ -101,7 +140,7 @@ impl StepFunctionsExecutor {
         name: &ExecutionName,
     ) -> Result<(String, DescribeExecutionOutput), ExecutorError> {
         let arn = execution_arn(state_machine, name).ok_or_else(|| {
-            ExecutorError::Permanent(format!("{state_machine} is not a state machine ARN"))
+            ExecutorError::permanent(format!("{state_machine} is not a state machine ARN"))
         })?;
         let output = self
             .client
@@ -143,7 +182,7 @@ impl Executor for StepFunctionsExecutor {
         // The planner refuses larger inputs; check again before calling, as the
         // service's limit is what matters here.
         if request.input.as_str().len() > MAX_INPUT_BYTES {
-            return Err(ExecutorError::Permanent(format!(
+            return Err(ExecutorError::permanent(format!(
                 "input of {} bytes is over Step Functions' {MAX_INPUT_BYTES}",
                 request.input.as_str().len()
             )));
@@ -231,7 +270,7 @@ mod tests {
             assert!(
                 matches!(
                     classify("x", service_error(status, code)),
-                    ExecutorError::Retryable(_)
+                    ExecutorError::Retryable { .. }
                 ),
                 "{code}"
             );
@@ -244,7 +283,7 @@ mod tests {
             assert!(
                 matches!(
                     classify("x", service_error(400, code)),
-                    ExecutorError::Permanent(_)
+                    ExecutorError::Permanent { .. }
                 ),
                 "{code}"
             );

@@ -11,6 +11,17 @@
 pub mod embedded;
 pub mod sqs;
 
+use crate::config::{Config, Problem, QueueConfig};
+use crate::error::BoxError;
+
+/// What the configured queue backend needs of the configuration.
+pub fn check(config: &Config) -> Vec<Problem> {
+    match &config.queue {
+        QueueConfig::Embedded { .. } => embedded::check(config),
+        QueueConfig::Sqs { .. } => sqs::check(config),
+    }
+}
+
 use std::fmt;
 use std::time::Duration;
 
@@ -21,11 +32,32 @@ use crate::job::Job;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The backend could not be reached or failed; the operation may be retried.
-    #[error("queue is unavailable: {0}")]
-    Unavailable(String),
+    #[error("queue is unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The message can never be sent as it is.
     #[error("message {id} is refused: {reason}")]
     Refused { id: String, reason: String },
+}
+
+impl QueueError {
+    pub fn unavailable(message: impl Into<String>) -> QueueError {
+        QueueError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Unavailable because of `source`, which the error keeps.
+    pub fn unavailable_from(message: impl Into<String>, source: impl Into<BoxError>) -> QueueError {
+        QueueError::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// One message to send.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
@@ -20,6 +20,7 @@ use aws_sdk_sqs::types::{
 use sha2::{Digest, Sha256};
 
 use super::{Capabilities, Message, Queue, QueueError, Receipt, Received};
+use crate::config::{Concurrency, Config, Problem, QueueConfig};
 
 /// SQS hands out at most this many messages per receive and takes as many per batch.
 pub const MAX_BATCH: usize = 10;
@@ -34,6 +35,44 @@ const SEND_ATTEMPTS: u32 = 5;
 const ID_ATTRIBUTE: &str = "gitdispatch-id";
 const GROUP_ATTRIBUTE: &str = "gitdispatch-group";
 const REASON_ATTRIBUTE: &str = "gitdispatch-reason";
+
+/// What an SQS queue needs of the configuration: a queue URL, receives SQS can serve,
+/// and a FIFO queue for serial pipelines.
+pub fn check(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let QueueConfig::Sqs { url } = &config.queue else {
+        return problems;
+    };
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        problems.push(Problem::new(
+            "queue.url",
+            format!("{url:?} is not an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>)"),
+        ));
+    }
+    if config.worker.batch_size > MAX_BATCH {
+        problems.push(Problem::new(
+            "worker.batch_size",
+            "must be at most 10 with an SQS queue: SQS hands out at most 10 messages per receive",
+        ));
+    }
+    if config.worker.receive_wait_secs > MAX_WAIT.as_secs() {
+        problems.push(Problem::new(
+            "worker.receive_wait_secs",
+            "must be at most 20 with an SQS queue (the longest SQS long poll)",
+        ));
+    }
+    if !url.ends_with(".fifo") {
+        for (index, pipeline) in config.pipelines.iter().enumerate() {
+            if pipeline.concurrency == Concurrency::Serial {
+                problems.push(Problem::new(
+                    format!("pipelines[{index}].concurrency"),
+                    "\"serial\" needs a FIFO queue, which keeps a pipeline's executions for one environment in order, one at a time; queue.url is a standard queue (a FIFO queue's URL ends in .fifo)",
+                ));
+            }
+        }
+    }
+    problems
+}
 
 /// What `GetQueueAttributes` told us at start.
 #[derive(Debug, Clone)]
@@ -52,11 +91,12 @@ pub struct SqsQueue {
     facts: QueueFacts,
 }
 
+/// An SQS call that failed: what was being done, and the SDK's error as the cause.
 fn unavailable<E>(what: &str, error: E) -> QueueError
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
-    QueueError::Unavailable(format!("{what}: {}", DisplayErrorContext(error)))
+    QueueError::unavailable_from(what, error)
 }
 
 impl SqsQueue {
@@ -84,7 +124,7 @@ impl SqsQueue {
             None => None,
             Some(policy) => {
                 let policy: serde_json::Value = serde_json::from_str(policy).map_err(|error| {
-                    QueueError::Unavailable(format!(
+                    QueueError::unavailable(format!(
                         "the redrive policy of {url} is not JSON: {error}"
                     ))
                 })?;
@@ -97,7 +137,7 @@ impl SqsQueue {
                 let mut parts = target.split(':');
                 let (account, name) = (parts.nth(4), parts.next());
                 let (Some(account), Some(name)) = (account, name) else {
-                    return Err(QueueError::Unavailable(format!(
+                    return Err(QueueError::unavailable(format!(
                         "the redrive policy of {url} names no dead-letter queue ARN"
                     )));
                 };
@@ -362,7 +402,7 @@ impl Queue for SqsQueue {
 
     async fn dead_letter(&self, received: &Received, reason: &str) -> Result<(), QueueError> {
         let Some((dead_letter_url, _)) = &self.facts.dead_letter else {
-            return Err(QueueError::Unavailable(format!(
+            return Err(QueueError::unavailable(format!(
                 "{} has no redrive policy, so there is no dead-letter queue to move the job to",
                 self.facts.url
             )));
@@ -441,7 +481,7 @@ impl SqsQueue {
                         failed.message().unwrap_or("refused by SQS")
                     );
                     return Err(if *sent_any {
-                        QueueError::Unavailable(format!(
+                        QueueError::unavailable(format!(
                             "SQS refused message {} after other messages of the same send went in: {reason}",
                             message.id
                         ))
@@ -470,7 +510,7 @@ impl SqsQueue {
             ))
             .await;
         }
-        Err(QueueError::Unavailable(format!(
+        Err(QueueError::unavailable(format!(
             "SQS did not take {} message(s) after {SEND_ATTEMPTS} attempts",
             pending.len()
         )))

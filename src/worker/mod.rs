@@ -4,10 +4,11 @@
 //! retries what can be retried with exponential backoff and jitter, dead-letters what
 //! cannot succeed, and holds the jobs of `serial` pipelines until their execution ends.
 //!
-//! Invariant: a job leaves the queue only after its effect is durable (DESIGN
-//! invariant 3): acked after the start succeeded (and, in an ordering group, after the
-//! execution ended); released for a retry otherwise. The worker knows the queue and
-//! the executor only through their traits.
+//! Invariant ("ack after effect"): a job leaves the queue only after its effect is
+//! durable: acked after the start succeeded (and, in an ordering group or when the
+//! executor's executions die with this process, after the execution ended); released
+//! for a retry otherwise. The worker knows the queue and the executor only through
+//! their traits; each job kind has a file of its own (`start`).
 
 mod start;
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
+use crate::error::Chain;
 use crate::executor::Executor;
 use crate::job::{Job, JobKind, Read};
 use crate::queue::{Queue, QueueError, Receipt, Received};
@@ -168,7 +170,7 @@ impl Worker {
                         Duration::from_millis(500),
                         Duration::from_secs(30),
                     );
-                    tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "Could not receive jobs.");
+                    tracing::error!(error = %Chain(&error), retry_in_ms = pause.as_millis() as u64, "Could not receive jobs.");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(pause) => continue,
@@ -214,6 +216,30 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         Ok(())
+    }
+
+    /// Receives one batch (without waiting for one) and runs it to the end: every job
+    /// of it acknowledged, released or dead-lettered. Returns how many jobs it had. What
+    /// tests and one-shot drains use instead of [`Worker::run`].
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, QueueError> {
+        let batch = self
+            .queue
+            .receive(self.settings.batch_size, Duration::ZERO)
+            .await?;
+        let count = batch.len();
+        let chains = chains(batch);
+        let permits = Arc::new(Semaphore::new(chains.len()));
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for chain in chains {
+            let permit = permits
+                .clone()
+                .try_acquire_owned()
+                .expect("one permit per chain");
+            tasks.spawn(self.clone().run_chain(chain, permit, hard_stop.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(count)
     }
 
     /// Runs the jobs of one chain (one ordering group, or a single ungrouped job) one
@@ -289,7 +315,7 @@ impl Worker {
             let receipts = waiting.lock().expect("waiting receipts lock").clone();
             for receipt in receipts {
                 if let Err(error) = self.queue.extend(&receipt, visibility).await {
-                    tracing::warn!(%error, "Could not extend a job's visibility.");
+                    tracing::warn!(error = %Chain(&error), "Could not extend a job's visibility.");
                 }
             }
         }
@@ -346,7 +372,7 @@ impl Worker {
         if let Err(error) = result {
             // The message comes back after its visibility timeout; the start is
             // idempotent by name, so a repeat is harmless.
-            tracing::error!(%error, outcome, "Could not settle a job; it will be received again.");
+            tracing::error!(error = %Chain(&error), outcome, "Could not settle a job; it will be received again.");
         }
         self.metrics
             .jobs

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{End, Settle, Worker};
+use crate::error::Chain;
 use crate::execution::ExecutionRequest;
 use crate::executor::{ExecutionStatus, ExecutorError, Started};
 use crate::queue::Received;
@@ -46,7 +47,8 @@ impl Worker {
             };
             let started = match started {
                 Ok(started) => started,
-                Err(ExecutorError::Retryable(error)) => {
+                Err(error @ ExecutorError::Retryable { .. }) => {
+                    let error = Chain(&error).to_string();
                     let delay =
                         backoff(tries, self.settings.retry_initial, self.settings.retry_max);
                     if !retry_in_place {
@@ -65,7 +67,9 @@ impl Worker {
                         _ = tokio::time::sleep(delay) => continue,
                     }
                 }
-                Err(ExecutorError::Permanent(error)) => return Settle::DeadLetter(error),
+                Err(error @ ExecutorError::Permanent { .. }) => {
+                    return Settle::DeadLetter(Chain(&error).to_string());
+                }
             };
             let existed = matches!(started, Started::Existing(_));
             self.metrics
@@ -143,9 +147,9 @@ impl Worker {
                 Err(error) => {
                     let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= DESCRIBE_PATIENCE {
-                        return End::Unknown(error.to_string());
+                        return End::Unknown(Chain(&error).to_string());
                     }
-                    tracing::warn!(%error, "Could not describe the execution; will look again.");
+                    tracing::warn!(error = %Chain(&error), "Could not describe the execution; will look again.");
                 }
             }
             tokio::select! {

@@ -68,7 +68,7 @@ impl Executor for ScriptedExecutor {
         let (_, at) = started
             .iter()
             .find(|(existing, _)| existing == name.as_str())
-            .ok_or_else(|| ExecutorError::Permanent("unknown".into()))?;
+            .ok_or_else(|| ExecutorError::permanent("unknown"))?;
         let status = if at.elapsed() >= self.runs_for {
             ExecutionStatus::Succeeded
         } else {
@@ -133,67 +133,69 @@ fn settings() -> WorkerSettings {
     }
 }
 
-struct Running {
+/// A worker on an embedded queue of its own, driven by [`Worker::run_once`].
+struct Harness {
     queue: Arc<EmbeddedQueue>,
-    shutdown: CancellationToken,
-    worker: tokio::task::JoinHandle<Result<(), QueueError>>,
+    worker: Arc<Worker>,
     _directory: tempfile::TempDir,
 }
 
-impl Running {
+impl Harness {
+    async fn new(executor: Arc<ScriptedExecutor>, settings: WorkerSettings) -> Harness {
+        let directory = tempfile::tempdir().unwrap();
+        let queue = Arc::new(
+            EmbeddedQueue::open(EmbeddedSettings {
+                path: directory.path().join("queue.db"),
+                visibility_timeout: Duration::from_secs(10),
+                max_receives: 6,
+            })
+            .await
+            .unwrap(),
+        );
+        let worker = Arc::new(Worker::new(
+            queue.clone(),
+            executor,
+            settings,
+            &Metrics::default(),
+        ));
+        Harness {
+            queue,
+            worker,
+            _directory: directory,
+        }
+    }
+
     async fn enqueue(&self, requests: Vec<ExecutionRequest>) {
         let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
         enqueue(self.queue.as_ref(), &jobs).await.unwrap();
     }
-}
 
-async fn start_worker(executor: Arc<ScriptedExecutor>, settings: WorkerSettings) -> Running {
-    let directory = tempfile::tempdir().unwrap();
-    let queue = Arc::new(
-        EmbeddedQueue::open(EmbeddedSettings {
-            path: directory.path().join("queue.db"),
-            visibility_timeout: Duration::from_secs(10),
-            max_receives: 6,
-        })
-        .await
-        .unwrap(),
-    );
-    let worker = Arc::new(Worker::new(
-        queue.clone(),
-        executor,
-        settings,
-        &Metrics::default(),
-    ));
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
-    Running {
-        queue,
-        shutdown,
-        worker: handle,
-        _directory: directory,
-    }
-}
-
-async fn until(mut condition: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if condition() {
-            return;
+    /// Runs the worker until the queue holds nothing, letting (paused) time pass while a
+    /// released job waits out its backoff.
+    async fn drain(&self) {
+        loop {
+            let handled = self.worker.run_once().await.unwrap();
+            let depth = self.queue.depth().await.unwrap();
+            if depth.visible + depth.in_flight == 0 {
+                return;
+            }
+            if handled == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the condition never held");
-}
 
-/// The dead letters, once there are any.
-async fn first_dead_letters(queue: &EmbeddedQueue) -> Vec<crate::queue::embedded::DeadLetter> {
-    for _ in 0..10_000 {
-        let dead = queue.dead_letters().await.unwrap();
-        if !dead.is_empty() {
-            return dead;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    /// The worker's long-running loop, for what only it does (shutdown).
+    fn run(
+        &self,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), QueueError>>,
+    ) {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(self.worker.clone().run(shutdown.clone()));
+        (shutdown, handle)
     }
-    Vec::new()
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,12 +206,12 @@ async fn retryable_failures_are_retried_with_growing_backoff() {
     executor.errors.lock().unwrap().insert(
         name.clone(),
         (0..3)
-            .map(|_| ExecutorError::Retryable("throttled".into()))
+            .map(|_| ExecutorError::retryable("throttled"))
             .collect(),
     );
-    let running = start_worker(executor.clone(), settings()).await;
-    running.enqueue(requests).await;
-    until(|| !executor.started.lock().unwrap().is_empty()).await;
+    let harness = Harness::new(executor.clone(), settings()).await;
+    harness.enqueue(requests).await;
+    harness.drain().await;
     let attempts: Vec<Instant> = executor
         .attempts
         .lock()
@@ -224,9 +226,11 @@ async fn retryable_failures_are_retried_with_growing_backoff() {
         let at_least = Duration::from_secs(2) * 2u32.pow(index as u32) / 2;
         assert!(gap >= at_least, "retry {index}: {gap:?} < {at_least:?}");
     }
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
-    assert_eq!(running.queue.depth().await.unwrap().visible, 0, "acked");
+    assert_eq!(
+        executor.started.lock().unwrap().len(),
+        1,
+        "started, then acked"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,20 +240,16 @@ async fn permanent_failures_are_dead_lettered_with_the_reason() {
     let executor = Arc::new(ScriptedExecutor::default());
     executor.errors.lock().unwrap().insert(
         doomed.clone(),
-        VecDeque::from([ExecutorError::Permanent(
-            "state machine does not exist".into(),
-        )]),
+        VecDeque::from([ExecutorError::permanent("state machine does not exist")]),
     );
-    let running = start_worker(executor.clone(), settings()).await;
-    running.enqueue(requests).await;
-    until(|| executor.started.lock().unwrap().len() == 1).await;
-    let queue = running.queue.clone();
-    let dead = first_dead_letters(&queue).await;
+    let harness = Harness::new(executor.clone(), settings()).await;
+    harness.enqueue(requests).await;
+    harness.drain().await;
+    assert_eq!(executor.started.lock().unwrap().len(), 1);
+    let dead = harness.queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, doomed);
     assert_eq!(dead[0].reason, "state machine does not exist");
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -260,9 +260,9 @@ async fn serial_jobs_run_one_after_another_in_commit_order() {
         runs_for: Duration::from_secs(30),
         ..ScriptedExecutor::default()
     });
-    let running = start_worker(executor.clone(), settings()).await;
-    running.enqueue(requests).await;
-    until(|| executor.started.lock().unwrap().len() == 4).await;
+    let harness = Harness::new(executor.clone(), settings()).await;
+    harness.enqueue(requests).await;
+    harness.drain().await;
     let started = executor.started.lock().unwrap().clone();
     let order: Vec<String> = started.iter().map(|(name, _)| name.clone()).collect();
     assert_eq!(order, names, "commit order");
@@ -276,8 +276,6 @@ async fn serial_jobs_run_one_after_another_in_commit_order() {
     // kept each job from being handed out twice.
     let attempts = executor.attempts.lock().unwrap().len();
     assert_eq!(attempts, 4);
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,23 +286,22 @@ async fn a_held_execution_that_cannot_be_described_yet_is_not_dead_lettered() {
     let executor = Arc::new(ScriptedExecutor {
         runs_for: Duration::from_secs(5),
         describe_errors: Mutex::new(VecDeque::from([
-            ExecutorError::Permanent("ExecutionDoesNotExist".into()),
-            ExecutorError::Permanent("ExecutionDoesNotExist".into()),
-            ExecutorError::Retryable("ExpiredTokenException".into()),
+            ExecutorError::permanent("ExecutionDoesNotExist"),
+            ExecutorError::permanent("ExecutionDoesNotExist"),
+            ExecutorError::retryable("ExpiredTokenException"),
         ])),
         ..ScriptedExecutor::default()
     });
-    let running = start_worker(executor.clone(), settings()).await;
-    running.enqueue(requests).await;
-    until(|| executor.started.lock().unwrap().len() == 2).await;
+    let harness = Harness::new(executor.clone(), settings()).await;
+    harness.enqueue(requests).await;
+    harness.drain().await;
     let started = executor.started.lock().unwrap().clone();
+    assert_eq!(started.len(), 2);
     assert!(
         started[1].1 - started[0].1 >= Duration::from_secs(5),
         "the second started only after the first ended"
     );
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
-    assert!(running.queue.dead_letters().await.unwrap().is_empty());
+    assert!(harness.queue.dead_letters().await.unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -315,20 +312,22 @@ async fn a_lane_retries_its_head_in_place_and_dead_letters_it_after_max_receives
     executor.errors.lock().unwrap().insert(
         head.clone(),
         (0..10)
-            .map(|_| ExecutorError::Retryable("throttled".into()))
+            .map(|_| ExecutorError::retryable("throttled"))
             .collect(),
     );
-    let running = start_worker(executor.clone(), settings()).await;
-    running.enqueue(requests).await;
-    let queue = running.queue.clone();
-    let dead = first_dead_letters(&queue).await;
+    let harness = Harness::new(executor.clone(), settings()).await;
+    harness.enqueue(requests).await;
+    harness.drain().await;
+    let dead = harness.queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, head);
     assert_eq!(dead[0].receive_count, 1, "retried in place, received once");
     assert!(dead[0].reason.contains("in 6 tries"), "{}", dead[0].reason);
-    until(|| executor.started.lock().unwrap().len() == 1).await;
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
+    assert_eq!(
+        executor.started.lock().unwrap().len(),
+        1,
+        "the next one ran"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -338,12 +337,15 @@ async fn shutdown_releases_jobs_that_outlive_the_grace_period() {
         runs_for: Duration::from_secs(3600),
         ..ScriptedExecutor::default()
     });
-    let running = start_worker(executor.clone(), settings()).await;
-    running.enqueue(requests).await;
-    until(|| executor.started.lock().unwrap().len() == 1).await;
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
-    let depth = running.queue.depth().await.unwrap();
+    let harness = Harness::new(executor.clone(), settings()).await;
+    harness.enqueue(requests).await;
+    let (shutdown, worker) = harness.run();
+    while executor.started.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    let depth = harness.queue.depth().await.unwrap();
     assert_eq!(
         depth.visible, 1,
         "the held job is back on the queue at once"
@@ -353,8 +355,8 @@ async fn shutdown_releases_jobs_that_outlive_the_grace_period() {
 #[tokio::test(start_paused = true)]
 async fn unreadable_jobs_are_dead_lettered_and_newer_ones_left_for_later() {
     let executor = Arc::new(ScriptedExecutor::default());
-    let running = start_worker(executor, settings()).await;
-    running
+    let harness = Harness::new(executor, settings()).await;
+    harness
         .queue
         .send(&[
             Message {
@@ -370,16 +372,14 @@ async fn unreadable_jobs_are_dead_lettered_and_newer_ones_left_for_later() {
         ])
         .await
         .unwrap();
-    let queue = running.queue.clone();
-    let dead = first_dead_letters(&queue).await;
+    assert_eq!(harness.worker.run_once().await.unwrap(), 2);
+    let dead = harness.queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, "garbage");
-    let depth = queue.depth().await.unwrap();
+    let depth = harness.queue.depth().await.unwrap();
     assert_eq!(
         (depth.visible, depth.in_flight),
         (0, 1),
         "the newer job waits, released"
     );
-    running.shutdown.cancel();
-    running.worker.await.unwrap().unwrap();
 }

@@ -10,13 +10,12 @@ pub mod proxy;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gitdispatch::config::Config;
+use gitdispatch::app::{App, OpenedQueue};
+use gitdispatch::config::{Config, QueueConfig};
 use gitdispatch::job::Job;
-use gitdispatch::plan::Planner;
-use gitdispatch::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
-use gitdispatch::server::{self, AppState};
+use gitdispatch::queue::embedded::EmbeddedQueue;
+use gitdispatch::server;
 use gitdispatch::source::github::sign;
-use gitdispatch::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "It's a Secret to Everybody";
@@ -77,30 +76,30 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn spawn_app(config: Config) -> TestApp {
-    let planner = Arc::new(Planner::new(&config).unwrap());
+/// The listener as the daemon assembles it (`App::build`, `server::run`), on
+/// `127.0.0.1:0`, with the embedded queue in a directory of its own.
+pub async fn spawn_app(mut config: Config) -> TestApp {
     let directory = tempfile::tempdir().unwrap();
     let queue_path = directory.path().join("queue.db");
-    let queue = Arc::new(
-        EmbeddedQueue::open(EmbeddedSettings {
-            path: queue_path.clone(),
-            visibility_timeout: std::time::Duration::from_secs(30),
-            max_receives: 5,
-        })
-        .await
-        .unwrap(),
-    );
+    config.queue = QueueConfig::Embedded {
+        path: queue_path.clone(),
+        visibility_timeout_secs: 30,
+        max_receives: 5,
+    };
+    let compiled = gitdispatch::app::compile(config).expect("the test config compiles");
+    let app = App::build(compiled, false).await.unwrap();
+    let OpenedQueue::Embedded(queue) = &app.queue else {
+        unreachable!("the queue was set to the embedded one");
+    };
+    let queue = queue.clone();
     let shutdown = CancellationToken::new();
-    let state = Arc::new(AppState::new(
-        &config,
-        planner,
-        queue.clone(),
-        Arc::new(Metrics::default()),
-        shutdown.clone(),
-    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::run(listener, state, shutdown.clone()));
+    tokio::spawn(server::run(
+        listener,
+        app.listener_state(shutdown.clone()),
+        shutdown.clone(),
+    ));
     TestApp {
         address,
         queue,

@@ -1,0 +1,343 @@
+//! The application assembled from its configuration, in one place that `main`, the
+//! daemon's roles, the one-shot commands and the tests all use: the configuration
+//! compiled once ([`compile`]: every section's, backend's and the planner's problems
+//! reported together), then the backends it names opened ([`App::build`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, ExecutorConfig, LoadError, Problem, QueueConfig};
+use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings, StoreError};
+use crate::executor::stepfunctions::StepFunctionsExecutor;
+use crate::executor::{Executor, ExecutorError};
+use crate::plan::Planner;
+use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
+use crate::queue::sqs::SqsQueue;
+use crate::queue::{Queue, QueueError};
+use crate::server::AppState;
+use crate::telemetry::Metrics;
+use crate::worker::{Worker, WorkerSettings};
+
+/// A configuration checked whole and compiled: what everything starts from.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub config: Config,
+    pub planner: Arc<Planner>,
+}
+
+/// Checks a decoded configuration whole (each section, the configured backends, the
+/// routes and pipelines) and compiles its routes; every problem is reported at once.
+pub fn compile(config: Config) -> Result<Compiled, Vec<Problem>> {
+    let mut problems = config.validate();
+    problems.extend(crate::queue::check(&config));
+    problems.extend(crate::executor::check(&config));
+    let planner = Planner::new(&config).map_err(|more| problems.extend(more));
+    match planner {
+        Ok(planner) if problems.is_empty() => Ok(Compiled {
+            config,
+            planner: Arc::new(planner),
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Reads, interpolates, decodes and compiles a configuration file.
+pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
+    let config = Config::read(path)?;
+    compile(config).map_err(|problems| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    })
+}
+
+/// Compiles a configuration text; `env` looks up `${NAME}` references.
+pub fn from_toml_str(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Compiled, LoadError> {
+    compile(Config::parse(text, env)?).map_err(LoadError::Invalid)
+}
+
+/// Why the application could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the queue")]
+    Queue(#[from] QueueError),
+    #[error("cannot open the local executor's record")]
+    Store(#[from] StoreError),
+    #[error("cannot settle the executions a stopped daemon left")]
+    Recovery(#[source] ExecutorError),
+    #[error("{0} needs AWS settings, and none were loaded")]
+    NoAwsSettings(&'static str),
+}
+
+/// Loads the AWS settings the usual way (environment, profile, instance role), when a
+/// part of the configuration is on AWS.
+pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
+    let needed = matches!(config.queue, QueueConfig::Sqs { .. })
+        || matches!(config.executor, ExecutorConfig::Stepfunctions {});
+    if !needed {
+        return None;
+    }
+    // A long poll waits up to 20 s: each attempt may take longer than that.
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(90))
+        .build();
+    Some(
+        aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await,
+    )
+}
+
+/// The configured queue, by backend.
+pub enum OpenedQueue {
+    Embedded(Arc<EmbeddedQueue>),
+    Sqs(Arc<SqsQueue>),
+}
+
+impl OpenedQueue {
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        match self {
+            OpenedQueue::Embedded(queue) => queue.clone(),
+            OpenedQueue::Sqs(queue) => queue.clone(),
+        }
+    }
+}
+
+/// Opens the configured queue.
+pub async fn open_queue(config: &Config, aws: Option<&SdkConfig>) -> Result<OpenedQueue, AppError> {
+    match &config.queue {
+        QueueConfig::Embedded {
+            path,
+            visibility_timeout_secs,
+            max_receives,
+        } => {
+            let queue = EmbeddedQueue::open(EmbeddedSettings {
+                path: path.clone(),
+                visibility_timeout: Duration::from_secs(*visibility_timeout_secs),
+                max_receives: *max_receives,
+            })
+            .await?;
+            Ok(OpenedQueue::Embedded(Arc::new(queue)))
+        }
+        QueueConfig::Sqs { url } => {
+            let aws = aws.ok_or(AppError::NoAwsSettings("the SQS queue"))?;
+            let queue = SqsQueue::open(aws_sdk_sqs::Client::new(aws), url).await?;
+            let facts = queue.facts();
+            match &facts.dead_letter {
+                Some((dead_letter_url, max_receives)) => tracing::info!(
+                    fifo = facts.fifo,
+                    visibility_timeout_secs = facts.visibility_timeout.as_secs(),
+                    max_receives,
+                    dead_letter_queue = %dead_letter_url,
+                    "Opened the SQS queue."
+                ),
+                None => tracing::warn!(
+                    url = %url,
+                    "The SQS queue has no redrive policy: a job that keeps failing is received for ever and never dead-lettered."
+                ),
+            }
+            Ok(OpenedQueue::Sqs(Arc::new(queue)))
+        }
+    }
+}
+
+/// The configured executor, by backend.
+pub enum OpenedExecutor {
+    Local(Arc<LocalExecutor>),
+    StepFunctions(Arc<StepFunctionsExecutor>),
+}
+
+impl OpenedExecutor {
+    pub fn executor(&self) -> Arc<dyn Executor> {
+        match self {
+            OpenedExecutor::Local(executor) => executor.clone(),
+            OpenedExecutor::StepFunctions(executor) => executor.clone(),
+        }
+    }
+
+    /// Lets local executions finish within `grace`; Step Functions executions run on
+    /// without us.
+    pub async fn shutdown(&self, grace: Duration) {
+        if let OpenedExecutor::Local(executor) = self {
+            executor.shutdown(grace).await;
+        }
+    }
+}
+
+/// Opens the configured executor (nothing is recovered: see [`App::build`]).
+pub async fn open_executor(
+    config: &Config,
+    aws: Option<&SdkConfig>,
+) -> Result<OpenedExecutor, AppError> {
+    match &config.executor {
+        ExecutorConfig::Local {
+            log_dir,
+            path,
+            max_attempts,
+        } => {
+            let pipelines: HashMap<String, LocalPipeline> = config
+                .pipelines
+                .iter()
+                .filter_map(|pipeline| {
+                    let command = pipeline.command.clone()?;
+                    Some((
+                        pipeline.name.clone(),
+                        LocalPipeline {
+                            command,
+                            timeout: Duration::from_secs(pipeline.timeout_secs),
+                        },
+                    ))
+                })
+                .collect();
+            let executor = LocalExecutor::open(LocalSettings {
+                path: path.clone(),
+                log_dir: log_dir.clone(),
+                pipelines,
+                max_attempts: *max_attempts,
+            })
+            .await?;
+            Ok(OpenedExecutor::Local(Arc::new(executor)))
+        }
+        ExecutorConfig::Stepfunctions {} => {
+            let aws = aws.ok_or(AppError::NoAwsSettings("the Step Functions executor"))?;
+            let state_machines: HashMap<String, String> = config
+                .pipelines
+                .iter()
+                .filter_map(|pipeline| {
+                    Some((pipeline.name.clone(), pipeline.state_machine_arn.clone()?))
+                })
+                .collect();
+            Ok(OpenedExecutor::StepFunctions(Arc::new(
+                StepFunctionsExecutor::new(aws_sdk_sfn::Client::new(aws), state_machines),
+            )))
+        }
+    }
+}
+
+/// The assembled application: the compiled configuration, the metrics every part
+/// counts in, the queue, and (for a role that works) the executor.
+pub struct App {
+    pub compiled: Compiled,
+    pub metrics: Arc<Metrics>,
+    pub queue: OpenedQueue,
+    /// Present when built to work: its recovery has run.
+    pub executor: Option<OpenedExecutor>,
+}
+
+impl App {
+    /// Opens the configured backends. With `work`, also the executor, after settling
+    /// what a crashed daemon left running (before anything runs: it would overlap what
+    /// comes next).
+    pub async fn build(compiled: Compiled, work: bool) -> Result<App, AppError> {
+        let aws = aws_settings(&compiled.config).await;
+        let queue = open_queue(&compiled.config, aws.as_ref()).await?;
+        let executor = if work {
+            let opened = open_executor(&compiled.config, aws.as_ref()).await?;
+            if let OpenedExecutor::Local(local) = &opened {
+                local.recover().await.map_err(AppError::Recovery)?;
+            }
+            Some(opened)
+        } else {
+            None
+        };
+        Ok(App {
+            compiled,
+            metrics: Arc::new(Metrics::default()),
+            queue,
+            executor,
+        })
+    }
+
+    /// What the listener's request handlers share.
+    pub fn listener_state(&self, shutdown: CancellationToken) -> Arc<AppState> {
+        Arc::new(AppState::new(
+            &self.compiled.config,
+            self.compiled.planner.clone(),
+            self.queue.queue(),
+            self.metrics.clone(),
+            shutdown,
+        ))
+    }
+
+    /// The worker, when built to work.
+    pub fn worker(&self) -> Option<Arc<Worker>> {
+        let executor = self.executor.as_ref()?;
+        Some(Arc::new(Worker::new(
+            self.queue.queue(),
+            executor.executor(),
+            WorkerSettings::from_config(&self.compiled.config.worker),
+            &self.metrics,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{MINIMAL, env};
+
+    #[test]
+    fn semantic_problems_are_all_reported_at_once() {
+        let text = MINIMAL
+            .replace("pipeline = \"deploy\"", "pipeline = \"nope\"")
+            .replace("branches = [\"hotfix/*\"]", "branches = [\"[\"]")
+            + "\n[worker]\nconcurrency = 0\n[[pipelines]]\nname = \"deploy\"\n";
+        let LoadError::Invalid(problems) = from_toml_str(&text, &env).unwrap_err() else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"worker.concurrency"), "{paths:?}");
+        assert!(paths.contains(&"pipelines[1].name"), "{paths:?}");
+        assert!(paths.contains(&"pipelines[1].command"), "{paths:?}");
+        assert!(paths.contains(&"routes[0].pipeline"), "{paths:?}");
+        assert!(paths.contains(&"routes[0].branches[0]"), "{paths:?}");
+    }
+
+    #[test]
+    fn aws_settings_are_checked() {
+        let text = MINIMAL
+            .replace(
+                "type = \"embedded\"\npath = \"var/gitdispatch.db\"",
+                "type = \"sqs\"\nurl = \"https://sqs.us-east-1.amazonaws.com/1/jobs\"",
+            )
+            .replace("type = \"local\"", "type = \"stepfunctions\"")
+            .replace(
+                "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:stateMachine:deploy\"",
+                "state_machine_arn = \"arn:aws:states:us-east-1:123456789012:deploy\"",
+            )
+            + "[worker]\nbatch_size = 11\n";
+        let LoadError::Invalid(problems) = from_toml_str(&text, &env).unwrap_err() else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "worker.batch_size",
+                "pipelines[0].concurrency",
+                "pipelines[0].state_machine_arn"
+            ]
+        );
+        assert!(problems[1].message.contains("needs a FIFO queue"));
+
+        let fifo = MINIMAL
+            .replace(
+                "type = \"embedded\"\npath = \"var/gitdispatch.db\"",
+                "type = \"sqs\"\nurl = \"https://sqs.us-east-1.amazonaws.com/1/jobs.fifo\"",
+            )
+            .replace("type = \"local\"", "type = \"stepfunctions\"");
+        let compiled = from_toml_str(&fifo, &env).unwrap();
+        assert_eq!(compiled.config.queue.type_name(), "sqs (FIFO)");
+    }
+}

@@ -1,0 +1,86 @@
+//! `[github]`: the webhook secrets, and the token for the parts that call GitHub.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::Problem;
+
+/// `[github]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    /// Several secrets are accepted at once so one can be rotated without downtime.
+    #[serde(default)]
+    pub webhook_secrets: Vec<WebhookSecretConfig>,
+    /// API token, for the parts that call GitHub back.
+    #[serde(default)]
+    pub token: Option<SecretString>,
+}
+
+/// One webhook secret, optionally limited to some repositories.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WebhookSecretConfig {
+    Plain(SecretString),
+    Scoped(ScopedSecretConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedSecretConfig {
+    pub secret: SecretString,
+    /// Repository globs this secret may speak for: a delivery it signed for another
+    /// repository is refused (403).
+    pub repositories: Vec<String>,
+}
+
+impl WebhookSecretConfig {
+    pub fn secret(&self) -> &SecretString {
+        match self {
+            WebhookSecretConfig::Plain(secret) => secret,
+            WebhookSecretConfig::Scoped(scoped) => &scoped.secret,
+        }
+    }
+
+    /// `None` when the secret speaks for every repository.
+    pub fn repositories(&self) -> Option<&[String]> {
+        match self {
+            WebhookSecretConfig::Plain(_) => None,
+            WebhookSecretConfig::Scoped(scoped) => Some(&scoped.repositories),
+        }
+    }
+}
+
+impl GithubConfig {
+    /// `needed`: whether routes take GitHub events, so that a secret must exist.
+    pub(super) fn validate(&self, needed: bool, problems: &mut Vec<Problem>) {
+        if needed && self.webhook_secrets.is_empty() {
+            problems.push(Problem::new(
+                "github.webhook_secrets",
+                "is empty, but routes take GitHub events: at least one secret is needed to verify deliveries",
+            ));
+        }
+        for (index, entry) in self.webhook_secrets.iter().enumerate() {
+            let path = format!("github.webhook_secrets[{index}]");
+            if entry.secret().expose_secret().is_empty() {
+                problems.push(Problem::new(&path, "the secret is empty"));
+            }
+            if let Some(repositories) = entry.repositories() {
+                if repositories.is_empty() {
+                    problems.push(Problem::new(
+                        format!("{path}.repositories"),
+                        "is empty: a scoped secret must name at least one repository glob",
+                    ));
+                }
+                for (glob_index, glob) in repositories.iter().enumerate() {
+                    if let Err(message) = crate::pattern::compile_repository_glob(glob) {
+                        problems.push(Problem::new(
+                            format!("{path}.repositories[{glob_index}]"),
+                            message,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}

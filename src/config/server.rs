@@ -1,0 +1,111 @@
+//! `[server]`: the HTTP listener.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::Problem;
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Larger bodies are refused with 413. GitHub never sends more than 25 MiB.
+    pub max_body_bytes: usize,
+    /// A request that takes longer is answered 408. GitHub gives up after 10 s.
+    pub request_timeout_secs: u64,
+    pub rate_limit: RateLimitConfig,
+    /// Peers whose `X-Forwarded-For` header is believed (load balancers, proxies).
+    pub trusted_proxies: Vec<String>,
+    /// When not empty, requests from other client addresses are refused with 403.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 25 * 1024 * 1024,
+            request_timeout_secs: 10,
+            rate_limit: RateLimitConfig::default(),
+            trusted_proxies: Vec::new(),
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Per-client-address request rate limit (`[server.rate_limit]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second from one address.
+    pub per_second: u32,
+    /// Requests one address may make at once before the sustained rate applies.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_second: 50,
+            burst: 200,
+        }
+    }
+}
+
+/// Parses `10.0.0.0/8` or a single address.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR network"))
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        for (key, value) in [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("request_timeout_secs", self.request_timeout_secs),
+            (
+                "rate_limit.per_second",
+                u64::from(self.rate_limit.per_second),
+            ),
+            ("rate_limit.burst", u64::from(self.rate_limit.burst)),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(format!("server.{key}"), "must be above 0"));
+            }
+        }
+        for (key, list) in [
+            ("trusted_proxies", &self.trusted_proxies),
+            ("allowed_networks", &self.allowed_networks),
+        ] {
+            for (index, network) in list.iter().enumerate() {
+                if let Err(message) = parse_network(network) {
+                    problems.push(Problem::new(format!("server.{key}[{index}]"), message));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_as_cidr_or_address() {
+        assert!(parse_network("10.0.0.0/8").is_ok());
+        assert!(parse_network("192.0.2.1").is_ok());
+        assert!(parse_network("::1").is_ok());
+        assert!(parse_network("nope").is_err());
+    }
+}
