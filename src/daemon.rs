@@ -90,17 +90,78 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// Descriptors kept for everything but client connections: the queue's and the
+/// record's SQLite files, local executions' logs and pipes, connections to AWS.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (systemd and most containers give
+/// a soft 1,024 and a far higher hard limit), and returns the limit now in force.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// Keeps the connection limit under the open-file limit, so that clients can never
+/// take the descriptors the queue and the worker need.
+fn fit_connections_to_descriptors(compiled: &mut Compiled) {
+    let Some(limit) = raise_open_file_limit() else {
+        return;
+    };
+    let room = limit.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize;
+    let server = &mut compiled.config.server;
+    if server.max_connections > room {
+        tracing::warn!(
+            open_file_limit = limit,
+            configured = server.max_connections,
+            used = room,
+            "server.max_connections is over what the open-file limit leaves for clients; raise the limit (LimitNOFILE, ulimit -n) to allow more."
+        );
+        server.max_connections = room;
+    }
+}
+
+/// Large buffers (request bodies) are given back to the system when freed: glibc
+/// would otherwise raise its mmap threshold after the first large free and keep every
+/// later large body's memory in the heap for good.
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt sets an allocator parameter; it touches no memory of ours.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// What a supervised part ends with.
 type PartResult = (&'static str, Result<(), BoxError>);
 
 /// Runs `role` until `shutdown` is cancelled or a part stops on its own, in which case
 /// the others are shut down too and the error names the part.
 pub async fn run(
-    compiled: Compiled,
+    mut compiled: Compiled,
     role: Role,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     ignore_file_size_signal();
+    return_large_buffers_to_the_system();
+    fit_connections_to_descriptors(&mut compiled);
     let listen = compiled.config.server.listen;
     let grace = Duration::from_secs(compiled.config.worker.shutdown_grace_secs);
     let app = App::build(compiled, role.works()).await?;

@@ -109,6 +109,10 @@ impl fmt::Display for CommitSha {
 pub struct RefName(String);
 
 impl RefName {
+    /// A branch, tag or pull-request ref that `git check-ref-format` accepts: no `..`,
+    /// no `@{`, no control characters, spaces or `~ ^ : ? * [ \`, no component that
+    /// starts with `.` or ends with `.lock`, no empty component, not ending in `/` or
+    /// `.`, at most 1,024 bytes.
     pub fn parse(value: &str) -> Result<Self, ParseError> {
         let rest = value
             .strip_prefix("refs/heads/")
@@ -116,7 +120,7 @@ impl RefName {
             .or_else(|| value.strip_prefix("refs/pull/"));
         let valid = matches!(rest, Some(rest) if !rest.is_empty())
             && value.len() <= 1024
-            && !value.chars().any(|c| c.is_control());
+            && git_accepts(value);
         if valid {
             Ok(RefName(value.to_string()))
         } else {
@@ -150,6 +154,22 @@ impl RefName {
             .or_else(|| self.0.strip_prefix("refs/pull/"))
             .unwrap_or(&self.0)
     }
+}
+
+/// `git check-ref-format`'s rules for a full ref name.
+fn git_accepts(value: &str) -> bool {
+    let forbidden = |c: char| {
+        c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '\u{7f}')
+    };
+    !value.chars().any(forbidden)
+        && !value.contains("..")
+        && !value.contains("@{")
+        && value != "@"
+        && !value.ends_with('/')
+        && !value.ends_with('.')
+        && value.split('/').all(|component| {
+            !component.is_empty() && !component.starts_with('.') && !component.ends_with(".lock")
+        })
 }
 
 impl TryFrom<String> for RefName {
@@ -354,4 +374,47 @@ pub struct PullRequest {
     /// The head branch lives in another repository than the base; its code was
     /// written by someone without write access to the base repository.
     pub from_fork: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_follow_git_check_ref_format() {
+        for good in [
+            "refs/heads/main",
+            "refs/heads/hotfix/important_patch",
+            "refs/tags/v1.2.0",
+            "refs/heads/x;echo$(id)`id`",
+            "refs/heads/ünïcode",
+        ] {
+            assert!(RefName::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "refs/heads/a..b",
+            "refs/heads/../../etc/passwd",
+            "refs/heads/a b",
+            "refs/heads/a~1",
+            "refs/heads/a^",
+            "refs/heads/a:b",
+            "refs/heads/a?",
+            "refs/heads/a*",
+            "refs/heads/a[b",
+            "refs/heads/a\\b",
+            "refs/heads/a@{1}",
+            "refs/heads/.hidden",
+            "refs/heads/a/.b",
+            "refs/heads/a.lock",
+            "refs/heads/a//b",
+            "refs/heads/a/",
+            "refs/heads/a.",
+            "refs/heads/a\u{7}",
+            "refs/heads/",
+            "refs/remotes/origin/main",
+        ] {
+            assert!(RefName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(RefName::parse(&format!("refs/heads/{}", "x".repeat(1100))).is_err());
+    }
 }

@@ -111,6 +111,9 @@ fn main() -> ExitCode {
     match args.command {
         Command::CheckConfig => {
             println!("{} is valid", args.config.display());
+            if let Some(warning) = config.exposed_secrets(&args.config) {
+                println!("warning: {warning}");
+            }
             print!("{}", cli::summary(config, planner));
             match runtime().block_on(cli::check_queue(config)) {
                 Ok(lines) => {
@@ -171,6 +174,9 @@ fn main() -> ExitCode {
                 _ => Role::Serve,
             };
             gitdispatch::telemetry::init();
+            if let Some(warning) = config.exposed_secrets(&args.config) {
+                tracing::warn!("{warning}");
+            }
             let runtime = runtime();
             let result = runtime.block_on(async {
                 let shutdown = CancellationToken::new();

@@ -226,7 +226,15 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let found = marked_with("GITDISPATCH_TEST_MARK", &marker);
+        // Until the child has executed, its environment is still the parent's.
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = marked_with("GITDISPATCH_TEST_MARK", &marker);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(found, vec![marked.id()]);
         assert_eq!(
             process_group(marked.id()),

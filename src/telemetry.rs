@@ -40,6 +40,13 @@ pub struct Metrics {
     pub events_unrouted: Family<Labels, Counter>,
     /// Pushes whose commit list may be incomplete.
     pub commit_lists_truncated: Counter,
+    /// Connections closed as they arrived, by reason (`total`, `per_address`).
+    pub connections_refused: Family<Labels, Counter>,
+    /// Connections closed after sitting idle, or with headers that never came whole.
+    pub connections_timed_out: Family<Labels, Counter>,
+    /// Request bodies refused before their signature was checked, by reason
+    /// (`per_address`, `total`).
+    pub bodies_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,6 +57,24 @@ impl Default for Metrics {
         let commits_skipped = Family::<Labels, Counter>::default();
         let events_unrouted = Family::<Labels, Counter>::default();
         let commit_lists_truncated = Counter::default();
+        let connections_refused = Family::<Labels, Counter>::default();
+        let connections_timed_out = Family::<Labels, Counter>::default();
+        let bodies_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "gitdispatch_connections_refused",
+            "Connections closed as they arrived, by which limit",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "gitdispatch_connections_timed_out",
+            "Connections closed for sitting idle or trickling their headers",
+            connections_timed_out.clone(),
+        );
+        registry.register(
+            "gitdispatch_bodies_refused",
+            "Request bodies refused before verification, by which budget",
+            bodies_refused.clone(),
+        );
         registry.register(
             "gitdispatch_deliveries",
             "Webhook deliveries answered, by source and outcome",
@@ -82,6 +107,9 @@ impl Default for Metrics {
             commits_skipped,
             events_unrouted,
             commit_lists_truncated,
+            connections_refused,
+            connections_timed_out,
+            bodies_refused,
         }
     }
 }

@@ -38,7 +38,7 @@ fn requests(name: &str) -> Vec<ExecutionRequest> {
         occurrence: Occurrence::from_parts(&["d"]),
         repository: "acme/api".into(),
         kind: EventKind::Push(Push {
-            git_ref: RefName::parse("refs/heads/x; echo oops").unwrap(),
+            git_ref: RefName::parse("refs/heads/x;echo$(touch-pwned)`id`").unwrap(),
             before: CommitSha::parse(&"f".repeat(40)).unwrap(),
             after: commits[1].id.clone(),
             commits,
@@ -124,7 +124,7 @@ async fn the_command_gets_the_input_on_stdin_and_names_in_its_environment() {
     assert_eq!(
         environment,
         format!(
-            "GITDISPATCH_ACTION=deploy\nGITDISPATCH_ATTEMPT=1\nGITDISPATCH_ENVIRONMENT=feature/x; echo oops\nGITDISPATCH_EXECUTION_NAME={name}\nGITDISPATCH_PIPELINE=job\nGITDISPATCH_PLANNED_NAME={name}\n",
+            "GITDISPATCH_ACTION=deploy\nGITDISPATCH_ATTEMPT=1\nGITDISPATCH_ENVIRONMENT=feature/x-echo-touch-pwned-id-\nGITDISPATCH_EXECUTION_NAME={name}\nGITDISPATCH_PIPELINE=job\nGITDISPATCH_PLANNED_NAME={name}\n",
             name = request.name
         )
     );

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::Problem;
 
 /// `[github]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
     /// Several secrets are accepted at once so one can be rotated without downtime.
@@ -15,6 +15,15 @@ pub struct GithubConfig {
     /// API token, for the parts that call GitHub back.
     #[serde(default)]
     pub token: Option<SecretString>,
+    /// Commits of one push planned at most (GitHub lists at most 2,048): a push that
+    /// lists more keeps its newest, the head among them, and is logged and counted as
+    /// truncated.
+    #[serde(default = "default_max_commits_per_push")]
+    pub max_commits_per_push: usize,
+}
+
+fn default_max_commits_per_push() -> usize {
+    2048
 }
 
 /// One webhook secret, optionally limited to some repositories.
@@ -51,6 +60,16 @@ impl WebhookSecretConfig {
     }
 }
 
+impl Default for GithubConfig {
+    fn default() -> Self {
+        GithubConfig {
+            webhook_secrets: Vec::new(),
+            token: None,
+            max_commits_per_push: default_max_commits_per_push(),
+        }
+    }
+}
+
 impl GithubConfig {
     /// `needed`: whether routes take GitHub events, so that a secret must exist.
     pub(super) fn validate(&self, needed: bool, problems: &mut Vec<Problem>) {
@@ -58,6 +77,12 @@ impl GithubConfig {
             problems.push(Problem::new(
                 "github.webhook_secrets",
                 "is empty, but routes take GitHub events: at least one secret is needed to verify deliveries",
+            ));
+        }
+        if self.max_commits_per_push == 0 {
+            problems.push(Problem::new(
+                "github.max_commits_per_push",
+                "must be above 0",
             ));
         }
         for (index, entry) in self.webhook_secrets.iter().enumerate() {
@@ -83,4 +108,37 @@ impl GithubConfig {
             }
         }
     }
+}
+
+/// The keys of `[github]` whose secret is written in the file (anything but a whole
+/// `${NAME}` reference), read before interpolation.
+pub(super) fn literal_secrets(value: &toml::Value) -> Vec<String> {
+    let Some(github) = value.get("github") else {
+        return Vec::new();
+    };
+    let literal = |value: Option<&toml::Value>| {
+        value.and_then(toml::Value::as_str).is_some_and(|text| {
+            !(text.starts_with("${") && text.ends_with('}') && text.matches('$').count() == 1)
+        })
+    };
+    let mut keys = Vec::new();
+    if let Some(entries) = github
+        .get("webhook_secrets")
+        .and_then(toml::Value::as_array)
+    {
+        for (index, entry) in entries.iter().enumerate() {
+            let secret = if entry.is_table() {
+                entry.get("secret")
+            } else {
+                Some(entry)
+            };
+            if literal(secret) {
+                keys.push(format!("github.webhook_secrets[{index}]"));
+            }
+        }
+    }
+    if literal(github.get("token")) {
+        keys.push("github.token".to_string());
+    }
+    keys
 }

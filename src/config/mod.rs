@@ -107,6 +107,9 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Keys whose secrets are written in the file itself, not taken from `${ENV}`.
+    #[serde(skip)]
+    pub literal_secrets: Vec<String>,
 }
 
 impl Config {
@@ -148,15 +151,36 @@ impl Config {
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, LoadError> {
         let mut value: toml::Value = toml::from_str(text)
             .map_err(|error: toml::de::Error| LoadError::Syntax(error.to_string()))?;
+        let literal_secrets = github::literal_secrets(&value);
         let mut problems = Vec::new();
         interpolate(&mut value, &mut String::new(), env, &mut problems);
         if !problems.is_empty() {
             return Err(LoadError::Invalid(problems));
         }
-        serde_path_to_error::deserialize(value).map_err(|error| {
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|error| {
             let path = error.path().to_string();
             let path = if path == "." { String::new() } else { path };
             LoadError::Invalid(vec![Problem::new(path, error.into_inner().to_string())])
+        })?;
+        config.literal_secrets = literal_secrets;
+        Ok(config)
+    }
+
+    /// A warning when the file at `path` holds secrets written in it (not `${ENV}`
+    /// references) and others than its owner may read it.
+    pub fn exposed_secrets(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.literal_secrets.is_empty() {
+            return None;
+        }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} holds secrets ({}) and others than its owner may read it (mode {:o}): chmod 600 it, or take the secrets from the environment as ${{NAME}}",
+                path.display(),
+                self.literal_secrets.join(", "),
+                mode & 0o777
+            )
         })
     }
 

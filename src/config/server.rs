@@ -22,6 +22,21 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// When not empty, requests from other client addresses are refused with 403.
     pub allowed_networks: Vec<String>,
+    /// Open connections at most; more are closed as they arrive. Kept well under the
+    /// process's open-file limit, so that the listener can never take the descriptors
+    /// the worker and the queue need.
+    pub max_connections: usize,
+    /// Open connections from one peer address at most (a peer listed in
+    /// `trusted_proxies` is not limited: everyone is behind it).
+    pub max_connections_per_address: usize,
+    /// A request's headers must arrive whole within this time (a trickle is closed).
+    pub header_timeout_secs: u64,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Bytes of request bodies held at once before their signature is checked, in all
+    /// and from one address: what an unauthenticated client can make the process hold.
+    pub max_unverified_bytes: usize,
+    pub max_unverified_bytes_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +48,12 @@ impl Default for ServerConfig {
             rate_limit: RateLimitConfig::default(),
             trusted_proxies: Vec::new(),
             allowed_networks: Vec::new(),
+            max_connections: 512,
+            max_connections_per_address: 32,
+            header_timeout_secs: 5,
+            idle_timeout_secs: 60,
+            max_unverified_bytes: 128 * 1024 * 1024,
+            max_unverified_bytes_per_address: 32 * 1024 * 1024,
         }
     }
 }
@@ -74,6 +95,13 @@ impl ServerConfig {
         for (key, value) in [
             ("max_body_bytes", self.max_body_bytes as u64),
             ("request_timeout_secs", self.request_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address as u64,
+            ),
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
             (
                 "rate_limit.per_second",
                 u64::from(self.rate_limit.per_second),
@@ -83,6 +111,18 @@ impl ServerConfig {
             if value == 0 {
                 problems.push(Problem::new(format!("server.{key}"), "must be above 0"));
             }
+        }
+        if self.max_unverified_bytes_per_address < self.max_body_bytes {
+            problems.push(Problem::new(
+                "server.max_unverified_bytes_per_address",
+                "must be at least server.max_body_bytes, or a delivery of the largest size allowed could never be read",
+            ));
+        }
+        if self.max_unverified_bytes < self.max_unverified_bytes_per_address {
+            problems.push(Problem::new(
+                "server.max_unverified_bytes",
+                "must be at least server.max_unverified_bytes_per_address",
+            ));
         }
         for (key, list) in [
             ("trusted_proxies", &self.trusted_proxies),

@@ -111,7 +111,7 @@ impl EnvironmentTemplate {
         for part in &self.0 {
             match part {
                 EnvironmentPart::Text(text) => output.push_str(text),
-                EnvironmentPart::Branch => output.push_str(branch),
+                EnvironmentPart::Branch => push_identifier(&mut output, branch),
                 EnvironmentPart::Number => {
                     // Validation keeps {number} out of routes that take pushes.
                     if let Some(number) = number {
@@ -121,6 +121,31 @@ impl EnvironmentTemplate {
             }
         }
         output
+    }
+}
+
+/// A branch name is written by whoever can push: in an environment name (which
+/// reaches `GITDISPATCH_ENVIRONMENT`, the input, and whatever paths or stacks a pipeline
+/// names after it) it keeps only `A-Z a-z 0-9 _ -`, every other run of characters
+/// becoming one `-`, cut to BRANCH_IN_ENVIRONMENT characters.
+fn push_identifier(output: &mut String, branch: &str) {
+    const BRANCH_IN_ENVIRONMENT: usize = 100;
+    let mut written = 0;
+    let mut last_was_dash = false;
+    for character in branch.chars() {
+        if written >= BRANCH_IN_ENVIRONMENT {
+            break;
+        }
+        if character.is_ascii_alphanumeric() || character == '_' {
+            output.push(character);
+            last_was_dash = false;
+        } else if !last_was_dash {
+            output.push('-');
+            last_was_dash = true;
+        } else {
+            continue;
+        }
+        written += 1;
     }
 }
 

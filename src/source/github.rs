@@ -23,10 +23,12 @@ use crate::pattern::PatternList;
 /// GitHub lists at most this many commits in a push payload, and says nothing of more.
 pub const MAX_LISTED_COMMITS: usize = 2048;
 
-/// The configured webhook secrets, each with the repositories it may speak for.
+/// The configured webhook secrets, each with the repositories it may speak for, and
+/// the bound on commits a push may list.
 #[derive(Debug, Clone)]
 pub struct GithubSecrets {
     entries: Vec<SecretEntry>,
+    max_commits: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +51,10 @@ impl GithubSecrets {
                     .and_then(|globs| PatternList::compile_repositories(globs).ok()),
             })
             .collect();
-        GithubSecrets { entries }
+        GithubSecrets {
+            entries,
+            max_commits: config.max_commits_per_push,
+        }
     }
 }
 
@@ -66,6 +71,7 @@ enum BodyKind {
 pub struct Verified<'a> {
     body: &'a [u8],
     kind: BodyKind,
+    max_commits: usize,
     event_name: String,
     delivery: DeliveryId,
     scope: Option<&'a PatternList>,
@@ -119,6 +125,21 @@ pub fn verify<'a>(
         }
     };
 
+    for name in [
+        "x-hub-signature-256",
+        "x-hub-signature",
+        "x-github-event",
+        "x-github-delivery",
+    ] {
+        if headers.get_all(name).iter().count() > 1 {
+            let error = format!("the {name} header is sent more than once");
+            return Err(if name.starts_with("x-hub") {
+                SourceError::Unauthenticated(error)
+            } else {
+                SourceError::Malformed(error)
+            });
+        }
+    }
     let Some(signature) = header(headers, "x-hub-signature-256") else {
         let reason = if headers.contains_key("x-hub-signature") {
             "only the SHA-1 X-Hub-Signature was sent; X-Hub-Signature-256 is required"
@@ -159,6 +180,7 @@ pub fn verify<'a>(
     Ok(Verified {
         body,
         kind,
+        max_commits: secrets.max_commits,
         event_name,
         delivery,
         scope: entry.scope.as_ref(),
@@ -183,12 +205,32 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 pub fn decode(verified: Verified<'_>) -> Result<Decoded, SourceError> {
     let json: Cow<'_, [u8]> = match verified.kind {
         BodyKind::Json => Cow::Borrowed(verified.body),
-        BodyKind::Form => form_urlencoded::parse(verified.body)
-            .find(|(key, _)| key == "payload")
-            .map(|(_, value)| Cow::Owned(value.into_owned().into_bytes()))
-            .ok_or_else(|| SourceError::Malformed("form body has no payload field".to_string()))?,
+        BodyKind::Form => {
+            let mut payloads = form_urlencoded::parse(verified.body)
+                .filter(|(key, _)| key == "payload")
+                .map(|(_, value)| value);
+            let payload = payloads.next().ok_or_else(|| {
+                SourceError::Malformed("form body has no payload field".to_string())
+            })?;
+            if payloads.next().is_some() {
+                return Err(SourceError::Malformed(
+                    "form body has more than one payload field".to_string(),
+                ));
+            }
+            Cow::Owned(payload.into_owned().into_bytes())
+        }
     };
-    let decoded = decode_payload(&verified.event_name, &verified.delivery, &json)?;
+    if json.starts_with(&[0xef, 0xbb, 0xbf]) {
+        return Err(SourceError::Malformed(
+            "body starts with a UTF-8 byte order mark; GitHub sends JSON without one".to_string(),
+        ));
+    }
+    let decoded = decode_limited(
+        &verified.event_name,
+        &verified.delivery,
+        &json,
+        verified.max_commits,
+    )?;
     if let (Decoded::Event(event), Some(scope)) = (&decoded, verified.scope) {
         if !scope.matches(&event.repository) {
             return Err(SourceError::Forbidden(format!(
@@ -208,9 +250,18 @@ pub fn decode_payload(
     delivery: &DeliveryId,
     json: &[u8],
 ) -> Result<Decoded, SourceError> {
+    decode_limited(event_name, delivery, json, MAX_LISTED_COMMITS)
+}
+
+fn decode_limited(
+    event_name: &str,
+    delivery: &DeliveryId,
+    json: &[u8],
+    max_commits: usize,
+) -> Result<Decoded, SourceError> {
     Ok(match event_name {
         "ping" => Decoded::Ping,
-        "push" => Decoded::Event(Box::new(decode_push(json, delivery)?)),
+        "push" => Decoded::Event(Box::new(decode_push(json, delivery, max_commits)?)),
         "pull_request" => Decoded::Event(Box::new(decode_pull_request(json, delivery)?)),
         other => Decoded::Ignored(other.to_string()),
     })
@@ -305,12 +356,23 @@ impl CommitPayload {
     }
 }
 
-fn decode_push(json: &[u8], delivery: &DeliveryId) -> Result<Event, SourceError> {
+/// A push's commits, oldest first, at most `max_commits` of them: GitHub lists at most
+/// 2,048 and says nothing of more; a longer list than the bound (which only a leaked
+/// secret could sign) keeps its newest commits, the head among them, and is flagged as
+/// truncated (logged and counted).
+fn decode_push(
+    json: &[u8],
+    delivery: &DeliveryId,
+    max_commits: usize,
+) -> Result<Event, SourceError> {
     let payload: PushPayload = parse_json(json, "push")?;
-    let commits_truncated = payload.commits.len() >= MAX_LISTED_COMMITS;
+    let listed = payload.commits.len();
+    let commits_truncated = listed >= MAX_LISTED_COMMITS.min(max_commits);
+    let skip = listed.saturating_sub(max_commits);
     let commits = payload
         .commits
         .into_iter()
+        .skip(skip)
         .map(CommitPayload::into_commit)
         .collect::<Result<Vec<_>, _>>()?;
     let push = Push {
@@ -472,6 +534,7 @@ mod tests {
         GithubSecrets::from_config(&GithubConfig {
             webhook_secrets: entries,
             token: None,
+            max_commits_per_push: MAX_LISTED_COMMITS,
         })
     }
 

@@ -341,11 +341,36 @@ fn parallel_pipelines_have_no_group_and_environment_takes_the_branch() {
         .plan(&push("refs/heads/feature/a", vec![commit(2, "m", &["a"])]))
         .unwrap();
     assert_eq!(plan.requests[0].group, None);
-    assert_eq!(plan.requests[0].environment, "ci-feature/a");
+    // A branch reaches an environment name as an identifier only.
+    assert_eq!(plan.requests[0].environment, "ci-feature-a");
     assert!(
         plan.requests[0]
             .name
             .as_str()
             .starts_with("build-ci-feature-a-")
     );
+}
+
+#[test]
+fn branch_text_in_an_environment_is_kept_to_an_identifier() {
+    let planner = planner(&format!(
+        "{PIPELINES}[[routes]]\npipeline = \"build\"\nenvironment = \"preview-{{branch}}\"\n"
+    ));
+    for (branch, environment) in [
+        ("refs/heads/$(curl${IFS}evil)", "preview--curl-IFS-evil-"),
+        ("refs/heads/`id`;x", "preview--id-x"),
+        ("refs/heads/a/b/etc", "preview-a-b-etc"),
+        ("refs/heads/release/1.2", "preview-release-1-2"),
+    ] {
+        let plan = planner
+            .plan(&push(branch, vec![commit(2, "m", &["a"])]))
+            .unwrap();
+        assert_eq!(plan.requests[0].environment, environment, "{branch}");
+        assert_eq!(input(&plan.requests[0])["environment"], environment);
+    }
+    let long = format!("refs/heads/{}", "x".repeat(500));
+    let plan = planner
+        .plan(&push(&long, vec![commit(2, "m", &["a"])]))
+        .unwrap();
+    assert_eq!(plan.requests[0].environment.len(), "preview-".len() + 100);
 }

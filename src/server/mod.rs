@@ -1,4 +1,5 @@
-//! HTTP routes: webhooks in, small JSON answers out.
+//! HTTP routes: webhooks in, small JSON answers out. `listener` accepts connections
+//! under limits; `body` reads bodies under a budget.
 //!
 //! Invariant: a webhook is answered 2xx only after every job it produced is durable on
 //! the queue ("answered only when durable"); any failure to enqueue is a 5xx.
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,10 +19,17 @@ use axum::routing::{get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
+
+mod body;
+mod listener;
+
+pub use listener::run;
+
+use body::{BodyBudget, read_body};
+use listener::ConnectionLimits;
 
 use crate::config::{Config, parse_network};
 use crate::error::Chain;
@@ -46,6 +54,12 @@ pub struct AppState {
     allowed_networks: Vec<IpNet>,
     max_body_bytes: usize,
     request_timeout: Duration,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// Open connections, in all and per peer.
+    connections: Arc<ConnectionLimits>,
+    /// Body bytes held before verification, in all and per client.
+    bodies: Arc<BodyBudget>,
     /// Cancelled when the daemon shuts down: `/readyz` then says so.
     shutdown: CancellationToken,
 }
@@ -77,8 +91,27 @@ impl AppState {
             allowed_networks: networks(&config.server.allowed_networks),
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout(),
+            header_timeout: Duration::from_secs(config.server.header_timeout_secs),
+            idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
+            connections: Arc::new(ConnectionLimits::new(
+                config.server.max_connections,
+                config.server.max_connections_per_address,
+                networks(&config.server.trusted_proxies),
+            )),
+            bodies: BodyBudget::new(
+                config.server.max_unverified_bytes,
+                config.server.max_unverified_bytes_per_address,
+            ),
             shutdown,
         }
+    }
+}
+
+impl AppState {
+    /// Drops the rate limiter's entries of clients not seen lately.
+    fn forget_idle_clients(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
     }
 }
 
@@ -99,6 +132,10 @@ pub enum ApiError {
     AddressNotAllowed(IpAddr),
     #[error("too many requests from {0}")]
     RateLimited(IpAddr, Duration),
+    #[error("{0} has too many request bodies in flight")]
+    AddressBudget(IpAddr),
+    #[error("too many request bodies in flight; try again")]
+    Busy,
 }
 
 impl ApiError {
@@ -119,9 +156,11 @@ impl ApiError {
             ApiError::Source(SourceError::Unusable(_))
             | ApiError::Plan(_)
             | ApiError::Queue(QueueError::Refused { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Queue(QueueError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Queue(QueueError::Unavailable { .. }) | ApiError::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(..) | ApiError::AddressBudget(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -155,38 +194,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.request_timeout,
         ))
         .with_state(state)
-}
-
-/// Serves until `shutdown` is cancelled, then finishes the requests in flight.
-pub async fn run(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    // The limiter keeps one entry per client address; drop the idle ones now and then
-    // so that a scan from many addresses does not grow memory for ever.
-    let housekeeping = {
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        state.limiter.retain_recent();
-                        state.limiter.shrink_to_fit();
-                    }
-                }
-            }
-        })
-    };
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    housekeeping.abort();
-    result
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
@@ -225,10 +232,11 @@ fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAdd
 async fn guard(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
+    request.extensions_mut().insert(ClientAddress(client));
     if !state.allowed_networks.is_empty()
         && !state
             .allowed_networks
@@ -250,6 +258,10 @@ async fn guard(
     next.run(request).await
 }
 
+/// The client's address as the guard found it, for the handlers.
+#[derive(Debug, Clone, Copy)]
+struct ClientAddress(IpAddr);
+
 fn count_refusal(state: &AppState, error: &ApiError) {
     state
         .metrics
@@ -261,35 +273,13 @@ fn count_refusal(state: &AppState, error: &ApiError) {
         .inc();
 }
 
-/// Reads at most `limit` bytes of body; more is a 413.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::TooLarge(limit));
-    }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::TooLarge(limit))
-            } else {
-                Err(ApiError::BodyRead(error.to_string()))
-            }
-        }
-    }
-}
-
 async fn github_webhook(
     State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = handle_github(&state, &headers, body).await;
+    let result = handle_github(&state, client, &headers, body).await;
     let outcome = match &result {
         Ok((_, outcome, _)) => outcome.to_string(),
         Err(error) => format!("refused_{}", error.status().as_u16()),
@@ -299,6 +289,18 @@ async fn github_webhook(
         .deliveries
         .get_or_create(&labels(&[("source", "github"), ("outcome", &outcome)]))
         .inc();
+    let budget = match &result {
+        Err(ApiError::AddressBudget(_)) => Some("per_address"),
+        Err(ApiError::Busy) => Some("total"),
+        _ => None,
+    };
+    if let Some(reason) = budget {
+        state
+            .metrics
+            .bodies_refused
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
     match result {
         Ok((status, _, body)) => (status, axum::Json(body)).into_response(),
         Err(error) => {
@@ -312,10 +314,13 @@ type Answer = (StatusCode, &'static str, serde_json::Value);
 
 async fn handle_github(
     state: &AppState,
+    client: IpAddr,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, ApiError> {
-    let body = read_body(headers, body, state.max_body_bytes).await?;
+    // The body's bytes count against its client's budget until the request ends.
+    let mut held = state.bodies.claim(client);
+    let body = read_body(headers, body, state.max_body_bytes, &mut held).await?;
     let verified = github::verify(&state.github, headers, &body)?;
     let delivery = verified.delivery().clone();
     let span = tracing::info_span!("delivery", source = "github", delivery = %delivery, event = verified.event_name());
@@ -368,7 +373,7 @@ async fn accept_event(state: &AppState, event: Event) -> Result<Answer, ApiError
     if plan.commits_may_be_truncated {
         tracing::warn!(
             repository = %event.repository,
-            "The push lists {} commits, GitHub's maximum: commits beyond the list were not planned.",
+            "The push's commit list may be incomplete (it lists GitHub's maximum of {}, or more than github.max_commits_per_push): commits beyond what was planned were not.",
             github::MAX_LISTED_COMMITS
         );
         state.metrics.commit_lists_truncated.inc();
