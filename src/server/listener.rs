@@ -29,25 +29,53 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// A refusal is logged at most this often; it is counted every time.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// How many connections are open, in all and per peer address.
+/// The open connections, in all and per peer address. At the total limit, a new
+/// connection takes the place of the one that has sat idle the longest (no request in
+/// progress: silent, between requests, or still trickling its headers), so that idle
+/// connections, however many addresses they come from, cannot keep new deliveries out.
 pub struct ConnectionLimits {
     max_total: usize,
     max_per_address: usize,
     /// Peers not limited per address: proxies everyone is behind.
     unlimited: Vec<IpNet>,
-    open: Mutex<Counts>,
+    open: Mutex<Open>,
     last_logged: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
-struct Counts {
-    total: usize,
+struct Open {
+    next_id: u64,
+    connections: HashMap<u64, Connection>,
     by_address: HashMap<IpAddr, usize>,
+}
+
+/// What the limits know of one open connection.
+struct Connection {
+    peer: IpAddr,
+    activity: Arc<Mutex<Activity>>,
+    /// Cancelled to close the connection (to make room for another).
+    close: CancellationToken,
+}
+
+impl Open {
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(connection) = self.connections.remove(&id) else {
+            return false;
+        };
+        if let Some(count) = self.by_address.get_mut(&connection.peer) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_address.remove(&connection.peer);
+            }
+        }
+        true
+    }
 }
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// Every place is taken by a connection with a request in progress.
     Total,
     PerAddress,
 }
@@ -64,19 +92,21 @@ impl Refusal {
 /// An admitted connection; dropping it frees its place.
 pub struct Admitted {
     limits: Arc<ConnectionLimits>,
-    peer: IpAddr,
+    id: u64,
+    pub activity: Arc<Mutex<Activity>>,
+    /// Cancelled when the connection must close to make room.
+    pub close: CancellationToken,
+    /// Whether a connection was closed to make room for this one.
+    pub evicted: bool,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut open = self.limits.open.lock().expect("connection counts lock");
-        open.total -= 1;
-        if let Some(count) = open.by_address.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                open.by_address.remove(&self.peer);
-            }
-        }
+        self.limits
+            .open
+            .lock()
+            .expect("connection counts lock")
+            .remove(self.id);
     }
 }
 
@@ -86,33 +116,72 @@ impl ConnectionLimits {
             max_total,
             max_per_address,
             unlimited,
-            open: Mutex::new(Counts::default()),
+            open: Mutex::new(Open::default()),
             last_logged: Mutex::new(None),
         }
     }
 
-    /// Takes a place for a connection from `peer`, if one is free.
+    /// Takes a place for a connection from `peer`, closing the longest idle one when
+    /// every place is taken.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refusal> {
         let mut open = self.open.lock().expect("connection counts lock");
-        if open.total >= self.max_total {
-            return Err(Refusal::Total);
-        }
         let limited = !self.unlimited.iter().any(|network| network.contains(&peer));
         let from_peer = open.by_address.get(&peer).copied().unwrap_or(0);
         if limited && from_peer >= self.max_per_address {
             return Err(Refusal::PerAddress);
         }
-        open.total += 1;
+        let mut evicted = false;
+        if open.connections.len() >= self.max_total {
+            let longest_idle = open
+                .connections
+                .iter()
+                .filter_map(|(id, connection)| {
+                    let activity = connection.activity.lock().expect("activity lock");
+                    (activity.in_flight == 0).then_some((*id, activity.idle_since))
+                })
+                .min_by_key(|(_, idle_since)| *idle_since)
+                .map(|(id, _)| id);
+            let Some(id) = longest_idle else {
+                return Err(Refusal::Total);
+            };
+            if let Some(connection) = open.connections.get(&id) {
+                connection.close.cancel();
+            }
+            open.remove(id);
+            evicted = true;
+        }
+        let id = open.next_id;
+        open.next_id += 1;
+        let activity = Arc::new(Mutex::new(Activity {
+            in_flight: 0,
+            idle_since: Instant::now(),
+        }));
+        let close = CancellationToken::new();
+        open.connections.insert(
+            id,
+            Connection {
+                peer,
+                activity: activity.clone(),
+                close: close.clone(),
+            },
+        );
         *open.by_address.entry(peer).or_insert(0) += 1;
         Ok(Admitted {
             limits: self.clone(),
-            peer,
+            id,
+            activity,
+            close,
+            evicted,
         })
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.open.lock().expect("connection counts lock").total
+        self.open
+            .lock()
+            .expect("connection counts lock")
+            .connections
+            .len()
     }
 
     /// Whether a refusal should be logged now (at most once per LOG_EVERY).
@@ -128,7 +197,7 @@ impl ConnectionLimits {
 }
 
 /// Whether a connection has a request in progress, and since when it has had none.
-struct Activity {
+pub struct Activity {
     in_flight: usize,
     idle_since: Instant,
 }
@@ -195,10 +264,15 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Mutex::new(Activity {
-            in_flight: 0,
-            idle_since: Instant::now(),
-        }));
+        if admitted.evicted {
+            state
+                .metrics
+                .connections_timed_out
+                .get_or_create(&labels(&[("reason", "evicted_idle")]))
+                .inc();
+        }
+        let activity = admitted.activity.clone();
+        let close = admitted.close.clone();
         let service = {
             let router = router.clone();
             let activity = activity.clone();
@@ -247,6 +321,8 @@ pub async fn run(
                         .get_or_create(&labels(&[("reason", "idle")]))
                         .inc();
                 }
+                // Closed to make room for a new connection.
+                _ = close.cancelled() => {}
             }
         });
     }

@@ -269,10 +269,14 @@ fn decode_limited(
 
 fn parse_json<'de, T: Deserialize<'de>>(json: &'de [u8], what: &str) -> Result<T, SourceError> {
     serde_json::from_slice(json).map_err(|error| {
-        if error.is_data() {
-            SourceError::Unusable(format!("{what} payload is not usable: {error}"))
-        } else {
-            SourceError::Malformed(format!("body is not valid JSON: {error}"))
+        // A value of the wrong shape is reported before the JSON ends: tell a body
+        // that is not JSON at all (400) from JSON that is not this event (422).
+        if !error.is_data() {
+            return SourceError::Malformed(format!("body is not valid JSON: {error}"));
+        }
+        match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+            Err(syntax) => SourceError::Malformed(format!("body is not valid JSON: {syntax}")),
+            Ok(_) => SourceError::Unusable(format!("{what} payload is not usable: {error}")),
         }
     })
 }

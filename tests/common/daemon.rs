@@ -53,6 +53,8 @@ pub struct Daemon {
     pub config: PathBuf,
     child: Option<Child>,
     pub address: String,
+    /// The open-file limit (soft and hard) the process is started with, if any.
+    pub open_files: Option<u64>,
 }
 
 /// A config like the example one, with every path in `directory` and every pipeline
@@ -94,6 +96,15 @@ pub fn binary() -> Command {
 
 impl Daemon {
     pub fn start(config_text: &str, extra_env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_limited(config_text, extra_env, None)
+    }
+
+    /// Starts the daemon with an open-file limit of its own.
+    pub fn start_limited(
+        config_text: &str,
+        extra_env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Daemon {
         let directory = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(directory.path().join("records")).unwrap();
         let config = write_config(directory.path(), config_text);
@@ -102,6 +113,7 @@ impl Daemon {
             config,
             child: None,
             address: String::new(),
+            open_files,
         };
         daemon.spawn(extra_env);
         daemon
@@ -122,6 +134,22 @@ impl Daemon {
             .stderr(Stdio::piped());
         for (key, value) in extra_env {
             command.env(key, value);
+        }
+        if let Some(open_files) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and reads only the struct given.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: open_files,
+                        rlim_max: open_files,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -179,6 +207,21 @@ impl Daemon {
 
     pub fn url(&self) -> String {
         format!("http://{}/webhooks/github", self.address)
+    }
+
+    /// The process's resident memory now and at its peak, in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// SIGKILL: no chance to clean up.
