@@ -625,8 +625,14 @@ command = ["sh", "{record}"]
         .collect();
     for name in &expected {
         let record = &latest[name];
+        // The command inherits the file size limit of the worker that spawned it, so
+        // a run that was alive during its worker's window may have felt it. The
+        // record's start is written a moment before the spawn, so compare the run's
+        // whole span with the window, not its start alone.
         let on_full_disk = faults.full_disks.iter().any(|(pid, from, to)| {
-            record.owner_pid == Some(*pid) && (*from..=*to).contains(&record.started_at_ms)
+            record.owner_pid == Some(*pid)
+                && record.started_at_ms <= *to
+                && record.ended_at_ms.unwrap_or(i64::MAX) >= *from
         });
         if record.status == "succeeded" && ended.contains(name.as_str()) {
             findings.found += 1;
@@ -735,6 +741,7 @@ struct Record {
     attempt: u32,
     status: String,
     started_at_ms: i64,
+    ended_at_ms: Option<i64>,
     /// The pid of the daemon that ran it.
     owner_pid: Option<u32>,
 }
@@ -743,7 +750,10 @@ struct Record {
 fn all_runs(root: &Path) -> Vec<Record> {
     let connection = rusqlite::Connection::open(root.join("executions.db")).unwrap();
     let mut statement = connection
-        .prepare("SELECT name, planned_name, attempt, status, started_at, owner FROM executions")
+        .prepare(
+            "SELECT name, planned_name, attempt, status, started_at, owner, ended_at
+             FROM executions",
+        )
         .unwrap();
     statement
         .query_map([], |row| {
@@ -754,6 +764,7 @@ fn all_runs(root: &Path) -> Vec<Record> {
                 attempt: row.get(2)?,
                 status: row.get(3)?,
                 started_at_ms: row.get(4)?,
+                ended_at_ms: row.get(6)?,
                 owner_pid: owner
                     .as_deref()
                     .and_then(gitdispatch::process::ProcessIdentity::parse)
