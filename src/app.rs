@@ -13,6 +13,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, ExecutorConfig, LoadError, Problem, QueueConfig};
+use crate::event::Source;
 use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings, StoreError};
 use crate::executor::stepfunctions::StepFunctionsExecutor;
 use crate::executor::{Executor, ExecutorError};
@@ -21,6 +22,9 @@ use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
 use crate::server::AppState;
+use crate::source::CommitHistory;
+use crate::source::codecommit::CodeCommitSource;
+use crate::source::codecommit::history::CodeCommitHistory;
 use crate::telemetry::Metrics;
 use crate::worker::{Worker, WorkerSettings};
 
@@ -75,13 +79,17 @@ pub enum AppError {
     Recovery(#[source] ExecutorError),
     #[error("{0} needs AWS settings, and none were loaded")]
     NoAwsSettings(&'static str),
+    #[error("cannot set up CodeCommit deliveries")]
+    Codecommit(#[from] crate::source::codecommit::https::ClientError),
 }
 
 /// Loads the AWS settings the usual way (environment, profile, instance role), when a
 /// part of the configuration is on AWS.
 pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
+    // CodeCommit pushes' commits are read from its API.
     let needed = matches!(config.queue, QueueConfig::Sqs { .. })
-        || matches!(config.executor, ExecutorConfig::Stepfunctions {});
+        || matches!(config.executor, ExecutorConfig::Stepfunctions {})
+        || config.codecommit.is_some();
     if !needed {
         return None;
     }
@@ -233,6 +241,10 @@ pub struct App {
     pub queue: OpenedQueue,
     /// Present when built to work: its recovery has run.
     pub executor: Option<OpenedExecutor>,
+    /// Present when `[codecommit]` is configured.
+    pub codecommit: Option<Arc<CodeCommitSource>>,
+    /// The sources whose pushes' commits are read from their history.
+    histories: HashMap<Source, Arc<dyn CommitHistory>>,
 }
 
 impl App {
@@ -251,11 +263,22 @@ impl App {
         } else {
             None
         };
+        let mut histories: HashMap<Source, Arc<dyn CommitHistory>> = HashMap::new();
+        let codecommit = match &compiled.config.codecommit {
+            Some(config) => {
+                let aws = aws.clone().ok_or(AppError::NoAwsSettings("CodeCommit"))?;
+                histories.insert(Source::Codecommit, Arc::new(CodeCommitHistory::new(aws)));
+                Some(Arc::new(CodeCommitSource::new(config)?))
+            }
+            None => None,
+        };
         Ok(App {
             compiled,
             metrics: Arc::new(Metrics::default()),
             queue,
             executor,
+            codecommit,
+            histories,
         })
     }
 
@@ -264,6 +287,7 @@ impl App {
         Arc::new(AppState::new(
             &self.compiled.config,
             self.compiled.planner.clone(),
+            self.codecommit.clone(),
             self.queue.queue(),
             self.metrics.clone(),
             shutdown,
@@ -273,12 +297,25 @@ impl App {
     /// The worker, when built to work.
     pub fn worker(&self) -> Option<Arc<Worker>> {
         let executor = self.executor.as_ref()?;
-        Some(Arc::new(Worker::new(
-            self.queue.queue(),
-            executor.executor(),
-            WorkerSettings::from_config(&self.compiled.config.worker),
-            &self.metrics,
-        )))
+        let max_commits = self
+            .compiled
+            .config
+            .codecommit
+            .as_ref()
+            .map_or(1, |config| config.max_commits);
+        Some(Arc::new(
+            Worker::new(
+                self.queue.queue(),
+                executor.executor(),
+                WorkerSettings::from_config(&self.compiled.config.worker),
+                &self.metrics,
+            )
+            .expanding(
+                self.compiled.planner.clone(),
+                self.histories.clone(),
+                max_commits,
+            ),
+        ))
     }
 }
 

@@ -258,6 +258,11 @@ impl Occurrence {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An occurrence key read back as written (from a queue message).
+    pub fn from_key(key: String) -> Occurrence {
+        Occurrence(key)
+    }
 }
 
 /// What happened, in a form every source decodes to.
@@ -304,6 +309,10 @@ pub struct Push {
     /// The source's list may be incomplete (GitHub lists at most 2,048 commits and
     /// carries no total), so commits between `before` and `after` can be missing.
     pub commits_truncated: bool,
+    /// Whether the source listed the pushed commits. CodeCommit tells only the old and
+    /// the new head: a route that takes every commit needs them fetched first (an
+    /// expansion), and `commits` is empty until then.
+    pub commits_listed: bool,
     /// The commit at `after` when the source described it (GitHub's `head_commit`);
     /// gives a message and author to a push that lists no commits.
     pub head_commit: Option<Commit>,

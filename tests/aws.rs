@@ -119,28 +119,46 @@ async fn the_step_functions_executor_starts_idempotently_and_describes() {
 /// stack's outputs. The sample state machine is created apart: moto runs only state
 /// machines made through its Step Functions API.
 async fn deploy_template() -> HashMap<String, String> {
-    let stack = moto::unique("gitdispatch");
     let name = moto::unique("gd");
-    let body = repository_file("deploy/aws/gitdispatch.yaml");
-    let (stack, name, body) = (stack.as_str(), name.as_str(), body.as_str());
+    deploy_stack(
+        "deploy/aws/gitdispatch.yaml",
+        &[
+            ("Name", &name),
+            ("CreateSampleStateMachine", "false"),
+            ("VisibilityTimeout", "5"),
+        ],
+    )
+    .await
+}
+
+/// Deploys a template of deploy/aws with its parameters; the stack's outputs.
+async fn deploy_stack(template: &str, parameters: &[(&str, &str)]) -> HashMap<String, String> {
+    let stack = moto::unique("stack");
+    let body = repository_file(template);
+    let (stack, body) = (stack.as_str(), body.as_str());
     // CloudFormation speaks the query protocol; a plain form POST is all it takes.
     let client = reqwest::Client::new();
-    let form = [
-        ("Action", "CreateStack"),
-        ("Version", "2010-05-15"),
-        ("StackName", stack),
-        ("TemplateBody", body),
-        ("Parameters.member.1.ParameterKey", "Name"),
-        ("Parameters.member.1.ParameterValue", name),
+    let mut form = vec![
+        ("Action".to_string(), "CreateStack".to_string()),
+        ("Version".to_string(), "2010-05-15".to_string()),
+        ("StackName".to_string(), stack.to_string()),
+        ("TemplateBody".to_string(), body.to_string()),
         (
-            "Parameters.member.2.ParameterKey",
-            "CreateSampleStateMachine",
+            "Capabilities.member.1".to_string(),
+            "CAPABILITY_IAM".to_string(),
         ),
-        ("Parameters.member.2.ParameterValue", "false"),
-        ("Parameters.member.3.ParameterKey", "VisibilityTimeout"),
-        ("Parameters.member.3.ParameterValue", "5"),
-        ("Capabilities.member.1", "CAPABILITY_IAM"),
     ];
+    for (index, (key, value)) in parameters.iter().enumerate() {
+        let n = index + 1;
+        form.push((
+            format!("Parameters.member.{n}.ParameterKey"),
+            key.to_string(),
+        ));
+        form.push((
+            format!("Parameters.member.{n}.ParameterValue"),
+            value.to_string(),
+        ));
+    }
     let encoded: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
@@ -190,6 +208,150 @@ async fn deploy_template() -> HashMap<String, String> {
         }
     }
     outputs
+}
+
+/// One EventBridge call (JSON 1.1), as moto takes it.
+async fn eventbridge(target: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(moto::url())
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", format!("AWSEvents.{target}"))
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/events/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{target}: {}",
+        response.status()
+    );
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// deploy/aws/codecommit.yaml (its SNS form; moto's CloudFormation has no API
+/// destinations) deploys, sends its rule's events to the topic it outputs, and its
+/// pattern lets through exactly the CodeCommit events gitdispatch acts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codecommit_template_routes_exactly_the_events_acted_on() {
+    let outputs = deploy_stack(
+        "deploy/aws/codecommit.yaml",
+        &[
+            (
+                "Endpoint",
+                "https://gitdispatch.example.com/webhooks/codecommit",
+            ),
+            ("Delivery", "sns"),
+        ],
+    )
+    .await;
+    let topic = &outputs["TopicArn"];
+    assert!(outputs.contains_key("HistoryPolicyArn"), "{outputs:?}");
+    let rules = eventbridge("ListRules", serde_json::json!({})).await;
+    let mut found = None;
+    for rule in rules["Rules"].as_array().unwrap() {
+        let targets = eventbridge(
+            "ListTargetsByRule",
+            serde_json::json!({"Rule": rule["Name"]}),
+        )
+        .await;
+        if targets["Targets"][0]["Arn"] == topic.as_str() {
+            found = Some(rule.clone());
+        }
+    }
+    let rule = found.expect("a rule sending to the topic");
+    // The rule's pattern on a rule of the test's own, sending to a queue to read.
+    let sqs = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let (queue_url, _) = moto::create_queue(&sqs, false, Duration::from_secs(30), 5).await;
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let probe = moto::unique("probe");
+    eventbridge(
+        "PutRule",
+        serde_json::json!({"Name": probe, "EventPattern": rule["EventPattern"], "State": "ENABLED"}),
+    )
+    .await;
+    eventbridge(
+        "PutTargets",
+        serde_json::json!({"Rule": probe, "Targets": [{"Id": "probe", "Arn": queue_arn}]}),
+    )
+    .await;
+    // And the stack's own rule stops sending to SNS (moto fails a call with an SNS
+    // target), so that only the probe's copy is made.
+    eventbridge(
+        "RemoveTargets",
+        serde_json::json!({"Rule": rule["Name"], "Ids": ["gitdispatch"]}),
+    )
+    .await;
+
+    let fixtures = [
+        ("reference_updated.json", true),
+        ("reference_created.json", true),
+        ("reference_deleted.json", true),
+        ("tag_created.json", true),
+        ("pull_request_created.json", true),
+        ("pull_request_source_updated.json", true),
+        ("pull_request_closed.json", true),
+        ("pull_request_merged.json", true),
+        ("pull_request_approved.json", false),
+    ];
+    for (name, _) in &fixtures {
+        let event: Value =
+            serde_json::from_slice(&common::fixture(&format!("codecommit/{name}"))).unwrap();
+        let answer = eventbridge(
+            "PutEvents",
+            serde_json::json!({"Entries": [{
+                "Source": event["source"],
+                "DetailType": event["detail-type"],
+                "Detail": event["detail"].to_string(),
+                "Resources": event["resources"],
+            }]}),
+        )
+        .await;
+        assert_eq!(answer["FailedEntryCount"], 0, "{name}: {answer}");
+    }
+    let mut delivered = Vec::new();
+    for _ in 0..20 {
+        let received = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for message in received.messages() {
+            let event: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+            delivered.push(event["detail"]["event"].as_str().unwrap().to_string());
+        }
+        if received.messages().is_empty() && !delivered.is_empty() {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = fixtures
+        .iter()
+        .filter(|(_, acted_on)| *acted_on)
+        .map(|(name, _)| {
+            let event: Value =
+                serde_json::from_slice(&common::fixture(&format!("codecommit/{name}"))).unwrap();
+            event["detail"]["event"].as_str().unwrap().to_string()
+        })
+        .collect();
+    expected.sort();
+    delivered.sort();
+    assert_eq!(delivered, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,6 +664,7 @@ async fn a_delivery_that_cannot_be_queued_gets_a_5xx() {
     let state = Arc::new(gitdispatch::server::AppState::new(
         &config,
         Arc::new(Planner::new(&config).unwrap()),
+        None,
         queue,
         Arc::new(Metrics::default()),
         shutdown.clone(),

@@ -46,6 +46,7 @@ fn requests(name: &str) -> Vec<ExecutionRequest> {
             deleted: false,
             forced: false,
             commits_truncated: false,
+            commits_listed: true,
             head_commit: None,
         }),
     };

@@ -63,6 +63,7 @@ fn event(input: &mut Unstructured<'_>) -> arbitrary::Result<Event> {
             deleted: input.arbitrary()?,
             forced: input.arbitrary()?,
             commits_truncated: input.arbitrary()?,
+            commits_listed: input.arbitrary()?,
             head_commit: None,
             commits,
         })
@@ -108,6 +109,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(request.input.as_str().len() <= MAX_INPUT_BYTES);
         assert!(serde_json::from_str::<serde_json::Value>(request.input.as_str()).is_ok());
     }
+    // A push waiting for its commits plans no start before they are fetched.
+    if plan.expansion.is_some() {
+        assert!(plan.requests.is_empty());
+    }
     let again = planner.plan(&event).unwrap();
     assert_eq!(again.requests, plan.requests);
+    assert_eq!(again.expansion, plan.expansion);
 });

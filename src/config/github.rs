@@ -113,9 +113,8 @@ impl GithubConfig {
 /// The keys of `[github]` whose secret is written in the file (anything but a whole
 /// `${NAME}` reference), read before interpolation.
 pub(super) fn literal_secrets(value: &toml::Value) -> Vec<String> {
-    let Some(github) = value.get("github") else {
-        return Vec::new();
-    };
+    let empty = toml::Value::Table(Default::default());
+    let github = value.get("github").unwrap_or(&empty);
     let literal = |value: Option<&toml::Value>| {
         value.and_then(toml::Value::as_str).is_some_and(|text| {
             !(text.starts_with("${") && text.ends_with('}') && text.matches('$').count() == 1)
@@ -139,6 +138,17 @@ pub(super) fn literal_secrets(value: &toml::Value) -> Vec<String> {
     }
     if literal(github.get("token")) {
         keys.push("github.token".to_string());
+    }
+    if let Some(keys_list) = value
+        .get("codecommit")
+        .and_then(|codecommit| codecommit.get("api_keys"))
+        .and_then(toml::Value::as_array)
+    {
+        for (index, key) in keys_list.iter().enumerate() {
+            if literal(Some(key)) {
+                keys.push(format!("codecommit.api_keys[{index}]"));
+            }
+        }
     }
     keys
 }

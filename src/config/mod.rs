@@ -7,6 +7,7 @@
 //! string (every missing variable is reported), (3) typed decoding (unknown keys are
 //! refused), then every section's checks.
 
+mod codecommit;
 mod env;
 mod executor;
 mod github;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use codecommit::CodecommitConfig;
 pub use executor::ExecutorConfig;
 pub use github::{GithubConfig, ScopedSecretConfig, WebhookSecretConfig};
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
@@ -97,6 +99,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub github: GithubConfig,
+    #[serde(default)]
+    pub codecommit: Option<CodecommitConfig>,
     #[serde(default)]
     pub queue: QueueConfig,
     #[serde(default)]
@@ -195,6 +199,9 @@ impl Config {
             .iter()
             .any(|route| route.takes_source(Source::Github));
         self.github.validate(github_routes, &mut problems);
+        if let Some(codecommit) = &self.codecommit {
+            codecommit.validate(&mut problems);
+        }
         self.worker.validate(&mut problems);
         pipeline::validate(&self.pipelines, &mut problems);
         problems

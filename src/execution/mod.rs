@@ -4,7 +4,9 @@
 
 pub mod name;
 
-use crate::event::{CommitSha, DeliveryId, RefName, Source};
+use sha2::{Digest, Sha256};
+
+use crate::event::{CommitSha, DeliveryId, Occurrence, RefName, Source};
 use name::ExecutionName;
 
 /// Step Functions refuses larger inputs (bytes of UTF-8); the planner refuses to plan
@@ -76,4 +78,32 @@ pub struct ExecutionRequest {
     pub action: Action,
     pub input: Input,
     pub origin: Origin,
+}
+
+/// A push whose commits must be fetched from its source before they can be planned:
+/// what the planner gives when a route takes every commit of a push whose source told
+/// only its old and new heads (CodeCommit). The worker fetches the commits and plans
+/// the push again, commits listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expansion {
+    pub source: Source,
+    pub delivery: DeliveryId,
+    pub occurrence: Occurrence,
+    pub repository: String,
+    pub git_ref: RefName,
+    pub before: CommitSha,
+    pub after: CommitSha,
+}
+
+impl Expansion {
+    /// One per occurrence: every delivery of a push expands it once.
+    pub fn id(&self) -> String {
+        let digest = hex::encode(Sha256::digest(self.occurrence.as_str().as_bytes()));
+        format!("expand-{}", &digest[..40])
+    }
+
+    /// Expansions of one ref run in push order, so the starts they queue keep it.
+    pub fn group(&self) -> String {
+        format!("expand/{}/{}", self.repository, self.git_ref)
+    }
 }

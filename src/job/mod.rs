@@ -6,7 +6,7 @@
 
 mod wire;
 
-use crate::execution::ExecutionRequest;
+use crate::execution::{ExecutionRequest, Expansion};
 
 /// The message version this release writes.
 pub const CURRENT_VERSION: u32 = 1;
@@ -22,6 +22,8 @@ pub struct Job {
 pub enum JobKind {
     /// Start one execution.
     Start { request: ExecutionRequest },
+    /// Fetch a push's commits from its source, plan them and queue their starts.
+    Expand { expansion: Expansion },
 }
 
 /// What a message body turned out to be.
@@ -42,18 +44,26 @@ impl Job {
         }
     }
 
+    pub fn expand(expansion: Expansion) -> Job {
+        Job {
+            kind: JobKind::Expand { expansion },
+        }
+    }
+
     /// The id the queue deduplicates on: the execution name, which is already a
     /// deterministic function of everything that makes the job distinct.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> String {
         match &self.kind {
-            JobKind::Start { request } => request.name.as_str(),
+            JobKind::Start { request } => request.name.to_string(),
+            JobKind::Expand { expansion } => expansion.id(),
         }
     }
 
     /// Jobs of one group run one at a time, in the order they were sent.
-    pub fn group(&self) -> Option<&str> {
+    pub fn group(&self) -> Option<String> {
         match &self.kind {
-            JobKind::Start { request } => request.group.as_deref(),
+            JobKind::Start { request } => request.group.clone(),
+            JobKind::Expand { expansion } => Some(expansion.group()),
         }
     }
 
@@ -81,9 +91,25 @@ mod tests {
             panic!("not read");
         };
         assert_eq!(job.id(), "deploy-ci-0123456-0123456789abcdef0123");
-        assert_eq!(job.group(), Some("deploy/ci"));
-        let JobKind::Start { request } = &job.kind;
+        assert_eq!(job.group().as_deref(), Some("deploy/ci"));
+        let JobKind::Start { request } = &job.kind else {
+            panic!("a start job");
+        };
         assert_eq!(request.input.as_str(), r#"{"environment":"ci","n":1.0}"#);
+        assert_eq!(job.to_body(), body);
+    }
+
+    #[test]
+    fn expansions_round_trip_through_their_json() {
+        let body = r#"{"v":1,"type":"expand","expansion":{"source":"codecommit","delivery":"d","occurrence":"k","repository":"us-east-1/demo","git_ref":"refs/heads/main","before":"0123456789abcdef0123456789abcdef01234567","after":"1123456789abcdef0123456789abcdef01234567"}}"#;
+        let Read::Job(job) = Job::read(body) else {
+            panic!("not read");
+        };
+        assert!(job.id().starts_with("expand-"));
+        assert_eq!(
+            job.group().as_deref(),
+            Some("expand/us-east-1/demo/refs/heads/main")
+        );
         assert_eq!(job.to_body(), body);
     }
 
@@ -97,6 +123,10 @@ mod tests {
         assert!(matches!(
             Job::read(r#"{"v": 1, "type": "watch"}"#),
             Read::Newer(_)
+        ));
+        assert!(matches!(
+            Job::read(r#"{"v": 1, "type": "expand", "expansion": {}}"#),
+            Read::Invalid(_)
         ));
         assert!(matches!(
             Job::read(r#"{"v": 1, "type": "start", "request": 3}"#),

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CURRENT_VERSION, Job, JobKind, Read};
-use crate::event::{CommitSha, DeliveryId, RefName, Source};
+use crate::event::{CommitSha, DeliveryId, Occurrence, RefName, Source};
 use crate::execution::name::ExecutionName;
-use crate::execution::{Action, ExecutionRequest, Input, Origin};
+use crate::execution::{Action, ExecutionRequest, Expansion, Input, Origin};
 
 #[derive(Serialize, Deserialize)]
 struct WireJob {
@@ -20,6 +20,18 @@ struct WireJob {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireKind {
     Start { request: WireRequest },
+    Expand { expansion: WireExpansion },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireExpansion {
+    source: String,
+    delivery: String,
+    occurrence: String,
+    repository: String,
+    git_ref: String,
+    before: String,
+    after: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,10 +64,21 @@ struct Header {
 }
 
 /// The job types this release reads.
-const KNOWN_TYPES: &[&str] = &["start"];
+const KNOWN_TYPES: &[&str] = &["start", "expand"];
 
 pub(super) fn write(job: &Job) -> String {
     let kind = match &job.kind {
+        JobKind::Expand { expansion } => WireKind::Expand {
+            expansion: WireExpansion {
+                source: expansion.source.as_str().to_string(),
+                delivery: expansion.delivery.to_string(),
+                occurrence: expansion.occurrence.as_str().to_string(),
+                repository: expansion.repository.clone(),
+                git_ref: expansion.git_ref.to_string(),
+                before: expansion.before.to_string(),
+                after: expansion.after.to_string(),
+            },
+        },
         JobKind::Start { request } => WireKind::Start {
             request: WireRequest {
                 pipeline: request.pipeline.clone(),
@@ -109,6 +132,25 @@ pub(super) fn read(body: &str) -> Read {
             Ok(request) => Read::Job(Box::new(Job::start(request))),
             Err(reason) => Read::Invalid(format!("job of type start is invalid: {reason}")),
         },
+        WireKind::Expand { expansion } => match expansion.parse() {
+            Ok(expansion) => Read::Job(Box::new(Job::expand(expansion))),
+            Err(reason) => Read::Invalid(format!("job of type expand is invalid: {reason}")),
+        },
+    }
+}
+
+impl WireExpansion {
+    fn parse(self) -> Result<Expansion, String> {
+        Ok(Expansion {
+            source: Source::parse(&self.source)
+                .ok_or_else(|| format!("source {:?} is unknown", self.source))?,
+            delivery: DeliveryId::parse(&self.delivery).map_err(|error| error.to_string())?,
+            occurrence: Occurrence::from_key(self.occurrence),
+            repository: self.repository,
+            git_ref: RefName::parse(&self.git_ref).map_err(|error| error.to_string())?,
+            before: CommitSha::parse(&self.before).map_err(|error| error.to_string())?,
+            after: CommitSha::parse(&self.after).map_err(|error| error.to_string())?,
+        })
     }
 }
 

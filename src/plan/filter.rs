@@ -46,6 +46,10 @@ pub(super) enum PathFilter {
 }
 
 impl PathFilter {
+    pub(super) fn is_absent(&self) -> bool {
+        matches!(self, PathFilter::Absent)
+    }
+
     /// `None` paths are unknown (the source did not list them): they pass, because a
     /// filter must never hide a commit it cannot see into.
     pub(super) fn passes(&self, paths: Option<&[String]>) -> bool {

@@ -18,9 +18,9 @@ mod summary;
 use std::collections::HashSet;
 
 use crate::config::{CommitsMode, Concurrency, Config, Problem};
-use crate::event::{CommitSha, Event, EventKind};
+use crate::event::{CommitSha, Event, EventKind, Push};
 use crate::execution::name::ExecutionName;
-use crate::execution::{ExecutionRequest, MAX_INPUT_BYTES};
+use crate::execution::{ExecutionRequest, Expansion, MAX_INPUT_BYTES};
 use candidate::{asks_to_skip_ci, pull_request_candidates, push_candidates};
 use compile::{CompiledPipeline, CompiledRoute, compile_pipeline, compile_route};
 
@@ -81,6 +81,9 @@ pub struct Plan {
     pub matched_routes: usize,
     /// The event's commit list may be incomplete and a route asked for every commit.
     pub commits_may_be_truncated: bool,
+    /// The push's commits must be fetched first (a route takes every commit and the
+    /// source did not list them); at most one per event.
+    pub expansion: Option<Expansion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +138,12 @@ impl Planner {
 
     /// Maps an event to the executions it asks for.
     pub fn plan(&self, event: &Event) -> Result<Plan, PlanError> {
+        if let EventKind::Push(push) = &event.kind
+            && needs_expansion(push)
+            && let Some(plan) = self.defer_to_expansion(event, push)
+        {
+            return Ok(plan);
+        }
         let mut plan = Plan::default();
         let mut planned_names = HashSet::new();
         for route in &self.routes {
@@ -203,6 +212,60 @@ impl Plan {
             commit: commit.cloned(),
             reason,
         });
+    }
+}
+
+impl Planner {
+    /// A push whose source did not list its commits, matched by a route that needs them
+    /// (it takes each commit, or filters by the paths they change, or its pipeline
+    /// tells projects by path): the whole push is planned once they are fetched, so
+    /// that every route sees the same commits. `None` when no matching route needs
+    /// them (the push's new head is all there is to plan).
+    fn defer_to_expansion(&self, event: &Event, push: &Push) -> Option<Plan> {
+        let mut plan = Plan::default();
+        let mut needed = false;
+        for route in &self.routes {
+            if let Err(reason) = route.matches(event) {
+                plan.trace
+                    .push(format!("route {}: no match: {reason}", route.name));
+                continue;
+            }
+            plan.matched_routes += 1;
+            let pipeline = &self.pipelines[route.pipeline];
+            needed |= route.commits == CommitsMode::Each
+                || !route.paths.is_absent()
+                || pipeline
+                    .projects
+                    .iter()
+                    .any(|project| project.paths.is_some());
+            plan.trace.push(format!(
+                "route {}: matched; planned once the push's commits are fetched",
+                route.name
+            ));
+        }
+        needed.then(|| {
+            plan.expansion = Some(expansion(event, push));
+            plan
+        })
+    }
+}
+
+/// Whether a push's commits are still to be fetched: its source did not list them, and
+/// it moved a ref from one commit to another (a new ref runs its head, a deleted one
+/// its teardown).
+fn needs_expansion(push: &Push) -> bool {
+    !push.commits_listed && !push.deleted && !push.before.is_zero() && !push.after.is_zero()
+}
+
+fn expansion(event: &Event, push: &Push) -> Expansion {
+    Expansion {
+        source: event.source,
+        delivery: event.delivery.clone(),
+        occurrence: event.occurrence.clone(),
+        repository: event.repository.clone(),
+        git_ref: push.git_ref.clone(),
+        before: push.before.clone(),
+        after: push.after.clone(),
     }
 }
 

@@ -74,8 +74,8 @@ impl Message {
     pub fn from_job(job: &Job) -> Message {
         let body = job.to_body();
         Message {
-            id: job.id().to_string(),
-            group: job.group().map(str::to_string),
+            id: job.id(),
+            group: job.group(),
             body: escape_noncharacters(body),
         }
     }
@@ -179,7 +179,9 @@ mod tests {
             panic!("not a job");
         };
         let mut job = *job;
-        let crate::job::JobKind::Start { request } = &mut job.kind;
+        let crate::job::JobKind::Start { request } = &mut job.kind else {
+            panic!("a start job");
+        };
         let input = "{\"m\":\"odd \u{fffe} and \u{ffff} in a message\"}";
         request.input = crate::execution::Input::from_json(input.into()).unwrap();
         let message = Message::from_job(&job);

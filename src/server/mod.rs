@@ -38,6 +38,7 @@ use crate::job::Job;
 use crate::plan::{PlanError, Planner};
 use crate::queue::{self, Queue, QueueError};
 use crate::source::SourceError;
+use crate::source::codecommit::{self, CodeCommitSource};
 use crate::source::github::{self, Decoded, GithubSecrets};
 use crate::telemetry::{Metrics, labels};
 
@@ -45,6 +46,8 @@ use crate::telemetry::{Metrics, labels};
 pub struct AppState {
     pub planner: Arc<Planner>,
     pub github: GithubSecrets,
+    /// Present when `[codecommit]` is configured.
+    pub codecommit: Option<Arc<CodeCommitSource>>,
     /// Where planned jobs go; a 2xx means they are durable there.
     pub queue: Arc<dyn Queue>,
     pub metrics: Arc<Metrics>,
@@ -69,6 +72,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         planner: Arc<Planner>,
+        codecommit: Option<Arc<CodeCommitSource>>,
         queue: Arc<dyn Queue>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -84,6 +88,7 @@ impl AppState {
         AppState {
             planner,
             github: GithubSecrets::from_config(&config.github),
+            codecommit,
             queue,
             metrics,
             limiter: RateLimiter::keyed(quota),
@@ -136,6 +141,8 @@ pub enum ApiError {
     AddressBudget(IpAddr),
     #[error("too many request bodies in flight; try again")]
     Busy,
+    #[error("this daemon takes no {0} deliveries: its configuration has no [{0}] section")]
+    NotConfigured(&'static str),
 }
 
 impl ApiError {
@@ -156,10 +163,11 @@ impl ApiError {
             ApiError::Source(SourceError::Unusable(_))
             | ApiError::Plan(_)
             | ApiError::Queue(QueueError::Refused { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Queue(QueueError::Unavailable { .. }) | ApiError::Busy => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Queue(QueueError::Unavailable { .. })
+            | ApiError::Busy
+            | ApiError::Source(SourceError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited(..) | ApiError::AddressBudget(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -183,6 +191,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<AppState>) -> Router {
     let webhooks = Router::new()
         .route("/webhooks/github", post(github_webhook))
+        .route("/webhooks/codecommit", post(codecommit_webhook))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .merge(webhooks)
@@ -236,6 +245,7 @@ async fn guard(
     next: Next,
 ) -> Response {
     let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
+    let source = source_of(request.uri().path());
     request.extensions_mut().insert(ClientAddress(client));
     if !state.allowed_networks.is_empty()
         && !state
@@ -244,7 +254,7 @@ async fn guard(
             .any(|network| network.contains(&client))
     {
         tracing::warn!(%client, "Refused a request from an address outside allowed_networks.");
-        count_refusal(&state, &ApiError::AddressNotAllowed(client));
+        count_refusal(&state, source, &ApiError::AddressNotAllowed(client));
         return ApiError::AddressNotAllowed(client).into_response();
     }
     if let Err(not_until) = state.limiter.check_key(&client) {
@@ -252,7 +262,7 @@ async fn guard(
             &governor::clock::DefaultClock::default(),
         ));
         let error = ApiError::RateLimited(client, wait);
-        count_refusal(&state, &error);
+        count_refusal(&state, source, &error);
         return error.into_response();
     }
     next.run(request).await
@@ -262,24 +272,27 @@ async fn guard(
 #[derive(Debug, Clone, Copy)]
 struct ClientAddress(IpAddr);
 
-fn count_refusal(state: &AppState, error: &ApiError) {
+fn count_refusal(state: &AppState, source: &str, error: &ApiError) {
     state
         .metrics
         .deliveries
         .get_or_create(&labels(&[
-            ("source", "github"),
+            ("source", source),
             ("outcome", &format!("refused_{}", error.status().as_u16())),
         ]))
         .inc();
 }
 
-async fn github_webhook(
-    State(state): State<Arc<AppState>>,
-    Extension(ClientAddress(client)): Extension<ClientAddress>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let result = handle_github(&state, client, &headers, body).await;
+/// The source a webhook path is for, as metrics label it.
+fn source_of(path: &str) -> &'static str {
+    match path.strip_prefix("/webhooks/") {
+        Some("codecommit") => "codecommit",
+        _ => "github",
+    }
+}
+
+/// Counts a delivery's outcome and logs a refusal: the same for every source.
+fn answer(state: &AppState, source: &'static str, result: Result<Answer, ApiError>) -> Response {
     let outcome = match &result {
         Ok((_, outcome, _)) => outcome.to_string(),
         Err(error) => format!("refused_{}", error.status().as_u16()),
@@ -287,7 +300,7 @@ async fn github_webhook(
     state
         .metrics
         .deliveries
-        .get_or_create(&labels(&[("source", "github"), ("outcome", &outcome)]))
+        .get_or_create(&labels(&[("source", source), ("outcome", &outcome)]))
         .inc();
     let budget = match &result {
         Err(ApiError::AddressBudget(_)) => Some("per_address"),
@@ -304,10 +317,30 @@ async fn github_webhook(
     match result {
         Ok((status, _, body)) => (status, axum::Json(body)).into_response(),
         Err(error) => {
-            tracing::info!(status = error.status().as_u16(), error = %Chain(&error), "Refused a GitHub delivery.");
+            tracing::info!(source, status = error.status().as_u16(), error = %Chain(&error), "Refused a delivery.");
             error.into_response()
         }
     }
+}
+
+async fn github_webhook(
+    State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = handle_github(&state, client, &headers, body).await;
+    answer(&state, "github", result)
+}
+
+async fn codecommit_webhook(
+    State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = handle_codecommit(&state, client, &headers, body).await;
+    answer(&state, "codecommit", result)
 }
 
 type Answer = (StatusCode, &'static str, serde_json::Value);
@@ -331,28 +364,160 @@ async fn handle_github(
                 "ping",
                 json!({"delivery": delivery.as_str(), "status": "pong"}),
             )),
-            Decoded::Ignored(name) => {
-                tracing::info!(event = %name, "Ignored an event gitdispatch does not act on.");
-                Ok((
-                    StatusCode::ACCEPTED,
-                    "ignored",
-                    json!({
-                        "delivery": delivery.as_str(),
-                        "status": "ignored",
-                        "reason": format!("{name} events are not acted on"),
-                    }),
-                ))
-            }
-            Decoded::Event(event) => accept_event(state, *event).await,
+            Decoded::Ignored(name) => Ok(ignored(
+                delivery.as_str(),
+                format!("{name} events are not acted on"),
+            )),
+            Decoded::Event(event) => accept_events(state, delivery.as_str(), &[*event]).await,
         }
     }
     .instrument(span)
     .await
 }
 
-/// Plans an event and queues its jobs; answers only when they are durable.
-async fn accept_event(state: &AppState, event: Event) -> Result<Answer, ApiError> {
-    let plan = state.planner.plan(&event)?;
+async fn handle_codecommit(
+    state: &AppState,
+    client: IpAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Answer, ApiError> {
+    let Some(source) = &state.codecommit else {
+        return Err(ApiError::NotConfigured("codecommit"));
+    };
+    let mut held = state.bodies.claim(client);
+    let body = read_body(headers, body, state.max_body_bytes, &mut held).await?;
+    let verified = source.verify(headers, &body).await?;
+    match &verified {
+        codecommit::Verified::SubscriptionConfirmation(message) => {
+            let confirmed = source.confirm(message).await?;
+            if confirmed {
+                tracing::info!(topic = %message.topic_arn, "Confirmed an SNS subscription.");
+            } else {
+                tracing::warn!(topic = %message.topic_arn, "An SNS subscription asks to be confirmed; codecommit.confirm_subscriptions is off, so it was not.");
+            }
+            let status = if confirmed {
+                "subscription_confirmed"
+            } else {
+                "subscription_not_confirmed"
+            };
+            return Ok((
+                StatusCode::OK,
+                status,
+                json!({"delivery": message.message_id, "status": status}),
+            ));
+        }
+        codecommit::Verified::UnsubscribeConfirmation(message) => {
+            tracing::warn!(topic = %message.topic_arn, "An SNS topic unsubscribed this endpoint: its notifications no longer arrive.");
+            return Ok((
+                StatusCode::OK,
+                "unsubscribed",
+                json!({"delivery": message.message_id, "status": "unsubscribed"}),
+            ));
+        }
+        _ => {}
+    }
+    match codecommit::decode(&verified)? {
+        codecommit::Decoded::Ignored(reason) => Ok(ignored("", reason)),
+        codecommit::Decoded::Events(events) => {
+            let delivery = events
+                .first()
+                .map(|event| event.delivery.to_string())
+                .unwrap_or_default();
+            let span = tracing::info_span!("delivery", source = "codecommit", delivery = %delivery);
+            accept_events(state, &delivery, &events)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+fn ignored(delivery: &str, reason: String) -> Answer {
+    tracing::info!(reason = %reason, "Ignored an event gitdispatch does not act on.");
+    (
+        StatusCode::ACCEPTED,
+        "ignored",
+        json!({"delivery": delivery, "status": "ignored", "reason": reason}),
+    )
+}
+
+/// Plans a delivery's events and queues their jobs; answers only when all of them are
+/// durable (one enqueue for the whole delivery, so a retried delivery finds either all
+/// or, by their ids, the rest).
+async fn accept_events(
+    state: &AppState,
+    delivery: &str,
+    events: &[Event],
+) -> Result<Answer, ApiError> {
+    let mut requests = Vec::new();
+    let mut expansions = Vec::new();
+    let mut skipped = Vec::new();
+    let mut matched = 0;
+    for event in events {
+        let plan = state.planner.plan(event)?;
+        record_plan(state, event, &plan);
+        matched += plan.matched_routes;
+        skipped.extend(plan.skipped.iter().map(|skip| skip.reason.as_str()));
+        requests.extend(plan.requests);
+        expansions.extend(plan.expansion);
+    }
+    if requests.is_empty() && expansions.is_empty() {
+        let reason = if matched == 0 {
+            "no route matched the event".to_string()
+        } else {
+            format!(
+                "matching routes planned nothing (skipped: {})",
+                skipped.join(", ")
+            )
+        };
+        return Ok((
+            StatusCode::OK,
+            "no_executions",
+            json!({"delivery": delivery, "status": "no_executions", "reason": reason}),
+        ));
+    }
+    let jobs: Vec<Job> = requests
+        .iter()
+        .cloned()
+        .map(Job::start)
+        .chain(expansions.iter().cloned().map(Job::expand))
+        .collect();
+    queue::enqueue(state.queue.as_ref(), &jobs).await?;
+    for request in &requests {
+        tracing::info!(
+            execution = %request.name,
+            pipeline = %request.pipeline,
+            environment = %request.environment,
+            commit = %request.origin.commit,
+            "Queued an execution."
+        );
+        state
+            .metrics
+            .executions_planned
+            .get_or_create(&labels(&[("pipeline", &request.pipeline)]))
+            .inc();
+    }
+    for expansion in &expansions {
+        tracing::info!(
+            repository = %expansion.repository,
+            git_ref = %expansion.git_ref,
+            before = %expansion.before,
+            after = %expansion.after,
+            "Queued the push's commits to be fetched and planned."
+        );
+    }
+    let names: Vec<&str> = requests
+        .iter()
+        .map(|request| request.name.as_str())
+        .collect();
+    let mut body = json!({"delivery": delivery, "status": "queued", "executions": names});
+    if !expansions.is_empty() {
+        body["expansions"] = json!(expansions.len());
+    }
+    Ok((StatusCode::ACCEPTED, "queued", body))
+}
+
+/// Logs and counts what planning one event decided.
+fn record_plan(state: &AppState, event: &Event, plan: &crate::plan::Plan) {
     let source = event.source.as_str();
     for line in &plan.trace {
         tracing::debug!(repository = %event.repository, "{line}");
@@ -386,53 +551,6 @@ async fn accept_event(state: &AppState, event: Event) -> Result<Answer, ApiError
             .get_or_create(&labels(&[("source", source)]))
             .inc();
     }
-    let delivery = event.delivery.as_str();
-    if plan.requests.is_empty() {
-        let reason = if plan.matched_routes == 0 {
-            "no route matched the event".to_string()
-        } else {
-            let reasons: Vec<&str> = plan
-                .skipped
-                .iter()
-                .map(|skip| skip.reason.as_str())
-                .collect();
-            format!(
-                "matching routes planned nothing (skipped: {})",
-                reasons.join(", ")
-            )
-        };
-        return Ok((
-            StatusCode::OK,
-            "no_executions",
-            json!({"delivery": delivery, "status": "no_executions", "reason": reason}),
-        ));
-    }
-    let jobs: Vec<Job> = plan.requests.iter().cloned().map(Job::start).collect();
-    queue::enqueue(state.queue.as_ref(), &jobs).await?;
-    for request in &plan.requests {
-        tracing::info!(
-            execution = %request.name,
-            pipeline = %request.pipeline,
-            environment = %request.environment,
-            commit = %request.origin.commit,
-            "Queued an execution."
-        );
-        state
-            .metrics
-            .executions_planned
-            .get_or_create(&labels(&[("pipeline", &request.pipeline)]))
-            .inc();
-    }
-    let names: Vec<&str> = plan
-        .requests
-        .iter()
-        .map(|request| request.name.as_str())
-        .collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        "queued",
-        json!({"delivery": delivery, "status": "queued", "executions": names}),
-    ))
 }
 
 async fn healthz() -> impl IntoResponse {

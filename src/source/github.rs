@@ -388,6 +388,7 @@ fn decode_push(
         deleted: payload.deleted,
         forced: payload.forced,
         commits_truncated,
+        commits_listed: true,
         head_commit: payload
             .head_commit
             .map(CommitPayload::into_commit)

@@ -10,6 +10,7 @@
 //! for a retry otherwise. The worker knows the queue and the executor only through
 //! their traits; each job kind has a file of its own (`start`).
 
+mod expand;
 mod start;
 
 use std::collections::HashMap;
@@ -27,10 +28,13 @@ use tracing::Instrument;
 
 use crate::config::WorkerConfig;
 use crate::error::Chain;
+use crate::event::Source;
 use crate::executor::Executor;
 use crate::job::{Job, JobKind, Read};
+use crate::plan::Planner;
 use crate::queue::{Queue, QueueError, Receipt, Received};
 use crate::retry::backoff;
+use crate::source::CommitHistory;
 use crate::telemetry::{Metrics, labels};
 
 /// A job this release cannot read (written by a newer one) waits this long before it
@@ -88,6 +92,8 @@ struct WorkerMetrics {
     starts: Family<Vec<(&'static str, String)>, Counter>,
     /// Ended executions of held jobs, by pipeline and status.
     executions_ended: Family<Vec<(&'static str, String)>, Counter>,
+    /// Expansions, by how their walk ended (`reached`, `bound`, `unreachable`).
+    expansions: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 /// Drains a queue into an executor.
@@ -97,6 +103,9 @@ pub struct Worker {
     limiter: DefaultDirectRateLimiter,
     settings: WorkerSettings,
     metrics: WorkerMetrics,
+    /// What `expand` jobs need: the planner, each source's commit history, and how
+    /// many commits one push may expand to.
+    expansion: Option<expand::Expanding>,
 }
 
 impl Worker {
@@ -126,13 +135,36 @@ impl Worker {
             "Ends of held executions, by pipeline and status",
             worker_metrics.executions_ended.clone(),
         );
+        metrics.register_family(
+            "gitdispatch_expansions",
+            "Pushes whose commits were fetched, by how the walk ended",
+            worker_metrics.expansions.clone(),
+        );
         Worker {
             queue,
             executor,
             limiter: RateLimiter::direct(quota),
             settings,
             metrics: worker_metrics,
+            expansion: None,
         }
+    }
+
+    /// Lets the worker run `expand` jobs: it fetches a push's commits from the
+    /// source's history (at most `max_commits`), plans them with `planner` and queues
+    /// their starts.
+    pub fn expanding(
+        mut self,
+        planner: Arc<Planner>,
+        histories: HashMap<Source, Arc<dyn CommitHistory>>,
+        max_commits: usize,
+    ) -> Worker {
+        self.expansion = Some(expand::Expanding {
+            planner,
+            histories,
+            max_commits,
+        });
+        self
     }
 
     /// Runs until `shutdown` is cancelled; then lets jobs in progress finish for the
@@ -345,6 +377,19 @@ impl Worker {
                 self.start(received, &request, hard_stop)
                     .instrument(span)
                     .await
+            }
+            JobKind::Expand { expansion } => {
+                let span = tracing::info_span!(
+                    "job",
+                    kind = "expand",
+                    delivery = %expansion.delivery,
+                    repository = %expansion.repository,
+                    git_ref = %expansion.git_ref,
+                    before = %expansion.before,
+                    after = %expansion.after,
+                    receive_count = received.receive_count,
+                );
+                self.expand(received, &expansion).instrument(span).await
             }
         }
     }

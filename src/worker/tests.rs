@@ -113,6 +113,7 @@ fn requests(concurrency: &str, commits: u8) -> Vec<ExecutionRequest> {
             deleted: false,
             forced: false,
             commits_truncated: false,
+            commits_listed: true,
             head_commit: None,
         }),
     };
@@ -381,5 +382,214 @@ async fn unreadable_jobs_are_dead_lettered_and_newer_ones_left_for_later() {
         (depth.visible, depth.in_flight),
         (0, 1),
         "the newer job waits, released"
+    );
+}
+
+/// A history that answers from a script: errors first, then the walk. It stands in for
+/// a source's API only here, to drive the expand job's retry and dead-letter paths.
+struct ScriptedHistory {
+    errors: Mutex<VecDeque<crate::source::HistoryError>>,
+    commits: Vec<Commit>,
+    calls: Mutex<usize>,
+}
+
+#[async_trait]
+impl crate::source::CommitHistory for ScriptedHistory {
+    async fn walk(
+        &self,
+        _repository: &str,
+        _before: &CommitSha,
+        _after: &CommitSha,
+        max: usize,
+    ) -> Result<crate::source::Walk, crate::source::HistoryError> {
+        *self.calls.lock().unwrap() += 1;
+        if let Some(error) = self.errors.lock().unwrap().pop_front() {
+            return Err(error);
+        }
+        let skip = self.commits.len().saturating_sub(max);
+        Ok(crate::source::Walk {
+            commits: self.commits[skip..].to_vec(),
+            end: if skip > 0 {
+                crate::source::WalkEnd::Bound
+            } else {
+                crate::source::WalkEnd::Reached
+            },
+        })
+    }
+}
+
+fn expansion_of(after: u32) -> crate::execution::Expansion {
+    crate::execution::Expansion {
+        source: Source::Codecommit,
+        delivery: DeliveryId::parse("delivery-e").unwrap(),
+        occurrence: Occurrence::from_parts(&["expand", &after.to_string()]),
+        repository: "us-east-1/demo".to_string(),
+        git_ref: RefName::parse("refs/heads/main").unwrap(),
+        before: CommitSha::parse(&format!("{:040x}", 1)).unwrap(),
+        after: CommitSha::parse(&format!("{after:040x}")).unwrap(),
+    }
+}
+
+async fn expanding_harness(
+    executor: Arc<ScriptedExecutor>,
+    history: Option<Arc<ScriptedHistory>>,
+    max_commits: usize,
+) -> Harness {
+    let mut harness = Harness::new(executor.clone(), settings()).await;
+    let text = "[[pipelines]]\nname = \"deploy\"\ncommand = [\"true\"]\nconcurrency = \"serial\"\n\
+                [[routes]]\npipeline = \"deploy\"\nsources = [\"codecommit\"]\nenvironment = \"acceptance\"\n";
+    let config = Config::from_toml_str(text, &|_| None).unwrap();
+    let mut histories: HashMap<Source, Arc<dyn crate::source::CommitHistory>> = HashMap::new();
+    if let Some(history) = history {
+        histories.insert(Source::Codecommit, history);
+    }
+    harness.worker = Arc::new(
+        Worker::new(
+            harness.queue.clone(),
+            executor,
+            settings(),
+            &Metrics::default(),
+        )
+        .expanding(
+            Arc::new(Planner::new(&config).unwrap()),
+            histories,
+            max_commits,
+        ),
+    );
+    harness
+}
+
+fn history_of(commits: u32, errors: Vec<crate::source::HistoryError>) -> Arc<ScriptedHistory> {
+    Arc::new(ScriptedHistory {
+        errors: Mutex::new(errors.into()),
+        commits: (2..=commits + 1)
+            .map(|n| Commit {
+                id: CommitSha::parse(&format!("{n:x}").repeat(40)).unwrap(),
+                message: format!("commit {n}"),
+                author: "a".into(),
+                changed_paths: Some(vec![format!("src/{n}.rs")]),
+            })
+            .collect(),
+        calls: Mutex::new(0),
+    })
+}
+
+fn started_commits(executor: &ScriptedExecutor) -> Vec<String> {
+    executor
+        .started
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, _)| name.split('-').nth(2).unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expansion_retries_while_the_history_is_unavailable_then_starts_each_commit_in_order() {
+    let executor = Arc::new(ScriptedExecutor::default());
+    let retryable = || crate::source::HistoryError::Retryable {
+        message: "throttled".into(),
+        source: None,
+    };
+    let history = history_of(3, vec![retryable(), retryable()]);
+    let harness = expanding_harness(executor.clone(), Some(history.clone()), 100).await;
+    enqueue(harness.queue.as_ref(), &[Job::expand(expansion_of(4))])
+        .await
+        .unwrap();
+    harness.drain().await;
+    assert_eq!(
+        *history.calls.lock().unwrap(),
+        3,
+        "two failures, then the walk"
+    );
+    assert_eq!(
+        started_commits(&executor),
+        ["2222222", "3333333", "4444444"],
+        "each commit, oldest first"
+    );
+    assert!(harness.queue.dead_letters().await.unwrap().is_empty());
+
+    // The bound keeps the newest.
+    let executor = Arc::new(ScriptedExecutor::default());
+    let harness = expanding_harness(executor.clone(), Some(history_of(3, vec![])), 2).await;
+    enqueue(harness.queue.as_ref(), &[Job::expand(expansion_of(4))])
+        .await
+        .unwrap();
+    harness.drain().await;
+    assert_eq!(started_commits(&executor), ["3333333", "4444444"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expansion_that_cannot_be_read_is_dead_lettered_with_the_reason() {
+    let executor = Arc::new(ScriptedExecutor::default());
+    let history = history_of(
+        3,
+        vec![crate::source::HistoryError::Permanent {
+            message: "RepositoryDoesNotExistException".into(),
+            source: None,
+        }],
+    );
+    let harness = expanding_harness(executor.clone(), Some(history), 100).await;
+    enqueue(harness.queue.as_ref(), &[Job::expand(expansion_of(4))])
+        .await
+        .unwrap();
+    harness.drain().await;
+    let dead = harness.queue.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("RepositoryDoesNotExistException"));
+    assert!(executor.started.lock().unwrap().is_empty());
+
+    // A worker not told how to read the source's history says so.
+    let harness = expanding_harness(executor.clone(), None, 100).await;
+    enqueue(harness.queue.as_ref(), &[Job::expand(expansion_of(5))])
+        .await
+        .unwrap();
+    harness.drain().await;
+    let dead = harness.queue.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("no commit history"),
+        "{}",
+        dead[0].reason
+    );
+}
+
+/// The names the executor was asked to start, in order, repeats included.
+fn attempted(executor: &ScriptedExecutor) -> Vec<String> {
+    executor
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expansion_run_again_after_a_lost_ack_queues_the_same_names_and_starts_nothing_twice() {
+    let executor = Arc::new(ScriptedExecutor::default());
+    let harness = expanding_harness(executor.clone(), Some(history_of(3, vec![])), 100).await;
+    enqueue(harness.queue.as_ref(), &[Job::expand(expansion_of(4))])
+        .await
+        .unwrap();
+    harness.drain().await;
+    let first = attempted(&executor);
+    assert_eq!(first.len(), 3);
+    // The worker crashed after queueing the starts and before its ack: the expand job
+    // comes back and is run again.
+    enqueue(harness.queue.as_ref(), &[Job::expand(expansion_of(4))])
+        .await
+        .unwrap();
+    harness.drain().await;
+    let attempts = attempted(&executor);
+    assert_eq!(
+        attempts[3..],
+        first[..],
+        "the same names, in the same order"
+    );
+    assert_eq!(
+        started_commits(&executor),
+        ["2222222", "3333333", "4444444"],
+        "each started once"
     );
 }

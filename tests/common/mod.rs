@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod codecommit;
 pub mod daemon;
 pub mod moto;
 pub mod proxy;
+pub mod sns;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -84,6 +84,7 @@ pub(super) fn push(git_ref: &str, commits: Vec<Commit>) -> Event {
             deleted: false,
             forced: false,
             commits_truncated: false,
+            commits_listed: true,
             head_commit,
         }),
     }

@@ -374,3 +374,76 @@ fn branch_text_in_an_environment_is_kept_to_an_identifier() {
         .unwrap();
     assert_eq!(plan.requests[0].environment.len(), "preview-".len() + 100);
 }
+
+#[test]
+fn a_push_that_lists_no_commits_is_planned_once_they_are_fetched() {
+    let route = |extra: &str| {
+        format!(
+            "{PIPELINES}\n[[routes]]\npipeline = \"build\"\nevents = [\"push\"]\nenvironment = \"ci\"\n{extra}\n"
+        )
+    };
+    let unlisted = |edit: &dyn Fn(&mut Push)| {
+        let mut event = push("refs/heads/main", vec![]);
+        let EventKind::Push(push) = &mut event.kind else {
+            unreachable!()
+        };
+        push.commits_listed = false;
+        push.before = sha(1);
+        push.after = sha(9);
+        edit(push);
+        event
+    };
+    let moved = unlisted(&|_| {});
+
+    // A route that takes each commit: nothing is planned yet, one expansion is.
+    let plan = planner(&route("commits = \"each\"")).plan(&moved).unwrap();
+    assert!(plan.requests.is_empty());
+    assert_eq!(plan.matched_routes, 1);
+    let expansion = plan.expansion.expect("an expansion");
+    assert_eq!(
+        (expansion.before.clone(), expansion.after.clone()),
+        (sha(1), sha(9))
+    );
+    assert_eq!(expansion.git_ref.as_str(), "refs/heads/main");
+    assert_eq!(expansion.repository, "acme/project-api-v2");
+    assert_eq!(expansion.occurrence, moved.occurrence);
+    assert_eq!(expansion.source, Source::Github);
+
+    // The head alone needs no commits: it runs at once.
+    let plan = planner(&route("commits = \"head\"")).plan(&moved).unwrap();
+    assert!(plan.expansion.is_none());
+    assert_eq!(commits_of(&plan), vec![sha(9)]);
+
+    // Unless the route filters by paths, or its pipeline tells projects by path: then
+    // the commits' changes are needed, and every route waits for them alike.
+    let plan = planner(&route("commits = \"head\"\npaths = [\"src/**\"]"))
+        .plan(&moved)
+        .unwrap();
+    assert!(plan.expansion.is_some() && plan.requests.is_empty());
+    let both = format!(
+        "{}\n[[routes]]\npipeline = \"deploy\"\nevents = [\"push\"]\nenvironment = \"acceptance\"\ncommits = \"head\"\n",
+        route("commits = \"head\"")
+    );
+    let plan = planner(&both).plan(&moved).unwrap();
+    assert!(plan.expansion.is_some() && plan.requests.is_empty());
+    assert_eq!(plan.matched_routes, 2);
+
+    // A new ref runs its head, a deleted one its teardown; a listed push is planned
+    // from its list.
+    let each = planner(&route("commits = \"each\"\nteardown_on_delete = true"));
+    for (what, event) in [
+        ("created", unlisted(&|push| push.before = zero())),
+        (
+            "deleted",
+            unlisted(&|push| {
+                push.deleted = true;
+                push.after = zero();
+            }),
+        ),
+        ("listed", unlisted(&|push| push.commits_listed = true)),
+    ] {
+        let plan = each.plan(&event).unwrap();
+        assert!(plan.expansion.is_none(), "{what}");
+        assert_eq!(plan.requests.len(), 1, "{what}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The `expand` job: a push whose source told only its old and new heads. Its commits
+//! are fetched from the source's history (first parents, oldest first, at most a
+//! bound), planned as if the delivery had listed them, and their starts queued; the
+//! job is acknowledged only once every start is on the queue. A crash in between
+//! expands again into the same names, which start nothing twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Settle, Worker};
+use crate::error::Chain;
+use crate::event::{Event, EventKind, Push, Source};
+use crate::execution::Expansion;
+use crate::job::Job;
+use crate::plan::Planner;
+use crate::queue::{Received, enqueue};
+use crate::retry::backoff;
+use crate::source::{CommitHistory, HistoryError, WalkEnd};
+use crate::telemetry::labels;
+
+/// What a worker needs to expand.
+pub(super) struct Expanding {
+    pub(super) planner: Arc<Planner>,
+    pub(super) histories: HashMap<Source, Arc<dyn CommitHistory>>,
+    pub(super) max_commits: usize,
+}
+
+impl Worker {
+    pub(super) async fn expand(&self, received: &Received, expansion: &Expansion) -> Settle {
+        let Some(expanding) = &self.expansion else {
+            return Settle::DeadLetter(
+                "this worker was not given what expanding a push needs".to_string(),
+            );
+        };
+        let Some(history) = expanding.histories.get(&expansion.source) else {
+            return Settle::DeadLetter(format!(
+                "no commit history is configured for {} pushes",
+                expansion.source
+            ));
+        };
+        let retry = || {
+            backoff(
+                received.receive_count,
+                self.settings.retry_initial,
+                self.settings.retry_max,
+            )
+        };
+        let walk = match history
+            .walk(
+                &expansion.repository,
+                &expansion.before,
+                &expansion.after,
+                expanding.max_commits,
+            )
+            .await
+        {
+            Ok(walk) => walk,
+            Err(error @ HistoryError::Retryable { .. }) => {
+                let delay = retry();
+                tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not fetch the push's commits; will retry.");
+                return Settle::Retry(delay);
+            }
+            Err(error @ HistoryError::Permanent { .. }) => {
+                return Settle::DeadLetter(Chain(&error).to_string());
+            }
+        };
+        self.metrics
+            .expansions
+            .get_or_create(&labels(&[("end", walk.end.as_str())]))
+            .inc();
+        match walk.end {
+            WalkEnd::Reached => {}
+            WalkEnd::Bound => tracing::warn!(
+                commits = walk.commits.len(),
+                "The push has more commits than codecommit.max_commits: only the newest are planned."
+            ),
+            WalkEnd::Unreachable => tracing::warn!(
+                "The push's old head is not an ancestor of its new one (a force-push): only the new head is planned."
+            ),
+        }
+        let event = Event {
+            source: expansion.source,
+            delivery: expansion.delivery.clone(),
+            occurrence: expansion.occurrence.clone(),
+            repository: expansion.repository.clone(),
+            kind: EventKind::Push(Push {
+                git_ref: expansion.git_ref.clone(),
+                before: expansion.before.clone(),
+                after: expansion.after.clone(),
+                created: false,
+                deleted: false,
+                forced: walk.end == WalkEnd::Unreachable,
+                commits_truncated: walk.end == WalkEnd::Bound,
+                commits_listed: true,
+                head_commit: walk.commits.last().cloned(),
+                commits: walk.commits,
+            }),
+        };
+        let plan = match expanding.planner.plan(&event) {
+            Ok(plan) => plan,
+            Err(error) => return Settle::DeadLetter(error.to_string()),
+        };
+        let jobs: Vec<Job> = plan.requests.into_iter().map(Job::start).collect();
+        if let Err(error) = enqueue(self.queue.as_ref(), &jobs).await {
+            let delay = retry();
+            tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the push's starts; will expand again.");
+            return Settle::Retry(delay);
+        }
+        tracing::info!(
+            starts = jobs.len(),
+            "Expanded a push into its commits' starts."
+        );
+        Settle::Ack
+    }
+}
