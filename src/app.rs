@@ -21,6 +21,8 @@ use crate::plan::Planner;
 use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
+use crate::report::Reporter;
+use crate::report::github::{GithubReporter, SetupError as ReporterError};
 use crate::server::AppState;
 use crate::source::CommitHistory;
 use crate::source::codecommit::CodeCommitSource;
@@ -81,6 +83,8 @@ pub enum AppError {
     NoAwsSettings(&'static str),
     #[error("cannot set up CodeCommit deliveries")]
     Codecommit(#[from] crate::source::codecommit::https::ClientError),
+    #[error("cannot set up reporting to GitHub")]
+    Reporter(#[from] ReporterError),
 }
 
 /// Loads the AWS settings the usual way (environment, profile, instance role), when a
@@ -193,6 +197,7 @@ pub async fn open_executor(
             log_dir,
             path,
             max_attempts,
+            details_url,
         } => {
             let pipelines: HashMap<String, LocalPipeline> = config
                 .pipelines
@@ -213,6 +218,7 @@ pub async fn open_executor(
                 log_dir: log_dir.clone(),
                 pipelines,
                 max_attempts: *max_attempts,
+                details_url: details_url.clone(),
             })
             .await?;
             Ok(OpenedExecutor::Local(Arc::new(executor)))
@@ -245,6 +251,8 @@ pub struct App {
     pub codecommit: Option<Arc<CodeCommitSource>>,
     /// The sources whose pushes' commits are read from their history.
     histories: HashMap<Source, Arc<dyn CommitHistory>>,
+    /// Where the worker reports; `None` when reporting is off.
+    reporter: Option<Arc<dyn Reporter>>,
 }
 
 impl App {
@@ -272,6 +280,26 @@ impl App {
             }
             None => None,
         };
+        let reporter: Option<Arc<dyn Reporter>> = if work {
+            match GithubReporter::from_config(&compiled.config.github)? {
+                Some(reporter) => {
+                    tracing::info!(
+                        api = %compiled.config.github.api_url,
+                        with = if reporter.uses_check_runs() { "check runs" } else { "commit statuses" },
+                        "Reporting to GitHub."
+                    );
+                    Some(Arc::new(reporter))
+                }
+                None => {
+                    tracing::info!(
+                        "Reporting to GitHub is off: [github] has neither a token nor an App."
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(App {
             compiled,
             metrics: Arc::new(Metrics::default()),
@@ -279,6 +307,7 @@ impl App {
             executor,
             codecommit,
             histories,
+            reporter,
         })
     }
 
@@ -314,7 +343,8 @@ impl App {
                 self.compiled.planner.clone(),
                 self.histories.clone(),
                 max_commits,
-            ),
+            )
+            .reporting(self.reporter.clone()),
         ))
     }
 }
@@ -339,6 +369,61 @@ mod tests {
         assert!(paths.contains(&"pipelines[1].command"), "{paths:?}");
         assert!(paths.contains(&"routes[0].pipeline"), "{paths:?}");
         assert!(paths.contains(&"routes[0].branches[0]"), "{paths:?}");
+    }
+
+    #[test]
+    fn reporting_settings_are_checked_each_with_its_key() {
+        let problems = |github: &str, route: &str| -> Vec<String> {
+            let text = MINIMAL
+                .replace(
+                    "webhook_secrets = [\"${SECRET}\"]",
+                    &format!("webhook_secrets = [\"${{SECRET}}\"]\n{github}"),
+                )
+                .replace(
+                    "commits = \"each\"",
+                    &format!("commits = \"each\"\n{route}"),
+                );
+            match from_toml_str(&text, &env) {
+                Ok(_) => Vec::new(),
+                Err(LoadError::Invalid(problems)) => {
+                    problems.into_iter().map(|problem| problem.path).collect()
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert_eq!(problems("token = \"t\"", ""), Vec::<String>::new());
+        assert_eq!(problems("app_id = 1", ""), ["github.app_id"]);
+        assert_eq!(
+            problems("app_id = 1\ntoken = \"t\"\nprivate_key = \"k\"", ""),
+            ["github.token"]
+        );
+        assert_eq!(
+            problems("private_key = \"k\"\ninstallation_id = 3", ""),
+            ["github.private_key", "github.installation_id"]
+        );
+        assert_eq!(
+            problems("token = \"t\"\ncheck_runs = true", ""),
+            ["github.check_runs"]
+        );
+        assert_eq!(
+            problems(
+                "api_url = \"ftp://example.com\"\nreports_per_minute = 0",
+                ""
+            ),
+            ["github.api_url", "github.reports_per_minute"]
+        );
+        assert_eq!(
+            problems("", "environment_url = \"https://{branch}.example.com\""),
+            ["routes[0].environment_url"],
+            "only pull requests' previews are deployments"
+        );
+        let preview = "events = [\"pull_request\"]\nenvironment_url_path = \"$.[\"";
+        let text = MINIMAL.replace("events = [\"push\"]", preview);
+        let LoadError::Invalid(found) = from_toml_str(&text, &env).unwrap_err() else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+        assert_eq!(paths, ["routes[0].environment_url_path"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The modules follow the data: `source` (authenticate and decode a delivery) →
 //! `plan` (pure: event to execution requests) → `queue` (durable) → `worker` →
-//! `executor`. `server` holds the HTTP routes, `daemon` runs the long-lived parts and
+//! `executor` → `report` (tell the source what happened). `server` holds the HTTP routes, `daemon` runs the long-lived parts and
 //! `cli` the one-shot commands. See ARCHITECTURE.md.
 
 pub mod app;
@@ -18,6 +18,7 @@ pub mod pattern;
 pub mod plan;
 pub mod process;
 pub mod queue;
+pub mod report;
 pub mod retry;
 pub mod server;
 pub mod source;

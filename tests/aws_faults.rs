@@ -343,6 +343,7 @@ async fn a_lane_waiting_on_a_long_deploy_does_not_starve_the_builds() {
                 ("build".to_string(), pipeline(&["true"])),
             ]),
             max_attempts: 3,
+            details_url: None,
         })
         .await
         .unwrap(),

@@ -18,7 +18,7 @@ fn requests(jobs: &[Job]) -> Vec<ExecutionRequest> {
     jobs.iter()
         .map(|job| match &job.kind {
             JobKind::Start { request } => request.clone(),
-            JobKind::Expand { .. } => panic!("GitHub pushes list their commits"),
+            other => panic!("a listener queues starts only, with reporting off: {other:?}"),
         })
         .collect()
 }

@@ -65,6 +65,7 @@ fn settings(directory: &Path, command: &[&str], timeout: Duration) -> LocalSetti
             },
         )]),
         max_attempts: 3,
+        details_url: None,
     }
 }
 

@@ -20,6 +20,10 @@ pub enum ExecutorConfig {
         /// interrupting it; then its job is dead-lettered.
         #[serde(default = "default_max_attempts")]
         max_attempts: u32,
+        /// Where a local execution can be looked at, as a base URL the execution name is
+        /// appended to: the link reports give (none when absent).
+        #[serde(default)]
+        details_url: Option<String>,
     },
     /// AWS Step Functions: each pipeline's `state_machine_arn` (standard workflows).
     Stepfunctions {},
@@ -43,6 +47,7 @@ impl Default for ExecutorConfig {
             log_dir: default_log_dir(),
             path: default_executions_path(),
             max_attempts: default_max_attempts(),
+            details_url: None,
         }
     }
 }

@@ -1,4 +1,7 @@
-//! `[github]`: the webhook secrets, and the token for the parts that call GitHub.
+//! `[github]`: the webhook secrets, and how gitdispatch authenticates when it calls
+//! GitHub back (a token, or a GitHub App) to report what it did.
+
+use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -12,9 +15,31 @@ pub struct GithubConfig {
     /// Several secrets are accepted at once so one can be rotated without downtime.
     #[serde(default)]
     pub webhook_secrets: Vec<WebhookSecretConfig>,
-    /// API token, for the parts that call GitHub back.
+    /// API token, for the parts that call GitHub back (commit statuses, deployments).
     #[serde(default)]
     pub token: Option<SecretString>,
+    /// A GitHub App to call GitHub as, instead of a token: its id and private key (PEM,
+    /// in the file or from a path).
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    #[serde(default)]
+    pub private_key: Option<SecretString>,
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// The App's installation; found per repository when absent.
+    #[serde(default)]
+    pub installation_id: Option<u64>,
+    /// GitHub's API: another for GitHub Enterprise Server (`https://<host>/api/v3`).
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// Report with check runs rather than commit statuses; only an App may create
+    /// them. On by default for an App.
+    #[serde(default)]
+    pub check_runs: Option<bool>,
+    /// Reports written per minute at most, below GitHub's secondary rate limit on
+    /// requests that create content (80 a minute).
+    #[serde(default = "default_reports_per_minute")]
+    pub reports_per_minute: u32,
     /// Commits of one push planned at most (GitHub lists at most 2,048): a push that
     /// lists more keeps its newest, the head among them, and is logged and counted as
     /// truncated.
@@ -24,6 +49,14 @@ pub struct GithubConfig {
 
 fn default_max_commits_per_push() -> usize {
     2048
+}
+
+fn default_api_url() -> String {
+    "https://api.github.com".to_string()
+}
+
+fn default_reports_per_minute() -> u32 {
+    60
 }
 
 /// One webhook secret, optionally limited to some repositories.
@@ -65,12 +98,29 @@ impl Default for GithubConfig {
         GithubConfig {
             webhook_secrets: Vec::new(),
             token: None,
+            app_id: None,
+            private_key: None,
+            private_key_path: None,
+            installation_id: None,
+            api_url: default_api_url(),
+            check_runs: None,
+            reports_per_minute: default_reports_per_minute(),
             max_commits_per_push: default_max_commits_per_push(),
         }
     }
 }
 
 impl GithubConfig {
+    /// Whether gitdispatch calls GitHub back: with a token or as an App.
+    pub fn reporting(&self) -> bool {
+        self.token.is_some() || self.app_id.is_some()
+    }
+
+    /// Whether reports are check runs (an App, unless told otherwise).
+    pub fn uses_check_runs(&self) -> bool {
+        self.app_id.is_some() && self.check_runs.unwrap_or(true)
+    }
+
     /// `needed`: whether routes take GitHub events, so that a secret must exist.
     pub(super) fn validate(&self, needed: bool, problems: &mut Vec<Problem>) {
         if needed && self.webhook_secrets.is_empty() {
@@ -78,6 +128,54 @@ impl GithubConfig {
                 "github.webhook_secrets",
                 "is empty, but routes take GitHub events: at least one secret is needed to verify deliveries",
             ));
+        }
+        if self.token.is_some() && self.app_id.is_some() {
+            problems.push(Problem::new(
+                "github.token",
+                "and github.app_id are both set: call GitHub with one or the other",
+            ));
+        }
+        match (
+            self.app_id.is_some(),
+            self.private_key.is_some(),
+            self.private_key_path.is_some(),
+        ) {
+            (true, false, false) => problems.push(Problem::new(
+                "github.app_id",
+                "needs the App's private key: github.private_key or github.private_key_path",
+            )),
+            (_, true, true) => problems.push(Problem::new(
+                "github.private_key",
+                "and github.private_key_path are both set: give the key once",
+            )),
+            (false, true, _) | (false, _, true) => problems.push(Problem::new(
+                "github.private_key",
+                "is set without github.app_id",
+            )),
+            _ => {}
+        }
+        if self.installation_id.is_some() && self.app_id.is_none() {
+            problems.push(Problem::new(
+                "github.installation_id",
+                "is set without github.app_id",
+            ));
+        }
+        if self.check_runs == Some(true) && self.app_id.is_none() {
+            problems.push(Problem::new(
+                "github.check_runs",
+                "needs a GitHub App (github.app_id): only Apps may create check runs",
+            ));
+        }
+        if !(self.api_url.starts_with("https://") || self.api_url.starts_with("http://"))
+            || self.api_url.parse::<axum::http::Uri>().is_err()
+        {
+            problems.push(Problem::new(
+                "github.api_url",
+                format!("{:?} is not an http(s) URL", self.api_url),
+            ));
+        }
+        if self.reports_per_minute == 0 {
+            problems.push(Problem::new("github.reports_per_minute", "must be above 0"));
         }
         if self.max_commits_per_push == 0 {
             problems.push(Problem::new(
@@ -136,8 +234,10 @@ pub(super) fn literal_secrets(value: &toml::Value) -> Vec<String> {
             }
         }
     }
-    if literal(github.get("token")) {
-        keys.push("github.token".to_string());
+    for key in ["token", "private_key"] {
+        if literal(github.get(key)) {
+            keys.push(format!("github.{key}"));
+        }
     }
     if let Some(keys_list) = value
         .get("codecommit")

@@ -75,6 +75,25 @@ pub struct RouteConfig {
     /// Every project deploys (no `skip_*` flag is set), whatever the event touched.
     #[serde(default)]
     pub deploy_all_projects: bool,
+    /// With reporting on, a commit this route skipped (`[skip ci]`, paths, no project
+    /// touched) gets a final `success` saying why, so that a required check never
+    /// waits for an execution that will not come.
+    #[serde(default)]
+    pub report_skipped: bool,
+    /// With reporting on, a pull request's executions show as a GitHub deployment of
+    /// its head to the route's environment (on by default for pull-request routes).
+    #[serde(default = "default_true")]
+    pub deployment: bool,
+    /// The deployment's address; `{number}` and `{branch}` are replaced.
+    #[serde(default)]
+    pub environment_url: Option<String>,
+    /// Or a JSONPath into the execution's output that gives the address.
+    #[serde(default)]
+    pub environment_url_path: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_events() -> Vec<EventName> {

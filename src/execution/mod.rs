@@ -3,6 +3,7 @@
 //! `job`, `worker` and `executor`, which all speak of it.
 
 pub mod name;
+pub mod report;
 
 use sha2::{Digest, Sha256};
 
@@ -78,6 +79,8 @@ pub struct ExecutionRequest {
     pub action: Action,
     pub input: Input,
     pub origin: Origin,
+    /// Where its progress is reported back to its source, when reporting is on.
+    pub report: Option<report::ReportTarget>,
 }
 
 /// A push whose commits must be fetched from its source before they can be planned:

@@ -145,6 +145,12 @@ pub trait Executor: Send + Sync {
         true
     }
 
+    /// Where a person can look at the execution with id `id` (as `start` gave it), for
+    /// the links reports carry; `None` when there is no such place.
+    fn link(&self, _id: &str) -> Option<String> {
+        None
+    }
+
     async fn describe(
         &self,
         pipeline: &str,

@@ -208,6 +208,14 @@ impl Executor for StepFunctionsExecutor {
         }
     }
 
+    /// The Step Functions console's page of the execution with ARN `id`.
+    fn link(&self, id: &str) -> Option<String> {
+        let region = id.split(':').nth(3).filter(|region| !region.is_empty())?;
+        Some(format!(
+            "https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{id}"
+        ))
+    }
+
     async fn describe(
         &self,
         pipeline: &str,

@@ -6,6 +6,7 @@
 
 mod wire;
 
+use crate::execution::report::{Report, Watch};
 use crate::execution::{ExecutionRequest, Expansion};
 
 /// The message version this release writes.
@@ -24,6 +25,10 @@ pub enum JobKind {
     Start { request: ExecutionRequest },
     /// Fetch a push's commits from its source, plan them and queue their starts.
     Expand { expansion: Expansion },
+    /// Tell the source how an execution is doing.
+    Report { report: Report },
+    /// Look at a started execution; report its end, or look again later.
+    Watch { watch: Watch },
 }
 
 /// What a message body turned out to be.
@@ -50,12 +55,26 @@ impl Job {
         }
     }
 
+    pub fn report(report: Report) -> Job {
+        Job {
+            kind: JobKind::Report { report },
+        }
+    }
+
+    pub fn watch(watch: Watch) -> Job {
+        Job {
+            kind: JobKind::Watch { watch },
+        }
+    }
+
     /// The id the queue deduplicates on: the execution name, which is already a
     /// deterministic function of everything that makes the job distinct.
     pub fn id(&self) -> String {
         match &self.kind {
             JobKind::Start { request } => request.name.to_string(),
             JobKind::Expand { expansion } => expansion.id(),
+            JobKind::Report { report } => report.id(),
+            JobKind::Watch { watch } => watch.id(),
         }
     }
 
@@ -64,6 +83,8 @@ impl Job {
         match &self.kind {
             JobKind::Start { request } => request.group.clone(),
             JobKind::Expand { expansion } => Some(expansion.group()),
+            JobKind::Report { report } => Some(report.group()),
+            JobKind::Watch { .. } => None,
         }
     }
 
@@ -114,6 +135,53 @@ mod tests {
     }
 
     #[test]
+    fn reports_watches_and_targeted_starts_round_trip_through_their_json() {
+        let target = r#"{"repository":"acme/api","commit":"0123456789abcdef0123456789abcdef01234567","context":"gitdispatch/deploy/pr-42","deployment":{"environment":"pr-42","url":"https://pr-42.example.com"}}"#;
+        let bodies = [
+            format!(
+                r#"{{"v":1,"type":"report","report":{{"target":{target},"execution":"deploy-pr-42-0123456-0123456789abcdef0123","action":"deploy","stage":"started","state":"pending","description":"Started","details_url":"https://ci.example.com/x"}}}}"#
+            ),
+            format!(
+                r#"{{"v":1,"type":"report","report":{{"target":{target},"execution":null,"action":"deploy","stage":"ended","state":"success","description":"Skipped: paths"}}}}"#
+            ),
+            format!(
+                r#"{{"v":1,"type":"watch","watch":{{"pipeline":"deploy","execution":"deploy-pr-42-0123456-0123456789abcdef0123","action":"teardown","target":{target},"look":3,"not_before_ms":1700000000000}}}}"#
+            ),
+            format!(
+                r#"{{"v":1,"type":"start","request":{{"pipeline":"deploy","name":"deploy-ci-0123456-0123456789abcdef0123","group":null,"environment":"ci","action":"deploy","input":"{{}}","origin":{{"source":"github","delivery":"d","repository":"acme/api","git_ref":"refs/heads/main","commit":"0123456789abcdef0123456789abcdef01234567"}},"report":{target}}}}}"#
+            ),
+        ];
+        for body in &bodies {
+            let Read::Job(job) = Job::read(body) else {
+                panic!("not read: {body}");
+            };
+            assert_eq!(&job.to_body(), body);
+        }
+        let Read::Job(job) = Job::read(&bodies[2]) else {
+            unreachable!()
+        };
+        assert_eq!(
+            job.id(),
+            "watch-deploy-pr-42-0123456-0123456789abcdef0123-3"
+        );
+        assert_eq!(job.group(), None, "watches wait behind nothing");
+        let Read::Job(job) = Job::read(&bodies[0]) else {
+            unreachable!()
+        };
+        assert!(job.id().starts_with("report-"));
+        assert_eq!(
+            job.group().as_deref(),
+            Some(
+                "report/acme/api/0123456789abcdef0123456789abcdef01234567/gitdispatch/deploy/pr-42"
+            )
+        );
+        assert!(matches!(
+            Job::read(&bodies[0].replace("\"started\"", "\"later\"")),
+            Read::Invalid(_)
+        ));
+    }
+
+    #[test]
     fn bodies_are_told_apart() {
         assert!(matches!(Job::read("not json"), Read::Invalid(_)));
         assert!(matches!(
@@ -121,7 +189,7 @@ mod tests {
             Read::Newer(_)
         ));
         assert!(matches!(
-            Job::read(r#"{"v": 1, "type": "watch"}"#),
+            Job::read(r#"{"v": 1, "type": "rebuild"}"#),
             Read::Newer(_)
         ));
         assert!(matches!(

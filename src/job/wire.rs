@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{CURRENT_VERSION, Job, JobKind, Read};
 use crate::event::{CommitSha, DeliveryId, Occurrence, RefName, Source};
 use crate::execution::name::ExecutionName;
+use crate::execution::report::{DeploymentTarget, Report, ReportState, ReportTarget, Stage, Watch};
 use crate::execution::{Action, ExecutionRequest, Expansion, Input, Origin};
 
 #[derive(Serialize, Deserialize)]
@@ -21,6 +22,64 @@ struct WireJob {
 enum WireKind {
     Start { request: WireRequest },
     Expand { expansion: WireExpansion },
+    Report { report: WireReport },
+    Watch { watch: WireWatch },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireTarget {
+    repository: String,
+    commit: String,
+    context: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deployment: Option<WireDeployment>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireDeployment {
+    environment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url_path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireReport {
+    target: WireTarget,
+    execution: Option<String>,
+    action: String,
+    stage: String,
+    state: String,
+    description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    details_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    environment_url: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    attempt: u32,
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    not_before_ms: i64,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_ms(value: &i64) -> bool {
+    *value == 0
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireWatch {
+    pipeline: String,
+    execution: String,
+    action: String,
+    target: WireTarget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    details_url: Option<String>,
+    look: u32,
+    not_before_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -44,6 +103,9 @@ struct WireRequest {
     /// The input as a JSON string, so that no decoder re-renders it.
     input: String,
     origin: WireOrigin,
+    /// Absent when reporting is off (and in messages of releases without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    report: Option<WireTarget>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,7 +126,7 @@ struct Header {
 }
 
 /// The job types this release reads.
-const KNOWN_TYPES: &[&str] = &["start", "expand"];
+const KNOWN_TYPES: &[&str] = &["start", "expand", "report", "watch"];
 
 pub(super) fn write(job: &Job) -> String {
     let kind = match &job.kind {
@@ -94,6 +156,32 @@ pub(super) fn write(job: &Job) -> String {
                     git_ref: request.origin.git_ref.to_string(),
                     commit: request.origin.commit.to_string(),
                 },
+                report: request.report.as_ref().map(WireTarget::write),
+            },
+        },
+        JobKind::Report { report } => WireKind::Report {
+            report: WireReport {
+                target: WireTarget::write(&report.target),
+                execution: report.execution.as_ref().map(ToString::to_string),
+                action: report.action.as_str().to_string(),
+                stage: report.stage.as_str().to_string(),
+                state: report.state.as_str().to_string(),
+                description: report.description.clone(),
+                details_url: report.details_url.clone(),
+                environment_url: report.environment_url.clone(),
+                attempt: report.attempt,
+                not_before_ms: report.not_before_ms,
+            },
+        },
+        JobKind::Watch { watch } => WireKind::Watch {
+            watch: WireWatch {
+                pipeline: watch.pipeline.clone(),
+                execution: watch.execution.to_string(),
+                action: watch.action.as_str().to_string(),
+                target: WireTarget::write(&watch.target),
+                details_url: watch.details_url.clone(),
+                look: watch.look,
+                not_before_ms: watch.not_before_ms,
             },
         },
     };
@@ -136,6 +224,83 @@ pub(super) fn read(body: &str) -> Read {
             Ok(expansion) => Read::Job(Box::new(Job::expand(expansion))),
             Err(reason) => Read::Invalid(format!("job of type expand is invalid: {reason}")),
         },
+        WireKind::Report { report } => match report.parse() {
+            Ok(report) => Read::Job(Box::new(Job::report(report))),
+            Err(reason) => Read::Invalid(format!("job of type report is invalid: {reason}")),
+        },
+        WireKind::Watch { watch } => match watch.parse() {
+            Ok(watch) => Read::Job(Box::new(Job::watch(watch))),
+            Err(reason) => Read::Invalid(format!("job of type watch is invalid: {reason}")),
+        },
+    }
+}
+
+fn action(text: &str) -> Result<Action, String> {
+    Action::parse(text).ok_or_else(|| format!("action {text:?} is unknown"))
+}
+
+fn name(text: &str) -> Result<ExecutionName, String> {
+    ExecutionName::parse(text).map_err(|error| error.to_string())
+}
+
+impl WireTarget {
+    fn write(target: &ReportTarget) -> WireTarget {
+        WireTarget {
+            repository: target.repository.clone(),
+            commit: target.commit.to_string(),
+            context: target.context.clone(),
+            deployment: target.deployment.as_ref().map(|deployment| WireDeployment {
+                environment: deployment.environment.clone(),
+                url: deployment.url.clone(),
+                url_path: deployment.url_path.clone(),
+            }),
+        }
+    }
+
+    fn parse(self) -> Result<ReportTarget, String> {
+        Ok(ReportTarget {
+            repository: self.repository,
+            commit: CommitSha::parse(&self.commit).map_err(|error| error.to_string())?,
+            context: self.context,
+            deployment: self.deployment.map(|deployment| DeploymentTarget {
+                environment: deployment.environment,
+                url: deployment.url,
+                url_path: deployment.url_path,
+            }),
+        })
+    }
+}
+
+impl WireReport {
+    fn parse(self) -> Result<Report, String> {
+        Ok(Report {
+            target: self.target.parse()?,
+            execution: self.execution.as_deref().map(name).transpose()?,
+            action: action(&self.action)?,
+            stage: Stage::parse(&self.stage)
+                .ok_or_else(|| format!("stage {:?} is unknown", self.stage))?,
+            state: ReportState::parse(&self.state)
+                .ok_or_else(|| format!("state {:?} is unknown", self.state))?,
+            description: self.description,
+            details_url: self.details_url,
+            environment_url: self.environment_url,
+            attempt: self.attempt,
+            not_before_ms: self.not_before_ms,
+        })
+    }
+}
+
+impl WireWatch {
+    fn parse(self) -> Result<Watch, String> {
+        Ok(Watch {
+            execution: name(&self.execution)?,
+            action: action(&self.action)?,
+            target: self.target.parse()?,
+            pipeline: self.pipeline,
+            details_url: self.details_url,
+            look: self.look,
+            not_before_ms: self.not_before_ms,
+        })
     }
 }
 
@@ -158,9 +323,8 @@ impl WireRequest {
     fn parse(self) -> Result<ExecutionRequest, String> {
         let origin = self.origin;
         Ok(ExecutionRequest {
-            name: ExecutionName::parse(&self.name).map_err(|error| error.to_string())?,
-            action: Action::parse(&self.action)
-                .ok_or_else(|| format!("action {:?} is unknown", self.action))?,
+            name: name(&self.name)?,
+            action: action(&self.action)?,
             input: Input::from_json(self.input).ok_or("the input is not JSON")?,
             origin: Origin {
                 source: Source::parse(&origin.source)
@@ -170,6 +334,7 @@ impl WireRequest {
                 git_ref: RefName::parse(&origin.git_ref).map_err(|error| error.to_string())?,
                 commit: CommitSha::parse(&origin.commit).map_err(|error| error.to_string())?,
             },
+            report: self.report.map(WireTarget::parse).transpose()?,
             pipeline: self.pipeline,
             group: self.group,
             environment: self.environment,

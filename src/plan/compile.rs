@@ -61,6 +61,8 @@ pub(super) struct CompiledProject {
 #[derive(Debug, Clone)]
 pub(super) struct CompiledRoute {
     pub(super) name: String,
+    /// Its place among the routes (every route compiles, or there is no planner).
+    pub(super) index: usize,
     pub(super) pipeline: usize,
     pub(super) sources: Option<Vec<Source>>,
     pub(super) repository: Option<GlobMatcher>,
@@ -77,6 +79,11 @@ pub(super) struct CompiledRoute {
     pub(super) allow_drafts: bool,
     pub(super) allow_forks: bool,
     pub(super) deploy_all_projects: bool,
+    pub(super) report_skipped: bool,
+    /// Pull requests' executions show as deployments of their environment.
+    pub(super) deployment: bool,
+    pub(super) environment_url: Option<EnvironmentTemplate>,
+    pub(super) environment_url_path: Option<String>,
 }
 
 pub(super) fn compile_pipeline(
@@ -295,11 +302,41 @@ pub(super) fn compile_route(
             None
         }
     };
+    if (route.environment_url.is_some() || route.environment_url_path.is_some())
+        && !takes_pull_requests
+    {
+        problems.push(Problem::new(
+            format!("{path}.environment_url"),
+            "is set, but events does not include \"pull_request\": only pull requests' previews are deployments",
+        ));
+    }
+    if route.environment_url.is_some() && route.environment_url_path.is_some() {
+        problems.push(Problem::new(
+            format!("{path}.environment_url_path"),
+            "cannot be used with environment_url: give the address one way",
+        ));
+    }
+    let environment_url = route.environment_url.as_ref().and_then(|text| {
+        EnvironmentTemplate::parse(text)
+            .map_err(|message| {
+                problems.push(Problem::new(format!("{path}.environment_url"), message))
+            })
+            .ok()
+    });
+    if let Some(json_path) = &route.environment_url_path
+        && let Err(error) = serde_json_path::JsonPath::parse(json_path)
+    {
+        problems.push(Problem::new(
+            format!("{path}.environment_url_path"),
+            format!("{json_path:?} is not a JSONPath: {error}"),
+        ));
+    }
     if problems.len() > before {
         return None;
     }
     Some(CompiledRoute {
         name: route.name.clone().unwrap_or_else(|| path.clone()),
+        index,
         pipeline: pipeline?,
         sources: route.sources.clone(),
         repository,
@@ -316,5 +353,9 @@ pub(super) fn compile_route(
         allow_drafts: route.allow_drafts,
         allow_forks: route.allow_forks,
         deploy_all_projects: route.deploy_all_projects,
+        report_skipped: route.report_skipped,
+        deployment: route.deployment && takes_pull_requests,
+        environment_url,
+        environment_url_path: route.environment_url_path.clone(),
     })
 }

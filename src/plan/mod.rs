@@ -20,7 +20,8 @@ use std::collections::HashSet;
 use crate::config::{CommitsMode, Concurrency, Config, Problem};
 use crate::event::{CommitSha, Event, EventKind, Push};
 use crate::execution::name::ExecutionName;
-use crate::execution::{ExecutionRequest, Expansion, MAX_INPUT_BYTES};
+use crate::execution::report::{Report, ReportState, Stage};
+use crate::execution::{Action, ExecutionRequest, Expansion, MAX_INPUT_BYTES};
 use candidate::{asks_to_skip_ci, pull_request_candidates, push_candidates};
 use compile::{CompiledPipeline, CompiledRoute, compile_pipeline, compile_route};
 
@@ -66,6 +67,8 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {
     pub route: String,
+    /// The route's place in the configuration.
+    pub route_index: usize,
     pub commit: Option<CommitSha>,
     pub reason: SkipReason,
 }
@@ -84,6 +87,10 @@ pub struct Plan {
     /// The push's commits must be fetched first (a route takes every commit and the
     /// source did not list them); at most one per event.
     pub expansion: Option<Expansion>,
+    /// What to show on the commits before anything runs, when reporting is on: each
+    /// request's `pending` ("Queued"), and a final state for each commit a route that
+    /// asks for it skipped.
+    pub reports: Vec<Report>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +110,8 @@ pub enum PlanError {
 pub struct Planner {
     pipelines: Vec<CompiledPipeline>,
     routes: Vec<CompiledRoute>,
+    /// Whether executions of GitHub events are reported back to GitHub.
+    reporting: bool,
 }
 
 impl Planner {
@@ -122,7 +131,11 @@ impl Planner {
             .filter_map(|(index, route)| compile_route(index, route, &pipelines, &mut problems))
             .collect();
         if problems.is_empty() {
-            Ok(Planner { pipelines, routes })
+            Ok(Planner {
+                pipelines,
+                routes,
+                reporting: config.github.reporting(),
+            })
         } else {
             Err(problems)
         }
@@ -195,7 +208,56 @@ impl Planner {
                 pipeline.name
             ));
         }
+        self.add_reports(event, &mut plan);
         Ok(plan)
+    }
+
+    /// The reports a plan shows at once: `pending` for each request to be reported, and
+    /// a final `success` for each commit skipped by a route that asks for one (unless
+    /// another route runs that commit in the same context).
+    fn add_reports(&self, event: &Event, plan: &mut Plan) {
+        for request in &plan.requests {
+            // A teardown shows nothing until it ends (its preview goes inactive).
+            if request.action == Action::Teardown {
+                continue;
+            }
+            if let Some(target) = &request.report {
+                plan.reports.push(Report::new(
+                    target.clone(),
+                    Some(request.name.clone()),
+                    request.action,
+                    Stage::Queued,
+                    ReportState::Pending,
+                    "Queued",
+                ));
+            }
+        }
+        for skip in &plan.skipped {
+            let route = &self.routes[skip.route_index];
+            let Some(commit) = &skip.commit else { continue };
+            if !route.report_skipped {
+                continue;
+            }
+            let pipeline = &self.pipelines[route.pipeline];
+            let environment = render::environment(route, event);
+            let Some(target) = self.report_target(route, pipeline, event, commit, &environment)
+            else {
+                continue;
+            };
+            let runs_anyway = plan.reports.iter().any(|report| {
+                report.target.context == target.context && report.target.commit == target.commit
+            });
+            if !runs_anyway {
+                plan.reports.push(Report::new(
+                    target,
+                    None,
+                    Action::Deploy,
+                    Stage::Ended,
+                    ReportState::Success,
+                    format!("Skipped: {}", skip.reason.as_str()),
+                ));
+            }
+        }
     }
 }
 
@@ -209,6 +271,7 @@ impl Plan {
         ));
         self.skipped.push(Skip {
             route: route.name.clone(),
+            route_index: route.index,
             commit: commit.cloned(),
             reason,
         });

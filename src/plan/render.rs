@@ -8,9 +8,10 @@ use super::compile::{CompiledPipeline, CompiledRoute};
 use super::input::MAX_MESSAGE_BYTES;
 use super::{PlanError, Planner};
 use crate::config::Concurrency;
-use crate::event::{Event, EventKind};
+use crate::event::{CommitSha, Event, EventKind, Source};
 use crate::execution::name::{NameParts, execution_name};
-use crate::execution::{ExecutionRequest, Input, MAX_INPUT_BYTES, Origin};
+use crate::execution::report::{DeploymentTarget, ReportTarget};
+use crate::execution::{Action, ExecutionRequest, Input, MAX_INPUT_BYTES, Origin};
 use crate::text::cut;
 
 impl Planner {
@@ -28,9 +29,7 @@ impl Planner {
             EventKind::PullRequest(pull_request) => (&pull_request.head_ref, Some(pull_request)),
         };
         let branch = git_ref.short_name();
-        let environment = route
-            .environment
-            .render(branch, pull_request.map(|pull_request| pull_request.number));
+        let environment = environment(route, event);
 
         let mut input = Map::new();
         input.insert("environment".into(), Value::String(environment.clone()));
@@ -114,7 +113,12 @@ impl Planner {
             Concurrency::Serial => Some(format!("{}/{}", pipeline.name, environment)),
             Concurrency::Parallel => None,
         };
+        // A teardown shows only as its preview's deployment going inactive.
+        let report = self
+            .report_target(route, pipeline, event, candidate.commit, &environment)
+            .filter(|target| candidate.action == Action::Deploy || target.deployment.is_some());
         Ok(Some(ExecutionRequest {
+            report,
             pipeline: pipeline.name.clone(),
             name,
             group,
@@ -129,5 +133,51 @@ impl Planner {
                 commit: candidate.commit.clone(),
             },
         }))
+    }
+}
+
+/// The environment a route names for an event.
+pub(super) fn environment(route: &CompiledRoute, event: &Event) -> String {
+    let (git_ref, number) = match &event.kind {
+        EventKind::Push(push) => (&push.git_ref, None),
+        EventKind::PullRequest(pull_request) => (&pull_request.head_ref, Some(pull_request.number)),
+    };
+    route.environment.render(git_ref.short_name(), number)
+}
+
+impl Planner {
+    /// Where an execution of `pipeline` for `commit` is reported, when reporting is on
+    /// and the event came from GitHub (the one source reported to): one context per
+    /// pipeline and environment, and for a pull request a deployment of its preview.
+    pub(super) fn report_target(
+        &self,
+        route: &CompiledRoute,
+        pipeline: &CompiledPipeline,
+        event: &Event,
+        commit: &CommitSha,
+        environment: &str,
+    ) -> Option<ReportTarget> {
+        if !self.reporting || event.source != Source::Github {
+            return None;
+        }
+        let deployment = match &event.kind {
+            EventKind::PullRequest(pull_request) if route.deployment => Some(DeploymentTarget {
+                environment: environment.to_string(),
+                url: route.environment_url.as_ref().map(|template| {
+                    template.render(
+                        pull_request.head_ref.short_name(),
+                        Some(pull_request.number),
+                    )
+                }),
+                url_path: route.environment_url_path.clone(),
+            }),
+            _ => None,
+        };
+        Some(ReportTarget {
+            repository: event.repository.clone(),
+            commit: commit.clone(),
+            context: format!("gitdispatch/{}/{environment}", pipeline.name),
+            deployment,
+        })
     }
 }

@@ -450,6 +450,7 @@ async fn accept_events(
 ) -> Result<Answer, ApiError> {
     let mut requests = Vec::new();
     let mut expansions = Vec::new();
+    let mut reports = Vec::new();
     let mut skipped = Vec::new();
     let mut matched = 0;
     for event in events {
@@ -459,8 +460,15 @@ async fn accept_events(
         skipped.extend(plan.skipped.iter().map(|skip| skip.reason.as_str()));
         requests.extend(plan.requests);
         expansions.extend(plan.expansion);
+        reports.extend(plan.reports);
     }
     if requests.is_empty() && expansions.is_empty() {
+        // Skipped commits still get their final state, so that a required check never
+        // waits for an execution that will not come.
+        if !reports.is_empty() {
+            let jobs: Vec<Job> = reports.into_iter().map(Job::report).collect();
+            queue::enqueue(state.queue.as_ref(), &jobs).await?;
+        }
         let reason = if matched == 0 {
             "no route matched the event".to_string()
         } else {
@@ -475,11 +483,14 @@ async fn accept_events(
             json!({"delivery": delivery, "status": "no_executions", "reason": reason}),
         ));
     }
+    // The reports that say "queued" go with the starts, in one send: they are on the
+    // queue when the delivery is answered, and cost it no call to GitHub.
     let jobs: Vec<Job> = requests
         .iter()
         .cloned()
         .map(Job::start)
         .chain(expansions.iter().cloned().map(Job::expand))
+        .chain(reports.into_iter().map(Job::report))
         .collect();
     queue::enqueue(state.queue.as_ref(), &jobs).await?;
     for request in &requests {

@@ -538,8 +538,8 @@ mod tests {
     fn secrets(entries: Vec<WebhookSecretConfig>) -> GithubSecrets {
         GithubSecrets::from_config(&GithubConfig {
             webhook_secrets: entries,
-            token: None,
             max_commits_per_push: MAX_LISTED_COMMITS,
+            ..GithubConfig::default()
         })
     }
 

@@ -8,10 +8,13 @@
 //! durable: acked after the start succeeded (and, in an ordering group or when the
 //! executor's executions die with this process, after the execution ended); released
 //! for a retry otherwise. The worker knows the queue and the executor only through
-//! their traits; each job kind has a file of its own (`start`).
+//! their traits; each job kind has a file of its own (`start`, `expand`, `watch`,
+//! `report`).
 
 mod expand;
+mod report;
 mod start;
+mod watch;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -33,6 +36,7 @@ use crate::executor::Executor;
 use crate::job::{Job, JobKind, Read};
 use crate::plan::Planner;
 use crate::queue::{Queue, QueueError, Receipt, Received};
+use crate::report::Reporter;
 use crate::retry::backoff;
 use crate::source::CommitHistory;
 use crate::telemetry::{Metrics, labels};
@@ -94,6 +98,31 @@ struct WorkerMetrics {
     executions_ended: Family<Vec<(&'static str, String)>, Counter>,
     /// Expansions, by how their walk ended (`reached`, `bound`, `unreachable`).
     expansions: Family<Vec<(&'static str, String)>, Counter>,
+    /// Reports, by outcome (`written`, `stale`, `retried`, `delayed`, `given_up`,
+    /// `failed`, `dropped`).
+    reports: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+/// Wall-clock milliseconds, read from tokio's clock after a wall-clock start, so that
+/// tests with paused time see due times move with it.
+struct Clock {
+    wall_base_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            wall_base_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall_base_ms + self.start.elapsed().as_millis() as i64
+    }
 }
 
 /// Drains a queue into an executor.
@@ -106,6 +135,9 @@ pub struct Worker {
     /// What `expand` jobs need: the planner, each source's commit history, and how
     /// many commits one push may expand to.
     expansion: Option<expand::Expanding>,
+    /// Where reports go; `None` when reporting is off.
+    reporter: Option<Arc<dyn Reporter>>,
+    clock: Clock,
 }
 
 impl Worker {
@@ -140,6 +172,11 @@ impl Worker {
             "Pushes whose commits were fetched, by how the walk ended",
             worker_metrics.expansions.clone(),
         );
+        metrics.register_family(
+            "gitdispatch_reports",
+            "Reports to the source, by outcome",
+            worker_metrics.reports.clone(),
+        );
         Worker {
             queue,
             executor,
@@ -147,7 +184,22 @@ impl Worker {
             settings,
             metrics: worker_metrics,
             expansion: None,
+            reporter: None,
+            clock: Clock::new(),
         }
+    }
+
+    /// Lets the worker report: it queues reports as executions start and end, follows
+    /// executions nothing else follows (`watch`), and writes reports with `reporter`.
+    pub fn reporting(mut self, reporter: Option<Arc<dyn Reporter>>) -> Worker {
+        self.reporter = reporter;
+        self
+    }
+
+    /// How long until `not_before_ms`, when that is still ahead.
+    fn not_due(&self, not_before_ms: i64) -> Option<Duration> {
+        let ahead = not_before_ms - self.clock.now_ms();
+        (ahead > 0).then(|| Duration::from_millis(ahead as u64))
     }
 
     /// Lets the worker run `expand` jobs: it fetches a push's commits from the
@@ -391,6 +443,30 @@ impl Worker {
                 );
                 self.expand(received, &expansion).instrument(span).await
             }
+            JobKind::Report { report } => {
+                let span = tracing::info_span!(
+                    "job",
+                    kind = "report",
+                    repository = %report.target.repository,
+                    commit = %report.target.commit,
+                    context = %report.target.context,
+                    stage = report.stage.as_str(),
+                    attempt = report.attempt,
+                );
+                self.report(&report).instrument(span).await
+            }
+            JobKind::Watch { watch } => {
+                let span = tracing::info_span!(
+                    "job",
+                    kind = "watch",
+                    execution = %watch.execution,
+                    pipeline = %watch.pipeline,
+                    look = watch.look,
+                );
+                self.watch(&watch, received.receive_count)
+                    .instrument(span)
+                    .await
+            }
         }
     }
 
@@ -428,8 +504,8 @@ impl Worker {
 
 /// How a held execution's wait ended.
 pub(crate) enum End {
-    /// It ended for good (succeeded or not).
-    Finished,
+    /// It ended for good (succeeded or not), as described.
+    Finished(crate::executor::Execution),
     /// Our shutdown or crash interrupted it: start it again.
     Interrupted,
     /// The worker is stopping.

@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::report::{ended, not_started, started as started_report};
+use super::watch::watch_delay;
 use super::{End, Settle, Worker};
 use crate::error::Chain;
 use crate::execution::ExecutionRequest;
+use crate::execution::report::Watch;
 use crate::executor::{ExecutionStatus, ExecutorError, Started};
-use crate::queue::Received;
+use crate::job::Job;
+use crate::queue::{Received, enqueue};
 use crate::retry::backoff;
 use crate::telemetry::labels;
 
@@ -19,10 +23,27 @@ use crate::telemetry::labels;
 const DESCRIBE_PATIENCE: Duration = Duration::from_secs(300);
 
 impl Worker {
+    /// Starts one execution (see [`Worker::run_start`]); a start that can never succeed
+    /// is reported as an error, so that its check does not wait forever.
+    pub(super) async fn start(
+        &self,
+        received: &Received,
+        request: &ExecutionRequest,
+        hard_stop: &CancellationToken,
+    ) -> Settle {
+        let settle = self.run_start(received, request, hard_stop).await;
+        if let (Settle::DeadLetter(reason), Some(target)) = (&settle, &request.report) {
+            self.queue_reports(vec![not_started(request, target, reason)])
+                .await;
+        }
+        settle
+    }
+
     /// Starts one execution and, when its job must be held (a serial lane, or an
     /// executor whose executions die with this process), waits until it ends, starting
-    /// it again when it was interrupted.
-    pub(super) async fn start(
+    /// it again when it was interrupted. With reporting on, the start and the end are
+    /// reported; an execution nothing holds is followed by a `watch` job.
+    async fn run_start(
         &self,
         received: &Received,
         request: &ExecutionRequest,
@@ -84,11 +105,74 @@ impl Worker {
             } else {
                 tracing::info!(id = started.id(), "Started an execution.");
             }
+            let details_url = self.executor.link(started.id());
+            let target = request.report.as_ref().filter(|_| self.reports());
             if !hold {
-                return Settle::Ack;
+                let Some(target) = target else {
+                    return Settle::Ack;
+                };
+                // The start is acknowledged only once its report and the job that
+                // follows the execution are queued; a failure starts it again, which
+                // finds it by name.
+                let watch = Watch {
+                    pipeline: request.pipeline.clone(),
+                    execution: request.name.clone(),
+                    action: request.action,
+                    target: target.clone(),
+                    details_url: details_url.clone(),
+                    look: 0,
+                    not_before_ms: self.clock.now_ms()
+                        + watch_delay(self.settings.poll_interval, 0).as_millis() as i64,
+                };
+                let jobs = [
+                    Job::report(started_report(request, target, details_url)),
+                    Job::watch(watch),
+                ];
+                return match enqueue(self.queue.as_ref(), &jobs).await {
+                    Ok(()) => Settle::Ack,
+                    Err(error) => {
+                        let delay = backoff(
+                            received.receive_count,
+                            self.settings.retry_initial,
+                            self.settings.retry_max,
+                        );
+                        tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the report of a start; will start again (finding it by name).");
+                        Settle::Retry(delay)
+                    }
+                };
+            }
+            if let Some(target) = target {
+                self.queue_reports(vec![started_report(request, target, details_url.clone())])
+                    .await;
             }
             match self.wait_for_end(request, hard_stop).await {
-                End::Finished => return Settle::Ack,
+                End::Finished(execution) => {
+                    let Some(target) = target else {
+                        return Settle::Ack;
+                    };
+                    let report = ended(
+                        &request.name,
+                        request.action,
+                        target,
+                        &execution,
+                        details_url,
+                    );
+                    // The end is acknowledged once its report is queued: a check left
+                    // pending would hold merges. A failure goes round again, finding
+                    // the ended execution by name.
+                    return match enqueue(self.queue.as_ref(), &[Job::report(report)]).await {
+                        Ok(()) => Settle::Ack,
+                        Err(error) => {
+                            let delay = backoff(
+                                received.receive_count,
+                                self.settings.retry_initial,
+                                self.settings.retry_max,
+                            );
+                            tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the report of an end; will look again.");
+                            Settle::Retry(delay)
+                        }
+                    };
+                }
                 End::Interrupted => {
                     tracing::warn!("The execution was interrupted; starting it again.");
                     continue;
@@ -138,7 +222,7 @@ impl Worker {
                             "The execution did not succeed."
                         );
                     }
-                    return End::Finished;
+                    return End::Finished(execution);
                 }
                 Ok(execution) if execution.status == ExecutionStatus::Interrupted => {
                     return End::Interrupted;

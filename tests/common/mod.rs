@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod codecommit;
 pub mod daemon;
+pub mod github;
 pub mod moto;
 pub mod proxy;
 pub mod sns;

@@ -88,6 +88,8 @@ pub struct LocalSettings {
     pub pipelines: HashMap<String, LocalPipeline>,
     /// Runs of one name in all, when interruptions keep stopping it.
     pub max_attempts: u32,
+    /// A base URL that, with an execution's name appended, shows it to a person.
+    pub details_url: Option<String>,
 }
 
 /// What a restart found and did.
@@ -113,6 +115,7 @@ struct Inner {
     pipelines: HashMap<String, LocalPipeline>,
     log_dir: PathBuf,
     max_attempts: u32,
+    details_url: Option<String>,
     /// This daemon, as recorded in the runs it starts.
     identity: String,
     /// The tasks that wait for running processes, so shutdown can wait for them.
@@ -162,6 +165,7 @@ impl LocalExecutor {
                 pipelines: settings.pipelines,
                 log_dir: settings.log_dir,
                 max_attempts: settings.max_attempts.max(1),
+                details_url: settings.details_url,
                 identity: ProcessIdentity::current().to_text(),
                 running: Mutex::new(JoinSet::new()),
             }),
@@ -473,6 +477,13 @@ impl Executor for LocalExecutor {
 
     fn outlives_this_process(&self) -> bool {
         false
+    }
+
+    fn link(&self, id: &str) -> Option<String> {
+        self.inner
+            .details_url
+            .as_ref()
+            .map(|base| format!("{base}{id}"))
     }
 
     async fn describe(

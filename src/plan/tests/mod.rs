@@ -4,6 +4,7 @@
 mod inputs;
 mod pull_requests;
 mod pushes;
+mod reports;
 
 use serde_json::Value;
 

@@ -1,0 +1,304 @@
+//! The GitHub API as gitdispatch's reporter calls it, served by wiremock with state:
+//! commit statuses, check runs, deployments and their statuses, an App's installation
+//! and its tokens. Answers have the shapes GitHub documents; every call is recorded,
+//! and the API can be told to fail for a while.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// One call the fake API took.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// How the fake API fails, while it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 500 to every call.
+    ServerError,
+    /// 403 with the secondary rate limit's message and `Retry-After: 1`.
+    SecondaryRateLimit,
+}
+
+#[derive(Default)]
+pub struct FakeGithub {
+    pub calls: Vec<Call>,
+    /// Statuses by commit, newest first.
+    pub statuses: HashMap<String, Vec<Value>>,
+    pub check_runs: Vec<Value>,
+    pub deployments: Vec<Value>,
+    /// Deployment statuses by deployment id, newest first.
+    pub deployment_statuses: HashMap<u64, Vec<Value>>,
+    /// Failing every call while set.
+    pub failing: Option<Failure>,
+    /// The App's installation for every repository.
+    pub installation_id: u64,
+    /// Installation tokens handed out, in order, and how long each lives.
+    pub tokens: Vec<String>,
+    pub token_lifetime_secs: i64,
+    pub next_id: u64,
+}
+
+impl FakeGithub {
+    /// The states shown for `context` on `sha`, oldest first.
+    pub fn states(&self, sha: &str, context: &str) -> Vec<(String, String)> {
+        let mut states: Vec<(String, String)> = self
+            .statuses
+            .get(sha)
+            .into_iter()
+            .flatten()
+            .filter(|status| status["context"] == context)
+            .map(|status| {
+                (
+                    status["state"].as_str().unwrap().to_string(),
+                    status["description"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        states.reverse();
+        states
+    }
+
+    /// The writes taken (POST and PATCH), in order.
+    pub fn writes(&self) -> Vec<&Call> {
+        self.calls
+            .iter()
+            .filter(|call| call.method != "GET")
+            .collect()
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        1000 + self.next_id
+    }
+}
+
+struct Api(Arc<Mutex<FakeGithub>>);
+
+fn ok(status: u16, body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .insert_header("content-type", "application/json; charset=utf-8")
+        .set_body_json(body)
+}
+
+fn not_found() -> ResponseTemplate {
+    ok(
+        404,
+        json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+    )
+}
+
+fn query_value(query: &str, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
+}
+
+impl Respond for Api {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut github = self.0.lock().unwrap();
+        let method = request.method.to_string();
+        let path = request.url.path().to_string();
+        let query = request.url.query().unwrap_or_default().to_string();
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        github.calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            authorization: request
+                .headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string),
+            body: body.clone(),
+        });
+        match github.failing {
+            Some(Failure::ServerError) => {
+                return ok(500, json!({"message": "Server Error"}));
+            }
+            Some(Failure::SecondaryRateLimit) => {
+                return ok(
+                    403,
+                    json!({
+                        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+                    }),
+                )
+                .insert_header("retry-after", "1");
+            }
+            None => {}
+        }
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", ["app", "installations", id, "access_tokens"]) => {
+                let token = format!("ghs_installation_{id}_{}", github.tokens.len() + 1);
+                github.tokens.push(token.clone());
+                let expires = chrono_like_now(github.token_lifetime_secs);
+                ok(
+                    201,
+                    json!({"token": token, "expires_at": expires, "permissions": {"checks": "write", "statuses": "write", "deployments": "write"}, "repository_selection": "all"}),
+                )
+            }
+            ("GET", ["repos", owner, repo, "installation"]) => ok(
+                200,
+                json!({"id": github.installation_id, "account": {"login": owner}, "app_id": 1, "target_type": "Organization", "repository": repo}),
+            ),
+            ("GET", ["repos", _, _, "commits", sha, "statuses"]) => {
+                let list = github.statuses.get(*sha).cloned().unwrap_or_default();
+                ok(200, Value::Array(list))
+            }
+            ("POST", ["repos", _, _, "statuses", sha]) => {
+                let id = github.id();
+                let status = json!({
+                    "id": id,
+                    "state": body["state"],
+                    "description": body["description"],
+                    "target_url": body.get("target_url").cloned().unwrap_or(Value::Null),
+                    "context": body["context"],
+                    "created_at": "2026-12-01T10:00:00Z",
+                });
+                github
+                    .statuses
+                    .entry(sha.to_string())
+                    .or_default()
+                    .insert(0, status.clone());
+                ok(201, status)
+            }
+            ("GET", ["repos", _, _, "commits", sha, "check-runs"]) => {
+                let name = query_value(&query, "check_name");
+                let runs: Vec<Value> = github
+                    .check_runs
+                    .iter()
+                    .filter(|run| run["head_sha"] == *sha)
+                    .filter(|run| name.as_deref().is_none_or(|name| run["name"] == name))
+                    .cloned()
+                    .collect();
+                ok(200, json!({"total_count": runs.len(), "check_runs": runs}))
+            }
+            ("POST", ["repos", _, _, "check-runs"]) => {
+                let id = github.id();
+                let mut run = body.clone();
+                run["id"] = json!(id);
+                github.check_runs.push(run.clone());
+                ok(201, run)
+            }
+            ("PATCH", ["repos", _, _, "check-runs", id]) => {
+                let id: u64 = id.parse().unwrap_or_default();
+                let Some(run) = github.check_runs.iter_mut().find(|run| run["id"] == id) else {
+                    return not_found();
+                };
+                for (key, value) in body.as_object().into_iter().flatten() {
+                    run[key] = value.clone();
+                }
+                let run = run.clone();
+                ok(200, run)
+            }
+            ("GET", ["repos", _, _, "deployments"]) => {
+                let sha = query_value(&query, "sha");
+                let environment = query_value(&query, "environment");
+                let list: Vec<Value> = github
+                    .deployments
+                    .iter()
+                    .rev()
+                    .filter(|deployment| sha.as_deref().is_none_or(|sha| deployment["sha"] == sha))
+                    .filter(|deployment| {
+                        environment
+                            .as_deref()
+                            .is_none_or(|environment| deployment["environment"] == environment)
+                    })
+                    .cloned()
+                    .collect();
+                ok(200, Value::Array(list))
+            }
+            ("POST", ["repos", _, _, "deployments"]) => {
+                let id = github.id();
+                let deployment = json!({
+                    "id": id,
+                    "sha": body["ref"],
+                    "ref": body["ref"],
+                    "environment": body["environment"],
+                    "payload": body["payload"],
+                    "description": body["description"],
+                    "transient_environment": body["transient_environment"],
+                    "production_environment": body["production_environment"],
+                    "auto_merge": body["auto_merge"],
+                    "required_contexts": body["required_contexts"],
+                    "created_at": "2026-12-01T10:00:00Z",
+                });
+                github.deployments.push(deployment.clone());
+                ok(201, deployment)
+            }
+            ("GET", ["repos", _, _, "deployments", id, "statuses"]) => {
+                let id: u64 = id.parse().unwrap_or_default();
+                let list = github
+                    .deployment_statuses
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_default();
+                ok(200, Value::Array(list))
+            }
+            ("POST", ["repos", _, _, "deployments", id, "statuses"]) => {
+                let id: u64 = id.parse().unwrap_or_default();
+                if !github
+                    .deployments
+                    .iter()
+                    .any(|deployment| deployment["id"] == id)
+                {
+                    return not_found();
+                }
+                let status_id = github.id();
+                let mut status = body.clone();
+                status["id"] = json!(status_id);
+                github
+                    .deployment_statuses
+                    .entry(id)
+                    .or_default()
+                    .insert(0, status.clone());
+                ok(201, status)
+            }
+            _ => not_found(),
+        }
+    }
+}
+
+/// An ISO 8601 time `seconds` from now, as GitHub writes `expires_at`.
+fn chrono_like_now(seconds: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs((now + seconds) as u64),
+    )
+    .to_string()
+}
+
+/// Serves a fake GitHub API; the state is the test's to read and change.
+pub async fn serve(github: Arc<Mutex<FakeGithub>>) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(Api(github))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// The `[github]` lines that report to `server` with a token, with a rate limit that
+/// a test's handful of reports never meets.
+pub fn token_section(server: &MockServer) -> String {
+    format!(
+        "token = \"ghp_test_token_for_reports\"\napi_url = \"{}\"\nreports_per_minute = 6000\n",
+        server.uri()
+    )
+}
