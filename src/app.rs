@@ -17,12 +17,13 @@ use crate::event::Source;
 use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings, StoreError};
 use crate::executor::stepfunctions::StepFunctionsExecutor;
 use crate::executor::{Executor, ExecutorError};
+use crate::github::{GithubClient, SetupError as GithubError};
 use crate::plan::Planner;
 use crate::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
 use crate::report::Reporter;
-use crate::report::github::{GithubReporter, SetupError as ReporterError};
+use crate::report::github::GithubReporter;
 use crate::server::AppState;
 use crate::source::CommitHistory;
 use crate::source::codecommit::CodeCommitSource;
@@ -83,8 +84,8 @@ pub enum AppError {
     NoAwsSettings(&'static str),
     #[error("cannot set up CodeCommit deliveries")]
     Codecommit(#[from] crate::source::codecommit::https::ClientError),
-    #[error("cannot set up reporting to GitHub")]
-    Reporter(#[from] ReporterError),
+    #[error("cannot set up calls to GitHub")]
+    Github(#[from] GithubError),
 }
 
 /// Loads the AWS settings the usual way (environment, profile, instance role), when a
@@ -281,14 +282,14 @@ impl App {
             None => None,
         };
         let reporter: Option<Arc<dyn Reporter>> = if work {
-            match GithubReporter::from_config(&compiled.config.github)? {
-                Some(reporter) => {
+            match GithubClient::from_config(&compiled.config.github)? {
+                Some(client) => {
                     tracing::info!(
                         api = %compiled.config.github.api_url,
-                        with = if reporter.uses_check_runs() { "check runs" } else { "commit statuses" },
+                        with = if client.uses_check_runs() { "check runs" } else { "commit statuses" },
                         "Reporting to GitHub."
                     );
-                    Some(Arc::new(reporter))
+                    Some(Arc::new(GithubReporter::new(Arc::new(client))))
                 }
                 None => {
                     tracing::info!(

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod execution;
 pub mod executor;
+pub mod github;
 pub mod job;
 pub mod pattern;
 pub mod plan;

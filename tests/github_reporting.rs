@@ -372,6 +372,7 @@ async fn as_an_app_it_signs_a_jwt_finds_the_installation_renews_tokens_and_write
     use gitdispatch::execution::Action;
     use gitdispatch::execution::name::ExecutionName;
     use gitdispatch::execution::report::{Report, ReportState, ReportTarget, Stage};
+    use gitdispatch::github::GithubClient;
     use gitdispatch::report::Reporter;
     use gitdispatch::report::github::GithubReporter;
 
@@ -393,8 +394,9 @@ async fn as_an_app_it_signs_a_jwt_finds_the_installation_renews_tokens_and_write
         api_url: server.uri(),
         ..GithubConfig::default()
     };
-    let reporter = GithubReporter::from_config(&config).unwrap().unwrap();
-    assert!(reporter.uses_check_runs());
+    let client = GithubClient::from_config(&config).unwrap().unwrap();
+    assert!(client.uses_check_runs());
+    let reporter = GithubReporter::new(Arc::new(client));
 
     let sha = CommitSha::parse(COMMITS[0]).unwrap();
     let target = ReportTarget {
@@ -509,13 +511,15 @@ async fn as_an_app_it_signs_a_jwt_finds_the_installation_renews_tokens_and_write
         ..FakeGithub::default()
     }));
     let server = github::serve(github.clone()).await;
-    let reporter = GithubReporter::from_config(&GithubConfig {
-        api_url: server.uri(),
-        installation_id: Some(7),
-        ..config.clone()
-    })
-    .unwrap()
-    .unwrap();
+    let reporter = GithubReporter::new(Arc::new(
+        GithubClient::from_config(&GithubConfig {
+            api_url: server.uri(),
+            installation_id: Some(7),
+            ..config.clone()
+        })
+        .unwrap()
+        .unwrap(),
+    ));
     for stage in [Stage::Queued, Stage::Started] {
         reporter
             .report(&report(stage, ReportState::Pending, "Queued"))

@@ -64,6 +64,25 @@ impl ReportError {
     }
 }
 
+impl From<crate::github::ApiError> for ReportError {
+    fn from(error: crate::github::ApiError) -> ReportError {
+        use crate::github::ApiError;
+        match error {
+            ApiError::Retryable {
+                message,
+                retry_after,
+                source,
+            } => ReportError::Retryable {
+                message,
+                retry_after,
+                source,
+            },
+            ApiError::Busy { retry_after } => ReportError::Busy { retry_after },
+            ApiError::Permanent { message, source } => ReportError::Permanent { message, source },
+        }
+    }
+}
+
 /// Writes reports to a source.
 #[async_trait]
 pub trait Reporter: Send + Sync {
