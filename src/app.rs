@@ -28,6 +28,7 @@ use crate::server::AppState;
 use crate::source::CommitHistory;
 use crate::source::codecommit::CodeCommitSource;
 use crate::source::codecommit::history::CodeCommitHistory;
+use crate::source::github::history::GithubHistory;
 use crate::telemetry::Metrics;
 use crate::worker::{Worker, WorkerSettings};
 
@@ -289,7 +290,10 @@ impl App {
                         with = if client.uses_check_runs() { "check runs" } else { "commit statuses" },
                         "Reporting to GitHub."
                     );
-                    Some(Arc::new(GithubReporter::new(Arc::new(client))))
+                    let client = Arc::new(client);
+                    // The same client reads a large push's commits.
+                    histories.insert(Source::Github, Arc::new(GithubHistory::new(client.clone())));
+                    Some(Arc::new(GithubReporter::new(client)))
                 }
                 None => {
                     tracing::info!(
@@ -327,12 +331,11 @@ impl App {
     /// The worker, when built to work.
     pub fn worker(&self) -> Option<Arc<Worker>> {
         let executor = self.executor.as_ref()?;
-        let max_commits = self
-            .compiled
-            .config
-            .codecommit
-            .as_ref()
-            .map_or(1, |config| config.max_commits);
+        let config = &self.compiled.config;
+        let mut max_commits = HashMap::from([(Source::Github, config.github.max_expanded_commits)]);
+        if let Some(codecommit) = &config.codecommit {
+            max_commits.insert(Source::Codecommit, codecommit.max_commits);
+        }
         Some(Arc::new(
             Worker::new(
                 self.queue.queue(),

@@ -602,7 +602,7 @@ async fn a_walk_follows_first_parents_from_the_new_head_back_to_the_old() {
     let history = CodeCommitHistory::new(settings(&server).await);
 
     let walk = history
-        .walk("us-east-1/demo", &commit(4), &commit(8), 100)
+        .walk("us-east-1/demo", &commit(4), &commit(8), 100, true)
         .await
         .unwrap();
     assert_eq!(walk.end, WalkEnd::Reached);
@@ -621,7 +621,7 @@ async fn a_walk_follows_first_parents_from_the_new_head_back_to_the_old() {
 
     // At most `max`: the newest.
     let walk = history
-        .walk("us-east-1/demo", &commit(1), &commit(8), 2)
+        .walk("us-east-1/demo", &commit(1), &commit(8), 2, true)
         .await
         .unwrap();
     assert_eq!(walk.end, WalkEnd::Bound);
@@ -630,7 +630,7 @@ async fn a_walk_follows_first_parents_from_the_new_head_back_to_the_old() {
 
     // A force-push: the old head is not on the chain. Only the new head is known new.
     let walk = history
-        .walk("us-east-1/demo", &commit(21), &commit(8), 100)
+        .walk("us-east-1/demo", &commit(21), &commit(8), 100, true)
         .await
         .unwrap();
     assert_eq!(walk.end, WalkEnd::Unreachable);
@@ -649,19 +649,19 @@ async fn history_errors_say_whether_a_retry_can_help() {
 
     repository.lock().unwrap().failures = 1;
     let error = history
-        .walk("us-east-1/demo", &commit(1), &commit(3), 10)
+        .walk("us-east-1/demo", &commit(1), &commit(3), 10, true)
         .await
         .unwrap_err();
     assert!(matches!(error, HistoryError::Retryable { .. }), "{error:?}");
     // Once the service answers again, the same walk succeeds.
     let walk = history
-        .walk("us-east-1/demo", &commit(1), &commit(3), 10)
+        .walk("us-east-1/demo", &commit(1), &commit(3), 10, true)
         .await
         .unwrap();
     assert_eq!(walk.commits.len(), 2);
 
     let error = history
-        .walk("us-east-1/elsewhere", &commit(1), &commit(3), 10)
+        .walk("us-east-1/elsewhere", &commit(1), &commit(3), 10, true)
         .await
         .unwrap_err();
     assert!(matches!(error, HistoryError::Permanent { .. }), "{error:?}");
@@ -672,12 +672,12 @@ async fn history_errors_say_whether_a_retry_can_help() {
         "{error}"
     );
     let error = history
-        .walk("us-east-1/demo", &commit(1), &commit(99), 10)
+        .walk("us-east-1/demo", &commit(1), &commit(99), 10, true)
         .await
         .unwrap_err();
     assert!(matches!(error, HistoryError::Permanent { .. }), "{error:?}");
     let error = history
-        .walk("demo", &commit(1), &commit(3), 10)
+        .walk("demo", &commit(1), &commit(3), 10, true)
         .await
         .unwrap_err();
     assert!(error.to_string().contains("<region>/<name>"), "{error}");

@@ -45,6 +45,14 @@ pub struct GithubConfig {
     /// truncated.
     #[serde(default = "default_max_commits_per_push")]
     pub max_commits_per_push: usize,
+    /// Commits of one push read from the API at most, when its delivery could not list
+    /// them all (GitHub lists 2,048 at most): a longer push plans its newest.
+    #[serde(default = "default_max_expanded_commits")]
+    pub max_expanded_commits: usize,
+}
+
+fn default_max_expanded_commits() -> usize {
+    10_000
 }
 
 fn default_max_commits_per_push() -> usize {
@@ -106,6 +114,7 @@ impl Default for GithubConfig {
             check_runs: None,
             reports_per_minute: default_reports_per_minute(),
             max_commits_per_push: default_max_commits_per_push(),
+            max_expanded_commits: default_max_expanded_commits(),
         }
     }
 }
@@ -172,6 +181,12 @@ impl GithubConfig {
             problems.push(Problem::new(
                 "github.api_url",
                 format!("{:?} is not an http(s) URL", self.api_url),
+            ));
+        }
+        if self.max_expanded_commits == 0 {
+            problems.push(Problem::new(
+                "github.max_expanded_commits",
+                "must be above 0",
             ));
         }
         if self.reports_per_minute == 0 {

@@ -96,6 +96,9 @@ pub struct Expansion {
     pub git_ref: RefName,
     pub before: CommitSha,
     pub after: CommitSha,
+    /// Whether the commits' changed paths are needed (a route or project filters by
+    /// path); fetching them can cost a call per commit.
+    pub paths: bool,
 }
 
 impl Expansion {

@@ -91,6 +91,17 @@ struct WireExpansion {
     git_ref: String,
     before: String,
     after: String,
+    /// Absent in messages of releases that always fetched the paths.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    paths: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +150,7 @@ pub(super) fn write(job: &Job) -> String {
                 git_ref: expansion.git_ref.to_string(),
                 before: expansion.before.to_string(),
                 after: expansion.after.to_string(),
+                paths: expansion.paths,
             },
         },
         JobKind::Start { request } => WireKind::Start {
@@ -315,6 +327,7 @@ impl WireExpansion {
             git_ref: RefName::parse(&self.git_ref).map_err(|error| error.to_string())?,
             before: CommitSha::parse(&self.before).map_err(|error| error.to_string())?,
             after: CommitSha::parse(&self.after).map_err(|error| error.to_string())?,
+            paths: self.paths,
         })
     }
 }

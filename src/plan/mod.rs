@@ -112,6 +112,8 @@ pub struct Planner {
     routes: Vec<CompiledRoute>,
     /// Whether executions of GitHub events are reported back to GitHub.
     reporting: bool,
+    /// Whether GitHub's API can be asked for a push's commits (a token or an App).
+    github_history: bool,
 }
 
 impl Planner {
@@ -135,6 +137,7 @@ impl Planner {
                 pipelines,
                 routes,
                 reporting: config.github.reporting(),
+                github_history: config.github.reporting(),
             })
         } else {
             Err(problems)
@@ -149,10 +152,18 @@ impl Planner {
             .map(|pipeline| pipeline.concurrency)
     }
 
+    /// Whether a push of `source` whose commits were not all listed can have them
+    /// fetched: CodeCommit's always are (it lists none); GitHub's with a token or an
+    /// App, otherwise the push is planned as listed (and counted as truncated).
+    fn can_expand(&self, source: crate::event::Source) -> bool {
+        source != crate::event::Source::Github || self.github_history
+    }
+
     /// Maps an event to the executions it asks for.
     pub fn plan(&self, event: &Event) -> Result<Plan, PlanError> {
         if let EventKind::Push(push) = &event.kind
             && needs_expansion(push)
+            && self.can_expand(event.source)
             && let Some(plan) = self.defer_to_expansion(event, push)
         {
             return Ok(plan);
@@ -287,6 +298,7 @@ impl Planner {
     fn defer_to_expansion(&self, event: &Event, push: &Push) -> Option<Plan> {
         let mut plan = Plan::default();
         let mut needed = false;
+        let mut paths = false;
         for route in &self.routes {
             if let Err(reason) = route.matches(event) {
                 plan.trace
@@ -295,19 +307,20 @@ impl Planner {
             }
             plan.matched_routes += 1;
             let pipeline = &self.pipelines[route.pipeline];
-            needed |= route.commits == CommitsMode::Each
-                || !route.paths.is_absent()
+            let by_path = !route.paths.is_absent()
                 || pipeline
                     .projects
                     .iter()
                     .any(|project| project.paths.is_some());
+            needed |= route.commits == CommitsMode::Each || by_path;
+            paths |= by_path;
             plan.trace.push(format!(
                 "route {}: matched; planned once the push's commits are fetched",
                 route.name
             ));
         }
         needed.then(|| {
-            plan.expansion = Some(expansion(event, push));
+            plan.expansion = Some(expansion(event, push, paths));
             plan
         })
     }
@@ -320,7 +333,7 @@ fn needs_expansion(push: &Push) -> bool {
     !push.commits_listed && !push.deleted && !push.before.is_zero() && !push.after.is_zero()
 }
 
-fn expansion(event: &Event, push: &Push) -> Expansion {
+fn expansion(event: &Event, push: &Push, paths: bool) -> Expansion {
     Expansion {
         source: event.source,
         delivery: event.delivery.clone(),
@@ -329,6 +342,7 @@ fn expansion(event: &Event, push: &Push) -> Expansion {
         git_ref: push.git_ref.clone(),
         before: push.before.clone(),
         after: push.after.clone(),
+        paths,
     }
 }
 

@@ -37,15 +37,17 @@ pub enum SourceError {
 /// A source's record of commits, for a push whose delivery did not list them.
 #[async_trait]
 pub trait CommitHistory: Send + Sync {
-    /// The commits that `after` adds to `before`, oldest first: `after`'s first-parent
-    /// chain back to (not including) `before`, at most `max` of them, each with its
-    /// changed paths.
+    /// The commits that `after` adds to `before`, oldest first (as the source counts
+    /// them: CodeCommit along first parents, GitHub as `git log before..after`), at most
+    /// `max` of them (the newest), each with its changed paths when `paths` (fetching
+    /// them can cost a call per commit: only when a route or project filters by path).
     async fn walk(
         &self,
         repository: &str,
         before: &CommitSha,
         after: &CommitSha,
         max: usize,
+        paths: bool,
     ) -> Result<Walk, HistoryError>;
 }
 

@@ -22,7 +22,8 @@ use crate::telemetry::labels;
 pub(super) struct Expanding {
     pub(super) planner: Arc<Planner>,
     pub(super) histories: HashMap<Source, Arc<dyn CommitHistory>>,
-    pub(super) max_commits: usize,
+    /// Commits one push may expand to, by source.
+    pub(super) max_commits: HashMap<Source, usize>,
 }
 
 impl Worker {
@@ -50,7 +51,12 @@ impl Worker {
                 &expansion.repository,
                 &expansion.before,
                 &expansion.after,
-                expanding.max_commits,
+                expanding
+                    .max_commits
+                    .get(&expansion.source)
+                    .copied()
+                    .unwrap_or(1),
+                expansion.paths,
             )
             .await
         {
@@ -72,7 +78,7 @@ impl Worker {
             WalkEnd::Reached => {}
             WalkEnd::Bound => tracing::warn!(
                 commits = walk.commits.len(),
-                "The push has more commits than codecommit.max_commits: only the newest are planned."
+                "The push has more commits than its source's bound (codecommit.max_commits, github.max_expanded_commits): only the newest are planned."
             ),
             WalkEnd::Unreachable => tracing::warn!(
                 "The push's old head is not an ancestor of its new one (a force-push): only the new head is planned."
@@ -100,16 +106,20 @@ impl Worker {
             Ok(plan) => plan,
             Err(error) => return Settle::DeadLetter(error.to_string()),
         };
-        let jobs: Vec<Job> = plan.requests.into_iter().map(Job::start).collect();
+        // The starts, and what reporting shows of them at once (as for a delivery).
+        let starts = plan.requests.len();
+        let jobs: Vec<Job> = plan
+            .requests
+            .into_iter()
+            .map(Job::start)
+            .chain(plan.reports.into_iter().map(Job::report))
+            .collect();
         if let Err(error) = enqueue(self.queue.as_ref(), &jobs).await {
             let delay = retry();
             tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the push's starts; will expand again.");
             return Settle::Retry(delay);
         }
-        tracing::info!(
-            starts = jobs.len(),
-            "Expanded a push into its commits' starts."
-        );
+        tracing::info!(starts, "Expanded a push into its commits' starts.");
         Settle::Ack
     }
 }

@@ -203,13 +203,13 @@ impl Worker {
     }
 
     /// Lets the worker run `expand` jobs: it fetches a push's commits from the
-    /// source's history (at most `max_commits`), plans them with `planner` and queues
-    /// their starts.
+    /// source's history (at most `max_commits` of that source), plans them with
+    /// `planner` and queues their starts.
     pub fn expanding(
         mut self,
         planner: Arc<Planner>,
         histories: HashMap<Source, Arc<dyn CommitHistory>>,
-        max_commits: usize,
+        max_commits: HashMap<Source, usize>,
     ) -> Worker {
         self.expansion = Some(expand::Expanding {
             planner,

@@ -401,6 +401,7 @@ impl crate::source::CommitHistory for ScriptedHistory {
         _before: &CommitSha,
         _after: &CommitSha,
         max: usize,
+        _paths: bool,
     ) -> Result<crate::source::Walk, crate::source::HistoryError> {
         *self.calls.lock().unwrap() += 1;
         if let Some(error) = self.errors.lock().unwrap().pop_front() {
@@ -427,6 +428,7 @@ fn expansion_of(after: u32) -> crate::execution::Expansion {
         git_ref: RefName::parse("refs/heads/main").unwrap(),
         before: CommitSha::parse(&format!("{:040x}", 1)).unwrap(),
         after: CommitSha::parse(&format!("{after:040x}")).unwrap(),
+        paths: true,
     }
 }
 
@@ -453,7 +455,7 @@ async fn expanding_harness(
         .expanding(
             Arc::new(Planner::new(&config).unwrap()),
             histories,
-            max_commits,
+            HashMap::from([(Source::Codecommit, max_commits)]),
         ),
     );
     harness

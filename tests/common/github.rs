@@ -45,6 +45,39 @@ pub struct FakeGithub {
     pub tokens: Vec<String>,
     pub token_lifetime_secs: i64,
     pub next_id: u64,
+    /// The repository's history, oldest first: what the compare and commit APIs read.
+    pub history: Vec<FakeCommit>,
+}
+
+/// One commit of the fake repository.
+#[derive(Debug, Clone)]
+pub struct FakeCommit {
+    pub sha: String,
+    pub message: String,
+    pub files: Vec<String>,
+}
+
+impl FakeCommit {
+    fn to_json(&self, with_files: bool) -> Value {
+        let mut value = json!({
+            "sha": self.sha,
+            "commit": {
+                "message": self.message,
+                "author": {"name": "Mary Doe", "email": "mary@example.com", "date": "2026-12-01T10:00:00Z"},
+            },
+            "author": {"login": "mary"},
+            "parents": [],
+        });
+        if with_files {
+            value["files"] = Value::Array(
+                self.files
+                    .iter()
+                    .map(|file| json!({"filename": file, "status": "modified"}))
+                    .collect(),
+            );
+        }
+        value
+    }
 }
 
 impl FakeGithub {
@@ -266,6 +299,49 @@ impl Respond for Api {
                     .or_default()
                     .insert(0, status.clone());
                 ok(201, status)
+            }
+            ("GET", ["repos", _, _, "compare", range]) => {
+                let Some((before, after)) = range.split_once("...") else {
+                    return not_found();
+                };
+                let index = |sha: &str| github.history.iter().position(|c| c.sha == sha);
+                let (Some(before), Some(after)) = (index(before), index(after)) else {
+                    return not_found();
+                };
+                let per_page: usize = query_value(&query, "per_page")
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(250);
+                let page: usize = query_value(&query, "page")
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(1);
+                let ahead: Vec<&FakeCommit> = if after > before {
+                    github.history[before + 1..=after].iter().collect()
+                } else {
+                    Vec::new()
+                };
+                let listed: Vec<Value> = ahead
+                    .iter()
+                    .skip((page - 1) * per_page)
+                    .take(per_page)
+                    .map(|commit| commit.to_json(false))
+                    .collect();
+                ok(
+                    200,
+                    json!({
+                        "status": if after > before { "ahead" } else if after == before { "identical" } else { "behind" },
+                        "ahead_by": ahead.len(),
+                        "behind_by": before.saturating_sub(after),
+                        "total_commits": ahead.len(),
+                        "commits": listed,
+                        "files": [],
+                    }),
+                )
+            }
+            ("GET", ["repos", _, _, "commits", sha]) => {
+                match github.history.iter().find(|commit| commit.sha == *sha) {
+                    Some(commit) => ok(200, commit.to_json(true)),
+                    None => not_found(),
+                }
             }
             _ => not_found(),
         }

@@ -391,6 +391,7 @@ fn a_push_that_lists_no_commits_is_planned_once_they_are_fetched() {
         push.before = sha(1);
         push.after = sha(9);
         edit(push);
+        event.source = Source::Codecommit;
         event
     };
     let moved = unlisted(&|_| {});
@@ -407,7 +408,21 @@ fn a_push_that_lists_no_commits_is_planned_once_they_are_fetched() {
     assert_eq!(expansion.git_ref.as_str(), "refs/heads/main");
     assert_eq!(expansion.repository, "acme/project-api-v2");
     assert_eq!(expansion.occurrence, moved.occurrence);
-    assert_eq!(expansion.source, Source::Github);
+    assert_eq!(expansion.source, Source::Codecommit);
+    assert!(!expansion.paths, "no route or project filters by path");
+
+    // A GitHub push that may not list every commit is expanded only when GitHub can be
+    // asked (a token or an App); otherwise it is planned as listed.
+    let mut github = moved.clone();
+    github.source = Source::Github;
+    let plan = planner(&route("commits = \"each\"")).plan(&github).unwrap();
+    assert!(plan.expansion.is_none());
+    let text = format!(
+        "[github]\nwebhook_secrets = [\"x\"]\ntoken = \"t\"\n{}",
+        route("commits = \"each\"")
+    );
+    let with_token = Planner::new(&Config::from_toml_str(&text, &|_| None).unwrap()).unwrap();
+    assert!(with_token.plan(&github).unwrap().expansion.is_some());
 
     // The head alone needs no commits: it runs at once.
     let plan = planner(&route("commits = \"head\"")).plan(&moved).unwrap();
@@ -420,6 +435,10 @@ fn a_push_that_lists_no_commits_is_planned_once_they_are_fetched() {
         .plan(&moved)
         .unwrap();
     assert!(plan.expansion.is_some() && plan.requests.is_empty());
+    assert!(
+        plan.expansion.unwrap().paths,
+        "the paths are fetched for the filter"
+    );
     let both = format!(
         "{}\n[[routes]]\npipeline = \"deploy\"\nevents = [\"push\"]\nenvironment = \"acceptance\"\ncommits = \"head\"\n",
         route("commits = \"head\"")

@@ -158,6 +158,7 @@ impl CommitHistory for CodeCommitHistory {
         before: &CommitSha,
         after: &CommitSha,
         max: usize,
+        paths: bool,
     ) -> Result<Walk, HistoryError> {
         let Some((region, name)) = repository.split_once('/') else {
             return Err(HistoryError::Permanent {
@@ -177,9 +178,14 @@ impl CommitHistory for CodeCommitHistory {
             }
             let commit = self.commit(&client, name, current.as_str()).await?;
             let parent = commit.parents().first().cloned();
-            let paths = self
-                .changed_paths(&client, name, current.as_str(), parent.as_deref())
-                .await?;
+            let changed_paths = if paths {
+                Some(
+                    self.changed_paths(&client, name, current.as_str(), parent.as_deref())
+                        .await?,
+                )
+            } else {
+                None
+            };
             newest_first.push(Commit {
                 id: current.clone(),
                 message: commit.message().unwrap_or_default().to_string(),
@@ -188,7 +194,7 @@ impl CommitHistory for CodeCommitHistory {
                     .and_then(|author| author.name())
                     .unwrap_or_default()
                     .to_string(),
-                changed_paths: Some(paths),
+                changed_paths,
             });
             match parent {
                 Some(parent) => {

@@ -4,6 +4,8 @@
 //! The typestate keeps the order right: [`verify`] is the only way to get a
 //! [`Verified`] delivery, and only a verified delivery can be [`decode`]d.
 
+pub mod history;
+
 use std::borrow::Cow;
 
 use axum::http::HeaderMap;
@@ -388,7 +390,9 @@ fn decode_push(
         deleted: payload.deleted,
         forced: payload.forced,
         commits_truncated,
-        commits_listed: true,
+        // A list of GitHub's maximum may be cut short: the commits are read from the
+        // API when a route needs every one (or their paths) and GitHub can be called.
+        commits_listed: listed < MAX_LISTED_COMMITS,
         head_commit: payload
             .head_commit
             .map(CommitPayload::into_commit)
