@@ -255,6 +255,8 @@ pub struct App {
     histories: HashMap<Source, Arc<dyn CommitHistory>>,
     /// Where the worker reports; `None` when reporting is off.
     reporter: Option<Arc<dyn Reporter>>,
+    /// GitHub's API, when built to work and `[github]` can call it.
+    pub github: Option<Arc<GithubClient>>,
 }
 
 impl App {
@@ -282,6 +284,7 @@ impl App {
             }
             None => None,
         };
+        let mut github = None;
         let reporter: Option<Arc<dyn Reporter>> = if work {
             match GithubClient::from_config(&compiled.config.github)? {
                 Some(client) => {
@@ -291,6 +294,7 @@ impl App {
                         "Reporting to GitHub."
                     );
                     let client = Arc::new(client);
+                    github = Some(client.clone());
                     // The same client reads a large push's commits.
                     histories.insert(Source::Github, Arc::new(GithubHistory::new(client.clone())));
                     Some(Arc::new(GithubReporter::new(client)))
@@ -313,6 +317,7 @@ impl App {
             codecommit,
             histories,
             reporter,
+            github,
         })
     }
 

@@ -1,4 +1,5 @@
-//! The one-shot commands: `plan`, `check-config`, `send`, `executions`, `dlq`.
+//! The one-shot commands: `plan`, `check-config`, `send`, `executions`, `dlq`,
+//! `redeliver`.
 
 use std::io::Write;
 use std::path::Path;
@@ -56,6 +57,60 @@ pub enum CliError {
     },
     #[error("{0}")]
     WrongBackend(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    GithubSetup(#[from] crate::github::SetupError),
+    #[error("GitHub refused")]
+    Github(#[from] crate::github::ApiError),
+}
+
+/// `redeliver`: asks GitHub to redeliver what never got through since `since` ago, and
+/// prints one line per delivery (what it would do, with `dry_run`).
+pub async fn redeliver(
+    config: &Config,
+    since: std::time::Duration,
+    dry_run: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let Some(redeliver) = &config.github.redeliver else {
+        return Err(CliError::Usage(
+            "[github.redeliver] names no hooks: list the webhooks whose deliveries to look at"
+                .into(),
+        ));
+    };
+    if since.as_secs() > crate::config::MAX_LOOK_BACK_SECS {
+        return Err(CliError::Usage(
+            "--since goes further back than GitHub keeps deliveries (3 days)".into(),
+        ));
+    }
+    let Some(client) = crate::github::GithubClient::from_config(&config.github)? else {
+        return Err(CliError::Usage(
+            "redeliver needs github.token or a GitHub App to call GitHub".into(),
+        ));
+    };
+    let from = std::time::SystemTime::now() - since;
+    let found = crate::source::github::redeliver::redeliver_failed(
+        &client,
+        &redeliver.hooks,
+        from,
+        dry_run,
+    )
+    .await?;
+    for redelivery in &found {
+        writeln!(out, "{redelivery}")?;
+    }
+    eprintln!(
+        "{} deliveries {} since {}",
+        found.len(),
+        if dry_run {
+            "to redeliver"
+        } else {
+            "redelivered"
+        },
+        humantime::format_rfc3339_seconds(from)
+    );
+    Ok(())
 }
 
 fn read_payload(payload: &Path) -> Result<Vec<u8>, CliError> {

@@ -152,6 +152,44 @@ fn return_large_buffers_to_the_system() {
 /// What a supervised part ends with.
 type PartResult = (&'static str, Result<(), BoxError>);
 
+/// Asks GitHub every `interval_secs` to redeliver what never got through in the last
+/// `look_back_secs`. A failure is logged and tried again next time: it never stops the
+/// daemon.
+async fn redeliver_periodically(
+    client: std::sync::Arc<crate::github::GithubClient>,
+    config: crate::config::RedeliverConfig,
+    shutdown: CancellationToken,
+) -> PartResult {
+    let mut ticker = tokio::time::interval(Duration::from_secs(config.interval_secs));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return ("redeliver", Ok(())),
+            _ = ticker.tick() => {}
+        }
+        let since = std::time::SystemTime::now() - Duration::from_secs(config.look_back_secs);
+        match crate::source::github::redeliver::redeliver_failed(
+            &client,
+            &config.hooks,
+            since,
+            false,
+        )
+        .await
+        {
+            Ok(found) if found.is_empty() => {
+                tracing::debug!("No delivery to redeliver.");
+            }
+            Ok(found) => tracing::info!(
+                redelivered = found.len(),
+                "Asked GitHub to redeliver the deliveries that never got through."
+            ),
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not look for deliveries to redeliver; will look again.")
+            }
+        }
+    }
+}
+
 /// Runs `role` until `shutdown` is cancelled or a part stops on its own, in which case
 /// the others are shut down too and the error names the part.
 pub async fn run(
@@ -187,6 +225,15 @@ pub async fn run(
             executor = app.compiled.config.executor.type_name(),
             "Worker started."
         );
+    }
+    if let (Some(redeliver), Some(client)) = (&app.compiled.config.github.redeliver, &app.github)
+        && redeliver.interval_secs > 0
+    {
+        parts.spawn(redeliver_periodically(
+            client.clone(),
+            redeliver.clone(),
+            shutdown.clone(),
+        ));
     }
     if role.listens() {
         let listener = TcpListener::bind(listen)

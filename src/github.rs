@@ -99,7 +99,7 @@ enum Auth {
         app: Arc<Octocrab>,
         /// The configured installation, if any.
         installation: Option<u64>,
-        /// Installations found, by repository (lowercase).
+        /// Installations found, by repository (lowercase) or `org:<name>`.
         by_repository: Mutex<HashMap<String, u64>>,
         /// One client per installation, each caching its installation token (kept
         /// behind an `Arc`: a cloned client would cache a token of its own).
@@ -233,9 +233,9 @@ impl GithubClient {
     }
 
     /// The App's own client (a JWT), when gitdispatch runs as an App.
-    pub fn app(&self) -> Option<&Octocrab> {
+    pub fn app(&self) -> Option<RepositoryClient> {
         match &self.auth {
-            Auth::App { app, .. } => Some(app),
+            Auth::App { app, .. } => Some(app.clone()),
             Auth::Token(_) => None,
         }
     }
@@ -280,6 +280,39 @@ impl GithubClient {
                 source: None,
             });
         }
+        self.installation_client(
+            &repository.to_ascii_lowercase(),
+            &format!("/repos/{repository}/installation"),
+        )
+        .await
+    }
+
+    /// The client that may act on an organisation's own resources (its hooks).
+    pub async fn for_organization(&self, organization: &str) -> Result<RepositoryClient, ApiError> {
+        if organization.is_empty()
+            || !organization
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        {
+            return Err(ApiError::Permanent {
+                message: format!("{organization:?} is not a GitHub organisation name"),
+                source: None,
+            });
+        }
+        self.installation_client(
+            &format!("org:{}", organization.to_ascii_lowercase()),
+            &format!("/orgs/{organization}/installation"),
+        )
+        .await
+    }
+
+    /// The token's client, or the client of the installation `lookup` finds (once per
+    /// `key`) when gitdispatch runs as an App.
+    async fn installation_client(
+        &self,
+        key: &str,
+        lookup: &str,
+    ) -> Result<RepositoryClient, ApiError> {
         match &self.auth {
             Auth::Token(client) => Ok(client.clone()),
             Auth::App {
@@ -288,25 +321,22 @@ impl GithubClient {
                 by_repository,
                 by_installation,
             } => {
-                let key = repository.to_ascii_lowercase();
                 let known = installation.or_else(|| {
                     by_repository
                         .lock()
                         .expect("installations lock")
-                        .get(&key)
+                        .get(key)
                         .copied()
                 });
                 let id = match known {
                     Some(id) => id,
                     None => {
-                        let answer = self
-                            .get(app, &format!("/repos/{repository}/installation"))
-                            .await?;
-                        let found: Installation = answer.parse("the repository's installation")?;
+                        let answer = self.get(app, lookup).await?;
+                        let found: Installation = answer.parse("the installation")?;
                         by_repository
                             .lock()
                             .expect("installations lock")
-                            .insert(key, found.id);
+                            .insert(key.to_string(), found.id);
                         found.id
                     }
                 };

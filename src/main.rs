@@ -68,6 +68,16 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Ask GitHub to redeliver the deliveries of `[github.redeliver]`'s hooks that never
+    /// got through (no answer, a 5xx or a 429, and no later attempt that did).
+    Redeliver {
+        /// How far back to look (GitHub keeps deliveries 3 days), e.g. 2h, 90m, 3d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Print what would be redelivered, one line per delivery, and ask for nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Sign a payload file with the configured secret and POST it to the listener.
     Send {
         #[arg(long, value_enum)]
@@ -183,6 +193,15 @@ fn main() -> ExitCode {
                 gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
                 gitdispatch::daemon::run(compiled, role, shutdown).await
             });
+            finish(result)
+        }
+        Command::Redeliver { since, dry_run } => {
+            let result = runtime().block_on(cli::redeliver(
+                config,
+                since,
+                dry_run,
+                &mut std::io::stdout().lock(),
+            ));
             finish(result)
         }
         Command::Executions { limit, json } => {

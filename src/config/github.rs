@@ -49,6 +49,61 @@ pub struct GithubConfig {
     /// them all (GitHub lists 2,048 at most): a longer push plans its newest.
     #[serde(default = "default_max_expanded_commits")]
     pub max_expanded_commits: usize,
+    /// Asking GitHub to redeliver what failed to reach us (`gitdispatch redeliver`, and
+    /// the same periodically when `interval_secs` is set).
+    #[serde(default)]
+    pub redeliver: Option<RedeliverConfig>,
+}
+
+/// `[github.redeliver]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverConfig {
+    /// The webhooks whose deliveries are looked at.
+    pub hooks: Vec<HookConfig>,
+    /// How often the daemon's worker looks, in seconds; 0 (the default) only by command.
+    #[serde(default)]
+    pub interval_secs: u64,
+    /// How far back the periodic look goes (GitHub keeps deliveries 3 days).
+    #[serde(default = "default_look_back_secs")]
+    pub look_back_secs: u64,
+}
+
+/// GitHub keeps a hook's deliveries this long.
+pub const MAX_LOOK_BACK_SECS: u64 = 3 * 24 * 3600;
+
+fn default_look_back_secs() -> u64 {
+    24 * 3600
+}
+
+/// One webhook: a repository's or an organisation's (by the hook's id), or the App's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub app: bool,
+}
+
+impl HookConfig {
+    /// The API path of the hook's deliveries, when the entry names exactly one hook.
+    pub fn deliveries_path(&self) -> Option<String> {
+        match (&self.repository, &self.organization, self.id, self.app) {
+            (Some(repository), None, Some(id), false) => {
+                Some(format!("/repos/{repository}/hooks/{id}/deliveries"))
+            }
+            (None, Some(organization), Some(id), false) => {
+                Some(format!("/orgs/{organization}/hooks/{id}/deliveries"))
+            }
+            (None, None, None, true) => Some("/app/hook/deliveries".to_string()),
+            _ => None,
+        }
+    }
 }
 
 fn default_max_expanded_commits() -> usize {
@@ -115,6 +170,7 @@ impl Default for GithubConfig {
             reports_per_minute: default_reports_per_minute(),
             max_commits_per_push: default_max_commits_per_push(),
             max_expanded_commits: default_max_expanded_commits(),
+            redeliver: None,
         }
     }
 }
@@ -182,6 +238,38 @@ impl GithubConfig {
                 "github.api_url",
                 format!("{:?} is not an http(s) URL", self.api_url),
             ));
+        }
+        if let Some(redeliver) = &self.redeliver {
+            if redeliver.hooks.is_empty() {
+                problems.push(Problem::new("github.redeliver.hooks", "names no hook"));
+            }
+            for (index, hook) in redeliver.hooks.iter().enumerate() {
+                let path = format!("github.redeliver.hooks[{index}]");
+                if hook.deliveries_path().is_none() {
+                    problems.push(Problem::new(
+                        &path,
+                        "must be { repository = \"owner/name\", id = N }, { organization = \"name\", id = N } or { app = true }",
+                    ));
+                }
+                if hook.app && self.app_id.is_none() {
+                    problems.push(Problem::new(
+                        format!("{path}.app"),
+                        "needs a GitHub App (github.app_id): the App's hook is read as the App",
+                    ));
+                }
+            }
+            if !(1..=MAX_LOOK_BACK_SECS).contains(&redeliver.look_back_secs) {
+                problems.push(Problem::new(
+                    "github.redeliver.look_back_secs",
+                    format!("must be 1 to {MAX_LOOK_BACK_SECS} (GitHub keeps deliveries 3 days)"),
+                ));
+            }
+            if !self.reporting() {
+                problems.push(Problem::new(
+                    "github.redeliver",
+                    "needs github.token or a GitHub App to call GitHub",
+                ));
+            }
         }
         if self.max_expanded_commits == 0 {
             problems.push(Problem::new(

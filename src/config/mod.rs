@@ -24,7 +24,10 @@ use serde::Deserialize;
 
 pub use codecommit::CodecommitConfig;
 pub use executor::ExecutorConfig;
-pub use github::{GithubConfig, ScopedSecretConfig, WebhookSecretConfig};
+pub use github::{
+    GithubConfig, HookConfig, MAX_LOOK_BACK_SECS, RedeliverConfig, ScopedSecretConfig,
+    WebhookSecretConfig,
+};
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
 pub use queue::QueueConfig;
 pub use route::{CommitsMode, EventName, RouteConfig};

@@ -47,6 +47,10 @@ pub struct FakeGithub {
     pub next_id: u64,
     /// The repository's history, oldest first: what the compare and commit APIs read.
     pub history: Vec<FakeCommit>,
+    /// Webhook deliveries by their list's path, newest first.
+    pub hook_deliveries: HashMap<String, Vec<Value>>,
+    /// Redeliveries asked for: (deliveries path, delivery id).
+    pub redeliveries: Vec<(String, u64)>,
 }
 
 /// One commit of the fake repository.
@@ -171,6 +175,41 @@ impl Respond for Api {
                 .insert_header("retry-after", "1");
             }
             None => {}
+        }
+        if method == "GET" && github.hook_deliveries.contains_key(&path) {
+            // Paged by an opaque cursor in the Link header, as GitHub does.
+            let per_page: usize = query_value(&query, "per_page")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(30);
+            let start: usize = query_value(&query, "cursor")
+                .and_then(|value| value.strip_prefix("v1_").map(str::to_string))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0);
+            let all = &github.hook_deliveries[&path];
+            let page: Vec<Value> = all.iter().skip(start).take(per_page).cloned().collect();
+            let mut answer = ok(200, Value::Array(page));
+            if start + per_page < all.len() {
+                let mut next = request.url.clone();
+                next.set_query(Some(&format!(
+                    "per_page={per_page}&cursor=v1_{}",
+                    start + per_page
+                )));
+                answer = answer.insert_header("link", format!("<{next}>; rel=\"next\"").as_str());
+            }
+            return answer;
+        }
+        if method == "POST"
+            && let Some((list, rest)) = path.rsplit_once("/deliveries/")
+            && let Some(id) = rest.strip_suffix("/attempts")
+        {
+            let list = format!("{list}/deliveries");
+            if !github.hook_deliveries.contains_key(&list) {
+                return not_found();
+            }
+            github
+                .redeliveries
+                .push((list, id.parse().unwrap_or_default()));
+            return ok(202, json!({}));
         }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), parts.as_slice()) {

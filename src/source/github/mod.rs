@@ -5,6 +5,7 @@
 //! [`Verified`] delivery, and only a verified delivery can be [`decode`]d.
 
 pub mod history;
+pub mod redeliver;
 
 use std::borrow::Cow;
 
