@@ -87,6 +87,8 @@ pub enum AppError {
     Codecommit(#[from] crate::source::codecommit::https::ClientError),
     #[error("cannot set up calls to GitHub")]
     Github(#[from] GithubError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// Loads the AWS settings the usual way (environment, profile, instance role), when a
@@ -95,7 +97,13 @@ pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
     // CodeCommit pushes' commits are read from its API.
     let needed = matches!(config.queue, QueueConfig::Sqs { .. })
         || matches!(config.executor, ExecutorConfig::Stepfunctions {})
-        || config.codecommit.is_some();
+        || config.codecommit.is_some()
+        || config.github.reconcile.as_ref().is_some_and(|reconcile| {
+            matches!(
+                reconcile.ledger,
+                crate::config::LedgerConfig::Dynamodb { .. }
+            )
+        });
     if !needed {
         return None;
     }
@@ -255,8 +263,34 @@ pub struct App {
     histories: HashMap<Source, Arc<dyn CommitHistory>>,
     /// Where the worker reports; `None` when reporting is off.
     reporter: Option<Arc<dyn Reporter>>,
-    /// GitHub's API, when built to work and `[github]` can call it.
+    /// GitHub's API, when `[github]` can call it.
     pub github: Option<Arc<GithubClient>>,
+    /// The record of planned commits, when `[github.reconcile]` is configured.
+    pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
+}
+
+/// Opens the ledger `[github.reconcile]` names, if any.
+pub async fn open_ledger(
+    config: &Config,
+    aws: Option<&SdkConfig>,
+) -> Result<Option<Arc<dyn crate::ledger::Ledger>>, AppError> {
+    let Some(reconcile) = &config.github.reconcile else {
+        return Ok(None);
+    };
+    Ok(Some(match &reconcile.ledger {
+        crate::config::LedgerConfig::Sqlite { path } => {
+            Arc::new(crate::ledger::sqlite::SqliteLedger::open(path)?)
+        }
+        crate::config::LedgerConfig::Dynamodb { table } => {
+            let aws = aws.ok_or(AppError::NoAwsSettings("the DynamoDB ledger"))?;
+            let ledger = crate::ledger::dynamodb::DynamoLedger::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                table.clone(),
+            );
+            ledger.check().await?;
+            Arc::new(ledger)
+        }
+    }))
 }
 
 impl App {
@@ -284,30 +318,26 @@ impl App {
             }
             None => None,
         };
-        let mut github = None;
-        let reporter: Option<Arc<dyn Reporter>> = if work {
-            match GithubClient::from_config(&compiled.config.github)? {
-                Some(client) => {
-                    tracing::info!(
-                        api = %compiled.config.github.api_url,
-                        with = if client.uses_check_runs() { "check runs" } else { "commit statuses" },
-                        "Reporting to GitHub."
-                    );
-                    let client = Arc::new(client);
-                    github = Some(client.clone());
-                    // The same client reads a large push's commits.
-                    histories.insert(Source::Github, Arc::new(GithubHistory::new(client.clone())));
-                    Some(Arc::new(GithubReporter::new(client)))
-                }
-                None => {
-                    tracing::info!(
-                        "Reporting to GitHub is off: [github] has neither a token nor an App."
-                    );
-                    None
-                }
+        let ledger = open_ledger(&compiled.config, aws.as_ref()).await?;
+        let github = GithubClient::from_config(&compiled.config.github)?.map(Arc::new);
+        let reporter: Option<Arc<dyn Reporter>> = match (&github, work) {
+            (Some(client), true) => {
+                tracing::info!(
+                    api = %compiled.config.github.api_url,
+                    with = if client.uses_check_runs() { "check runs" } else { "commit statuses" },
+                    "Reporting to GitHub."
+                );
+                // The same client reads a large push's commits.
+                histories.insert(Source::Github, Arc::new(GithubHistory::new(client.clone())));
+                Some(Arc::new(GithubReporter::new(client.clone())))
             }
-        } else {
-            None
+            (None, true) => {
+                tracing::info!(
+                    "Reporting to GitHub is off: [github] has neither a token nor an App."
+                );
+                None
+            }
+            (_, false) => None,
         };
         Ok(App {
             compiled,
@@ -318,19 +348,35 @@ impl App {
             histories,
             reporter,
             github,
+            ledger,
         })
     }
 
     /// What the listener's request handlers share.
     pub fn listener_state(&self, shutdown: CancellationToken) -> Arc<AppState> {
-        Arc::new(AppState::new(
+        let mut state = AppState::new(
             &self.compiled.config,
             self.compiled.planner.clone(),
             self.codecommit.clone(),
             self.queue.queue(),
             self.metrics.clone(),
             shutdown,
-        ))
+        );
+        state.ledger = self.ledger.clone();
+        Arc::new(state)
+    }
+
+    /// Reconcile, when `[github.reconcile]` is configured.
+    pub fn reconciler(&self) -> Option<crate::reconcile::Reconciler> {
+        let config = &self.compiled.config;
+        Some(crate::reconcile::Reconciler {
+            client: self.github.clone()?,
+            planner: self.compiled.planner.clone(),
+            ledger: self.ledger.clone()?,
+            queue: self.queue.queue(),
+            config: config.github.reconcile.clone()?,
+            max_commits: config.github.max_expanded_commits,
+        })
     }
 
     /// The worker, when built to work.
@@ -353,7 +399,8 @@ impl App {
                 self.histories.clone(),
                 max_commits,
             )
-            .reporting(self.reporter.clone()),
+            .reporting(self.reporter.clone())
+            .claiming(self.ledger.clone()),
         ))
     }
 }

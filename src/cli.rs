@@ -1,5 +1,5 @@
 //! The one-shot commands: `plan`, `check-config`, `send`, `executions`, `dlq`,
-//! `redeliver`.
+//! `redeliver`, `reconcile`.
 
 use std::io::Write;
 use std::path::Path;
@@ -63,6 +63,38 @@ pub enum CliError {
     GithubSetup(#[from] crate::github::SetupError),
     #[error("GitHub refused")]
     Github(#[from] crate::github::ApiError),
+    #[error("reconcile failed")]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
+}
+
+/// `reconcile`: plans what GitHub never delivered (with `dry_run`, prints what it
+/// would plan), one line per commit.
+pub async fn reconcile(
+    compiled: app::Compiled,
+    dry_run: bool,
+    repository: Option<&str>,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    if compiled.config.github.reconcile.is_none() {
+        return Err(CliError::Usage(
+            "[github.reconcile] is not configured: name the repositories to reconcile".into(),
+        ));
+    }
+    let only = repository
+        .map(crate::pattern::compile_repository_glob)
+        .transpose()
+        .map_err(|message| CliError::Usage(format!("--repository: {message}")))?;
+    let app = app::App::build(compiled, false).await?;
+    let Some(reconciler) = app.reconciler() else {
+        return Err(CliError::Usage(
+            "reconcile needs github.token or a GitHub App to call GitHub".into(),
+        ));
+    };
+    let lines = reconciler.run(only.as_ref(), dry_run).await?;
+    for line in &lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 /// `redeliver`: asks GitHub to redeliver what never got through since `since` ago, and

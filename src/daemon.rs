@@ -235,6 +235,16 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    if role.works()
+        && let Some(reconciler) = app.reconciler()
+        && reconciler.config.interval_secs > 0
+    {
+        let shutdown = shutdown.clone();
+        parts.spawn(async move {
+            crate::reconcile::periodically(reconciler, shutdown).await;
+            ("reconcile", Ok(()))
+        });
+    }
     if role.listens() {
         let listener = TcpListener::bind(listen)
             .await

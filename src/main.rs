@@ -78,6 +78,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Compare each watched branch's head on GitHub with the last commit planned for it
+    /// (`[github.reconcile]`), and plan the commits GitHub never delivered.
+    Reconcile {
+        /// Print what would be planned, one line per commit, and plan nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only the configured repositories this glob matches.
+        #[arg(long)]
+        repository: Option<String>,
+    },
     /// Sign a payload file with the configured secret and POST it to the listener.
     Send {
         #[arg(long, value_enum)]
@@ -193,6 +203,19 @@ fn main() -> ExitCode {
                 gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
                 gitdispatch::daemon::run(compiled, role, shutdown).await
             });
+            finish(result)
+        }
+        Command::Reconcile {
+            dry_run,
+            repository,
+        } => {
+            gitdispatch::telemetry::init();
+            let result = runtime().block_on(cli::reconcile(
+                compiled,
+                dry_run,
+                repository.as_deref(),
+                &mut std::io::stdout().lock(),
+            ));
             finish(result)
         }
         Command::Redeliver { since, dry_run } => {

@@ -125,6 +125,7 @@ async fn deploy_template() -> HashMap<String, String> {
         &[
             ("Name", &name),
             ("CreateSampleStateMachine", "false"),
+            ("CreateLedger", "true"),
             ("VisibilityTimeout", "5"),
         ],
     )
@@ -363,6 +364,12 @@ async fn webhooks_through_sqs_become_step_functions_executions() {
     let queue_url = outputs["QueueUrl"].clone();
     assert!(queue_url.ends_with(".fifo"));
     assert!(outputs.contains_key("DaemonPolicyArn"));
+    // The ledger reconcile shares answers as the daemon will ask it.
+    let ledger = gitdispatch::ledger::dynamodb::DynamoLedger::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        outputs["LedgerTable"].clone(),
+    );
+    ledger.check().await.unwrap();
     let arn = create_sample_state_machine(&sfn).await;
     let text = aws_config_text(&queue_url, &arn);
 

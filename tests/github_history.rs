@@ -6,19 +6,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use common::SECRET;
 use common::github::{self, FakeCommit, FakeGithub};
-use common::{Delivery, SECRET};
-use gitdispatch::app::{App, OpenedQueue};
+use common::inprocess::Harness;
 use gitdispatch::event::{Commit, CommitSha, EventKind};
 use gitdispatch::execution::ExecutionRequest;
-use gitdispatch::job::{Job, JobKind, Read};
 use gitdispatch::source::github::{Decoded, decode_payload};
-use gitdispatch::worker::Worker;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 fn sha(n: usize) -> String {
     format!("{:040x}", 0xc0ff_ee00_0000_u64 + n as u64)
@@ -84,21 +80,6 @@ fn push(before: usize, after: usize, listed: usize) -> Vec<u8> {
     .unwrap()
 }
 
-struct Harness {
-    url: String,
-    queue_path: PathBuf,
-    worker: Arc<Worker>,
-    text: String,
-    shutdown: CancellationToken,
-    _directory: tempfile::TempDir,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// The listener and a worker as the daemon assembles them, reporting to and reading
 /// from `server`, with `routes`.
 async fn harness(server: &wiremock::MockServer, github_extra: &str, routes: &str) -> Harness {
@@ -131,91 +112,40 @@ command = ["true"]
 "#,
         github = github::token_section(server),
     );
-    let compiled = gitdispatch::app::from_toml_str(&text, &|name| {
-        (name == "GITHUB_WEBHOOK_SECRET").then(|| SECRET.to_string())
-    })
-    .unwrap();
-    let app = App::build(compiled, true).await.unwrap();
-    let OpenedQueue::Embedded(_) = &app.queue else {
-        unreachable!("the embedded queue");
-    };
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
-    tokio::spawn(gitdispatch::server::run(
-        listener,
-        app.listener_state(shutdown.clone()),
-        shutdown.clone(),
-    ));
-    Harness {
-        url,
-        queue_path: directory.path().join("queue.db"),
-        worker: app.worker().unwrap(),
-        text,
-        shutdown,
-        _directory: directory,
-    }
+    Harness::start(&text, directory.path().join("queue.db"))
+        .await
+        .owning(directory)
 }
 
-impl Harness {
-    fn queued(&self) -> Vec<Job> {
-        let connection = rusqlite::Connection::open(&self.queue_path).unwrap();
-        let mut statement = connection
-            .prepare("SELECT body FROM jobs ORDER BY seq")
-            .unwrap();
-        statement
-            .query_map([], |row| row.get::<_, String>(0))
-            .unwrap()
-            .map(|body| match Job::read(&body.unwrap()) {
-                Read::Job(job) => *job,
-                other => panic!("not a job: {other:?}"),
-            })
-            .collect()
-    }
+/// What planning the same push would have given had its payload listed commits
+/// `1..=count`.
+fn planned_in_full(harness: &Harness, body: &[u8], count: usize) -> Vec<ExecutionRequest> {
+    let compiled =
+        gitdispatch::app::from_toml_str(&harness.text, &|_| Some(SECRET.into())).unwrap();
+    let delivery = gitdispatch::event::DeliveryId::parse("full").unwrap();
+    let Decoded::Event(mut event) = decode_payload("push", &delivery, body).unwrap() else {
+        panic!("a push");
+    };
+    let EventKind::Push(push) = &mut event.kind else {
+        panic!("a push");
+    };
+    push.commits = (1..=count)
+        .map(|n| Commit {
+            id: CommitSha::parse(&sha(n)).unwrap(),
+            message: format!("Commit {n}"),
+            author: "mary".into(),
+            changed_paths: None,
+        })
+        .collect();
+    push.commits_listed = true;
+    push.commits_truncated = false;
+    compiled.planner.plan(&event).unwrap().requests
+}
 
-    fn starts(&self) -> Vec<ExecutionRequest> {
-        self.queued()
-            .into_iter()
-            .filter_map(|job| match job.kind {
-                JobKind::Start { request } => Some(request),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// What planning the same push would have given had its payload listed commits
-    /// `1..=count`.
-    fn planned_in_full(&self, body: &[u8], count: usize) -> Vec<ExecutionRequest> {
-        let compiled =
-            gitdispatch::app::from_toml_str(&self.text, &|_| Some(SECRET.into())).unwrap();
-        let delivery = gitdispatch::event::DeliveryId::parse("full").unwrap();
-        let Decoded::Event(mut event) = decode_payload("push", &delivery, body).unwrap() else {
-            panic!("a push");
-        };
-        let EventKind::Push(push) = &mut event.kind else {
-            panic!("a push");
-        };
-        push.commits = (1..=count)
-            .map(|n| Commit {
-                id: CommitSha::parse(&sha(n)).unwrap(),
-                message: format!("Commit {n}"),
-                author: "mary".into(),
-                changed_paths: None,
-            })
-            .collect();
-        push.commits_listed = true;
-        push.commits_truncated = false;
-        compiled.planner.plan(&event).unwrap().requests
-    }
-
-    async fn post(&self, body: Vec<u8>) -> Value {
-        let answer = Delivery::new("push", body)
-            .post(&reqwest::Client::new(), &self.url)
-            .await
-            .unwrap();
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        answer.body
-    }
+async fn post(harness: &Harness, body: Vec<u8>) -> Value {
+    let (status, answer) = harness.post_push(body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer
 }
 
 const EACH: &str = r#"
@@ -235,7 +165,7 @@ async fn a_push_of_3000_commits_runs_each_in_order_under_the_names_a_full_payloa
     let server = github::serve(github.clone()).await;
     let harness = harness(&server, "", EACH).await;
     let body = push(0, 3000, 2048);
-    let answer = harness.post(body.clone()).await;
+    let answer = post(&harness, body.clone()).await;
     assert_eq!(answer["expansions"], 1, "{answer}");
     assert_eq!(answer["executions"], json!([]));
     assert_eq!(
@@ -254,8 +184,7 @@ async fn a_push_of_3000_commits_runs_each_in_order_under_the_names_a_full_payloa
     let expected: Vec<String> = (1..=3000).map(sha).collect();
     assert_eq!(commits, expected, "every commit, oldest first");
     // The names a payload listing all 3,000 would have given.
-    let full: Vec<String> = harness
-        .planned_in_full(&body, 3000)
+    let full: Vec<String> = planned_in_full(&harness, &body, 3000)
         .iter()
         .map(|request| request.name.to_string())
         .collect();
@@ -283,7 +212,7 @@ async fn the_bound_keeps_the_newest_commits_and_a_vanished_old_head_runs_the_new
     }));
     let server = github::serve(github.clone()).await;
     let harness = harness(&server, "max_expanded_commits = 150", EACH).await;
-    harness.post(push(0, 2500, 2048)).await;
+    post(&harness, push(0, 2500, 2048)).await;
     harness.worker.run_once().await.unwrap();
     let commits: Vec<String> = harness
         .starts()
@@ -298,7 +227,7 @@ async fn the_bound_keeps_the_newest_commits_and_a_vanished_old_head_runs_the_new
     let mut body: Value = serde_json::from_slice(&push(0, 2400, 2048)).unwrap();
     body["before"] = json!("dead".repeat(10));
     body["forced"] = json!(true);
-    harness.post(serde_json::to_vec(&body).unwrap()).await;
+    post(&harness, serde_json::to_vec(&body).unwrap()).await;
     harness.worker.run_once().await.unwrap();
     let commits: Vec<String> = harness
         .starts()
@@ -321,7 +250,7 @@ async fn path_filters_hold_for_fetched_commits_as_for_listed_ones() {
     let server = github::serve(github.clone()).await;
     let routes = format!("{EACH}paths = [\"src/**\"]\n");
     let harness = harness(&server, "", &routes).await;
-    harness.post(push(0, 2100, 2048)).await;
+    post(&harness, push(0, 2100, 2048)).await;
     harness.worker.run_once().await.unwrap();
     let commits: Vec<String> = harness
         .starts()

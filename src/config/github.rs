@@ -53,6 +53,51 @@ pub struct GithubConfig {
     /// the same periodically when `interval_secs` is set).
     #[serde(default)]
     pub redeliver: Option<RedeliverConfig>,
+    /// Planning what GitHub never delivered: each watched branch's head compared with
+    /// the last commit planned for it (`gitdispatch reconcile`, and periodically).
+    #[serde(default)]
+    pub reconcile: Option<ReconcileConfig>,
+}
+
+/// `[github.reconcile]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// The repositories whose branches are compared (`owner/name`).
+    pub repositories: Vec<String>,
+    /// How often the daemon's worker reconciles, in seconds; 0 (the default) only by
+    /// command.
+    #[serde(default)]
+    pub interval_secs: u64,
+    /// A head committed this recently is left for its webhook, which is likely on its
+    /// way.
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+    /// Where the commits planned are recorded, shared by every instance.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+fn default_grace_secs() -> u64 {
+    300
+}
+
+/// Where the ledger of planned commits lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LedgerConfig {
+    /// A SQLite file: every process on one machine.
+    Sqlite { path: PathBuf },
+    /// A DynamoDB table (hash key `pk`, a string): every instance on AWS.
+    Dynamodb { table: String },
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig::Sqlite {
+            path: PathBuf::from("var/ledger.db"),
+        }
+    }
 }
 
 /// `[github.redeliver]`.
@@ -171,6 +216,7 @@ impl Default for GithubConfig {
             max_commits_per_push: default_max_commits_per_push(),
             max_expanded_commits: default_max_expanded_commits(),
             redeliver: None,
+            reconcile: None,
         }
     }
 }
@@ -269,6 +315,34 @@ impl GithubConfig {
                     "github.redeliver",
                     "needs github.token or a GitHub App to call GitHub",
                 ));
+            }
+        }
+        if let Some(reconcile) = &self.reconcile {
+            if reconcile.repositories.is_empty() {
+                problems.push(Problem::new(
+                    "github.reconcile.repositories",
+                    "names no repository",
+                ));
+            }
+            for (index, repository) in reconcile.repositories.iter().enumerate() {
+                let parts: Vec<&str> = repository.split('/').collect();
+                if parts.len() != 2 || parts.iter().any(|part| part.is_empty()) {
+                    problems.push(Problem::new(
+                        format!("github.reconcile.repositories[{index}]"),
+                        format!("{repository:?} is not owner/name"),
+                    ));
+                }
+            }
+            if !self.reporting() {
+                problems.push(Problem::new(
+                    "github.reconcile",
+                    "needs github.token or a GitHub App to call GitHub",
+                ));
+            }
+            if let LedgerConfig::Dynamodb { table } = &reconcile.ledger
+                && table.is_empty()
+            {
+                problems.push(Problem::new("github.reconcile.ledger.table", "is empty"));
             }
         }
         if self.max_expanded_commits == 0 {

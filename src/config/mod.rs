@@ -25,8 +25,8 @@ use serde::Deserialize;
 pub use codecommit::CodecommitConfig;
 pub use executor::ExecutorConfig;
 pub use github::{
-    GithubConfig, HookConfig, MAX_LOOK_BACK_SECS, RedeliverConfig, ScopedSecretConfig,
-    WebhookSecretConfig,
+    GithubConfig, HookConfig, LedgerConfig, MAX_LOOK_BACK_SECS, ReconcileConfig, RedeliverConfig,
+    ScopedSecretConfig, WebhookSecretConfig,
 };
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
 pub use queue::QueueConfig;

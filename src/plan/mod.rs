@@ -159,6 +159,11 @@ impl Planner {
         source != crate::event::Source::Github || self.github_history
     }
 
+    /// Whether any route takes the event (by source, repository, kind and ref).
+    pub fn takes(&self, event: &Event) -> bool {
+        self.routes.iter().any(|route| route.matches(event).is_ok())
+    }
+
     /// Maps an event to the executions it asks for.
     pub fn plan(&self, event: &Event) -> Result<Plan, PlanError> {
         if let EventKind::Push(push) = &event.kind

@@ -33,8 +33,9 @@ use listener::ConnectionLimits;
 
 use crate::config::{Config, parse_network};
 use crate::error::Chain;
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::job::Job;
+use crate::ledger;
 use crate::plan::{PlanError, Planner};
 use crate::queue::{self, Queue, QueueError};
 use crate::source::SourceError;
@@ -65,6 +66,9 @@ pub struct AppState {
     bodies: Arc<BodyBudget>,
     /// Cancelled when the daemon shuts down: `/readyz` then says so.
     shutdown: CancellationToken,
+    /// With reconcile on: the commits planned, which a delivery claims before it
+    /// queues (so that reconcile never plans them too).
+    pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
 }
 
 impl AppState {
@@ -108,6 +112,7 @@ impl AppState {
                 config.server.max_unverified_bytes_per_address,
             ),
             shutdown,
+            ledger: None,
         }
     }
 }
@@ -143,6 +148,8 @@ pub enum ApiError {
     Busy,
     #[error("this daemon takes no {0} deliveries: its configuration has no [{0}] section")]
     NotConfigured(&'static str),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 impl ApiError {
@@ -165,7 +172,8 @@ impl ApiError {
             | ApiError::Queue(QueueError::Refused { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Queue(QueueError::Unavailable { .. })
             | ApiError::Busy
-            | ApiError::Source(SourceError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Source(SourceError::Unavailable(_))
+            | ApiError::Ledger(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited(..) | ApiError::AddressBudget(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -453,14 +461,46 @@ async fn accept_events(
     let mut reports = Vec::new();
     let mut skipped = Vec::new();
     let mut matched = 0;
+    let mut heads = Vec::new();
     for event in events {
         let plan = state.planner.plan(event)?;
         record_plan(state, event, &plan);
         matched += plan.matched_routes;
         skipped.extend(plan.skipped.iter().map(|skip| skip.reason.as_str()));
+        if let EventKind::Push(push) = &event.kind
+            && plan.matched_routes > 0
+            && !push.deleted
+            && push.git_ref.as_str().starts_with("refs/heads/")
+        {
+            heads.push((
+                event.repository.clone(),
+                push.git_ref.clone(),
+                push.after.clone(),
+            ));
+        }
         requests.extend(plan.requests);
         expansions.extend(plan.expansion);
         reports.extend(plan.reports);
+    }
+    // With reconcile on, a delivery claims its commits first: what reconcile planned
+    // already is not planned again.
+    let mut claimed = Vec::new();
+    let mut reconciled = 0;
+    if let Some(ledger) = &state.ledger {
+        let (made, refused) =
+            ledger::claim_requests(ledger.as_ref(), &mut requests, ledger::Claimant::Delivery)
+                .await?;
+        for name in &refused {
+            tracing::info!(execution = %name, "Reconcile planned this commit already; it is not planned again.");
+        }
+        reports.retain(|report| {
+            report
+                .execution
+                .as_ref()
+                .is_none_or(|name| !refused.contains(name))
+        });
+        claimed = made;
+        reconciled = refused.len();
     }
     if requests.is_empty() && expansions.is_empty() {
         // Skipped commits still get their final state, so that a required check never
@@ -471,6 +511,8 @@ async fn accept_events(
         }
         let reason = if matched == 0 {
             "no route matched the event".to_string()
+        } else if reconciled > 0 {
+            format!("reconcile planned these commits already ({reconciled} executions)")
         } else {
             format!(
                 "matching routes planned nothing (skipped: {})",
@@ -492,7 +534,23 @@ async fn accept_events(
         .chain(expansions.iter().cloned().map(Job::expand))
         .chain(reports.into_iter().map(Job::report))
         .collect();
-    queue::enqueue(state.queue.as_ref(), &jobs).await?;
+    if let Err(error) = queue::enqueue(state.queue.as_ref(), &jobs).await {
+        // Nothing of this delivery may stand in reconcile's way if it is never
+        // redelivered.
+        if let Some(ledger) = &state.ledger
+            && let Err(release) = ledger.release(&claimed).await
+        {
+            tracing::warn!(error = %Chain(&release), "Could not give back the claims of a delivery that was not queued.");
+        }
+        return Err(error.into());
+    }
+    if let Some(ledger) = &state.ledger {
+        for (repository, git_ref, after) in &heads {
+            if let Err(error) = ledger.advance(repository, git_ref.as_str(), after).await {
+                tracing::warn!(error = %Chain(&error), "Could not record the last commit planned for a ref; reconcile may look at it again.");
+            }
+        }
+    }
     for request in &requests {
         tracing::info!(
             execution = %request.name,

@@ -12,6 +12,7 @@ use crate::error::Chain;
 use crate::event::{Event, EventKind, Push, Source};
 use crate::execution::Expansion;
 use crate::job::Job;
+use crate::ledger::{Claimant, claim_requests};
 use crate::plan::Planner;
 use crate::queue::{Received, enqueue};
 use crate::retry::backoff;
@@ -102,10 +103,28 @@ impl Worker {
                 commits: walk.commits,
             }),
         };
-        let plan = match expanding.planner.plan(&event) {
+        let mut plan = match expanding.planner.plan(&event) {
             Ok(plan) => plan,
             Err(error) => return Settle::DeadLetter(error.to_string()),
         };
+        // The push came in a delivery: its commits are claimed as a delivery's are.
+        if let Some(ledger) = &self.ledger {
+            match claim_requests(ledger.as_ref(), &mut plan.requests, Claimant::Delivery).await {
+                Ok((_, refused)) => {
+                    plan.reports.retain(|report| {
+                        report
+                            .execution
+                            .as_ref()
+                            .is_none_or(|name| !refused.contains(name))
+                    });
+                }
+                Err(error) => {
+                    let delay = retry();
+                    tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not claim the push's commits; will expand again.");
+                    return Settle::Retry(delay);
+                }
+            }
+        }
         // The starts, and what reporting shows of them at once (as for a delivery).
         let starts = plan.requests.len();
         let jobs: Vec<Job> = plan
@@ -114,6 +133,7 @@ impl Worker {
             .map(Job::start)
             .chain(plan.reports.into_iter().map(Job::report))
             .collect();
+        // A failure keeps the claims: the job is expanded again into the same names.
         if let Err(error) = enqueue(self.queue.as_ref(), &jobs).await {
             let delay = retry();
             tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the push's starts; will expand again.");

@@ -137,6 +137,8 @@ pub struct Worker {
     expansion: Option<expand::Expanding>,
     /// Where reports go; `None` when reporting is off.
     reporter: Option<Arc<dyn Reporter>>,
+    /// With reconcile on: expanded pushes claim their commits, as deliveries do.
+    ledger: Option<Arc<dyn crate::ledger::Ledger>>,
     clock: Clock,
 }
 
@@ -185,6 +187,7 @@ impl Worker {
             metrics: worker_metrics,
             expansion: None,
             reporter: None,
+            ledger: None,
             clock: Clock::new(),
         }
     }
@@ -193,6 +196,12 @@ impl Worker {
     /// executions nothing else follows (`watch`), and writes reports with `reporter`.
     pub fn reporting(mut self, reporter: Option<Arc<dyn Reporter>>) -> Worker {
         self.reporter = reporter;
+        self
+    }
+
+    /// Lets expanded pushes claim their commits in the ledger (with reconcile on).
+    pub fn claiming(mut self, ledger: Option<Arc<dyn crate::ledger::Ledger>>) -> Worker {
+        self.ledger = ledger;
         self
     }
 

@@ -51,6 +51,10 @@ pub struct FakeGithub {
     pub hook_deliveries: HashMap<String, Vec<Value>>,
     /// Redeliveries asked for: (deliveries path, delivery id).
     pub redeliveries: Vec<(String, u64)>,
+    /// The repository's branches and their heads.
+    pub branches: Vec<(String, String)>,
+    /// Commits committed a moment ago (within any grace period).
+    pub committed_now: Vec<String>,
 }
 
 /// One commit of the fake repository.
@@ -61,13 +65,18 @@ pub struct FakeCommit {
     pub files: Vec<String>,
 }
 
+/// When the fake's commits were committed: long before any test runs, unless a test
+/// says otherwise (`FakeGithub::committed_now`).
+const COMMITTED_AT: &str = "2026-01-01T10:00:00Z";
+
 impl FakeCommit {
     fn to_json(&self, with_files: bool) -> Value {
         let mut value = json!({
             "sha": self.sha,
             "commit": {
                 "message": self.message,
-                "author": {"name": "Mary Doe", "email": "mary@example.com", "date": "2026-12-01T10:00:00Z"},
+                "author": {"name": "Mary Doe", "email": "mary@example.com", "date": COMMITTED_AT},
+                "committer": {"name": "Mary Doe", "email": "mary@example.com", "date": COMMITTED_AT},
             },
             "author": {"login": "mary"},
             "parents": [],
@@ -378,10 +387,27 @@ impl Respond for Api {
             }
             ("GET", ["repos", _, _, "commits", sha]) => {
                 match github.history.iter().find(|commit| commit.sha == *sha) {
-                    Some(commit) => ok(200, commit.to_json(true)),
+                    Some(commit) => {
+                        let mut value = commit.to_json(true);
+                        if github.committed_now.iter().any(|now| now == sha) {
+                            value["commit"]["committer"]["date"] =
+                                json!(chrono_like_now(0));
+                        }
+                        ok(200, value)
+                    }
                     None => not_found(),
                 }
             }
+            ("GET", ["repos", _, _, "branches"]) => ok(
+                200,
+                Value::Array(
+                    github
+                        .branches
+                        .iter()
+                        .map(|(name, sha)| json!({"name": name, "commit": {"sha": sha}, "protected": false}))
+                        .collect(),
+                ),
+            ),
             _ => not_found(),
         }
     }

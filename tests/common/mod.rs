@@ -6,6 +6,7 @@ pub mod aws;
 pub mod codecommit;
 pub mod daemon;
 pub mod github;
+pub mod inprocess;
 pub mod moto;
 pub mod proxy;
 pub mod sns;
