@@ -314,3 +314,112 @@ async fn the_reconcile_command_plans_from_the_shell() {
         "{real}"
     );
 }
+
+/// The daemon's worker reconciles and redelivers on its own when given an interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reconciles_and_redelivers_periodically() {
+    use common::daemon::Daemon;
+    let github = Arc::new(Mutex::new(FakeGithub {
+        history: history(10),
+        branches: vec![("main".into(), sha(1))],
+        ..FakeGithub::default()
+    }));
+    let hook = "/repos/acme/project-api-v2/hooks/9/deliveries";
+    github.lock().unwrap().hook_deliveries.insert(
+        hook.to_string(),
+        vec![json!({
+            "id": 77, "guid": "lost", "status_code": 502, "event": "push",
+            "delivered_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        })],
+    );
+    let server = github::serve(github.clone()).await;
+    let ledger = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[github]
+webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
+{github}
+
+[github.redeliver]
+hooks = [{{ repository = "acme/project-api-v2", id = 9 }}]
+interval_secs = 1
+
+[github.reconcile]
+repositories = ["acme/project-api-v2"]
+interval_secs = 1
+grace_secs = 0
+ledger = {{ type = "sqlite", path = "{ledger}/ledger.db" }}
+
+[queue]
+type = "embedded"
+path = "var/gitdispatch.db"
+
+[executor]
+type = "local"
+log_dir = "var/log"
+path = "var/executions.db"
+
+[[pipelines]]
+name = "build"
+command = ["sh", "deploy/local/deploy.sh"]
+
+[[routes]]
+pipeline = "build"
+events = ["push"]
+environment = "ci"
+"#,
+        github = github::token_section(&server),
+        ledger = ledger.path().display(),
+    );
+    let daemon = Daemon::start(&text, &[]);
+    daemon.wait_for(
+        "the failed delivery to be redelivered and main recorded",
+        std::time::Duration::from_secs(30),
+        |_| {
+            let fake = github.lock().unwrap();
+            !fake.redeliveries.is_empty()
+                && fake
+                    .calls
+                    .iter()
+                    .any(|call| call.path.ends_with("/branches"))
+        },
+    );
+    assert_eq!(
+        github.lock().unwrap().redeliveries[0],
+        (hook.to_string(), 77)
+    );
+    // The first reconcile records main before it moves.
+    let ledger_file = ledger.path().join("ledger.db");
+    daemon.wait_for(
+        "main to be recorded",
+        std::time::Duration::from_secs(30),
+        |_| {
+            rusqlite::Connection::open(&ledger_file)
+                .and_then(|connection| {
+                    connection.query_row("SELECT sha FROM heads", [], |row| row.get::<_, String>(0))
+                })
+                .is_ok_and(|head| head == sha(1))
+        },
+    );
+    github.lock().unwrap().branches = vec![("main".into(), sha(3))];
+    daemon.wait_for(
+        "the commits GitHub never delivered to run",
+        std::time::Duration::from_secs(60),
+        |daemon| daemon.completed().len() == 2,
+    );
+    let inputs: HashSet<String> = daemon
+        .completed()
+        .keys()
+        .map(|name| {
+            let input: Value = serde_json::from_str(
+                &std::fs::read_to_string(daemon.records().join(format!("{name}.input"))).unwrap(),
+            )
+            .unwrap();
+            input["git"]["commit"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(inputs, [sha(2), sha(3)].into_iter().collect::<HashSet<_>>());
+}
