@@ -98,12 +98,8 @@ pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
     let needed = matches!(config.queue, QueueConfig::Sqs { .. })
         || matches!(config.executor, ExecutorConfig::Stepfunctions {})
         || config.codecommit.is_some()
-        || config.github.reconcile.as_ref().is_some_and(|reconcile| {
-            matches!(
-                reconcile.ledger,
-                crate::config::LedgerConfig::Dynamodb { .. }
-            )
-        });
+        || (needs_ledger(config)
+            && matches!(config.ledger, crate::config::LedgerConfig::Dynamodb { .. }));
     if !needed {
         return None;
     }
@@ -269,15 +265,21 @@ pub struct App {
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
 }
 
-/// Opens the ledger `[github.reconcile]` names, if any.
+/// Whether anything configured records in the ledger: reconcile (the commits planned)
+/// or the API (idempotency keys).
+pub fn needs_ledger(config: &Config) -> bool {
+    config.github.reconcile.is_some() || config.api.enabled()
+}
+
+/// Opens `[ledger]`, when something needs it.
 pub async fn open_ledger(
     config: &Config,
     aws: Option<&SdkConfig>,
 ) -> Result<Option<Arc<dyn crate::ledger::Ledger>>, AppError> {
-    let Some(reconcile) = &config.github.reconcile else {
+    if !needs_ledger(config) {
         return Ok(None);
-    };
-    Ok(Some(match &reconcile.ledger {
+    }
+    Ok(Some(match &config.ledger {
         crate::config::LedgerConfig::Sqlite { path } => {
             Arc::new(crate::ledger::sqlite::SqliteLedger::open(path)?)
         }

@@ -171,6 +171,26 @@ async fn contract(ledger: Arc<dyn Ledger>) {
         None
     );
 
+    // Idempotency keys: the first body's digest is kept; later ones are told it.
+    assert_eq!(ledger.remember("key-1", "digest-a").await.unwrap(), None);
+    assert_eq!(
+        ledger
+            .remember("key-1", "digest-a")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("digest-a")
+    );
+    assert_eq!(
+        ledger
+            .remember("key-1", "digest-b")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("digest-a")
+    );
+    assert_eq!(ledger.remember("key-2", "digest-b").await.unwrap(), None);
+
     // Reconcilers racing for one commit under different names: one wins.
     let mut racing = Vec::new();
     for n in 0..8 {

@@ -62,8 +62,11 @@ webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
 
 [github.reconcile]
 repositories = ["acme/project-api-v2"]
-ledger = {{ type = "sqlite", path = "{dir}/ledger.db" }}
 {extra}
+
+[ledger]
+type = "sqlite"
+path = "{dir}/ledger.db"
 
 [queue]
 type = "embedded"
@@ -351,7 +354,10 @@ interval_secs = 1
 repositories = ["acme/project-api-v2"]
 interval_secs = 1
 grace_secs = 0
-ledger = {{ type = "sqlite", path = "{ledger}/ledger.db" }}
+
+[ledger]
+type = "sqlite"
+path = "{ledger}/ledger.db"
 
 [queue]
 type = "embedded"

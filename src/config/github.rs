@@ -73,31 +73,10 @@ pub struct ReconcileConfig {
     /// way.
     #[serde(default = "default_grace_secs")]
     pub grace_secs: u64,
-    /// Where the commits planned are recorded, shared by every instance.
-    #[serde(default)]
-    pub ledger: LedgerConfig,
 }
 
 fn default_grace_secs() -> u64 {
     300
-}
-
-/// Where the ledger of planned commits lives.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum LedgerConfig {
-    /// A SQLite file: every process on one machine.
-    Sqlite { path: PathBuf },
-    /// A DynamoDB table (hash key `pk`, a string): every instance on AWS.
-    Dynamodb { table: String },
-}
-
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        LedgerConfig::Sqlite {
-            path: PathBuf::from("var/ledger.db"),
-        }
-    }
 }
 
 /// `[github.redeliver]`.
@@ -338,11 +317,6 @@ impl GithubConfig {
                     "github.reconcile",
                     "needs github.token or a GitHub App to call GitHub",
                 ));
-            }
-            if let LedgerConfig::Dynamodb { table } = &reconcile.ledger
-                && table.is_empty()
-            {
-                problems.push(Problem::new("github.reconcile.ledger.table", "is empty"));
             }
         }
         if self.max_expanded_commits == 0 {

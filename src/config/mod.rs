@@ -7,6 +7,7 @@
 //! string (every missing variable is reported), (3) typed decoding (unknown keys are
 //! refused), then every section's checks.
 
+mod api;
 mod codecommit;
 mod env;
 mod executor;
@@ -22,10 +23,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use api::{ApiConfig, LedgerConfig};
 pub use codecommit::CodecommitConfig;
 pub use executor::ExecutorConfig;
 pub use github::{
-    GithubConfig, HookConfig, LedgerConfig, MAX_LOOK_BACK_SECS, ReconcileConfig, RedeliverConfig,
+    GithubConfig, HookConfig, MAX_LOOK_BACK_SECS, ReconcileConfig, RedeliverConfig,
     ScopedSecretConfig, WebhookSecretConfig,
 };
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
@@ -114,6 +116,10 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
     /// Keys whose secrets are written in the file itself, not taken from `${ENV}`.
     #[serde(skip)]
     pub literal_secrets: Vec<String>,
@@ -205,6 +211,8 @@ impl Config {
         if let Some(codecommit) = &self.codecommit {
             codecommit.validate(&mut problems);
         }
+        self.api.validate(&mut problems);
+        self.ledger.validate(&mut problems);
         self.worker.validate(&mut problems);
         pipeline::validate(&self.pipelines, &mut problems);
         problems

@@ -11,7 +11,9 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{CLAIM_LIFETIME_SECS, Claim, Claimant, Ledger, LedgerError, now_secs};
+use super::{
+    CLAIM_LIFETIME_SECS, Claim, Claimant, IDEMPOTENCY_LIFETIME_SECS, Ledger, LedgerError, now_secs,
+};
 use crate::event::CommitSha;
 
 pub struct DynamoLedger {
@@ -169,6 +171,57 @@ impl Ledger for DynamoLedger {
             }
         }
         Ok(())
+    }
+
+    async fn remember(&self, key: &str, digest: &str) -> Result<Option<String>, LedgerError> {
+        let now = now_secs();
+        let pk = format!("idempotency#{key}");
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", text(&pk))
+            .item("digest", text(digest))
+            .item("at", number(now))
+            .item("expires", number(now + IDEMPOTENCY_LIFETIME_SECS))
+            .condition_expression("attribute_not_exists(pk) OR #at < :stale")
+            .expression_attribute_names("#at", "at")
+            .expression_attribute_values(":stale", number(now - IDEMPOTENCY_LIFETIME_SECS))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(None),
+            Err(SdkError::ServiceError(service))
+                if matches!(
+                    service.err(),
+                    PutItemError::ConditionalCheckFailedException(_)
+                ) =>
+            {
+                let item = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", text(&pk))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|error| {
+                        LedgerError::new(
+                            "an idempotency key could not be read",
+                            aws_sdk_dynamodb::Error::from(error),
+                        )
+                    })?;
+                Ok(item
+                    .item()
+                    .and_then(|item| item.get("digest"))
+                    .and_then(|value| value.as_s().ok())
+                    .cloned())
+            }
+            Err(error) => Err(LedgerError::new(
+                "an idempotency key could not be written",
+                aws_sdk_dynamodb::Error::from(error),
+            )),
+        }
     }
 
     async fn head(

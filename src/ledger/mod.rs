@@ -20,6 +20,9 @@ use crate::event::{CommitSha, Source};
 use crate::execution::name::ExecutionName;
 use crate::execution::{Action, ExecutionRequest};
 
+/// Idempotency keys are forgotten after this long (a day, as payment APIs do).
+pub const IDEMPOTENCY_LIFETIME_SECS: i64 = 24 * 3600;
+
 /// Claims are forgotten after this long: a delivery of a reconciled commit can come
 /// only while GitHub keeps it (3 days), and a new push of the same commit after that
 /// deploys again.
@@ -93,6 +96,10 @@ pub trait Ledger: Send + Sync {
     /// Gives back claims a delivery made and could not queue, so that reconcile may
     /// plan their commits.
     async fn release(&self, claims: &[Claim]) -> Result<(), LedgerError>;
+
+    /// Records `digest` (of a request's body) under an idempotency `key`, unless a
+    /// digest is recorded there already; returns the one recorded before, if any.
+    async fn remember(&self, key: &str, digest: &str) -> Result<Option<String>, LedgerError>;
 
     /// The last commit planned for a ref, if any.
     async fn head(&self, repository: &str, git_ref: &str)

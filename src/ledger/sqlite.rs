@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{CLAIM_LIFETIME_SECS, Claim, Claimant, Ledger, LedgerError, may_claim, now_secs};
+use super::{
+    CLAIM_LIFETIME_SECS, Claim, Claimant, IDEMPOTENCY_LIFETIME_SECS, Ledger, LedgerError,
+    may_claim, now_secs,
+};
 use crate::event::CommitSha;
 
 pub struct SqliteLedger {
@@ -23,6 +26,11 @@ impl SqliteLedger {
                          key TEXT PRIMARY KEY,
                          claimant TEXT NOT NULL,
                          name TEXT NOT NULL,
+                         at INTEGER NOT NULL
+                     );
+                     CREATE TABLE IF NOT EXISTS idempotency (
+                         key TEXT PRIMARY KEY,
+                         digest TEXT NOT NULL,
                          at INTEGER NOT NULL
                      );
                      CREATE TABLE IF NOT EXISTS heads (
@@ -131,6 +139,35 @@ impl Ledger for SqliteLedger {
                 )?;
             }
             transaction.commit()
+        })
+        .await
+    }
+
+    async fn remember(&self, key: &str, digest: &str) -> Result<Option<String>, LedgerError> {
+        let (key, digest) = (key.to_string(), digest.to_string());
+        self.with(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_secs();
+            transaction.execute(
+                "DELETE FROM idempotency WHERE at < ?1",
+                [now - IDEMPOTENCY_LIFETIME_SECS],
+            )?;
+            let known: Option<String> = transaction
+                .query_row(
+                    "SELECT digest FROM idempotency WHERE key = ?1",
+                    [&key],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if known.is_none() {
+                transaction.execute(
+                    "INSERT INTO idempotency (key, digest, at) VALUES (?1, ?2, ?3)",
+                    params![key, digest, now],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(known)
         })
         .await
     }

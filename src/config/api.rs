@@ -1,0 +1,71 @@
+//! `[api]`: the HTTP API for manual triggers (`POST /v1/executions`), and `[ledger]`:
+//! where what must be shared by every instance is recorded (the commits planned, for
+//! reconcile; idempotency keys, for the API).
+
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::Problem;
+
+/// `[api]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer tokens the API takes; several while one is rotated. No token, no API.
+    #[serde(default)]
+    pub tokens: Vec<SecretString>,
+}
+
+impl ApiConfig {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        for (index, token) in self.tokens.iter().enumerate() {
+            if token.expose_secret().len() < 16 {
+                problems.push(Problem::new(
+                    format!("api.tokens[{index}]"),
+                    "is shorter than 16 characters",
+                ));
+            }
+        }
+    }
+}
+
+/// `[ledger]`: a SQLite file on one machine, a DynamoDB table on AWS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LedgerConfig {
+    /// A SQLite file: every process on one machine.
+    Sqlite {
+        #[serde(default = "default_ledger_path")]
+        path: PathBuf,
+    },
+    /// A DynamoDB table (hash key `pk`, a string): every instance on AWS.
+    Dynamodb { table: String },
+}
+
+fn default_ledger_path() -> PathBuf {
+    PathBuf::from("var/ledger.db")
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig::Sqlite {
+            path: default_ledger_path(),
+        }
+    }
+}
+
+impl LedgerConfig {
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        if let LedgerConfig::Dynamodb { table } = self
+            && table.is_empty()
+        {
+            problems.push(Problem::new("ledger.table", "is empty"));
+        }
+    }
+}
