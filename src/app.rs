@@ -263,6 +263,8 @@ pub struct App {
     pub github: Option<Arc<GithubClient>>,
     /// The record of planned commits, when `[github.reconcile]` is configured.
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
+    /// What the API asks about executions, when it is on.
+    describer: Option<Arc<dyn Executor>>,
 }
 
 /// Whether anything configured records in the ledger: reconcile (the commits planned)
@@ -311,6 +313,17 @@ impl App {
         } else {
             None
         };
+        // The API says how an execution is doing, wherever it listens: a listener
+        // without a worker opens the executor to ask it (and runs nothing on it).
+        let describer = match &executor {
+            Some(opened) => Some(opened.executor()),
+            None if compiled.config.api.enabled() => Some(
+                open_executor(&compiled.config, aws.as_ref())
+                    .await?
+                    .executor(),
+            ),
+            None => None,
+        };
         let mut histories: HashMap<Source, Arc<dyn CommitHistory>> = HashMap::new();
         let codecommit = match &compiled.config.codecommit {
             Some(config) => {
@@ -351,6 +364,7 @@ impl App {
             reporter,
             github,
             ledger,
+            describer,
         })
     }
 
@@ -365,6 +379,7 @@ impl App {
             shutdown,
         );
         state.ledger = self.ledger.clone();
+        state.executor = self.describer.clone();
         Arc::new(state)
     }
 

@@ -1,5 +1,5 @@
 //! The one-shot commands: `plan`, `check-config`, `send`, `executions`, `dlq`,
-//! `redeliver`, `reconcile`.
+//! `redeliver`, `reconcile`, `trigger`.
 
 use std::io::Write;
 use std::path::Path;
@@ -260,6 +260,135 @@ pub async fn check_queue(config: &Config) -> Result<Vec<String>, CliError> {
 
 /// Signs a payload file with the first configured GitHub secret and POSTs it, the way
 /// GitHub would. Returns the response status and body.
+/// The listener's base URL from `[server] listen` (a wildcard address as localhost).
+fn local_base_url(config: &Config) -> String {
+    let mut address = config.server.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{address}")
+}
+
+/// What `trigger` asks for.
+#[derive(Debug, Clone)]
+pub struct TriggerArgs {
+    pub pipeline: String,
+    pub environment: String,
+    /// `project=branch`.
+    pub branches: Vec<String>,
+    /// Components to skip: `console_v1` sets `skip_console_v1`.
+    pub skips: Vec<String>,
+    pub commit: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// The listener's base URL; `[server] listen` when absent.
+    pub url: Option<String>,
+    /// Follow the execution to its end, for at most this long.
+    pub wait: Option<std::time::Duration>,
+}
+
+/// `trigger`: asks the API for a run (the token from `GITDISPATCH_TOKEN`) and, with
+/// `wait`, follows it to its end. Returns whether it succeeded (or was queued).
+pub async fn trigger(
+    config: &Config,
+    args: &TriggerArgs,
+    token: &str,
+    out: &mut impl Write,
+) -> Result<bool, CliError> {
+    let mut body = serde_json::Map::new();
+    body.insert("pipeline".into(), json!(args.pipeline));
+    body.insert("environment".into(), json!(args.environment));
+    let mut overrides = Vec::new();
+    for branch in &args.branches {
+        let Some((project, name)) = branch.split_once('=') else {
+            return Err(CliError::Usage(format!(
+                "--branch {branch:?} is not project=branch"
+            )));
+        };
+        overrides.push(json!({"project": project, "branch": name}));
+    }
+    body.insert("override_branches".into(), json!(overrides));
+    for skip in &args.skips {
+        let flag = if skip.starts_with("skip_") {
+            skip.clone()
+        } else {
+            format!("skip_{skip}")
+        };
+        body.insert(flag, json!(true));
+    }
+    if let Some(commit) = &args.commit {
+        body.insert("commit".into(), json!(commit));
+    }
+    let base = args
+        .url
+        .clone()
+        .unwrap_or_else(|| local_base_url(config))
+        .trim_end_matches('/')
+        .to_string();
+    let url = format!("{base}/v1/executions");
+    let client = reqwest::Client::new();
+    let mut request = client
+        .post(&url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(serde_json::Value::Object(body).to_string());
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let send_error = |source| CliError::Send {
+        url: url.clone(),
+        source,
+    };
+    let response = request.send().await.map_err(send_error)?;
+    let status = response.status();
+    let answer: serde_json::Value =
+        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    if status.as_u16() != 202 {
+        return Err(CliError::Usage(format!(
+            "the API answered {status}: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        )));
+    }
+    let name = answer["execution"].as_str().unwrap_or_default().to_string();
+    writeln!(out, "queued {name}")?;
+    let Some(wait) = args.wait else {
+        return Ok(true);
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last = String::new();
+    loop {
+        let response = client
+            .get(format!("{url}/{name}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|source| CliError::Send {
+                url: url.clone(),
+                source,
+            })?;
+        if response.status().is_success() {
+            let execution: serde_json::Value =
+                serde_json::from_str(&response.text().await.unwrap_or_default())
+                    .unwrap_or_default();
+            let shown = execution["status"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string();
+            if shown != last {
+                writeln!(out, "{shown} {name}")?;
+                last = shown.clone();
+            }
+            if execution["finished"].as_bool() == Some(true) {
+                return Ok(shown == "succeeded");
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            writeln!(out, "still not finished after {} s: {name}", wait.as_secs())?;
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 pub async fn send(
     config: &Config,
     event: EventArg,
@@ -274,13 +403,7 @@ pub async fn send(
     let signature = github::sign(secret.secret().expose_secret().as_bytes(), &body);
     let url = match url {
         Some(url) => url.to_string(),
-        None => {
-            let mut address = config.server.listen;
-            if address.ip().is_unspecified() {
-                address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("http://{address}/webhooks/github")
-        }
+        None => format!("{}/webhooks/github", local_base_url(config)),
     };
     let delivery = delivery.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let response = reqwest::Client::new()

@@ -282,6 +282,8 @@ pub struct Event {
 pub enum EventKind {
     Push(Push),
     PullRequest(PullRequest),
+    /// A run asked for through the API.
+    Manual(Manual),
 }
 
 impl EventKind {
@@ -289,8 +291,24 @@ impl EventKind {
         match self {
             EventKind::Push(_) => "push",
             EventKind::PullRequest(_) => "pull_request",
+            EventKind::Manual(_) => "manual",
         }
     }
+}
+
+/// A run asked for by hand (`POST /v1/executions`): it names its pipeline and
+/// environment itself and goes through no route. The planner checks it against the
+/// pipeline's projects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manual {
+    pub pipeline: String,
+    pub environment: String,
+    /// The `skip_*` flags given, by name, in the order given.
+    pub skips: Vec<(String, bool)>,
+    /// Branches to deploy instead of the projects' default ones: (project, branch).
+    pub overrides: Vec<(String, RefName)>,
+    /// The commit to deploy, when one is named.
+    pub commit: Option<CommitSha>,
 }
 
 /// One push of a ref.

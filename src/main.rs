@@ -78,6 +78,35 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Ask the API for a run of a pipeline (the token from GITDISPATCH_TOKEN), e.g. a
+    /// hotfix of one project to acceptance.
+    Trigger {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        environment: String,
+        /// A project's branch to deploy, project=branch; repeatable.
+        #[arg(long = "branch", value_name = "PROJECT=BRANCH")]
+        branches: Vec<String>,
+        /// A component to skip (console_v1 sets skip_console_v1); repeatable.
+        #[arg(long = "skip", value_name = "COMPONENT")]
+        skips: Vec<String>,
+        /// The commit to deploy.
+        #[arg(long)]
+        commit: Option<String>,
+        /// Makes a retry of this command name the same execution.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// The listener's base URL (default: from [server] listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Follow the execution to its end; exit non-zero unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits at most.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Compare each watched branch's head on GitHub with the last commit planned for it
     /// (`[github.reconcile]`), and plan the commits GitHub never delivered.
     Reconcile {
@@ -204,6 +233,42 @@ fn main() -> ExitCode {
                 gitdispatch::daemon::run(compiled, role, shutdown).await
             });
             finish(result)
+        }
+        Command::Trigger {
+            pipeline,
+            environment,
+            branches,
+            skips,
+            commit,
+            idempotency_key,
+            url,
+            wait,
+            timeout,
+        } => {
+            let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
+                eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+                return ExitCode::from(2);
+            };
+            let args = cli::TriggerArgs {
+                pipeline,
+                environment,
+                branches,
+                skips,
+                commit,
+                idempotency_key,
+                url,
+                wait: wait.then_some(timeout),
+            };
+            match runtime().block_on(cli::trigger(
+                config,
+                &args,
+                &token,
+                &mut std::io::stdout().lock(),
+            )) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => finish(Err(error)),
+            }
         }
         Command::Reconcile {
             dry_run,

@@ -165,6 +165,9 @@ impl CompiledRoute {
         let kind = match &event.kind {
             EventKind::Push(_) => EventName::Push,
             EventKind::PullRequest(_) => EventName::PullRequest,
+            EventKind::Manual(_) => {
+                return Err("a manual trigger names its pipeline and goes to no route".into());
+            }
         };
         if !self.events.contains(&kind) {
             return Err(format!("{} events are not taken", event.kind.name()));
@@ -181,6 +184,7 @@ impl CompiledRoute {
         match &event.kind {
             EventKind::Push(push) => self.matches_ref(&push.git_ref),
             EventKind::PullRequest(pull_request) => self.matches_pull_request(pull_request),
+            EventKind::Manual(_) => Err("a manual trigger goes to no route".into()),
         }
     }
 

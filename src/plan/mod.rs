@@ -12,6 +12,7 @@ mod candidate;
 mod compile;
 mod filter;
 pub mod input;
+mod manual;
 mod render;
 mod summary;
 
@@ -103,6 +104,9 @@ pub enum PlanError {
         name: ExecutionName,
         bytes: usize,
     },
+    /// A manual trigger names what the pipeline does not have.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 /// The validated, compiled form of the pipelines and routes.
@@ -159,6 +163,11 @@ impl Planner {
         source != crate::event::Source::Github || self.github_history
     }
 
+    /// The pipelines' names.
+    pub fn pipeline_names(&self) -> impl Iterator<Item = &str> {
+        self.pipelines.iter().map(|pipeline| pipeline.name.as_str())
+    }
+
     /// Whether any route takes the event (by source, repository, kind and ref).
     pub fn takes(&self, event: &Event) -> bool {
         self.routes.iter().any(|route| route.matches(event).is_ok())
@@ -166,6 +175,9 @@ impl Planner {
 
     /// Maps an event to the executions it asks for.
     pub fn plan(&self, event: &Event) -> Result<Plan, PlanError> {
+        if let EventKind::Manual(manual) = &event.kind {
+            return self.plan_manual(event, manual);
+        }
         if let EventKind::Push(push) = &event.kind
             && needs_expansion(push)
             && self.can_expand(event.source)
@@ -193,6 +205,8 @@ impl Planner {
                 EventKind::PullRequest(pull_request) => {
                     pull_request_candidates(route, pull_request, &mut plan)
                 }
+                // Planned on its own (`manual`), before any route.
+                EventKind::Manual(_) => Vec::new(),
             };
             let before = plan.requests.len();
             for candidate in candidates {

@@ -27,6 +27,8 @@ impl Planner {
         let (git_ref, pull_request) = match &event.kind {
             EventKind::Push(push) => (&push.git_ref, None),
             EventKind::PullRequest(pull_request) => (&pull_request.head_ref, Some(pull_request)),
+            // No route takes a manual trigger (`filter`); it is planned on its own.
+            EventKind::Manual(_) => return Ok(None),
         };
         let branch = git_ref.short_name();
         let environment = environment(route, event);
@@ -139,10 +141,15 @@ impl Planner {
 /// The environment a route names for an event.
 pub(super) fn environment(route: &CompiledRoute, event: &Event) -> String {
     let (git_ref, number) = match &event.kind {
-        EventKind::Push(push) => (&push.git_ref, None),
-        EventKind::PullRequest(pull_request) => (&pull_request.head_ref, Some(pull_request.number)),
+        EventKind::Push(push) => (push.git_ref.short_name(), None),
+        EventKind::PullRequest(pull_request) => (
+            pull_request.head_ref.short_name(),
+            Some(pull_request.number),
+        ),
+        // No route takes a manual trigger; it names its environment itself.
+        EventKind::Manual(manual) => return manual.environment.clone(),
     };
-    route.environment.render(git_ref.short_name(), number)
+    route.environment.render(git_ref, number)
 }
 
 impl Planner {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+mod api;
 mod body;
 mod listener;
 
@@ -67,8 +68,13 @@ pub struct AppState {
     /// Cancelled when the daemon shuts down: `/readyz` then says so.
     shutdown: CancellationToken,
     /// With reconcile on: the commits planned, which a delivery claims before it
-    /// queues (so that reconcile never plans them too).
+    /// queues (so that reconcile never plans them too); with the API on, its
+    /// idempotency keys.
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
+    /// Who may call the API; `None` when `[api]` has no token.
+    pub manual: Option<crate::source::manual::ManualSource>,
+    /// What `GET /v1/executions/{name}` asks.
+    pub executor: Option<Arc<dyn crate::executor::Executor>>,
 }
 
 impl AppState {
@@ -113,6 +119,8 @@ impl AppState {
             ),
             shutdown,
             ledger: None,
+            manual: crate::source::manual::ManualSource::from_config(&config.api),
+            executor: None,
         }
     }
 }
@@ -201,8 +209,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhooks/github", post(github_webhook))
         .route("/webhooks/codecommit", post(codecommit_webhook))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
+    let api = Router::new()
+        .route("/v1/executions", post(api::trigger))
+        .route("/v1/executions/{name}", get(api::status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .merge(webhooks)
+        .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -255,7 +268,10 @@ async fn guard(
     let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
     let source = source_of(request.uri().path());
     request.extensions_mut().insert(ClientAddress(client));
-    if !state.allowed_networks.is_empty()
+    // `allowed_networks` names where webhooks come from (GitHub's hook ranges); the
+    // API's callers are people and CI jobs, let in by their token.
+    if source != "manual"
+        && !state.allowed_networks.is_empty()
         && !state
             .allowed_networks
             .iter()
@@ -278,7 +294,7 @@ async fn guard(
 
 /// The client's address as the guard found it, for the handlers.
 #[derive(Debug, Clone, Copy)]
-struct ClientAddress(IpAddr);
+pub(super) struct ClientAddress(pub(super) IpAddr);
 
 fn count_refusal(state: &AppState, source: &str, error: &ApiError) {
     state
@@ -293,6 +309,9 @@ fn count_refusal(state: &AppState, source: &str, error: &ApiError) {
 
 /// The source a webhook path is for, as metrics label it.
 fn source_of(path: &str) -> &'static str {
+    if path.starts_with("/v1/") {
+        return "manual";
+    }
     match path.strip_prefix("/webhooks/") {
         Some("codecommit") => "codecommit",
         _ => "github",
@@ -300,7 +319,11 @@ fn source_of(path: &str) -> &'static str {
 }
 
 /// Counts a delivery's outcome and logs a refusal: the same for every source.
-fn answer(state: &AppState, source: &'static str, result: Result<Answer, ApiError>) -> Response {
+pub(super) fn answer(
+    state: &AppState,
+    source: &'static str,
+    result: Result<Answer, ApiError>,
+) -> Response {
     let outcome = match &result {
         Ok((_, outcome, _)) => outcome.to_string(),
         Err(error) => format!("refused_{}", error.status().as_u16()),
@@ -351,7 +374,7 @@ async fn codecommit_webhook(
     answer(&state, "codecommit", result)
 }
 
-type Answer = (StatusCode, &'static str, serde_json::Value);
+pub(super) type Answer = (StatusCode, &'static str, serde_json::Value);
 
 async fn handle_github(
     state: &AppState,

@@ -5,6 +5,7 @@
 
 pub mod codecommit;
 pub mod github;
+pub mod manual;
 
 use async_trait::async_trait;
 

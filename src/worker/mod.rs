@@ -18,7 +18,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -346,23 +346,30 @@ impl Worker {
         _permit: OwnedSemaphorePermit,
         hard_stop: CancellationToken,
     ) {
-        let waiting: Arc<Mutex<Vec<Receipt>>> = Arc::new(Mutex::new(
+        // The receipts still to settle. Settling one and extending the visibility of
+        // the others never interleave (one lock, held across both): a heartbeat that
+        // extended a receipt just released would hide the job again, and SQS FIFO
+        // would then hand out a later job of its group first.
+        let waiting: Arc<tokio::sync::Mutex<Vec<Receipt>>> = Arc::new(tokio::sync::Mutex::new(
             chain
                 .iter()
                 .map(|received| received.receipt.clone())
                 .collect(),
         ));
-        let forget = |receipt: &Receipt| {
-            waiting
-                .lock()
-                .expect("waiting receipts lock")
-                .retain(|waiting| waiting != receipt);
-        };
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(
             self.clone()
                 .heartbeat(waiting.clone(), heartbeat_stop.clone()),
         );
+        let settle_and_forget = |received: Received, settle: Settle| {
+            let waiting = waiting.clone();
+            let worker = self.clone();
+            async move {
+                let mut waiting = waiting.lock().await;
+                worker.settle(&received, settle).await;
+                waiting.retain(|receipt| *receipt != received.receipt);
+            }
+        };
         let mut jobs = chain.into_iter();
         while let Some(received) = jobs.next() {
             let settle = if hard_stop.is_cancelled() {
@@ -371,8 +378,7 @@ impl Worker {
                 self.handle(&received, &hard_stop).await
             };
             let for_good = settle.is_for_good();
-            self.settle(&received, settle).await;
-            forget(&received.receipt);
+            settle_and_forget(received, settle).await;
             if !for_good {
                 let rest: Vec<Received> = jobs.by_ref().collect();
                 if !rest.is_empty() {
@@ -382,8 +388,7 @@ impl Worker {
                     );
                 }
                 for later in rest {
-                    self.settle(&later, Settle::Release(Duration::ZERO)).await;
-                    forget(&later.receipt);
+                    settle_and_forget(later, Settle::Release(Duration::ZERO)).await;
                 }
             }
         }
@@ -395,7 +400,7 @@ impl Worker {
     /// long job (or one waiting behind it) is not handed to another worker.
     async fn heartbeat(
         self: Arc<Self>,
-        waiting: Arc<Mutex<Vec<Receipt>>>,
+        waiting: Arc<tokio::sync::Mutex<Vec<Receipt>>>,
         stop: CancellationToken,
     ) {
         let visibility = self.queue.visibility_timeout();
@@ -405,9 +410,9 @@ impl Worker {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            let receipts = waiting.lock().expect("waiting receipts lock").clone();
-            for receipt in receipts {
-                if let Err(error) = self.queue.extend(&receipt, visibility).await {
+            let receipts = waiting.lock().await;
+            for receipt in receipts.iter() {
+                if let Err(error) = self.queue.extend(receipt, visibility).await {
                     tracing::warn!(error = %Chain(&error), "Could not extend a job's visibility.");
                 }
             }

@@ -2,6 +2,7 @@
 //! to fail, run long or not be described yet.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::time::Instant;

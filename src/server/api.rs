@@ -1,0 +1,210 @@
+//! The manual trigger API: `POST /v1/executions` queues a run of a pipeline, as a
+//! webhook would (planned, then answered `202` once its job is durable), and
+//! `GET /v1/executions/{name}` says how it is doing, from the executor. Both take a
+//! bearer token of `[api] tokens`. An `Idempotency-Key` makes a retry name the same
+//! execution; the same key with another body is refused.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::body::read_body;
+use super::{Answer, ApiError, AppState, ClientAddress, answer};
+use crate::error::Chain;
+use crate::execution::name::ExecutionName;
+use crate::job::Job;
+use crate::source::SourceError;
+use crate::source::manual;
+
+/// The longest `Idempotency-Key` taken.
+const MAX_KEY: usize = 255;
+
+pub(super) async fn trigger(
+    State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = handle_trigger(&state, client, &headers, body).await;
+    answer(&state, "manual", result)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, SourceError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(SourceError::Malformed(
+            "the Idempotency-Key header is sent more than once".into(),
+        ));
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= MAX_KEY)
+        .ok_or_else(|| {
+            SourceError::Malformed(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY} printable characters"
+            ))
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+async fn handle_trigger(
+    state: &AppState,
+    client: IpAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Answer, ApiError> {
+    let Some(source) = &state.manual else {
+        return Err(ApiError::NotConfigured("api"));
+    };
+    source.authenticate(headers)?;
+    let content_type = headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(SourceError::UnsupportedMediaType(format!(
+            "a trigger is application/json, not {content_type:?}"
+        ))
+        .into());
+    }
+    let key = idempotency_key(headers)?;
+    let mut held = state.bodies.claim(client);
+    let body = read_body(headers, body, state.max_body_bytes, &mut held).await?;
+    let event = manual::decode(&body, key.as_deref())?;
+    let span = tracing::info_span!("delivery", source = "manual", delivery = %event.delivery);
+    async {
+        let plan = state.planner.plan(&event)?;
+        let request = plan
+            .requests
+            .into_iter()
+            .next()
+            .expect("a manual trigger plans one execution or refuses");
+        if let Some(key) = &key {
+            let digest = hex::encode(Sha256::digest(&body));
+            let ledger = state
+                .ledger
+                .as_ref()
+                .expect("the ledger is open whenever the API is on");
+            if let Some(known) = ledger.remember(key, &digest).await?
+                && known != digest
+            {
+                return Err(SourceError::Unusable(format!(
+                    "Idempotency-Key {key:?} was used with another body"
+                ))
+                .into());
+            }
+        }
+        crate::queue::enqueue(state.queue.as_ref(), &[Job::start(request.clone())]).await?;
+        tracing::info!(
+            execution = %request.name,
+            pipeline = %request.pipeline,
+            environment = %request.environment,
+            "Queued a manual execution."
+        );
+        state
+            .metrics
+            .executions_planned
+            .get_or_create(&crate::telemetry::labels(&[(
+                "pipeline",
+                &request.pipeline,
+            )]))
+            .inc();
+        Ok((
+            StatusCode::ACCEPTED,
+            "queued",
+            json!({
+                "delivery": event.delivery.as_str(),
+                "status": "queued",
+                "execution": request.name.as_str(),
+                "executions": [request.name.as_str()],
+            }),
+        ))
+    }
+    .instrument(span)
+    .await
+}
+
+pub(super) async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match handle_status(&state, &name, &headers).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle_status(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (Some(source), Some(executor)) = (&state.manual, &state.executor) else {
+        return Err(ApiError::NotConfigured("api"));
+    };
+    source.authenticate(headers)?;
+    let name = ExecutionName::parse(name)
+        .map_err(|error| SourceError::Malformed(format!("{name:?}: {error}")))?;
+    // A name starts with its pipeline's: try the pipelines it could belong to.
+    let mut unavailable = None;
+    for pipeline in state.planner.pipeline_names() {
+        if !name.as_str().starts_with(&format!("{pipeline}-")) {
+            continue;
+        }
+        match executor.describe(pipeline, &name).await {
+            Ok(execution) => {
+                return Ok((
+                    StatusCode::OK,
+                    Json(json!({
+                        "name": name.as_str(),
+                        "pipeline": pipeline,
+                        "id": execution.id,
+                        "status": execution.status.as_str(),
+                        "finished": execution.status.is_finished(),
+                        "detail": execution.detail,
+                    })),
+                )
+                    .into_response());
+            }
+            Err(error) => {
+                let text = Chain(&error).to_string();
+                // Step Functions says so with ExecutionDoesNotExist (a retryable class,
+                // as it may be a read right after the start); the local executor with
+                // a permanent error.
+                let missing = matches!(error, crate::executor::ExecutorError::Permanent { .. })
+                    || text.contains("ExecutionDoesNotExist");
+                if !missing {
+                    unavailable = Some(text);
+                }
+            }
+        }
+    }
+    if let Some(text) = unavailable {
+        tracing::warn!(execution = %name, error = %text, "Could not describe an execution for the API.");
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "the executor cannot be asked now; try again"})),
+        )
+            .into_response());
+    }
+    Ok((
+        StatusCode::NOT_FOUND,
+        Json(json!({
+            "error": format!("no execution named {name} has started (it may still be queued)"),
+        })),
+    )
+        .into_response())
+}

@@ -1,0 +1,257 @@
+//! The manual source: `POST /v1/executions`, authenticated with a bearer token of
+//! `[api] tokens` (compared in constant time, as digests, so that neither content nor
+//! length leaks), its body decoded into a [`Manual`] event. What the body names (the
+//! pipeline, its projects and skip flags) is checked by the planner.
+
+use axum::http::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::SourceError;
+use crate::config::ApiConfig;
+use crate::event::{CommitSha, DeliveryId, Event, EventKind, Manual, Occurrence, RefName, Source};
+
+/// Who may call the API.
+pub struct ManualSource {
+    tokens: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for ManualSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualSource")
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl ManualSource {
+    /// `None` when `[api]` gives no token: there is no API.
+    pub fn from_config(config: &ApiConfig) -> Option<ManualSource> {
+        config.enabled().then(|| ManualSource {
+            tokens: config.tokens.clone(),
+        })
+    }
+
+    /// Checks the `Authorization: Bearer` token against every configured one.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<(), SourceError> {
+        let mut values = headers.get_all("authorization").iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(SourceError::Unauthenticated(
+                "one Authorization: Bearer <token> header is needed".into(),
+            ));
+        };
+        let offered = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                SourceError::Unauthenticated(
+                    "the Authorization header is not a bearer token".into(),
+                )
+            })?;
+        let offered = Sha256::digest(offered.trim().as_bytes());
+        let matches = self.tokens.iter().fold(false, |found, token| {
+            let expected = Sha256::digest(token.expose_secret().as_bytes());
+            found | aws_lc_rs::constant_time::verify_slices_are_equal(&offered, &expected).is_ok()
+        });
+        if matches {
+            Ok(())
+        } else {
+            Err(SourceError::Unauthenticated(
+                "the bearer token is not one of api.tokens".into(),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    project: String,
+    branch: String,
+}
+
+/// Decodes a trigger's body. `key` is its `Idempotency-Key`, when it has one: the
+/// execution's name is then a function of the key alone, so that a retry names the
+/// same execution; without one, every request is a run of its own.
+pub fn decode(body: &[u8], key: Option<&str>) -> Result<Event, SourceError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| SourceError::Malformed(format!("body is not valid JSON: {error}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(SourceError::Malformed(
+            "the body is not a JSON object".into(),
+        ));
+    };
+    let text = |fields: &mut Map<String, Value>, name: &str| -> Result<String, SourceError> {
+        match fields.remove(name) {
+            Some(Value::String(text)) if !text.is_empty() => Ok(text),
+            Some(_) => Err(SourceError::Unusable(format!(
+                "{name}: must be a non-empty string"
+            ))),
+            None => Err(SourceError::Unusable(format!("{name}: is missing"))),
+        }
+    };
+    let pipeline = text(&mut fields, "pipeline")?;
+    let environment = text(&mut fields, "environment")?;
+    let commit = match fields.remove("commit") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(sha)) => Some(
+            CommitSha::parse(&sha)
+                .map_err(|error| SourceError::Unusable(format!("commit: {error}")))?,
+        ),
+        Some(_) => return Err(SourceError::Unusable("commit: must be a string".into())),
+    };
+    let overrides: Vec<OverrideBody> = match fields.remove("override_branches") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => serde_json::from_value(value).map_err(|error| {
+            SourceError::Unusable(format!(
+                "override_branches: must be a list of {{\"project\", \"branch\"}}: {error}"
+            ))
+        })?,
+    };
+    let mut parsed = Vec::with_capacity(overrides.len());
+    for (index, entry) in overrides.into_iter().enumerate() {
+        let git_ref = RefName::parse(&format!("refs/heads/{}", entry.branch)).map_err(|_| {
+            SourceError::Unusable(format!(
+                "override_branches[{index}].branch: {:?} is not a branch name git accepts",
+                entry.branch
+            ))
+        })?;
+        parsed.push((entry.project, git_ref));
+    }
+    let mut skips = Vec::new();
+    for (name, value) in fields {
+        if !name.starts_with("skip_") {
+            return Err(SourceError::Unusable(format!(
+                "{name}: is not a field of a trigger (pipeline, environment, skip_*, override_branches, commit)"
+            )));
+        }
+        let Value::Bool(skip) = value else {
+            return Err(SourceError::Unusable(format!(
+                "{name}: must be true or false"
+            )));
+        };
+        skips.push((name, skip));
+    }
+    let delivery = match key {
+        Some(key) => DeliveryId::parse(key)
+            .map_err(|error| SourceError::Malformed(format!("Idempotency-Key: {error}")))?,
+        None => DeliveryId::parse(&uuid::Uuid::new_v4().to_string()).expect("a uuid is an id"),
+    };
+    let occurrence = Occurrence::from_parts(&["manual", delivery.as_str()]);
+    let repository = String::new();
+    Ok(Event {
+        source: Source::Manual,
+        delivery,
+        occurrence,
+        repository,
+        kind: EventKind::Manual(Manual {
+            pipeline,
+            environment,
+            skips,
+            overrides: parsed,
+            commit,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_decode_or_name_the_field_at_fault() {
+        let event = decode(
+            br#"{"pipeline": "deploy", "environment": "acceptance", "skip_api_v1": true,
+                 "override_branches": [{"project": "project-api-v2", "branch": "hotfix/x"}]}"#,
+            Some("key-1"),
+        )
+        .unwrap();
+        let EventKind::Manual(manual) = &event.kind else {
+            panic!("a manual event");
+        };
+        assert_eq!(manual.pipeline, "deploy");
+        assert_eq!(manual.skips, [("skip_api_v1".to_string(), true)]);
+        assert_eq!(manual.overrides[0].1.as_str(), "refs/heads/hotfix/x");
+        assert_eq!(event.delivery.as_str(), "key-1");
+        assert_eq!(
+            decode(br#"{"pipeline": "d", "environment": "e"}"#, Some("key-1"))
+                .unwrap()
+                .occurrence,
+            event.occurrence,
+            "the key alone names the occurrence"
+        );
+        for (body, field) in [
+            (r#"{"environment": "e"}"#, "pipeline"),
+            (r#"{"pipeline": "d", "environment": 3}"#, "environment"),
+            (
+                r#"{"pipeline": "d", "environment": "e", "commit": "xyz"}"#,
+                "commit",
+            ),
+            (
+                r#"{"pipeline": "d", "environment": "e", "skip_a": "yes"}"#,
+                "skip_a",
+            ),
+            (
+                r#"{"pipeline": "d", "environment": "e", "colour": "red"}"#,
+                "colour",
+            ),
+            (
+                r#"{"pipeline": "d", "environment": "e", "override_branches": [{"project": "p", "branch": "a..b"}]}"#,
+                "override_branches[0].branch",
+            ),
+            (
+                r#"{"pipeline": "d", "environment": "e", "override_branches": 3}"#,
+                "override_branches",
+            ),
+        ] {
+            let error = decode(body.as_bytes(), None).unwrap_err();
+            assert!(
+                matches!(&error, SourceError::Unusable(message) if message.starts_with(&format!("{field}:"))),
+                "{body}: {error}"
+            );
+        }
+        assert!(matches!(
+            decode(b"[]", None),
+            Err(SourceError::Malformed(_))
+        ));
+        assert!(matches!(decode(b"{", None), Err(SourceError::Malformed(_))));
+    }
+
+    #[test]
+    fn only_a_configured_bearer_token_authenticates() {
+        let source = ManualSource::from_config(&ApiConfig {
+            tokens: vec![SecretString::from("token-one-0123456789")],
+        })
+        .unwrap();
+        let headers = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert("authorization", value.parse().unwrap());
+            }
+            headers
+        };
+        assert!(
+            source
+                .authenticate(&headers(Some("Bearer token-one-0123456789")))
+                .is_ok()
+        );
+        for wrong in [
+            None,
+            Some("Bearer nope"),
+            Some("token-one-0123456789"),
+            Some("Basic abc"),
+        ] {
+            assert!(source.authenticate(&headers(wrong)).is_err(), "{wrong:?}");
+        }
+        let mut twice = headers(Some("Bearer token-one-0123456789"));
+        twice.append(
+            "authorization",
+            "Bearer token-one-0123456789".parse().unwrap(),
+        );
+        assert!(source.authenticate(&twice).is_err(), "one header, not two");
+        assert!(!format!("{source:?}").contains("token-one"));
+    }
+}
