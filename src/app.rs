@@ -24,13 +24,14 @@ use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
 use crate::report::Reporter;
 use crate::report::github::GithubReporter;
-use crate::server::AppState;
+use crate::server::{AppState, Live};
 use crate::source::CommitHistory;
 use crate::source::codecommit::CodeCommitSource;
 use crate::source::codecommit::history::CodeCommitHistory;
 use crate::source::github::history::GithubHistory;
 use crate::telemetry::Metrics;
 use crate::worker::{Worker, WorkerSettings};
+use arc_swap::ArcSwap;
 
 /// A configuration checked whole and compiled: what everything starts from.
 #[derive(Debug, Clone)]
@@ -193,6 +194,45 @@ impl OpenedExecutor {
     }
 }
 
+/// What the local executor runs for each pipeline.
+fn local_pipelines(config: &Config) -> HashMap<String, LocalPipeline> {
+    config
+        .pipelines
+        .iter()
+        .filter_map(|pipeline| {
+            let command = pipeline.command.clone()?;
+            Some((
+                pipeline.name.clone(),
+                LocalPipeline {
+                    command,
+                    timeout: Duration::from_secs(pipeline.timeout_secs),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The state machine of each pipeline.
+fn state_machines(config: &Config) -> HashMap<String, String> {
+    config
+        .pipelines
+        .iter()
+        .filter_map(|pipeline| Some((pipeline.name.clone(), pipeline.state_machine_arn.clone()?)))
+        .collect()
+}
+
+impl OpenedExecutor {
+    /// Takes the pipelines of a reloaded configuration.
+    fn reload(&self, config: &Config) {
+        match self {
+            OpenedExecutor::Local(executor) => executor.set_pipelines(local_pipelines(config)),
+            OpenedExecutor::StepFunctions(executor) => {
+                executor.set_state_machines(state_machines(config))
+            }
+        }
+    }
+}
+
 /// Opens the configured executor (nothing is recovered: see [`App::build`]).
 pub async fn open_executor(
     config: &Config,
@@ -205,24 +245,10 @@ pub async fn open_executor(
             max_attempts,
             details_url,
         } => {
-            let pipelines: HashMap<String, LocalPipeline> = config
-                .pipelines
-                .iter()
-                .filter_map(|pipeline| {
-                    let command = pipeline.command.clone()?;
-                    Some((
-                        pipeline.name.clone(),
-                        LocalPipeline {
-                            command,
-                            timeout: Duration::from_secs(pipeline.timeout_secs),
-                        },
-                    ))
-                })
-                .collect();
             let executor = LocalExecutor::open(LocalSettings {
                 path: path.clone(),
                 log_dir: log_dir.clone(),
-                pipelines,
+                pipelines: local_pipelines(config),
                 max_attempts: *max_attempts,
                 details_url: details_url.clone(),
             })
@@ -231,15 +257,8 @@ pub async fn open_executor(
         }
         ExecutorConfig::Stepfunctions {} => {
             let aws = aws.ok_or(AppError::NoAwsSettings("the Step Functions executor"))?;
-            let state_machines: HashMap<String, String> = config
-                .pipelines
-                .iter()
-                .filter_map(|pipeline| {
-                    Some((pipeline.name.clone(), pipeline.state_machine_arn.clone()?))
-                })
-                .collect();
             Ok(OpenedExecutor::StepFunctions(Arc::new(
-                StepFunctionsExecutor::new(aws_sdk_sfn::Client::new(aws), state_machines),
+                StepFunctionsExecutor::new(aws_sdk_sfn::Client::new(aws), state_machines(config)),
             )))
         }
     }
@@ -265,6 +284,10 @@ pub struct App {
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
     /// What the API asks about executions, when it is on.
     describer: Option<Arc<dyn Executor>>,
+    /// The planner every part plans with; a reload replaces it.
+    planner: Arc<ArcSwap<Planner>>,
+    /// The listener's state, once made: a reload replaces what it holds.
+    state: std::sync::Mutex<Option<Arc<AppState>>>,
 }
 
 /// Whether anything configured records in the ledger: reconcile (the commits planned)
@@ -354,6 +377,7 @@ impl App {
             }
             (_, false) => None,
         };
+        let compiled_planner = compiled.planner.clone();
         Ok(App {
             compiled,
             metrics: Arc::new(Metrics::default()),
@@ -365,6 +389,8 @@ impl App {
             github,
             ledger,
             describer,
+            planner: Arc::new(ArcSwap::new(compiled_planner)),
+            state: std::sync::Mutex::new(None),
         })
     }
 
@@ -372,7 +398,7 @@ impl App {
     pub fn listener_state(&self, shutdown: CancellationToken) -> Arc<AppState> {
         let mut state = AppState::new(
             &self.compiled.config,
-            self.compiled.planner.clone(),
+            self.planner.load_full(),
             self.codecommit.clone(),
             self.queue.queue(),
             self.metrics.clone(),
@@ -380,7 +406,29 @@ impl App {
         );
         state.ledger = self.ledger.clone();
         state.executor = self.describer.clone();
-        Arc::new(state)
+        let state = Arc::new(state);
+        *self.state.lock().expect("listener state lock") = Some(state.clone());
+        state
+    }
+
+    /// Takes a reloaded configuration: its routes, pipelines, webhook secrets, API
+    /// tokens and CodeCommit keys replace the running ones at once (a request in flight
+    /// finishes with what it started with). What only a restart can change is not
+    /// taken; each such setting that differs is returned, to be said.
+    pub fn reload(&self, compiled: &Compiled) -> Result<Vec<String>, AppError> {
+        let new = &compiled.config;
+        let codecommit = match &new.codecommit {
+            Some(config) => Some(Arc::new(CodeCommitSource::new(config)?)),
+            None => None,
+        };
+        self.planner.store(compiled.planner.clone());
+        if let Some(state) = self.state.lock().expect("listener state lock").as_ref() {
+            state.reload(Live::new(new, compiled.planner.clone(), codecommit));
+        }
+        if let Some(executor) = &self.executor {
+            executor.reload(new);
+        }
+        Ok(restart_only_changes(&self.compiled.config, new))
     }
 
     /// Reconcile, when `[github.reconcile]` is configured.
@@ -388,7 +436,7 @@ impl App {
         let config = &self.compiled.config;
         Some(crate::reconcile::Reconciler {
             client: self.github.clone()?,
-            planner: self.compiled.planner.clone(),
+            planner: self.planner.clone(),
             ledger: self.ledger.clone()?,
             queue: self.queue.queue(),
             config: config.github.reconcile.clone()?,
@@ -411,15 +459,70 @@ impl App {
                 WorkerSettings::from_config(&self.compiled.config.worker),
                 &self.metrics,
             )
-            .expanding(
-                self.compiled.planner.clone(),
-                self.histories.clone(),
-                max_commits,
-            )
+            .expanding(self.planner.clone(), self.histories.clone(), max_commits)
             .reporting(self.reporter.clone())
             .claiming(self.ledger.clone()),
         ))
     }
+}
+
+/// The settings a reload cannot change that differ between `old` and `new`, by key.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut compare = |key: &str, before: String, after: String| {
+        if before != after {
+            changed.push(key.to_string());
+        }
+    };
+    compare(
+        "server (listen, limits, proxies, networks)",
+        format!("{:?}", old.server),
+        format!("{:?}", new.server),
+    );
+    compare(
+        "queue",
+        format!("{:?}", old.queue),
+        format!("{:?}", new.queue),
+    );
+    compare(
+        "worker",
+        format!("{:?}", old.worker),
+        format!("{:?}", new.worker),
+    );
+    compare(
+        "executor",
+        format!("{:?}", old.executor),
+        format!("{:?}", new.executor),
+    );
+    compare(
+        "ledger",
+        format!("{:?}", old.ledger),
+        format!("{:?}", new.ledger),
+    );
+    compare(
+        "github (token, App, api_url, redeliver, reconcile)",
+        format!(
+            "{:?}{:?}{:?}{:?}{}{:?}{:?}",
+            old.github.token.as_ref().map(|_| ()),
+            old.github.app_id,
+            old.github.installation_id,
+            old.github.api_url,
+            old.github.reports_per_minute,
+            old.github.redeliver,
+            old.github.reconcile
+        ),
+        format!(
+            "{:?}{:?}{:?}{:?}{}{:?}{:?}",
+            new.github.token.as_ref().map(|_| ()),
+            new.github.app_id,
+            new.github.installation_id,
+            new.github.api_url,
+            new.github.reports_per_minute,
+            new.github.redeliver,
+            new.github.reconcile
+        ),
+    );
+    changed
 }
 
 #[cfg(test)]

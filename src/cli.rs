@@ -269,6 +269,42 @@ fn local_base_url(config: &Config) -> String {
     format!("http://{address}")
 }
 
+/// `reload`: asks the running daemon to reload its configuration (`POST /v1/reload`,
+/// the token from `GITDISPATCH_TOKEN`); SIGHUP does the same without the API.
+pub async fn reload(
+    config: &Config,
+    url: Option<&str>,
+    token: &str,
+    out: &mut impl Write,
+) -> Result<bool, CliError> {
+    let base = url
+        .map(str::to_string)
+        .unwrap_or_else(|| local_base_url(config));
+    let url = format!("{}/v1/reload", base.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|source| CliError::Send {
+            url: url.clone(),
+            source,
+        })?;
+    let success = response.status().is_success();
+    let answer: serde_json::Value =
+        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    if success {
+        writeln!(out, "{}", answer["status"].as_str().unwrap_or("reloaded"))?;
+    } else {
+        writeln!(
+            out,
+            "refused: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        )?;
+    }
+    Ok(success)
+}
+
 /// What `trigger` asks for.
 #[derive(Debug, Clone)]
 pub struct TriggerArgs {

@@ -152,6 +152,79 @@ fn return_large_buffers_to_the_system() {
 /// What a supervised part ends with.
 type PartResult = (&'static str, Result<(), BoxError>);
 
+/// Reloads the configuration at `path`: a valid one replaces what can be replaced
+/// while running (and the settings only a restart changes are said); an invalid one is
+/// refused whole, every problem logged, and the running one goes on. Returns what to
+/// answer a reload request with.
+pub fn reload(app: &App, path: &std::path::Path) -> Result<String, String> {
+    match crate::app::load(path) {
+        Ok(compiled) => match app.reload(&compiled) {
+            Ok(restart_only) if restart_only.is_empty() => {
+                tracing::info!(config = %path.display(), "Reloaded the configuration.");
+                Ok("reloaded".to_string())
+            }
+            Ok(restart_only) => {
+                let keys = restart_only.join(", ");
+                tracing::warn!(config = %path.display(), restart_needed = %keys, "Reloaded the configuration; some changes need a restart and were not taken.");
+                Ok(format!("reloaded; a restart is needed for: {keys}"))
+            }
+            Err(error) => {
+                tracing::error!(error = %Chain(&error), "Refused a reloaded configuration; the running one goes on.");
+                Err(Chain(&error).to_string())
+            }
+        },
+        Err(error) => {
+            tracing::error!(error = %Chain(&error), "Refused a reloaded configuration; the running one goes on.");
+            Err(Chain(&error).to_string())
+        }
+    }
+}
+
+/// Reloads on every SIGHUP until `shutdown`.
+async fn reload_on_hangup(
+    app: std::sync::Arc<App>,
+    path: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> PartResult {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => return ("reloader", Err(error.into())),
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return ("reloader", Ok(())),
+            _ = hangups.recv() => {}
+        }
+        let (app, path) = (app.clone(), path.clone());
+        // Reading and compiling a file is blocking work.
+        let _ = tokio::task::spawn_blocking(move || reload(&app, &path)).await;
+    }
+}
+
+/// Reloads for every `POST /v1/reload`, answering each with what became of it.
+async fn reload_on_request(
+    app: std::sync::Arc<App>,
+    path: std::path::PathBuf,
+    mut requests: tokio::sync::mpsc::Receiver<crate::server::ReloadRequest>,
+    shutdown: CancellationToken,
+) -> PartResult {
+    loop {
+        let answer = tokio::select! {
+            _ = shutdown.cancelled() => return ("reload requests", Ok(())),
+            request = requests.recv() => match request {
+                Some(answer) => answer,
+                None => return ("reload requests", Ok(())),
+            },
+        };
+        let (app, path) = (app.clone(), path.clone());
+        let outcome = tokio::task::spawn_blocking(move || reload(&app, &path))
+            .await
+            .unwrap_or_else(|error| Err(error.to_string()));
+        let _ = answer.send(outcome);
+    }
+}
+
 /// Asks GitHub every `interval_secs` to redeliver what never got through in the last
 /// `look_back_secs`. A failure is logged and tried again next time: it never stops the
 /// daemon.
@@ -196,13 +269,14 @@ pub async fn run(
     mut compiled: Compiled,
     role: Role,
     shutdown: CancellationToken,
+    config_path: Option<std::path::PathBuf>,
 ) -> Result<(), DaemonError> {
     ignore_file_size_signal();
     return_large_buffers_to_the_system();
     fit_connections_to_descriptors(&mut compiled);
     let listen = compiled.config.server.listen;
     let grace = Duration::from_secs(compiled.config.worker.shutdown_grace_secs);
-    let app = App::build(compiled, role.works()).await?;
+    let app = std::sync::Arc::new(App::build(compiled, role.works()).await?);
 
     let mut parts: JoinSet<PartResult> = JoinSet::new();
     if let OpenedQueue::Embedded(embedded) = &app.queue {
@@ -225,6 +299,13 @@ pub async fn run(
             executor = app.compiled.config.executor.type_name(),
             "Worker started."
         );
+    }
+    if let Some(path) = &config_path {
+        parts.spawn(reload_on_hangup(
+            app.clone(),
+            path.clone(),
+            shutdown.clone(),
+        ));
     }
     if let (Some(redeliver), Some(client)) = (&app.compiled.config.github.redeliver, &app.github)
         && redeliver.interval_secs > 0
@@ -256,6 +337,17 @@ pub async fn run(
             tracing::info!(%address, "Listening for webhooks.");
         }
         let state = app.listener_state(shutdown.clone());
+        if let Some(path) = &config_path {
+            // `POST /v1/reload` asks the same reloader as SIGHUP.
+            let (requests, receiver) = tokio::sync::mpsc::channel(4);
+            let _ = state.reloads.set(requests);
+            parts.spawn(reload_on_request(
+                app.clone(),
+                path.clone(),
+                receiver,
+                shutdown.clone(),
+            ));
+        }
         let shutdown = shutdown.clone();
         parts.spawn(async move {
             (

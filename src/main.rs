@@ -107,6 +107,13 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Ask the running daemon to reload its configuration (POST /v1/reload, the token
+    /// from GITDISPATCH_TOKEN); `kill -HUP <pid>` does the same.
+    Reload {
+        /// The listener's base URL (default: from [server] listen).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Compare each watched branch's head on GitHub with the last commit planned for it
     /// (`[github.reconcile]`), and plan the commits GitHub never delivered.
     Reconcile {
@@ -230,9 +237,25 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
-                gitdispatch::daemon::run(compiled, role, shutdown).await
+                gitdispatch::daemon::run(compiled, role, shutdown, Some(args.config.clone())).await
             });
             finish(result)
+        }
+        Command::Reload { url } => {
+            let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
+                eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+                return ExitCode::from(2);
+            };
+            match runtime().block_on(cli::reload(
+                config,
+                url.as_deref(),
+                &token,
+                &mut std::io::stdout().lock(),
+            )) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => finish(Err(error)),
+            }
         }
         Command::Trigger {
             pipeline,

@@ -107,7 +107,8 @@ impl std::fmt::Display for Line {
 /// What reconcile works with.
 pub struct Reconciler {
     pub client: Arc<GithubClient>,
-    pub planner: Arc<Planner>,
+    /// The planner a reload may replace.
+    pub planner: Arc<arc_swap::ArcSwap<Planner>>,
     pub ledger: Arc<dyn Ledger>,
     pub queue: Arc<dyn Queue>,
     pub config: ReconcileConfig,
@@ -188,7 +189,7 @@ impl Reconciler {
                 Vec::new(),
                 WalkEnd::Reached,
             );
-            if !self.planner.takes(&probe) {
+            if !self.planner.load().takes(&probe) {
                 continue;
             }
             let line = |outcome, lane: Option<String>, commit: &CommitSha| Line {
@@ -215,7 +216,8 @@ impl Reconciler {
                 continue;
             }
             // Plan the gap as a push from `last` to `head` would have been planned.
-            let deferred = self.planner.plan(&{
+            let planner = self.planner.load_full();
+            let deferred = planner.plan(&{
                 let mut event = push_event(
                     repository,
                     &git_ref,
@@ -240,7 +242,7 @@ impl Reconciler {
                 tracing::warn!(%repository, git_ref = %git_ref, "The gap has more commits than github.max_expanded_commits: only the newest are planned.");
             }
             let event = push_event(repository, &git_ref, &last, &head, walk.commits, walk.end);
-            let mut plan = self.planner.plan(&event)?;
+            let mut plan = planner.plan(&event)?;
             let lane = |name: &ExecutionName| plan_lane(&plan.requests, name);
             if dry_run {
                 let claims = claims_of(&plan.requests);

@@ -56,7 +56,8 @@ pub fn check(config: &Config) -> Vec<Problem> {
 pub struct StepFunctionsExecutor {
     client: Client,
     /// State machine ARN by pipeline name.
-    state_machines: HashMap<String, String>,
+    /// By pipeline; replaced whole by a reload.
+    state_machines: arc_swap::ArcSwap<HashMap<String, String>>,
 }
 
 /// The ARN an execution of `state_machine_arn` named `name` has:
@@ -120,14 +121,21 @@ impl StepFunctionsExecutor {
     pub fn new(client: Client, state_machines: HashMap<String, String>) -> StepFunctionsExecutor {
         StepFunctionsExecutor {
             client,
-            state_machines,
+            state_machines: arc_swap::ArcSwap::from_pointee(state_machines),
         }
     }
 
-    fn state_machine(&self, pipeline: &str) -> Result<&str, ExecutorError> {
+    /// Replaces the state machine of each pipeline (a reload).
+    pub fn set_state_machines(&self, state_machines: HashMap<String, String>) {
         self.state_machines
+            .store(std::sync::Arc::new(state_machines));
+    }
+
+    fn state_machine(&self, pipeline: &str) -> Result<String, ExecutorError> {
+        self.state_machines
+            .load()
             .get(pipeline)
-            .map(String::as_str)
+            .cloned()
             .ok_or_else(|| {
                 ExecutorError::permanent(format!("pipeline {pipeline} has no state_machine_arn"))
             })
@@ -222,7 +230,7 @@ impl Executor for StepFunctionsExecutor {
         name: &ExecutionName,
     ) -> Result<Execution, ExecutorError> {
         let state_machine = self.state_machine(pipeline)?;
-        let (arn, output) = self.describe_by_name(state_machine, name).await?;
+        let (arn, output) = self.describe_by_name(&state_machine, name).await?;
         let status = match output.status() {
             SfnStatus::Succeeded => ExecutionStatus::Succeeded,
             SfnStatus::Failed => ExecutionStatus::Failed,

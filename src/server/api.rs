@@ -65,7 +65,8 @@ async fn handle_trigger(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, ApiError> {
-    let Some(source) = &state.manual else {
+    let live = state.live.load_full();
+    let Some(source) = &live.manual else {
         return Err(ApiError::NotConfigured("api"));
     };
     source.authenticate(headers)?;
@@ -85,7 +86,7 @@ async fn handle_trigger(
     let event = manual::decode(&body, key.as_deref())?;
     let span = tracing::info_span!("delivery", source = "manual", delivery = %event.delivery);
     async {
-        let plan = state.planner.plan(&event)?;
+        let plan = live.planner.plan(&event)?;
         let request = plan
             .requests
             .into_iter()
@@ -152,7 +153,8 @@ async fn handle_status(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (Some(source), Some(executor)) = (&state.manual, &state.executor) else {
+    let live = state.live.load_full();
+    let (Some(source), Some(executor)) = (&live.manual, &state.executor) else {
         return Err(ApiError::NotConfigured("api"));
     };
     source.authenticate(headers)?;
@@ -160,7 +162,7 @@ async fn handle_status(
         .map_err(|error| SourceError::Malformed(format!("{name:?}: {error}")))?;
     // A name starts with its pipeline's: try the pipelines it could belong to.
     let mut unavailable = None;
-    for pipeline in state.planner.pipeline_names() {
+    for pipeline in live.planner.pipeline_names() {
         if !name.as_str().starts_with(&format!("{pipeline}-")) {
             continue;
         }
@@ -207,4 +209,36 @@ async fn handle_status(
         })),
     )
         .into_response())
+}
+
+/// `POST /v1/reload`: the same reload as SIGHUP; `200` with what became of it, `422`
+/// with every problem of a refused configuration (the running one goes on).
+pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let live = state.live.load_full();
+    let Some(source) = &live.manual else {
+        return ApiError::NotConfigured("api").into_response();
+    };
+    if let Err(error) = source.authenticate(&headers) {
+        return ApiError::from(error).into_response();
+    }
+    let Some(reloads) = state.reloads.get() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "this process was not started from a configuration file"})),
+        )
+            .into_response();
+    };
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    if reloads.send(answer).await.is_err() {
+        return ApiError::Busy.into_response();
+    }
+    match outcome.await {
+        Ok(Ok(message)) => (StatusCode::OK, Json(json!({"status": message}))).into_response(),
+        Ok(Err(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": problems})),
+        )
+            .into_response(),
+        Err(_) => ApiError::Busy.into_response(),
+    }
 }

@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Request, State};
@@ -46,10 +47,9 @@ use crate::telemetry::{Metrics, labels};
 
 /// Everything a request handler needs, shared by all requests.
 pub struct AppState {
-    pub planner: Arc<Planner>,
-    pub github: GithubSecrets,
-    /// Present when `[codecommit]` is configured.
-    pub codecommit: Option<Arc<CodeCommitSource>>,
+    /// What a reload replaces (SIGHUP): routes and pipelines, secrets and tokens. A
+    /// request works with the one it loaded first, whole.
+    pub live: ArcSwap<Live>,
     /// Where planned jobs go; a 2xx means they are durable there.
     pub queue: Arc<dyn Queue>,
     pub metrics: Arc<Metrics>,
@@ -71,13 +71,47 @@ pub struct AppState {
     /// queues (so that reconcile never plans them too); with the API on, its
     /// idempotency keys.
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
-    /// Who may call the API; `None` when `[api]` has no token.
-    pub manual: Option<crate::source::manual::ManualSource>,
     /// What `GET /v1/executions/{name}` asks.
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
+    /// Where `POST /v1/reload` asks for a reload (the daemon's reloader).
+    pub reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
+}
+
+/// A reload asked for over the API: the answer says what became of it.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// The part of the listener's state that a reload replaces, all at once.
+pub struct Live {
+    pub planner: Arc<Planner>,
+    pub github: GithubSecrets,
+    /// Present when `[codecommit]` is configured.
+    pub codecommit: Option<Arc<CodeCommitSource>>,
+    /// Who may call the API; `None` when `[api]` has no token.
+    pub manual: Option<crate::source::manual::ManualSource>,
+}
+
+impl Live {
+    pub fn new(
+        config: &Config,
+        planner: Arc<Planner>,
+        codecommit: Option<Arc<CodeCommitSource>>,
+    ) -> Live {
+        Live {
+            planner,
+            github: GithubSecrets::from_config(&config.github),
+            codecommit,
+            manual: crate::source::manual::ManualSource::from_config(&config.api),
+        }
+    }
 }
 
 impl AppState {
+    /// Swaps in what a reloaded configuration says; requests in flight finish with what
+    /// they started with.
+    pub fn reload(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+
     /// Builds the state from a validated configuration.
     pub fn new(
         config: &Config,
@@ -96,9 +130,7 @@ impl AppState {
                 .collect()
         };
         AppState {
-            planner,
-            github: GithubSecrets::from_config(&config.github),
-            codecommit,
+            live: ArcSwap::from_pointee(Live::new(config, planner, codecommit)),
             queue,
             metrics,
             limiter: RateLimiter::keyed(quota),
@@ -119,8 +151,8 @@ impl AppState {
             ),
             shutdown,
             ledger: None,
-            manual: crate::source::manual::ManualSource::from_config(&config.api),
             executor: None,
+            reloads: std::sync::OnceLock::new(),
         }
     }
 }
@@ -212,6 +244,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/executions", post(api::trigger))
         .route("/v1/executions/{name}", get(api::status))
+        .route("/v1/reload", post(api::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .merge(webhooks)
@@ -385,7 +418,8 @@ async fn handle_github(
     // The body's bytes count against its client's budget until the request ends.
     let mut held = state.bodies.claim(client);
     let body = read_body(headers, body, state.max_body_bytes, &mut held).await?;
-    let verified = github::verify(&state.github, headers, &body)?;
+    let live = state.live.load();
+    let verified = github::verify(&live.github, headers, &body)?;
     let delivery = verified.delivery().clone();
     let span = tracing::info_span!("delivery", source = "github", delivery = %delivery, event = verified.event_name());
     async move {
@@ -412,7 +446,8 @@ async fn handle_codecommit(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, ApiError> {
-    let Some(source) = &state.codecommit else {
+    let live = state.live.load_full();
+    let Some(source) = &live.codecommit else {
         return Err(ApiError::NotConfigured("codecommit"));
     };
     let mut held = state.bodies.claim(client);
@@ -485,8 +520,9 @@ async fn accept_events(
     let mut skipped = Vec::new();
     let mut matched = 0;
     let mut heads = Vec::new();
+    let planner = state.live.load().planner.clone();
     for event in events {
-        let plan = state.planner.plan(event)?;
+        let plan = planner.plan(event)?;
         record_plan(state, event, &plan);
         matched += plan.matched_routes;
         skipped.extend(plan.skipped.iter().map(|skip| skip.reason.as_str()));

@@ -21,7 +21,8 @@ use crate::telemetry::labels;
 
 /// What a worker needs to expand.
 pub(super) struct Expanding {
-    pub(super) planner: Arc<Planner>,
+    /// The planner a reload may replace.
+    pub(super) planner: Arc<arc_swap::ArcSwap<Planner>>,
     pub(super) histories: HashMap<Source, Arc<dyn CommitHistory>>,
     /// Commits one push may expand to, by source.
     pub(super) max_commits: HashMap<Source, usize>,
@@ -103,7 +104,7 @@ impl Worker {
                 commits: walk.commits,
             }),
         };
-        let mut plan = match expanding.planner.plan(&event) {
+        let mut plan = match expanding.planner.load().plan(&event) {
             Ok(plan) => plan,
             Err(error) => return Settle::DeadLetter(error.to_string()),
         };

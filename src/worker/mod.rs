@@ -216,7 +216,7 @@ impl Worker {
     /// `planner` and queues their starts.
     pub fn expanding(
         mut self,
-        planner: Arc<Planner>,
+        planner: Arc<arc_swap::ArcSwap<Planner>>,
         histories: HashMap<Source, Arc<dyn CommitHistory>>,
         max_commits: HashMap<Source, usize>,
     ) -> Worker {

@@ -454,7 +454,9 @@ async fn expanding_harness(
             &Metrics::default(),
         )
         .expanding(
-            Arc::new(Planner::new(&config).unwrap()),
+            Arc::new(arc_swap::ArcSwap::from_pointee(
+                Planner::new(&config).unwrap(),
+            )),
             histories,
             HashMap::from([(Source::Codecommit, max_commits)]),
         ),

@@ -112,7 +112,8 @@ pub struct LocalExecutor {
 
 struct Inner {
     store: Arc<Mutex<Connection>>,
-    pipelines: HashMap<String, LocalPipeline>,
+    /// Replaced whole by a reload.
+    pipelines: arc_swap::ArcSwap<HashMap<String, LocalPipeline>>,
     log_dir: PathBuf,
     max_attempts: u32,
     details_url: Option<String>,
@@ -162,7 +163,7 @@ impl LocalExecutor {
         Ok(LocalExecutor {
             inner: Arc::new(Inner {
                 store: Arc::new(Mutex::new(connection)),
-                pipelines: settings.pipelines,
+                pipelines: arc_swap::ArcSwap::from_pointee(settings.pipelines),
                 log_dir: settings.log_dir,
                 max_attempts: settings.max_attempts.max(1),
                 details_url: settings.details_url,
@@ -170,6 +171,11 @@ impl LocalExecutor {
                 running: Mutex::new(JoinSet::new()),
             }),
         })
+    }
+
+    /// Replaces what each pipeline runs (a reload); runs in progress keep theirs.
+    pub fn set_pipelines(&self, pipelines: HashMap<String, LocalPipeline>) {
+        self.inner.pipelines.store(Arc::new(pipelines));
     }
 
     /// Settles the runs that a stopped daemon left `starting` or `running`: stops any
@@ -339,7 +345,7 @@ impl Inner {
     /// interrupted, or (a `starting` run whose process never began) removed. Returns
     /// how many processes were stopped and whether the run never started.
     async fn start(self: Arc<Self>, request: ExecutionRequest) -> Result<Started, ExecutorError> {
-        let Some(pipeline) = self.pipelines.get(&request.pipeline).cloned() else {
+        let Some(pipeline) = self.pipelines.load().get(&request.pipeline).cloned() else {
             return Err(ExecutorError::permanent(format!(
                 "pipeline {} has no local command",
                 request.pipeline
