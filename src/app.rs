@@ -90,6 +90,8 @@ pub enum AppError {
     Github(#[from] GithubError),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// Loads the AWS settings the usual way (environment, profile, instance role), when a
@@ -395,7 +397,7 @@ impl App {
     }
 
     /// What the listener's request handlers share.
-    pub fn listener_state(&self, shutdown: CancellationToken) -> Arc<AppState> {
+    pub fn listener_state(&self, shutdown: CancellationToken) -> Result<Arc<AppState>, AppError> {
         let mut state = AppState::new(
             &self.compiled.config,
             self.planner.load_full(),
@@ -406,9 +408,14 @@ impl App {
         );
         state.ledger = self.ledger.clone();
         state.executor = self.describer.clone();
+        if let Some(tls) = &self.compiled.config.server.tls {
+            state
+                .tls
+                .store(Some(Arc::new(crate::server::tls::acceptor(tls)?)));
+        }
         let state = Arc::new(state);
         *self.state.lock().expect("listener state lock") = Some(state.clone());
-        state
+        Ok(state)
     }
 
     /// Takes a reloaded configuration: its routes, pipelines, webhook secrets, API
@@ -421,9 +428,18 @@ impl App {
             Some(config) => Some(Arc::new(CodeCommitSource::new(config)?)),
             None => None,
         };
+        // A certificate renewed on disk is read again; one that cannot be read refuses
+        // the whole reload.
+        let tls = match &new.server.tls {
+            Some(config) => Some(Arc::new(crate::server::tls::acceptor(config)?)),
+            None => None,
+        };
         self.planner.store(compiled.planner.clone());
         if let Some(state) = self.state.lock().expect("listener state lock").as_ref() {
             state.reload(Live::new(new, compiled.planner.clone(), codecommit));
+            if self.compiled.config.server.tls.is_some() && tls.is_some() {
+                state.tls.store(tls);
+            }
         }
         if let Some(executor) = &self.executor {
             executor.reload(new);
@@ -474,10 +490,21 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             changed.push(key.to_string());
         }
     };
+    // Certificates are reread on reload; HTTPS is turned on or off by a restart.
+    let without_tls = |server: &crate::config::ServerConfig| {
+        let mut server = server.clone();
+        server.tls = None;
+        format!("{server:?}")
+    };
     compare(
         "server (listen, limits, proxies, networks)",
-        format!("{:?}", old.server),
-        format!("{:?}", new.server),
+        without_tls(&old.server),
+        without_tls(&new.server),
+    );
+    compare(
+        "server.tls (on or off)",
+        old.server.tls.is_some().to_string(),
+        new.server.tls.is_some().to_string(),
     );
     compare(
         "queue",

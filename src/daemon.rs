@@ -334,9 +334,14 @@ pub async fn run(
                 source,
             })?;
         if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "Listening for webhooks.");
+            let scheme = if app.compiled.config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(%address, scheme, "Listening for webhooks.");
         }
-        let state = app.listener_state(shutdown.clone());
+        let state = app.listener_state(shutdown.clone())?;
         if let Some(path) = &config_path {
             // `POST /v1/reload` asks the same reloader as SIGHUP.
             let (requests, receiver) = tokio::sync::mpsc::channel(4);

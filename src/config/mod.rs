@@ -33,7 +33,7 @@ pub use github::{
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
 pub use queue::QueueConfig;
 pub use route::{CommitsMode, EventName, RouteConfig};
-pub use server::{RateLimitConfig, ServerConfig, parse_network};
+pub use server::{RateLimitConfig, ServerConfig, TlsConfig, parse_network};
 pub use worker::WorkerConfig;
 
 use crate::event::Source;

@@ -37,6 +37,19 @@ pub struct ServerConfig {
     /// and from one address: what an unauthenticated client can make the process hold.
     pub max_unverified_bytes: usize,
     pub max_unverified_bytes_per_address: usize,
+    /// Serve HTTPS with this certificate (reread on reload, so a renewed certificate
+    /// needs no restart); plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +67,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             max_unverified_bytes: 128 * 1024 * 1024,
             max_unverified_bytes_per_address: 32 * 1024 * 1024,
+            tls: None,
         }
     }
 }

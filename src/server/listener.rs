@@ -293,28 +293,57 @@ pub async fn run(
                 }
             })
         };
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(state.header_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let builder = {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.header_timeout)
+                .keep_alive(true);
+            builder
+        };
+        let watcher = graceful.watcher();
         let idle_timeout = state.idle_timeout;
+        let header_timeout = state.header_timeout;
         let metrics = state.metrics.clone();
+        let tls = state.tls.load_full();
         tokio::spawn(async move {
             let _admitted = admitted;
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        if error.is_timeout() {
-                            metrics
-                                .connections_timed_out
-                                .get_or_create(&labels(&[("reason", "headers")]))
-                                .inc();
+            let serve = async {
+                match tls {
+                    None => {
+                        serve(
+                            builder.serve_connection(TokioIo::new(stream), service),
+                            watcher,
+                            &metrics,
+                        )
+                        .await
+                    }
+                    Some(acceptor) => {
+                        // The handshake is part of what a client must finish in time.
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                serve(
+                                    builder.serve_connection(TokioIo::new(stream), service),
+                                    watcher,
+                                    &metrics,
+                                )
+                                .await
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "A TLS handshake failed.");
+                            }
+                            Err(_) => {
+                                metrics
+                                    .connections_timed_out
+                                    .get_or_create(&labels(&[("reason", "headers")]))
+                                    .inc();
+                            }
                         }
-                        tracing::debug!(%error, "A connection ended with an error.");
                     }
                 }
+            };
+            tokio::select! {
+                _ = serve => {}
                 _ = idle_for(activity, idle_timeout) => {
                     metrics
                         .connections_timed_out
@@ -336,6 +365,26 @@ pub async fn run(
         tracing::warn!("Closed connections still busy at the end of the request timeout.");
     }
     Ok(())
+}
+
+/// Serves one connection to its end (or the daemon's graceful shutdown), counting a
+/// header timeout.
+async fn serve<C>(
+    connection: C,
+    watcher: hyper_util::server::graceful::Watcher,
+    metrics: &crate::telemetry::Metrics,
+) where
+    C: hyper_util::server::graceful::GracefulConnection<Error = hyper::Error>,
+{
+    if let Err(error) = watcher.watch(connection).await {
+        if error.is_timeout() {
+            metrics
+                .connections_timed_out
+                .get_or_create(&labels(&[("reason", "headers")]))
+                .inc();
+        }
+        tracing::debug!(%error, "A connection ended with an error.");
+    }
 }
 
 /// Resolves once the connection has had no request in progress for `timeout`.

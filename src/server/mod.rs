@@ -27,6 +27,7 @@ use tracing::Instrument;
 mod api;
 mod body;
 mod listener;
+pub mod tls;
 
 pub use listener::run;
 
@@ -73,6 +74,9 @@ pub struct AppState {
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
     /// What `GET /v1/executions/{name}` asks.
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
+    /// The TLS acceptor when `[server.tls]` is set; a reload replaces it with one for
+    /// the certificate on disk then.
+    pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// Where `POST /v1/reload` asks for a reload (the daemon's reloader).
     pub reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
@@ -153,6 +157,7 @@ impl AppState {
             ledger: None,
             executor: None,
             reloads: std::sync::OnceLock::new(),
+            tls: arc_swap::ArcSwapOption::empty(),
         }
     }
 }

@@ -101,7 +101,7 @@ pub async fn spawn_app(mut config: Config) -> TestApp {
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::run(
         listener,
-        app.listener_state(shutdown.clone()),
+        app.listener_state(shutdown.clone()).unwrap(),
         shutdown.clone(),
     ));
     TestApp {
