@@ -316,6 +316,25 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    if !role.listens()
+        && let Some(address) = app.compiled.config.worker.metrics_listen
+    {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| DaemonError::Bind { address, source })?;
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "Serving the worker's metrics.");
+        }
+        let (metrics, shutdown) = (app.metrics.clone(), shutdown.clone());
+        parts.spawn(async move {
+            (
+                "metrics listener",
+                server::serve_metrics(listener, metrics, shutdown)
+                    .await
+                    .map_err(Into::into),
+            )
+        });
+    }
     if role.works()
         && let Some(reconciler) = app.reconciler()
         && reconciler.config.interval_secs > 0

@@ -13,16 +13,29 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 /// Starts logging to stderr; `GITDISPATCH_LOG` (or `RUST_LOG`) sets the filter.
+/// `GITDISPATCH_LOG_FORMAT=json` writes one JSON object per line, with each span's
+/// fields (delivery, repository, ref, commit, execution), for log pipelines to index;
+/// the default is text, coloured on a terminal.
 pub fn init() {
     let filter = std::env::var("GITDISPATCH_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".to_string());
-    let _ = tracing_subscriber::fmt()
+    let json = std::env::var("GITDISPATCH_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -115,6 +128,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers a histogram (the worker's start latency, for example).
+    pub fn register_histogram(
+        &self,
+        name: &str,
+        help: &str,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics registry lock")
+            .register(name, help, histogram);
+    }
+
     /// Registers a further counter family (the worker's, for example).
     pub fn register_family(&self, name: &str, help: &str, family: Family<Labels, Counter>) {
         self.registry

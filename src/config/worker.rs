@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub retry_max_secs: u64,
     /// On shutdown, how long jobs in progress may finish before they are released.
     pub shutdown_grace_secs: u64,
+    /// Where a `work`-only process serves `/metrics` and `/healthz` (a process that
+    /// also listens serves them on its listener).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +44,7 @@ impl Default for WorkerConfig {
             retry_initial_ms: 1000,
             retry_max_secs: 300,
             shutdown_grace_secs: 30,
+            metrics_listen: None,
         }
     }
 }

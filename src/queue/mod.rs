@@ -111,6 +111,8 @@ pub struct Received {
     pub message: Message,
     /// How many times the message has been received, this time included.
     pub receive_count: u32,
+    /// When it was sent (milliseconds since the epoch), when the backend says.
+    pub sent_at_ms: Option<i64>,
 }
 
 /// What a backend can promise beyond at-least-once delivery.

@@ -269,6 +269,10 @@ fn read_message(message: &aws_sdk_sqs::types::Message) -> Option<Received> {
         .and_then(|attributes| attributes.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|value| value.parse().ok())
         .unwrap_or(1);
+    let sent_at_ms = message
+        .attributes()
+        .and_then(|attributes| attributes.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|value| value.parse().ok());
     Some(Received {
         receipt: Receipt(receipt),
         message: Message {
@@ -277,6 +281,7 @@ fn read_message(message: &aws_sdk_sqs::types::Message) -> Option<Received> {
             body: message.body().unwrap_or_default().to_string(),
         },
         receive_count,
+        sent_at_ms,
     })
 }
 
@@ -361,6 +366,7 @@ impl Queue for SqsQueue {
             .max_number_of_messages(max)
             .wait_time_seconds(wait.min(MAX_WAIT).as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names("All")
             .send()
             .await

@@ -709,14 +709,40 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    render_metrics(&state.metrics)
+}
+
+fn render_metrics(metrics: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
+}
+
+/// `/metrics` and `/healthz` alone, for a process that works but does not listen for
+/// webhooks (`[worker] metrics_listen`), so that its counters are scraped where they
+/// are counted.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { render_metrics(&metrics) }
+            }),
+        )
+        .route("/healthz", get(healthz));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl WorkerSettings {
 }
 
 /// The worker's counters.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct WorkerMetrics {
     /// Jobs handled, by outcome (`acked`, `retried`, `dead_lettered`, `released`).
     jobs: Family<Vec<(&'static str, String)>, Counter>,
@@ -101,6 +101,24 @@ struct WorkerMetrics {
     /// Reports, by outcome (`written`, `stale`, `retried`, `delayed`, `given_up`,
     /// `failed`, `dropped`).
     reports: Family<Vec<(&'static str, String)>, Counter>,
+    /// From a start job's sending (the delivery's answer) to its execution's start.
+    start_latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        WorkerMetrics {
+            jobs: Family::default(),
+            starts: Family::default(),
+            executions_ended: Family::default(),
+            expansions: Family::default(),
+            reports: Family::default(),
+            // 10 ms to about 3 hours: a lane can hold a job behind long deploys.
+            start_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.01, 4.0, 12),
+            ),
+        }
+    }
 }
 
 /// Wall-clock milliseconds, read from tokio's clock after a wall-clock start, so that
@@ -178,6 +196,11 @@ impl Worker {
             "gitdispatch_reports",
             "Reports to the source, by outcome",
             worker_metrics.reports.clone(),
+        );
+        metrics.register_histogram(
+            "gitdispatch_start_latency_seconds",
+            "From a delivery's jobs being queued to their executions' starts",
+            worker_metrics.start_latency.clone(),
         );
         Worker {
             queue,

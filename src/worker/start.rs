@@ -104,6 +104,10 @@ impl Worker {
                 tracing::info!(id = started.id(), "The execution existed already.");
             } else {
                 tracing::info!(id = started.id(), "Started an execution.");
+                if let Some(sent_at) = received.sent_at_ms {
+                    let waited = (self.clock.now_ms() - sent_at).max(0) as f64 / 1000.0;
+                    self.metrics.start_latency.observe(waited);
+                }
             }
             let details_url = self.executor.link(started.id());
             let target = request.report.as_ref().filter(|_| self.reports());

@@ -95,10 +95,11 @@ pub(super) fn receive(
     }
 
     let mut candidates = tx.prepare_cached(&format!(
-        "SELECT seq, id, grp, body, receive_count FROM jobs AS j WHERE {RECEIVABLE}
+        "SELECT seq, id, grp, body, receive_count, sent_at FROM jobs AS j WHERE {RECEIVABLE}
          ORDER BY seq LIMIT ?2"
     ))?;
-    let rows: Vec<(i64, String, Option<String>, String, u32)> = candidates
+    type Row = (i64, String, Option<String>, String, u32, i64);
+    let rows: Vec<Row> = candidates
         .query_map(params![now, max as i64], |row| {
             Ok((
                 row.get(0)?,
@@ -106,6 +107,7 @@ pub(super) fn receive(
                 row.get(2)?,
                 row.get(3)?,
                 row.get(4)?,
+                row.get(5)?,
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -114,13 +116,14 @@ pub(super) fn receive(
          WHERE seq = ?1",
     )?;
     let mut received = Vec::with_capacity(rows.len());
-    for (seq, id, group, body, receive_count) in rows {
+    for (seq, id, group, body, receive_count, sent_at) in rows {
         let receipt = uuid::Uuid::new_v4().to_string();
         lease.execute(params![seq, receipt, now + visibility])?;
         received.push(Received {
             receipt: Receipt(receipt),
             message: Message { id, group, body },
             receive_count: receive_count + 1,
+            sent_at_ms: Some(sent_at),
         });
     }
     let next_visible_at: Option<i64> = tx
