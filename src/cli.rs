@@ -305,6 +305,34 @@ pub async fn reload(
     Ok(success)
 }
 
+/// `health`: whether the daemon at `url` (default: `[server] listen`) is ready —
+/// `GET /readyz` answers 200. For a container's `HEALTHCHECK` and for scripts.
+pub async fn health(config: &Config, url: Option<&str>) -> Result<bool, CliError> {
+    let base = url
+        .map(str::to_string)
+        .unwrap_or_else(|| local_base_url(config));
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|source| CliError::Send {
+            url: url.clone(),
+            source,
+        })?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|source| CliError::Send {
+            url: url.clone(),
+            source,
+        })?;
+    let ready = response.status().is_success();
+    if !ready {
+        eprintln!("{url} answered {}", response.status());
+    }
+    Ok(ready)
+}
+
 /// What `trigger` asks for.
 #[derive(Debug, Clone)]
 pub struct TriggerArgs {

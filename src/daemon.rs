@@ -325,11 +325,11 @@ pub async fn run(
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "Serving the worker's metrics.");
         }
-        let (metrics, shutdown) = (app.metrics.clone(), shutdown.clone());
+        let (metrics, queue, shutdown) = (app.metrics.clone(), app.queue.queue(), shutdown.clone());
         parts.spawn(async move {
             (
                 "metrics listener",
-                server::serve_metrics(listener, metrics, shutdown)
+                server::serve_metrics(listener, metrics, queue, shutdown)
                     .await
                     .map_err(Into::into),
             )

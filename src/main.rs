@@ -107,6 +107,14 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Exit 0 when the daemon is ready (GET /readyz answers 200): for a container's
+    /// HEALTHCHECK and for scripts.
+    Health {
+        /// The daemon's base URL (default: from [server] listen; for a `work`-only
+        /// process, its [worker] metrics_listen).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Ask the running daemon to reload its configuration (POST /v1/reload, the token
     /// from GITDISPATCH_TOKEN); `kill -HUP <pid>` does the same.
     Reload {
@@ -241,6 +249,11 @@ fn main() -> ExitCode {
             });
             finish(result)
         }
+        Command::Health { url } => match runtime().block_on(cli::health(config, url.as_deref())) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => finish(Err(error)),
+        },
         Command::Reload { url } => {
             let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
                 eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");

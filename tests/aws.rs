@@ -76,10 +76,7 @@ async fn the_step_functions_executor_starts_idempotently_and_describes() {
             assert_eq!(output["action"], "deploy");
             let components = output["components"].as_array().unwrap();
             assert_eq!(components[0]["deployed"], true);
-            assert_eq!(
-                components[0]["override_branch"],
-                serde_json::json!(["hotfix/important_patch"])
-            );
+            assert_eq!(components[0]["branch"], "hotfix/important_patch");
             assert_eq!(
                 components[1]["deployed"], false,
                 "console is skipped: skip_console_v1"
@@ -694,4 +691,115 @@ async fn a_delivery_that_cannot_be_queued_gets_a_5xx() {
             .starts_with("could not queue the jobs")
     );
     shutdown.cancel();
+}
+
+/// The sample state machine of deploy/, run on moto, takes each documented path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_state_machine_takes_each_documented_path() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let arn = create_sample_state_machine(&sfn).await;
+    let input = |action: &str, skip_console: bool, overrides: Value| {
+        serde_json::json!({
+            "environment": "acceptance",
+            "skip_api_v2": false,
+            "skip_console_v1": skip_console,
+            "override_branches": overrides,
+            "git": {"provider": "github", "action": action, "commit": "a".repeat(40)},
+        })
+    };
+    let cases = [
+        (
+            "override",
+            input(
+                "deploy",
+                true,
+                serde_json::json!([{"project": "project-api-v2", "branch": "hotfix/important_patch"}]),
+            ),
+        ),
+        ("no-override", input("deploy", true, serde_json::json!([]))),
+        // deploy_all_projects: every component deploys; only the pushed repository's
+        // project has an override.
+        (
+            "all-projects",
+            input(
+                "deploy",
+                false,
+                serde_json::json!([{"project": "project-api-v2", "branch": "feature/x"}]),
+            ),
+        ),
+        ("teardown", input("teardown", false, serde_json::json!([]))),
+        ("unknown", input("rollback", false, serde_json::json!([]))),
+    ];
+    let mut arns = HashMap::new();
+    for (case, input) in &cases {
+        let started = sfn
+            .start_execution()
+            .state_machine_arn(&arn)
+            .name(moto::unique(case))
+            .input(input.to_string())
+            .send()
+            .await
+            .unwrap();
+        arns.insert(*case, started.execution_arn().to_string());
+    }
+    let mut ended = HashMap::new();
+    for _ in 0..100 {
+        for (case, execution) in &arns {
+            let described = sfn
+                .describe_execution()
+                .execution_arn(execution)
+                .send()
+                .await
+                .unwrap();
+            if *described.status() != ExecutionStatus::Running {
+                ended.insert(*case, described);
+            }
+        }
+        if ended.len() == arns.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let output = |case: &str| -> Value {
+        let described = &ended[case];
+        assert_eq!(
+            *described.status(),
+            ExecutionStatus::Succeeded,
+            "{case}: {:?} {:?}",
+            described.error(),
+            described.cause()
+        );
+        serde_json::from_str(described.output().unwrap()).unwrap()
+    };
+    let component = |output: &Value, index: usize| output["components"][index].clone();
+
+    let overridden = output("override");
+    assert_eq!(overridden["action"], "deploy");
+    assert_eq!(
+        component(&overridden, 0)["branch"],
+        "hotfix/important_patch"
+    );
+    assert_eq!(
+        component(&overridden, 1)["deployed"],
+        false,
+        "console skipped"
+    );
+
+    let defaulted = output("no-override");
+    assert_eq!(
+        component(&defaulted, 0)["branch"],
+        "main",
+        "the default branch"
+    );
+
+    let all = output("all-projects");
+    assert_eq!(component(&all, 0)["branch"], "feature/x");
+    assert_eq!(component(&all, 1)["deployed"], true);
+    assert_eq!(component(&all, 1)["branch"], "main");
+
+    assert_eq!(output("teardown")["action"], "teardown");
+    let unknown = &ended["unknown"];
+    assert_eq!(*unknown.status(), ExecutionStatus::Failed);
+    assert_eq!(unknown.error(), Some("UnknownAction"));
 }

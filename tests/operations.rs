@@ -207,7 +207,7 @@ async fn a_work_only_process_serves_its_own_metrics() {
     let answer = Delivery::fixture("push", "push_branch_commits.json")
         .post(
             &reqwest::Client::new(),
-            &format!("http://{}/webhooks/github", listening.unwrap()),
+            &format!("http://{}/webhooks/github", listening.as_deref().unwrap()),
         )
         .await
         .unwrap();

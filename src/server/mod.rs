@@ -691,14 +691,19 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    readiness(state.shutdown.is_cancelled(), state.queue.as_ref())
+}
+
+/// Ready: not shutting down, and the queue takes work.
+fn readiness(shutting_down: bool, queue: &dyn Queue) -> Response {
+    if shutting_down {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "shutting_down"})),
         )
             .into_response();
     }
-    match state.queue.health() {
+    match queue.health() {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -729,8 +734,10 @@ fn render_metrics(metrics: &Metrics) -> Response {
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    queue: Arc<dyn Queue>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let ready = shutdown.clone();
     let router = Router::new()
         .route(
             "/metrics",
@@ -739,7 +746,14 @@ pub async fn serve_metrics(
                 async move { render_metrics(&metrics) }
             }),
         )
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(move || {
+                let (queue, ready) = (queue.clone(), ready.clone());
+                async move { readiness(ready.is_cancelled(), queue.as_ref()) }
+            }),
+        );
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

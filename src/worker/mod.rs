@@ -45,6 +45,9 @@ use crate::telemetry::{Metrics, labels};
 /// is offered again, to a worker that may read it.
 const NEWER_JOB_DELAY: Duration = Duration::from_secs(60);
 
+/// A dead letter's reason is kept to this many bytes, on one line.
+const MAX_REASON: usize = 500;
+
 /// With short polls (`receive_wait_secs = 0`), how long an empty receive waits before
 /// the next one.
 const EMPTY_POLL_PAUSE: Duration = Duration::from_millis(200);
@@ -520,10 +523,12 @@ impl Worker {
                 self.queue.release(&received.receipt, *delay).await,
             ),
             Settle::DeadLetter(reason) => {
+                // One line: a cause's raw response must not become the reason.
+                let reason = crate::text::one_line(reason, MAX_REASON);
                 tracing::error!(job = %received.message.id, %reason, "Dead-lettered a job that cannot succeed.");
                 (
                     "dead_lettered",
-                    self.queue.dead_letter(received, reason).await,
+                    self.queue.dead_letter(received, &reason).await,
                 )
             }
         };
