@@ -78,35 +78,39 @@ impl Model {
             })
     }
 
+    /// The oldest receivable jobs in send order; one received MAX_RECEIVES times is
+    /// dead-lettered instead of handed out, and the look is repeated (its group's next
+    /// job may now be receivable) until `max` are leased or none is left.
     fn receive(&mut self, max: usize) -> Vec<(String, u32, u64)> {
-        loop {
-            let exhausted: Vec<usize> = (0..self.jobs.len())
-                .filter(|&index| {
-                    self.receivable(index) && self.jobs[index].receive_count >= MAX_RECEIVES
-                })
+        let mut out = Vec::new();
+        while out.len() < max {
+            let chosen: Vec<String> = (0..self.jobs.len())
+                .filter(|&index| self.receivable(index))
+                .take(max - out.len())
+                .map(|index| self.jobs[index].id.clone())
                 .collect();
-            if exhausted.is_empty() {
+            if chosen.is_empty() {
                 break;
             }
-            for &index in &exhausted {
-                self.dead.push(self.jobs[index].id.clone());
+            let mut exhausted = false;
+            for id in chosen {
+                let index = self.jobs.iter().position(|job| job.id == id).unwrap();
+                if self.jobs[index].receive_count >= MAX_RECEIVES {
+                    self.dead.push(id);
+                    self.jobs.remove(index);
+                    exhausted = true;
+                    continue;
+                }
+                self.next_lease += 1;
+                let job = &mut self.jobs[index];
+                job.visible_at = self.now + VISIBILITY_MS;
+                job.receive_count += 1;
+                job.lease = Some(self.next_lease);
+                out.push((job.id.clone(), job.receive_count, self.next_lease));
             }
-            for index in exhausted.into_iter().rev() {
-                self.jobs.remove(index);
+            if !exhausted {
+                break;
             }
-        }
-        let chosen: Vec<usize> = (0..self.jobs.len())
-            .filter(|&index| self.receivable(index))
-            .take(max)
-            .collect();
-        let mut out = Vec::new();
-        for index in chosen {
-            self.next_lease += 1;
-            let job = &mut self.jobs[index];
-            job.visible_at = self.now + VISIBILITY_MS;
-            job.receive_count += 1;
-            job.lease = Some(self.next_lease);
-            out.push((job.id.clone(), job.receive_count, self.next_lease));
         }
         out
     }

@@ -427,8 +427,13 @@ async fn handle_github(
     let verified = github::verify(&live.github, headers, &body)?;
     let delivery = verified.delivery().clone();
     let span = tracing::info_span!("delivery", source = "github", delivery = %delivery, event = verified.event_name());
+    let decoded = span.in_scope(|| github::decode(verified))?;
+    // The event holds what planning needs: the body (up to 25 MB) goes now, not when
+    // the delivery is answered.
+    drop(body);
+    drop(held);
     async move {
-        match github::decode(verified)? {
+        match decoded {
             Decoded::Ping => Ok((
                 StatusCode::OK,
                 "ping",
@@ -438,7 +443,7 @@ async fn handle_github(
                 delivery.as_str(),
                 format!("{name} events are not acted on"),
             )),
-            Decoded::Event(event) => accept_events(state, delivery.as_str(), &[*event]).await,
+            Decoded::Event(event) => accept_events(state, delivery.as_str(), vec![*event]).await,
         }
     }
     .instrument(span)
@@ -495,7 +500,7 @@ async fn handle_codecommit(
                 .map(|event| event.delivery.to_string())
                 .unwrap_or_default();
             let span = tracing::info_span!("delivery", source = "codecommit", delivery = %delivery);
-            accept_events(state, &delivery, &events)
+            accept_events(state, &delivery, events)
                 .instrument(span)
                 .await
         }
@@ -517,7 +522,7 @@ fn ignored(delivery: &str, reason: String) -> Answer {
 async fn accept_events(
     state: &AppState,
     delivery: &str,
-    events: &[Event],
+    events: Vec<Event>,
 ) -> Result<Answer, ApiError> {
     let mut requests = Vec::new();
     let mut expansions = Vec::new();
@@ -526,7 +531,7 @@ async fn accept_events(
     let mut matched = 0;
     let mut heads = Vec::new();
     let planner = state.live.load().planner.clone();
-    for event in events {
+    for event in &events {
         let plan = planner.plan(event)?;
         record_plan(state, event, &plan);
         matched += plan.matched_routes;
@@ -546,6 +551,8 @@ async fn accept_events(
         expansions.extend(plan.expansion);
         reports.extend(plan.reports);
     }
+    // Planned: the commits' messages (most of a large push) are in the inputs now.
+    drop(events);
     // With reconcile on, a delivery claims its commits first: what reconcile planned
     // already is not planned again.
     let mut claimed = Vec::new();

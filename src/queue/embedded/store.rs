@@ -25,6 +25,7 @@ pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
          );
          CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (grp, seq);
          CREATE INDEX IF NOT EXISTS jobs_by_receipt ON jobs (receipt);
+         CREATE INDEX IF NOT EXISTS jobs_by_visible_at ON jobs (visible_at);
          CREATE TABLE IF NOT EXISTS dead_letters (
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
              id TEXT NOT NULL,
@@ -70,61 +71,61 @@ pub(super) fn receive(
     const RECEIVABLE: &str = "visible_at <= ?1
         AND (grp IS NULL OR seq = (SELECT MIN(seq) FROM jobs AS k WHERE k.grp = j.grp))";
 
-    // First dead-letter every receivable message already received max_receives times
-    // (SQS moves such a message when it would hand it out again). Dead-lettering a
-    // group's oldest makes the next one receivable: repeat until none is left.
-    let mut exhausted = tx.prepare_cached(&format!(
-        "SELECT seq, id, receive_count FROM jobs AS j WHERE {RECEIVABLE} AND receive_count >= ?2"
+    // The oldest receivable messages, in send order. One already received
+    // max_receives times is dead-lettered instead of handed out (as SQS moves such a
+    // message when it would hand it out again); that can make the next message of its
+    // group receivable, so look again until `max` are leased or none is left. Only the
+    // messages about to be handed out are looked at: a receive costs the same with a
+    // backlog of a million.
+    let mut candidates = tx.prepare_cached(&format!(
+        "SELECT seq, id, grp, body, receive_count, sent_at FROM jobs AS j WHERE {RECEIVABLE}
+         ORDER BY seq LIMIT ?2"
     ))?;
-    loop {
-        let rows: Vec<(i64, String, u32)> = exhausted
-            .query_map(params![now, max_receives], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    let mut lease = tx.prepare_cached(
+        "UPDATE jobs SET receive_count = receive_count + 1, receipt = ?2, visible_at = ?3
+         WHERE seq = ?1",
+    )?;
+    type Row = (i64, String, Option<String>, String, u32, i64);
+    let mut received = Vec::with_capacity(max);
+    while received.len() < max {
+        let rows: Vec<Row> = candidates
+            .query_map(params![now, (max - received.len()) as i64], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         if rows.is_empty() {
             break;
         }
-        for (seq, id, receive_count) in rows {
-            let reason = format!(
-                "received {receive_count} times without being acknowledged (max_receives = {max_receives})"
-            );
-            move_to_dead_letters(tx, seq, &reason, now)?;
-            tracing::warn!(job = %id, receive_count, "Dead-lettered a job received too often.");
+        let mut exhausted = false;
+        for (seq, id, group, body, receive_count, sent_at) in rows {
+            if receive_count >= max_receives {
+                let reason = format!(
+                    "received {receive_count} times without being acknowledged (max_receives = {max_receives})"
+                );
+                move_to_dead_letters(tx, seq, &reason, now)?;
+                tracing::warn!(job = %id, receive_count, "Dead-lettered a job received too often.");
+                exhausted = true;
+                continue;
+            }
+            let receipt = uuid::Uuid::new_v4().to_string();
+            lease.execute(params![seq, receipt, now + visibility])?;
+            received.push(Received {
+                receipt: Receipt(receipt),
+                message: Message { id, group, body },
+                receive_count: receive_count + 1,
+                sent_at_ms: Some(sent_at),
+            });
         }
-    }
-
-    let mut candidates = tx.prepare_cached(&format!(
-        "SELECT seq, id, grp, body, receive_count, sent_at FROM jobs AS j WHERE {RECEIVABLE}
-         ORDER BY seq LIMIT ?2"
-    ))?;
-    type Row = (i64, String, Option<String>, String, u32, i64);
-    let rows: Vec<Row> = candidates
-        .query_map(params![now, max as i64], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut lease = tx.prepare_cached(
-        "UPDATE jobs SET receive_count = receive_count + 1, receipt = ?2, visible_at = ?3
-         WHERE seq = ?1",
-    )?;
-    let mut received = Vec::with_capacity(rows.len());
-    for (seq, id, group, body, receive_count, sent_at) in rows {
-        let receipt = uuid::Uuid::new_v4().to_string();
-        lease.execute(params![seq, receipt, now + visibility])?;
-        received.push(Received {
-            receipt: Receipt(receipt),
-            message: Message { id, group, body },
-            receive_count: receive_count + 1,
-            sent_at_ms: Some(sent_at),
-        });
+        if !exhausted {
+            break;
+        }
     }
     let next_visible_at: Option<i64> = tx
         .prepare_cached("SELECT MIN(visible_at) FROM jobs WHERE visible_at > ?1")?

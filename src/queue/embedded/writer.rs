@@ -123,7 +123,11 @@ pub(super) async fn writer(
             commands.recv().await
         };
         let Some(first) = first else {
-            break "the queue was closed".to_string();
+            // Every handle was dropped: the process is stopping, and nothing is lost.
+            tracing::debug!("The queue writer stopped: the queue was closed.");
+            let _ = health.stopped.set("the queue was closed".to_string());
+            health.stopped_signal.cancel();
+            return;
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
