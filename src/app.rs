@@ -91,6 +91,8 @@ pub enum AppError {
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
     Tls(#[from] crate::server::tls::TlsError),
 }
 
@@ -284,12 +286,38 @@ pub struct App {
     pub github: Option<Arc<GithubClient>>,
     /// The record of planned commits, when `[github.reconcile]` is configured.
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
+    /// Deliveries, lane jobs and pauses, for operators.
+    pub journal: Arc<dyn crate::journal::Journal>,
+    /// The pipelines with `supersede = true`; a reload replaces them.
+    supersede: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     /// What the API asks about executions, when it is on.
     describer: Option<Arc<dyn Executor>>,
     /// The planner every part plans with; a reload replaces it.
     planner: Arc<ArcSwap<Planner>>,
     /// The listener's state, once made: a reload replaces what it holds.
     state: std::sync::Mutex<Option<Arc<AppState>>>,
+}
+
+/// Opens the journal in the `[ledger]` store: the SQLite file's neighbour (the same
+/// file, its own tables), or items of the same DynamoDB table.
+pub async fn open_journal(
+    config: &Config,
+    aws: Option<&SdkConfig>,
+) -> Result<Arc<dyn crate::journal::Journal>, AppError> {
+    let retention = config.history.retention();
+    Ok(match &config.ledger {
+        crate::config::LedgerConfig::Sqlite { path } => {
+            Arc::new(crate::journal::sqlite::SqliteJournal::open(path)?)
+        }
+        crate::config::LedgerConfig::Dynamodb { table } => {
+            let aws = aws.ok_or(AppError::NoAwsSettings("the DynamoDB journal"))?;
+            Arc::new(crate::journal::dynamodb::DynamoJournal::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                table.clone(),
+                retention,
+            ))
+        }
+    })
 }
 
 /// Whether anything configured records in the ledger: reconcile (the commits planned)
@@ -359,6 +387,8 @@ impl App {
             None => None,
         };
         let ledger = open_ledger(&compiled.config, aws.as_ref()).await?;
+        let journal = open_journal(&compiled.config, aws.as_ref()).await?;
+        let supersede = Arc::new(std::sync::RwLock::new(supersede_set(&compiled.config)));
         let github = GithubClient::from_config(&compiled.config.github)?.map(Arc::new);
         let reporter: Option<Arc<dyn Reporter>> = match (&github, work) {
             (Some(client), true) => {
@@ -390,6 +420,8 @@ impl App {
             reporter,
             github,
             ledger,
+            journal,
+            supersede,
             describer,
             planner: Arc::new(ArcSwap::new(compiled_planner)),
             state: std::sync::Mutex::new(None),
@@ -407,6 +439,10 @@ impl App {
             shutdown,
         );
         state.ledger = self.ledger.clone();
+        state.journal = Some(self.journal.clone());
+        if let OpenedQueue::Embedded(embedded) = &self.queue {
+            state.embedded = Some(embedded.clone());
+        }
         state.executor = self.describer.clone();
         if let Some(tls) = &self.compiled.config.server.tls {
             state
@@ -444,6 +480,7 @@ impl App {
         if let Some(executor) = &self.executor {
             executor.reload(new);
         }
+        *self.supersede.write().expect("supersede lock") = supersede_set(new);
         Ok(restart_only_changes(&self.compiled.config, new))
     }
 
@@ -477,9 +514,20 @@ impl App {
             )
             .expanding(self.planner.clone(), self.histories.clone(), max_commits)
             .reporting(self.reporter.clone())
-            .claiming(self.ledger.clone()),
+            .claiming(self.ledger.clone())
+            .journaling(Some(self.journal.clone()), self.supersede.clone()),
         ))
     }
+}
+
+/// The pipelines whose waiting jobs supersede older ones.
+pub fn supersede_set(config: &Config) -> std::collections::HashSet<String> {
+    config
+        .pipelines
+        .iter()
+        .filter(|pipeline| pipeline.supersede)
+        .map(|pipeline| pipeline.name.clone())
+        .collect()
 }
 
 /// The settings a reload cannot change that differ between `old` and `new`, by key.

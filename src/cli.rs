@@ -594,6 +594,213 @@ pub async fn dlq_redrive(config: &Config, seqs: Option<Vec<i64>>) -> Result<usiz
     Ok(queue.redrive(seqs).await?)
 }
 
+/// What the operator commands (`deliveries`, `lanes`, `pause`, `resume`, `replay`)
+/// ask of the running daemon's API.
+pub enum Operate {
+    Deliveries {
+        repository: Option<String>,
+        since: Option<std::time::Duration>,
+        limit: usize,
+    },
+    Lanes,
+    Pause {
+        pipeline: String,
+        environment: String,
+        reason: String,
+    },
+    Resume {
+        pipeline: String,
+        environment: String,
+    },
+    Replay {
+        pipeline: String,
+        environment: Option<String>,
+        since: std::time::Duration,
+        until: Option<std::time::Duration>,
+        failed_only: bool,
+        dry_run: bool,
+    },
+}
+
+fn ago(duration: std::time::Duration) -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now() - duration).to_string()
+}
+
+fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>()
+}
+
+/// Runs an operator command against the API (the token from `GITDISPATCH_TOKEN`) and
+/// prints what it answers, a line per item.
+pub async fn operate(
+    config: &Config,
+    url: Option<&str>,
+    token: &str,
+    command: Operate,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let base = url
+        .map(str::to_string)
+        .unwrap_or_else(|| local_base_url(config))
+        .trim_end_matches('/')
+        .to_string();
+    let client = reqwest::Client::new();
+    let (request, path) = match &command {
+        Operate::Deliveries {
+            repository,
+            since,
+            limit,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            if let Some(repository) = repository {
+                query.append_pair("repository", repository);
+            }
+            if let Some(since) = since {
+                query.append_pair("since", &ago(*since));
+            }
+            let path = format!("/v1/deliveries?{}", query.finish());
+            (client.get(format!("{base}{path}")), path)
+        }
+        Operate::Lanes => (client.get(format!("{base}/v1/lanes")), "/v1/lanes".into()),
+        Operate::Pause {
+            pipeline,
+            environment,
+            reason,
+        } => {
+            let path = format!(
+                "/v1/lanes/{}/{}/pause",
+                segment(pipeline),
+                segment(environment)
+            );
+            (
+                client
+                    .post(format!("{base}{path}"))
+                    .header("content-type", "application/json")
+                    .body(json!({"reason": reason}).to_string()),
+                path,
+            )
+        }
+        Operate::Resume {
+            pipeline,
+            environment,
+        } => {
+            let path = format!(
+                "/v1/lanes/{}/{}/resume",
+                segment(pipeline),
+                segment(environment)
+            );
+            (client.post(format!("{base}{path}")), path)
+        }
+        Operate::Replay {
+            pipeline,
+            environment,
+            since,
+            until,
+            failed_only,
+            dry_run,
+        } => {
+            let body = json!({
+                "pipeline": pipeline,
+                "environment": environment,
+                "since": ago(*since),
+                "until": until.map(ago),
+                "failed_only": failed_only,
+                "dry_run": dry_run,
+            });
+            (
+                client
+                    .post(format!("{base}/v1/replays"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+                "/v1/replays".into(),
+            )
+        }
+    };
+    let url = format!("{base}{path}");
+    let response = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|source| CliError::Send {
+            url: url.clone(),
+            source,
+        })?;
+    let status = response.status();
+    let answer: serde_json::Value =
+        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    if !status.is_success() {
+        return Err(CliError::Usage(format!(
+            "the API answered {status}: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        )));
+    }
+    let empty = Vec::new();
+    match command {
+        Operate::Deliveries { .. } => {
+            for delivery in answer["deliveries"].as_array().unwrap_or(&empty) {
+                writeln!(
+                    out,
+                    "{}  {} {} {} {}  {} {}  {}",
+                    delivery["id"].as_str().unwrap_or_default(),
+                    delivery["source"].as_str().unwrap_or_default(),
+                    delivery["event"].as_str().unwrap_or_default(),
+                    delivery["repository"].as_str().unwrap_or_default(),
+                    delivery["ref"].as_str().unwrap_or_default(),
+                    delivery["status"],
+                    delivery["outcome"].as_str().unwrap_or_default(),
+                    delivery["executions"]
+                        .as_array()
+                        .unwrap_or(&empty)
+                        .iter()
+                        .filter_map(|name| name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )?;
+            }
+        }
+        Operate::Lanes => {
+            for lane in answer["lanes"].as_array().unwrap_or(&empty) {
+                writeln!(
+                    out,
+                    "{}/{}  {}{}  waiting {}  running {}",
+                    lane["pipeline"].as_str().unwrap_or_default(),
+                    lane["environment"].as_str().unwrap_or_default(),
+                    lane["state"].as_str().unwrap_or_default(),
+                    lane["paused"]["reason"]
+                        .as_str()
+                        .map(|reason| format!(" ({reason})"))
+                        .unwrap_or_default(),
+                    lane["waiting"]["count"],
+                    lane["running"].as_array().map_or(0, Vec::len),
+                )?;
+            }
+        }
+        Operate::Pause { .. } | Operate::Resume { .. } => {
+            writeln!(
+                out,
+                "{}/{} {}",
+                answer["pipeline"].as_str().unwrap_or_default(),
+                answer["environment"].as_str().unwrap_or_default(),
+                answer["state"].as_str().unwrap_or_default()
+            )?;
+        }
+        Operate::Replay { dry_run, .. } => {
+            for replay in answer["replays"].as_array().unwrap_or(&empty) {
+                writeln!(
+                    out,
+                    "{} {} (replay {} of {})",
+                    if dry_run { "would queue" } else { "queued" },
+                    replay["name"].as_str().unwrap_or_default(),
+                    replay["replay"],
+                    replay["original"].as_str().unwrap_or_default(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

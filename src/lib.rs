@@ -15,6 +15,7 @@ pub mod execution;
 pub mod executor;
 pub mod github;
 pub mod job;
+pub mod journal;
 pub mod ledger;
 pub mod pattern;
 pub mod plan;

@@ -122,6 +122,66 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// List the deliveries the journal keeps, newest first: what was answered and
+    /// the executions planned (the API's GET /v1/deliveries; token from GITDISPATCH_TOKEN).
+    Deliveries {
+        #[arg(long)]
+        repository: Option<String>,
+        /// How far back, e.g. 2h, 90m, 3d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, env = "GITDISPATCH_URL")]
+        url: Option<String>,
+    },
+    /// Show every lane (pipeline and environment): paused or not, what runs, what waits.
+    Lanes {
+        #[arg(long, env = "GITDISPATCH_URL")]
+        url: Option<String>,
+    },
+    /// Pause a lane: it starts nothing until resumed; its jobs wait, none is lost.
+    Pause {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        environment: String,
+        /// Why: recorded and shown.
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "GITDISPATCH_URL")]
+        url: Option<String>,
+    },
+    /// Resume a paused lane: its waiting jobs start in order.
+    Resume {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        environment: String,
+        #[arg(long, env = "GITDISPATCH_URL")]
+        url: Option<String>,
+    },
+    /// Run again, as new attempts through the queue, the executions of a time window.
+    Replay {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        environment: Option<String>,
+        /// From how long ago, e.g. 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Up to how long ago (default: now).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        until: Option<std::time::Duration>,
+        /// Only the executions that failed, timed out or were aborted.
+        #[arg(long)]
+        failed_only: bool,
+        /// Print what would be replayed, and queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "GITDISPATCH_URL")]
+        url: Option<String>,
+    },
     /// Compare each watched branch's head on GitHub with the last commit planned for it
     /// (`[github.reconcile]`), and plan the commits GitHub never delivered.
     Reconcile {
@@ -254,6 +314,67 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(error) => finish(Err(error)),
         },
+        Command::Deliveries {
+            repository,
+            since,
+            limit,
+            url,
+        } => operate(
+            config,
+            url,
+            cli::Operate::Deliveries {
+                repository,
+                since,
+                limit,
+            },
+        ),
+        Command::Lanes { url } => operate(config, url, cli::Operate::Lanes),
+        Command::Pause {
+            pipeline,
+            environment,
+            reason,
+            url,
+        } => operate(
+            config,
+            url,
+            cli::Operate::Pause {
+                pipeline,
+                environment,
+                reason,
+            },
+        ),
+        Command::Resume {
+            pipeline,
+            environment,
+            url,
+        } => operate(
+            config,
+            url,
+            cli::Operate::Resume {
+                pipeline,
+                environment,
+            },
+        ),
+        Command::Replay {
+            pipeline,
+            environment,
+            since,
+            until,
+            failed_only,
+            dry_run,
+            url,
+        } => operate(
+            config,
+            url,
+            cli::Operate::Replay {
+                pipeline,
+                environment,
+                since,
+                until,
+                failed_only,
+                dry_run,
+            },
+        ),
         Command::Reload { url } => {
             let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
                 eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
@@ -370,4 +491,23 @@ fn finish<E: Into<anyhow::Error>>(result: Result<(), E>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an operator command against the daemon's API.
+fn operate(
+    config: &gitdispatch::config::Config,
+    url: Option<String>,
+    command: cli::Operate,
+) -> ExitCode {
+    let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
+        eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+        return ExitCode::from(2);
+    };
+    finish(runtime().block_on(cli::operate(
+        config,
+        url.as_deref(),
+        &token,
+        command,
+        &mut std::io::stdout().lock(),
+    )))
 }

@@ -69,3 +69,49 @@ impl LedgerConfig {
         }
     }
 }
+
+/// `[history]`: how long, and how many, deliveries and lane jobs the journal keeps
+/// (in the `[ledger]` store).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u32,
+    #[serde(default = "default_keep_count")]
+    pub keep_count: usize,
+}
+
+fn default_keep_days() -> u32 {
+    7
+}
+
+fn default_keep_count() -> usize {
+    10_000
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            keep_days: default_keep_days(),
+            keep_count: default_keep_count(),
+        }
+    }
+}
+
+impl HistoryConfig {
+    pub fn retention(&self) -> crate::journal::Retention {
+        crate::journal::Retention {
+            keep_secs: i64::from(self.keep_days) * 24 * 3600,
+            keep_count: self.keep_count,
+        }
+    }
+
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        if self.keep_days == 0 {
+            problems.push(Problem::new("history.keep_days", "must be at least 1"));
+        }
+        if self.keep_count == 0 {
+            problems.push(Problem::new("history.keep_count", "must be at least 1"));
+        }
+    }
+}

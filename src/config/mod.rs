@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use api::{ApiConfig, LedgerConfig};
+pub use api::{ApiConfig, HistoryConfig, LedgerConfig};
 pub use codecommit::CodecommitConfig;
 pub use executor::ExecutorConfig;
 pub use github::{
@@ -120,6 +120,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
     /// Keys whose secrets are written in the file itself, not taken from `${ENV}`.
     #[serde(skip)]
     pub literal_secrets: Vec<String>,
@@ -213,6 +215,7 @@ impl Config {
         }
         self.api.validate(&mut problems);
         self.ledger.validate(&mut problems);
+        self.history.validate(&mut problems);
         self.worker.validate(&mut problems);
         pipeline::validate(&self.pipelines, &mut problems);
         problems

@@ -30,6 +30,10 @@ pub struct PipelineConfig {
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub concurrency: Concurrency,
+    /// Serial pipelines only: when a lane is about to start a job and newer jobs of the
+    /// lane wait, the older is superseded (recorded, reported) and only the newest runs.
+    #[serde(default)]
+    pub supersede: bool,
     /// The local executor stops an execution that runs longer.
     #[serde(default = "default_pipeline_timeout")]
     pub timeout_secs: u64,
@@ -75,6 +79,12 @@ pub(super) fn validate(pipelines: &[PipelineConfig], problems: &mut Vec<Problem>
             problems.push(Problem::new(
                 format!("{path}.name"),
                 format!("pipeline {:?} is defined twice", pipeline.name),
+            ));
+        }
+        if pipeline.supersede && pipeline.concurrency != Concurrency::Serial {
+            problems.push(Problem::new(
+                format!("{path}.supersede"),
+                "needs concurrency = \"serial\": a parallel pipeline runs every job",
             ));
         }
         if pipeline.timeout_secs == 0 {

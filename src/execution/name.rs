@@ -52,17 +52,30 @@ impl ExecutionName {
         if attempt <= 1 {
             return self.clone();
         }
+        self.marked("a", attempt)
+    }
+
+    /// The name of the `replay`th replay of this execution (an operator's new run of
+    /// it): `<readable part>-r<replay>-<hash>`, distinct from every attempt's.
+    pub fn replay(&self, replay: u32) -> ExecutionName {
+        self.marked("r", replay)
+    }
+
+    fn marked(&self, letter: &str, number: u32) -> ExecutionName {
         let mut hasher = Sha256::new();
         hasher.update((self.0.len() as u64).to_be_bytes());
         hasher.update(self.0.as_bytes());
-        hasher.update(attempt.to_be_bytes());
+        hasher.update(number.to_be_bytes());
+        if letter != "a" {
+            hasher.update(letter.as_bytes());
+        }
         let digest = hex::encode(hasher.finalize());
         let hash = &digest[..HASH_LENGTH];
         let readable = self
             .0
             .rsplit_once('-')
             .map_or(self.0.as_str(), |(readable, _)| readable);
-        let marker = format!("-a{attempt}");
+        let marker = format!("-{letter}{number}");
         let room = MAX_NAME_LENGTH - HASH_LENGTH - 1 - marker.len();
         // Names are ASCII, so any byte index is a character boundary.
         let readable = &readable[readable.len().saturating_sub(room)..];

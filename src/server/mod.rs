@@ -26,8 +26,10 @@ use tracing::Instrument;
 
 mod api;
 mod body;
+mod console;
 mod listener;
 pub mod tls;
+mod ui;
 
 pub use listener::run;
 
@@ -72,6 +74,11 @@ pub struct AppState {
     /// queues (so that reconcile never plans them too); with the API on, its
     /// idempotency keys.
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
+    /// Deliveries, lane jobs and pauses: what `/v1/deliveries`, `/v1/lanes` and the
+    /// page show.
+    pub journal: Option<Arc<dyn crate::journal::Journal>>,
+    /// The embedded queue, when it is the one: its depth and dead letters are shown.
+    pub embedded: Option<Arc<crate::queue::embedded::EmbeddedQueue>>,
     /// What `GET /v1/executions/{name}` asks.
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
     /// The TLS acceptor when `[server.tls]` is set; a reload replaces it with one for
@@ -155,6 +162,8 @@ impl AppState {
             ),
             shutdown,
             ledger: None,
+            journal: None,
+            embedded: None,
             executor: None,
             reloads: std::sync::OnceLock::new(),
             tls: arc_swap::ArcSwapOption::empty(),
@@ -250,6 +259,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/executions", post(api::trigger))
         .route("/v1/executions/{name}", get(api::status))
         .route("/v1/reload", post(api::reload))
+        .route("/v1/deliveries", get(console::deliveries))
+        .route("/v1/deliveries/{id}", get(console::delivery))
+        .route("/v1/lanes", get(console::lanes))
+        .route(
+            "/v1/lanes/{pipeline}/{environment}/{action}",
+            post(console::lane_action),
+        )
+        .route("/v1/replays", post(console::replays))
+        .route("/v1/queue", get(console::queue))
+        .route("/v1/dead-letters/redrive", post(console::redrive))
+        .route("/ui", get(ui::index))
+        .route("/ui/login", get(ui::login_form).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .merge(webhooks)
@@ -524,6 +546,64 @@ async fn accept_events(
     delivery: &str,
     events: Vec<Event>,
 ) -> Result<Answer, ApiError> {
+    let mut record = crate::journal::DeliveryRecord {
+        source: events
+            .first()
+            .map_or("github", |event| event.source.as_str())
+            .to_string(),
+        id: delivery.to_string(),
+        event: events
+            .first()
+            .map(|event| event.kind.name().to_string())
+            .unwrap_or_default(),
+        repository: events
+            .first()
+            .map(|event| event.repository.clone())
+            .unwrap_or_default(),
+        git_ref: events
+            .first()
+            .map(|event| match &event.kind {
+                EventKind::Push(push) => push.git_ref.as_str().to_string(),
+                EventKind::PullRequest(pull_request) => pull_request.head_ref.as_str().to_string(),
+                EventKind::Manual(_) => String::new(),
+            })
+            .unwrap_or_default(),
+        status: 0,
+        outcome: String::new(),
+        reason: None,
+        executions: Vec::new(),
+        explanation: Vec::new(),
+        received_at_ms: crate::journal::now_ms(),
+    };
+    let result = plan_and_queue(state, delivery, events, &mut record).await;
+    if let Some(journal) = &state.journal {
+        match &result {
+            Ok((status, outcome, answer)) => {
+                record.status = status.as_u16();
+                record.outcome = outcome.to_string();
+                record.reason = answer["reason"].as_str().map(str::to_string);
+            }
+            Err(error) => {
+                record.status = error.status().as_u16();
+                record.outcome = "error".to_string();
+                record.reason = Some(crate::error::Chain(error).to_string());
+            }
+        }
+        if let Err(error) = journal.record_delivery(&record).await {
+            tracing::warn!(error = %Chain(&error), "Could not record the delivery in the journal.");
+        }
+    }
+    result
+}
+
+/// Plans and queues a delivery's events (see [`accept_events`]), noting in `record`
+/// what was planned and why.
+async fn plan_and_queue(
+    state: &AppState,
+    delivery: &str,
+    events: Vec<Event>,
+    record: &mut crate::journal::DeliveryRecord,
+) -> Result<Answer, ApiError> {
     let mut requests = Vec::new();
     let mut expansions = Vec::new();
     let mut reports = Vec::new();
@@ -534,6 +614,7 @@ async fn accept_events(
     for event in &events {
         let plan = planner.plan(event)?;
         record_plan(state, event, &plan);
+        record.explanation.extend(plan.trace.iter().cloned());
         matched += plan.matched_routes;
         skipped.extend(plan.skipped.iter().map(|skip| skip.reason.as_str()));
         if let EventKind::Push(push) = &event.kind
@@ -614,6 +695,20 @@ async fn accept_events(
             tracing::warn!(error = %Chain(&release), "Could not give back the claims of a delivery that was not queued.");
         }
         return Err(error.into());
+    }
+    record.executions = requests
+        .iter()
+        .map(|request| request.name.as_str().to_string())
+        .collect();
+    if let Some(journal) = &state.journal {
+        let queued: Vec<crate::journal::LaneJob> = requests
+            .iter()
+            .enumerate()
+            .map(|(index, request)| crate::journal::LaneJob::queued(request, index, None))
+            .collect();
+        if let Err(error) = journal.queued(&queued).await {
+            tracing::warn!(error = %Chain(&error), "Could not record the queued jobs in the journal.");
+        }
     }
     if let Some(ledger) = &state.ledger {
         for (repository, git_ref, after) in &heads {

@@ -34,6 +34,11 @@ impl ManualSource {
         })
     }
 
+    /// The configured tokens (the page's sessions are keyed by them).
+    pub fn tokens(&self) -> &[SecretString] {
+        &self.tokens
+    }
+
     /// Checks the `Authorization: Bearer` token against every configured one.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<(), SourceError> {
         let mut values = headers.get_all("authorization").iter();

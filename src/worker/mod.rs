@@ -12,6 +12,7 @@
 //! `report`).
 
 mod expand;
+mod lanes;
 mod report;
 mod start;
 mod watch;
@@ -104,6 +105,8 @@ struct WorkerMetrics {
     /// Reports, by outcome (`written`, `stale`, `retried`, `delayed`, `given_up`,
     /// `failed`, `dropped`).
     reports: Family<Vec<(&'static str, String)>, Counter>,
+    /// Start jobs superseded by a newer one of their lane, by pipeline.
+    superseded: Family<Vec<(&'static str, String)>, Counter>,
     /// From a start job's sending (the delivery's answer) to its execution's start.
     start_latency: prometheus_client::metrics::histogram::Histogram,
 }
@@ -116,6 +119,7 @@ impl Default for WorkerMetrics {
             executions_ended: Family::default(),
             expansions: Family::default(),
             reports: Family::default(),
+            superseded: Family::default(),
             // 10 ms to about 3 hours: a lane can hold a job behind long deploys.
             start_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.01, 4.0, 12),
@@ -160,6 +164,8 @@ pub struct Worker {
     reporter: Option<Arc<dyn Reporter>>,
     /// With reconcile on: expanded pushes claim their commits, as deliveries do.
     ledger: Option<Arc<dyn crate::ledger::Ledger>>,
+    /// Pauses and supersede, from the journal.
+    lanes: Option<Arc<lanes::Lanes>>,
     clock: Clock,
 }
 
@@ -200,6 +206,11 @@ impl Worker {
             "Reports to the source, by outcome",
             worker_metrics.reports.clone(),
         );
+        metrics.register_family(
+            "gitdispatch_executions_superseded",
+            "Start jobs not started because a newer job of their serial lane waited, by pipeline",
+            worker_metrics.superseded.clone(),
+        );
         metrics.register_histogram(
             "gitdispatch_start_latency_seconds",
             "From a delivery's jobs being queued to their executions' starts",
@@ -214,6 +225,7 @@ impl Worker {
             expansion: None,
             reporter: None,
             ledger: None,
+            lanes: None,
             clock: Clock::new(),
         }
     }
@@ -310,7 +322,12 @@ impl Worker {
                 let permit = held
                     .pop()
                     .expect("a batch never has more chains than messages");
-                tasks.spawn(self.clone().run_chain(chain, permit, hard_stop.clone()));
+                tasks.spawn(self.clone().run_chain(
+                    chain,
+                    permit,
+                    permits.clone(),
+                    hard_stop.clone(),
+                ));
             }
             drop(held);
             while tasks.try_join_next().is_some() {}
@@ -355,7 +372,10 @@ impl Worker {
                 .clone()
                 .try_acquire_owned()
                 .expect("one permit per chain");
-            tasks.spawn(self.clone().run_chain(chain, permit, hard_stop.clone()));
+            tasks.spawn(
+                self.clone()
+                    .run_chain(chain, permit, permits.clone(), hard_stop.clone()),
+            );
         }
         while tasks.join_next().await.is_some() {}
         Ok(count)
@@ -369,9 +389,11 @@ impl Worker {
     async fn run_chain(
         self: Arc<Self>,
         chain: Vec<Received>,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
+        permits: Arc<Semaphore>,
         hard_stop: CancellationToken,
     ) {
+        let mut permit = Some(permit);
         // The receipts still to settle. Settling one and extending the visibility of
         // the others never interleave (one lock, held across both): a heartbeat that
         // extended a receipt just released would hide the job again, and SQS FIFO
@@ -398,6 +420,30 @@ impl Worker {
         };
         let mut jobs = chain.into_iter();
         while let Some(received) = jobs.next() {
+            // A paused lane's job waits here, invisible (the heartbeat keeps it so,
+            // and its receive count does not grow), without holding a permit: other
+            // lanes go on. On resume it takes a permit again and starts, in order.
+            if let Some(lane) = self.paused_lane(&received).await {
+                tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, job = %received.message.id, "Holding a job of a paused lane.");
+                permit = None;
+                let mut stopped = false;
+                loop {
+                    tokio::select! {
+                        _ = hard_stop.cancelled() => { stopped = true; break; }
+                        _ = tokio::time::sleep(lanes::PAUSE_REFRESH) => {}
+                    }
+                    if self.paused_lane(&received).await.is_none() {
+                        break;
+                    }
+                }
+                if !stopped {
+                    tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The lane was resumed.");
+                    permit = tokio::select! {
+                        _ = hard_stop.cancelled() => None,
+                        acquired = permits.clone().acquire_owned() => acquired.ok(),
+                    };
+                }
+            }
             let settle = if hard_stop.is_cancelled() {
                 Settle::Release(Duration::ZERO)
             } else {
@@ -420,6 +466,7 @@ impl Worker {
         }
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
+        drop(permit);
     }
 
     /// Extends the visibility of every receipt in `waiting` at half the timeout, so a

@@ -198,6 +198,26 @@ pub(super) fn not_started(
     )
 }
 
+/// The report that an execution was not started because a newer commit of its lane
+/// waited (`supersede = true`): final, so that its check does not wait for it.
+pub(super) fn superseded(
+    request: &ExecutionRequest,
+    target: &ReportTarget,
+    commit: &str,
+) -> Report {
+    Report::new(
+        target.clone(),
+        Some(request.name.clone()),
+        request.action,
+        Stage::Ended,
+        ReportState::Success,
+        format!(
+            "Superseded by {}: only the newest waiting commit deploys",
+            &commit[..commit.len().min(7)]
+        ),
+    )
+}
+
 /// A preview's address: the route's rendered template, or what its JSONPath finds in
 /// the execution's output.
 fn environment_url(target: &ReportTarget, execution: &Execution) -> Option<String> {

@@ -14,6 +14,7 @@ use crate::execution::ExecutionRequest;
 use crate::execution::report::Watch;
 use crate::executor::{ExecutionStatus, ExecutorError, Started};
 use crate::job::Job;
+use crate::journal::JobState;
 use crate::queue::{Received, enqueue};
 use crate::retry::backoff;
 use crate::telemetry::labels;
@@ -32,6 +33,11 @@ impl Worker {
         hard_stop: &CancellationToken,
     ) -> Settle {
         let settle = self.run_start(received, request, hard_stop).await;
+        if let Settle::DeadLetter(_) = &settle {
+            // Not waiting any more: it must not supersede an older job run later.
+            self.record(request, JobState::Ended, Some("dead_lettered"))
+                .await;
+        }
         if let (Settle::DeadLetter(reason), Some(target)) = (&settle, &request.report) {
             self.queue_reports(vec![not_started(request, target, reason)])
                 .await;
@@ -49,6 +55,9 @@ impl Worker {
         request: &ExecutionRequest,
         hard_stop: &CancellationToken,
     ) -> Settle {
+        if self.superseded_by(request).await.is_some() {
+            return Settle::Ack;
+        }
         let hold = request.group.is_some() || !self.executor.outlives_this_process();
         // A lane's job retries in place rather than going back to the queue: the later
         // jobs of the lane, handed out with it, would otherwise be received again with
@@ -109,6 +118,7 @@ impl Worker {
                     self.metrics.start_latency.observe(waited);
                 }
             }
+            self.record(request, JobState::Started, None).await;
             let details_url = self.executor.link(started.id());
             let target = request.report.as_ref().filter(|_| self.reports());
             if !hold {
@@ -151,6 +161,8 @@ impl Worker {
             }
             match self.wait_for_end(request, hard_stop).await {
                 End::Finished(execution) => {
+                    self.record(request, JobState::Ended, Some(execution.status.as_str()))
+                        .await;
                     let Some(target) = target else {
                         return Settle::Ack;
                     };

@@ -80,6 +80,15 @@ pub fn write_config(directory: &Path, text: &str) -> PathBuf {
             &format!("command = [\"sh\", \"{}\"]", record.display()),
         )
         .replace("poll_interval_secs = 2", "poll_interval_secs = 1");
+    // The ledger and the journal in the test's own directory.
+    let text = if text.contains("[ledger]") {
+        text
+    } else {
+        format!(
+            "{text}\n[ledger]\ntype = \"sqlite\"\npath = \"{}\"\n",
+            directory.join("ledger.db").display()
+        )
+    };
     let path = directory.join("gitdispatch.toml");
     std::fs::write(&path, text).unwrap();
     path

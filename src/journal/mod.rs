@@ -1,0 +1,301 @@
+//! The journal: what operators look at and steer, shared by every listener and worker.
+//! The deliveries received (with what was planned for them and why), each lane's jobs
+//! from queued to started, ended or superseded, and the lanes paused. A SQLite file on
+//! one machine (`sqlite.rs`), items of the `[ledger]` DynamoDB table on AWS
+//! (`dynamodb.rs`), with the ledger's store: one place to look for what every instance
+//! shares.
+//!
+//! The journal is a record, not a promise: the queue keeps the jobs. A journal that
+//! cannot be written costs its views and supersede (a job whose newer ones are not on
+//! record is started), never a delivery or a start; a paused lane is the one thing it
+//! decides, and its pauses are read again every few seconds.
+
+pub mod dynamodb;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BoxError;
+use crate::execution::ExecutionRequest;
+
+/// `[history]`: how long, and how many, deliveries and lane jobs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_secs: i64,
+    pub keep_count: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_secs: 7 * 24 * 3600,
+            keep_count: 10_000,
+        }
+    }
+}
+
+/// One delivery as it was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// `github`, `codecommit`, `manual`.
+    pub source: String,
+    pub id: String,
+    /// The provider's event name (`push`, `pull_request`, ...).
+    pub event: String,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The HTTP status answered, and the answer's `status`.
+    pub status: u16,
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// The execution names planned.
+    pub executions: Vec<String>,
+    /// What `plan --explain` says, route by route.
+    pub explanation: Vec<String>,
+    pub received_at_ms: i64,
+}
+
+/// A lane: a pipeline and an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Lane {
+    pub pipeline: String,
+    pub environment: String,
+}
+
+impl Lane {
+    pub fn of(request: &ExecutionRequest) -> Lane {
+        Lane {
+            pipeline: request.pipeline.clone(),
+            environment: request.environment.clone(),
+        }
+    }
+}
+
+/// A paused lane: starts nothing until resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    #[serde(flatten)]
+    pub lane: Lane,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// Where a lane's job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// On the queue, not started.
+    Waiting,
+    /// Its execution was started (and, for a serial lane, has not ended yet).
+    Started,
+    /// A serial lane's execution ended (`status` says how).
+    Ended,
+    /// Not started: a newer job of its lane was waiting (`supersede = true`).
+    Superseded,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Started => "started",
+            JobState::Ended => "ended",
+            JobState::Superseded => "superseded",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<JobState> {
+        Some(match value {
+            "waiting" => JobState::Waiting,
+            "started" => JobState::Started,
+            "ended" => JobState::Ended,
+            "superseded" => JobState::Superseded,
+            _ => return None,
+        })
+    }
+
+    /// How far along a job is: a record never goes back (a late "queued" after the
+    /// worker's "started" changes nothing).
+    fn rank(self) -> u8 {
+        match self {
+            JobState::Waiting => 0,
+            JobState::Started => 1,
+            JobState::Ended | JobState::Superseded => 2,
+        }
+    }
+}
+
+/// One start job of a lane, as the journal knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaneJob {
+    pub name: String,
+    #[serde(flatten)]
+    pub lane: Lane,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: String,
+    /// Queue order within the lane: the time it was queued, in microseconds, plus
+    /// its place in its delivery.
+    pub seq: i64,
+    pub state: JobState,
+    /// How a serial execution ended; with `Superseded`, the execution that superseded it.
+    pub status: Option<String>,
+    pub queued_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// The execution this one runs again (a replay).
+    pub replay_of: Option<String>,
+    /// The start job as queued (its wire form), to run it again.
+    #[serde(skip_serializing, default)]
+    pub job: String,
+}
+
+impl LaneJob {
+    /// The record of a job queued now, `index`th of its delivery.
+    pub fn queued(request: &ExecutionRequest, index: usize, replay_of: Option<String>) -> LaneJob {
+        let now = now_ms();
+        LaneJob {
+            name: request.name.as_str().to_string(),
+            lane: Lane::of(request),
+            repository: request.origin.repository.clone(),
+            git_ref: request.origin.git_ref.as_str().to_string(),
+            commit: request.origin.commit.as_str().to_string(),
+            seq: now * 1000 + index.min(999) as i64,
+            state: JobState::Waiting,
+            status: None,
+            queued_at_ms: now,
+            updated_at_ms: now,
+            replay_of,
+            job: crate::job::Job::start(request.clone()).to_body(),
+        }
+    }
+
+    /// The request as it was queued; `None` if this release cannot read it.
+    pub fn request(&self) -> Option<ExecutionRequest> {
+        match crate::job::Job::read(&self.job) {
+            crate::job::Read::Job(job) => match job.kind {
+                crate::job::JobKind::Start { request } => Some(request),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the journal is unavailable: {message}")]
+pub struct JournalError {
+    pub message: String,
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl JournalError {
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> JournalError {
+        JournalError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+/// Which deliveries to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Compared whatever its case.
+    pub repository: Option<String>,
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait Journal: Send + Sync {
+    async fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), JournalError>;
+
+    /// Newest first.
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryRecord>, JournalError>;
+
+    /// Every delivery of that id (one per source, at most).
+    async fn delivery(&self, id: &str) -> Result<Vec<DeliveryRecord>, JournalError>;
+
+    /// Records jobs just queued: a job already on record (the worker was quicker, or a
+    /// redelivery) keeps what it says.
+    async fn queued(&self, jobs: &[LaneJob]) -> Result<(), JournalError>;
+
+    /// Moves a job on to `state` (never back); a job not on record is recorded as given.
+    async fn advance(
+        &self,
+        job: &LaneJob,
+        state: JobState,
+        status: Option<&str>,
+    ) -> Result<(), JournalError>;
+
+    /// Every lane job kept, of one lane or of all.
+    async fn lane_jobs(&self, lane: Option<&Lane>) -> Result<Vec<LaneJob>, JournalError>;
+
+    async fn job(&self, name: &str) -> Result<Option<LaneJob>, JournalError>;
+
+    async fn pause(&self, lane: &Lane, reason: &str) -> Result<Pause, JournalError>;
+
+    /// Whether the lane was paused.
+    async fn resume(&self, lane: &Lane) -> Result<bool, JournalError>;
+
+    async fn pauses(&self) -> Result<Vec<Pause>, JournalError>;
+
+    /// Forgets what is older than the retention, or beyond its count.
+    async fn prune(&self, retention: Retention) -> Result<(), JournalError>;
+}
+
+/// The newer job of `job`'s lane that is waiting, if any: what supersedes it.
+pub fn newer_waiting<'a>(job: &LaneJob, lane_jobs: &'a [LaneJob]) -> Option<&'a LaneJob> {
+    lane_jobs
+        .iter()
+        .filter(|other| {
+            other.lane == job.lane
+                && other.name != job.name
+                && other.state == JobState::Waiting
+                && other.seq > job.seq
+        })
+        .max_by_key(|other| other.seq)
+}
+
+/// Merges a job's new state into what is on record: states only move forward.
+pub(crate) fn merged(
+    on_record: Option<LaneJob>,
+    job: &LaneJob,
+    state: JobState,
+    status: Option<&str>,
+) -> LaneJob {
+    let now = now_ms();
+    match on_record {
+        Some(mut known) => {
+            if state.rank() >= known.state.rank() {
+                known.state = state;
+                if status.is_some() {
+                    known.status = status.map(str::to_string);
+                }
+                known.updated_at_ms = now;
+            }
+            known
+        }
+        None => {
+            let mut job = job.clone();
+            job.state = state;
+            job.status = status.map(str::to_string);
+            job.updated_at_ms = now;
+            job
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}

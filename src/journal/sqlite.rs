@@ -1,0 +1,341 @@
+//! The journal in a SQLite file, for one machine (any number of processes share it).
+//! A record, not a promise: `synchronous=NORMAL` (WAL), so that keeping it costs a
+//! delivery no fsync.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
+    Retention, merged, now_ms,
+};
+
+pub struct SqliteJournal {
+    connection: Arc<Mutex<Connection>>,
+}
+
+const JOB_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
+     state, status, queued_at, updated_at, replay_of, job";
+
+fn lane_job(row: &Row<'_>) -> rusqlite::Result<LaneJob> {
+    let state: String = row.get(7)?;
+    Ok(LaneJob {
+        name: row.get(0)?,
+        lane: Lane {
+            pipeline: row.get(1)?,
+            environment: row.get(2)?,
+        },
+        repository: row.get(3)?,
+        git_ref: row.get(4)?,
+        commit: row.get(5)?,
+        seq: row.get(6)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Waiting),
+        status: row.get(8)?,
+        queued_at_ms: row.get(9)?,
+        updated_at_ms: row.get(10)?,
+        replay_of: row.get(11)?,
+        job: row.get(12)?,
+    })
+}
+
+fn delivery(row: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let record: String = row.get(0)?;
+    serde_json::from_str(&record).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(error))
+    })
+}
+
+fn write_job(connection: &Connection, job: &LaneJob) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO lane_jobs ({JOB_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?
+        .execute(params![
+            job.name,
+            job.lane.pipeline,
+            job.lane.environment,
+            job.repository,
+            job.git_ref,
+            job.commit,
+            job.seq,
+            job.state.as_str(),
+            job.status,
+            job.queued_at_ms,
+            job.updated_at_ms,
+            job.replay_of,
+            job.job,
+        ])?;
+    Ok(())
+}
+
+fn read_job(connection: &Connection, name: &str) -> rusqlite::Result<Option<LaneJob>> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM lane_jobs WHERE name = ?1"
+        ))?
+        .query_row([name], lane_job)
+        .optional()
+}
+
+impl SqliteJournal {
+    pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
+        let connection = crate::sqlite::open_durable(path)
+            .and_then(|connection| {
+                connection.pragma_update(None, "synchronous", "NORMAL")?;
+                connection.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS deliveries (
+                         source TEXT NOT NULL,
+                         id TEXT NOT NULL,
+                         repository TEXT NOT NULL,
+                         received_at INTEGER NOT NULL,
+                         record TEXT NOT NULL,
+                         PRIMARY KEY (source, id)
+                     );
+                     CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (received_at);
+                     CREATE INDEX IF NOT EXISTS deliveries_by_id ON deliveries (id);
+                     CREATE TABLE IF NOT EXISTS lane_jobs (
+                         name TEXT PRIMARY KEY,
+                         pipeline TEXT NOT NULL,
+                         environment TEXT NOT NULL,
+                         repository TEXT NOT NULL,
+                         git_ref TEXT NOT NULL,
+                         commit_sha TEXT NOT NULL,
+                         seq INTEGER NOT NULL,
+                         state TEXT NOT NULL,
+                         status TEXT,
+                         queued_at INTEGER NOT NULL,
+                         updated_at INTEGER NOT NULL,
+                         replay_of TEXT,
+                         job TEXT NOT NULL
+                     );
+                     CREATE INDEX IF NOT EXISTS lane_jobs_by_lane ON lane_jobs (pipeline, environment, seq);
+                     CREATE TABLE IF NOT EXISTS pauses (
+                         pipeline TEXT NOT NULL,
+                         environment TEXT NOT NULL,
+                         reason TEXT NOT NULL,
+                         at INTEGER NOT NULL,
+                         PRIMARY KEY (pipeline, environment)
+                     );",
+                )?;
+                Ok(connection)
+            })
+            .map_err(|error| JournalError::new(format!("cannot open {}", path.display()), error))?;
+        Ok(SqliteJournal {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().expect("journal lock");
+            work(&mut connection)
+        })
+        .await
+        .map_err(|error| JournalError::new("the journal's task failed", error))?
+        .map_err(|error| JournalError::new("journal file", error))
+    }
+}
+
+#[async_trait]
+impl Journal for SqliteJournal {
+    async fn record_delivery(&self, record: &DeliveryRecord) -> Result<(), JournalError> {
+        let record = record.clone();
+        let text = serde_json::to_string(&record).expect("a delivery record renders");
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO deliveries (source, id, repository, received_at, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    record.source,
+                    record.id,
+                    record.repository.to_ascii_lowercase(),
+                    record.received_at_ms,
+                    text
+                ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryRecord>, JournalError> {
+        let filter = filter.clone();
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT record FROM deliveries
+                 WHERE (?1 IS NULL OR repository = ?1) AND received_at >= ?2
+                 ORDER BY received_at DESC LIMIT ?3",
+            )?;
+            statement
+                .query_map(
+                    params![
+                        filter.repository.map(|name| name.to_ascii_lowercase()),
+                        filter.since_ms.unwrap_or(0),
+                        filter.limit as i64
+                    ],
+                    delivery,
+                )?
+                .collect()
+        })
+        .await
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Vec<DeliveryRecord>, JournalError> {
+        let id = id.to_string();
+        self.with(move |connection| {
+            connection
+                .prepare_cached("SELECT record FROM deliveries WHERE id = ?1 ORDER BY source")?
+                .query_map([id], delivery)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn queued(&self, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        let jobs = jobs.to_vec();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for job in &jobs {
+                if read_job(&transaction, &job.name)?.is_none() {
+                    write_job(&transaction, job)?;
+                }
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn advance(
+        &self,
+        job: &LaneJob,
+        state: JobState,
+        status: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let job = job.clone();
+        let status = status.map(str::to_string);
+        self.with(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let known = read_job(&transaction, &job.name)?;
+            write_job(&transaction, &merged(known, &job, state, status.as_deref()))?;
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn lane_jobs(&self, lane: Option<&Lane>) -> Result<Vec<LaneJob>, JournalError> {
+        let lane = lane.cloned();
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM lane_jobs
+                 WHERE ?1 IS NULL OR (pipeline = ?1 AND environment = ?2) ORDER BY seq"
+            ))?;
+            statement
+                .query_map(
+                    params![
+                        lane.as_ref().map(|lane| lane.pipeline.clone()),
+                        lane.as_ref().map(|lane| lane.environment.clone())
+                    ],
+                    lane_job,
+                )?
+                .collect()
+        })
+        .await
+    }
+
+    async fn job(&self, name: &str) -> Result<Option<LaneJob>, JournalError> {
+        let name = name.to_string();
+        self.with(move |connection| read_job(connection, &name))
+            .await
+    }
+
+    async fn pause(&self, lane: &Lane, reason: &str) -> Result<Pause, JournalError> {
+        let pause = Pause {
+            lane: lane.clone(),
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        let written = pause.clone();
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT OR REPLACE INTO pauses (pipeline, environment, reason, at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    written.lane.pipeline,
+                    written.lane.environment,
+                    written.reason,
+                    written.at_ms
+                ],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(pause)
+    }
+
+    async fn resume(&self, lane: &Lane) -> Result<bool, JournalError> {
+        let lane = lane.clone();
+        self.with(move |connection| {
+            Ok(connection.execute(
+                "DELETE FROM pauses WHERE pipeline = ?1 AND environment = ?2",
+                params![lane.pipeline, lane.environment],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {
+        self.with(|connection| {
+            connection
+                .prepare_cached(
+                    "SELECT pipeline, environment, reason, at FROM pauses ORDER BY pipeline, environment",
+                )?
+                .query_map([], |row| {
+                    Ok(Pause {
+                        lane: Lane {
+                            pipeline: row.get(0)?,
+                            environment: row.get(1)?,
+                        },
+                        reason: row.get(2)?,
+                        at_ms: row.get(3)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<(), JournalError> {
+        self.with(move |connection| {
+            let cutoff = now_ms() - retention.keep_secs * 1000;
+            let keep = retention.keep_count as i64;
+            connection.execute(
+                "DELETE FROM deliveries WHERE received_at < ?1 OR rowid NOT IN
+                     (SELECT rowid FROM deliveries ORDER BY received_at DESC LIMIT ?2)",
+                params![cutoff, keep],
+            )?;
+            // A job still waiting is kept while a queue may still hold it (SQS keeps a
+            // message 14 days at most).
+            connection.execute(
+                "DELETE FROM lane_jobs WHERE (state != 'waiting'
+                     AND (updated_at < ?1 OR name NOT IN
+                         (SELECT name FROM lane_jobs ORDER BY seq DESC LIMIT ?2)))
+                     OR updated_at < ?3",
+                params![cutoff, keep, now_ms() - 14 * 24 * 3600 * 1000],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,495 @@
+//! The operator API: delivery history, lanes (pause, resume, what waits), replays,
+//! the queue's depth and dead letters. Every call takes a bearer token of
+//! `[api] tokens`, or the page's session cookie (`ui.rs`) with its CSRF token on
+//! anything that changes state.
+
+// A refusal is the whole response, built once per refused call and returned at once:
+// boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::error::Chain;
+use crate::job::Job;
+use crate::journal::{DeliveryFilter, JobState, Journal, Lane, LaneJob};
+use crate::source::SourceError;
+
+/// The most deliveries one call lists.
+const MAX_LIST: usize = 1000;
+
+/// A failure of an operator call, as JSON with a one-line reason.
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(json!({"error": reason.into()}))).into_response()
+}
+
+fn journal_error(error: crate::journal::JournalError) -> Response {
+    refuse(StatusCode::SERVICE_UNAVAILABLE, Chain(&error).to_string())
+}
+
+/// Lets a call through with a bearer token, or the page's session (and, for what
+/// changes state, its CSRF token).
+pub(super) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Arc<dyn Journal>, Response> {
+    let live = state.live.load_full();
+    let Some(source) = &live.manual else {
+        return Err(ApiError::NotConfigured("api").into_response());
+    };
+    if headers.contains_key("authorization") {
+        source
+            .authenticate(headers)
+            .map_err(|error| ApiError::Source(error).into_response())?;
+    } else {
+        let session = super::ui::session(source, headers).ok_or_else(|| {
+            ApiError::Source(SourceError::Unauthenticated(
+                "a bearer token of api.tokens, or a session of the page, is needed".into(),
+            ))
+            .into_response()
+        })?;
+        if method != Method::GET && !session.csrf_matches(headers) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "the x-csrf-token header does not match this session",
+            ));
+        }
+    }
+    state.journal.clone().ok_or_else(|| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this listener keeps no journal",
+        )
+    })
+}
+
+#[derive(Debug, Default)]
+pub(super) struct DeliveriesQuery {
+    repository: Option<String>,
+    /// RFC 3339.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_time(field: &str, value: &str) -> Result<i64, Response> {
+    humantime::parse_rfc3339_weak(value)
+        .map(|time| {
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_millis() as i64)
+                .unwrap_or_default()
+        })
+        .map_err(|error| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("{field}: {value:?} is not an RFC 3339 time ({error})"),
+            )
+        })
+}
+
+pub(super) async fn deliveries(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let journal = match authorize(&state, &headers, &Method::GET) {
+        Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    let mut query = DeliveriesQuery::default();
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "repository" => query.repository = Some(value.into_owned()),
+            "since" => query.since = Some(value.into_owned()),
+            "limit" => match value.parse() {
+                Ok(limit) => query.limit = Some(limit),
+                Err(_) => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit: {value:?} is not a number"),
+                    );
+                }
+            },
+            other => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("{other:?}: deliveries are filtered by repository, since and limit"),
+                );
+            }
+        }
+    }
+    let since_ms = match query
+        .since
+        .as_deref()
+        .map(|since| parse_time("since", since))
+    {
+        Some(Err(response)) => return response,
+        Some(Ok(ms)) => Some(ms),
+        None => None,
+    };
+    let filter = DeliveryFilter {
+        repository: query.repository,
+        since_ms,
+        limit: query.limit.unwrap_or(100).min(MAX_LIST),
+    };
+    match journal.deliveries(&filter).await {
+        Ok(records) => Json(json!({"deliveries": records})).into_response(),
+        Err(error) => journal_error(error),
+    }
+}
+
+pub(super) async fn delivery(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let journal = match authorize(&state, &headers, &Method::GET) {
+        Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    match journal.delivery(&id).await {
+        Ok(records) if records.is_empty() => refuse(
+            StatusCode::NOT_FOUND,
+            format!("no delivery {id:?} is on record"),
+        ),
+        Ok(records) => Json(json!({"deliveries": records})).into_response(),
+        Err(error) => journal_error(error),
+    }
+}
+
+/// Every lane on record: its pause, what runs, what waits, and its latest jobs.
+pub(super) async fn lanes_view(
+    journal: &dyn Journal,
+) -> Result<Value, crate::journal::JournalError> {
+    let pauses = journal.pauses().await?;
+    let jobs = journal.lane_jobs(None).await?;
+    let mut lanes: std::collections::BTreeMap<Lane, Vec<&LaneJob>> = Default::default();
+    for job in &jobs {
+        lanes.entry(job.lane.clone()).or_default().push(job);
+    }
+    for pause in &pauses {
+        lanes.entry(pause.lane.clone()).or_default();
+    }
+    let view: Vec<Value> = lanes
+        .iter()
+        .map(|(lane, jobs)| {
+            let pause = pauses.iter().find(|pause| pause.lane == *lane);
+            let waiting: Vec<&&LaneJob> = jobs
+                .iter()
+                .filter(|job| job.state == JobState::Waiting)
+                .collect();
+            let running: Vec<&str> = jobs
+                .iter()
+                .filter(|job| job.state == JobState::Started)
+                .map(|job| job.name.as_str())
+                .collect();
+            json!({
+                "pipeline": lane.pipeline,
+                "environment": lane.environment,
+                "state": if pause.is_some() { "paused" } else { "running" },
+                "paused": pause.map(|pause| json!({"reason": pause.reason, "at_ms": pause.at_ms})),
+                "running": running,
+                "waiting": {
+                    "count": waiting.len(),
+                    "oldest": waiting.first().map(|job| json!({"name": job.name, "commit": job.commit})),
+                    "newest": waiting.last().map(|job| json!({"name": job.name, "commit": job.commit})),
+                },
+                "superseded": jobs.iter().filter(|job| job.state == JobState::Superseded).count(),
+                "recent": jobs.iter().rev().take(20).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(json!({"lanes": view}))
+}
+
+pub(super) async fn lanes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let journal = match authorize(&state, &headers, &Method::GET) {
+        Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    match lanes_view(journal.as_ref()).await {
+        Ok(view) => Json(view).into_response(),
+        Err(error) => journal_error(error),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PauseBody {
+    reason: Option<String>,
+}
+
+pub(super) async fn lane_action(
+    State(state): State<Arc<AppState>>,
+    Path((pipeline, environment, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let journal = match authorize(&state, &headers, &Method::POST) {
+        Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    let live = state.live.load_full();
+    if !live
+        .planner
+        .pipeline_names()
+        .any(|name| name == pipeline.as_str())
+    {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline {pipeline:?} is configured"),
+        );
+    }
+    let lane = Lane {
+        pipeline,
+        environment,
+    };
+    match action.as_str() {
+        "pause" => {
+            let body: PauseBody = if body.is_empty() {
+                PauseBody::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(body) => body,
+                    Err(error) => {
+                        return refuse(StatusCode::BAD_REQUEST, format!("the body: {error}"));
+                    }
+                }
+            };
+            let reason = body.reason.unwrap_or_default();
+            let reason = crate::text::one_line(reason.trim(), 200);
+            if reason.is_empty() {
+                return refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "reason: say why the lane is paused",
+                );
+            }
+            match journal.pause(&lane, &reason).await {
+                Ok(pause) => {
+                    tracing::warn!(pipeline = %lane.pipeline, environment = %lane.environment, reason = %pause.reason, "Paused a lane: it starts nothing until resumed.");
+                    Json(json!({"pipeline": lane.pipeline, "environment": lane.environment, "state": "paused", "reason": pause.reason})).into_response()
+                }
+                Err(error) => journal_error(error),
+            }
+        }
+        "resume" => match journal.resume(&lane).await {
+            Ok(was_paused) => {
+                tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, was_paused, "Resumed a lane.");
+                Json(json!({"pipeline": lane.pipeline, "environment": lane.environment, "state": "running", "was_paused": was_paused})).into_response()
+            }
+            Err(error) => journal_error(error),
+        },
+        other => refuse(
+            StatusCode::NOT_FOUND,
+            format!("a lane can be paused or resumed, not {other:?}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayBody {
+    pipeline: String,
+    environment: Option<String>,
+    /// RFC 3339.
+    since: String,
+    until: Option<String>,
+    #[serde(default)]
+    failed_only: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub(super) async fn replays(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let journal = match authorize(&state, &headers, &Method::POST) {
+        Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    let body: ReplayBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(error) => {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the body: {error}"),
+            );
+        }
+    };
+    let since = match parse_time("since", &body.since) {
+        Ok(ms) => ms,
+        Err(response) => return response,
+    };
+    let until = match body
+        .until
+        .as_deref()
+        .map(|until| parse_time("until", until))
+    {
+        Some(Err(response)) => return response,
+        Some(Ok(ms)) => ms,
+        None => i64::MAX,
+    };
+    let live = state.live.load_full();
+    if !live
+        .planner
+        .pipeline_names()
+        .any(|name| name == body.pipeline.as_str())
+    {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("pipeline: no pipeline {:?} is configured", body.pipeline),
+        );
+    }
+    let jobs = match journal.lane_jobs(None).await {
+        Ok(jobs) => jobs,
+        Err(error) => return journal_error(error),
+    };
+    let mut chosen = Vec::new();
+    for job in &jobs {
+        let ran = matches!(job.state, JobState::Started | JobState::Ended)
+            && job.status.as_deref() != Some("dead_lettered");
+        if job.lane.pipeline != body.pipeline
+            || body
+                .environment
+                .as_ref()
+                .is_some_and(|environment| *environment != job.lane.environment)
+            || job.queued_at_ms < since
+            || job.queued_at_ms > until
+            || !ran
+        {
+            continue;
+        }
+        if body.failed_only {
+            let status = match (&job.state, &job.status, &state.executor) {
+                (JobState::Ended, Some(status), _) => status.clone(),
+                (_, _, Some(executor)) => {
+                    match crate::execution::name::ExecutionName::parse(&job.name) {
+                        Ok(name) => match executor.describe(&job.lane.pipeline, &name).await {
+                            Ok(execution) => execution.status.as_str().to_string(),
+                            Err(error) => {
+                                return refuse(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    format!(
+                                        "could not tell how {} ended: {}",
+                                        job.name,
+                                        Chain(&error)
+                                    ),
+                                );
+                            }
+                        },
+                        Err(_) => continue,
+                    }
+                }
+                _ => continue,
+            };
+            if !matches!(status.as_str(), "failed" | "timed_out" | "aborted") {
+                continue;
+            }
+        }
+        chosen.push(job);
+    }
+    let mut planned = Vec::new();
+    let mut records = Vec::new();
+    let mut starts = Vec::new();
+    for job in chosen {
+        let Some(mut request) = job.request() else {
+            continue;
+        };
+        let original = job.replay_of.clone().unwrap_or_else(|| job.name.clone());
+        let Ok(original_name) = crate::execution::name::ExecutionName::parse(&original) else {
+            continue;
+        };
+        let earlier = jobs
+            .iter()
+            .filter(|other| other.replay_of.as_deref() == Some(original.as_str()))
+            .count() as u32;
+        let replay = earlier
+            + 1
+            + records
+                .iter()
+                .filter(|record: &&LaneJob| record.replay_of.as_deref() == Some(original.as_str()))
+                .count() as u32;
+        request.name = original_name.replay(replay);
+        planned.push(json!({"original": original, "replays": job.name, "name": request.name.as_str(), "replay": replay, "commit": job.commit}));
+        records.push(LaneJob::queued(
+            &request,
+            records.len(),
+            Some(original.clone()),
+        ));
+        starts.push(Job::start(request));
+    }
+    if !body.dry_run && !starts.is_empty() {
+        if let Err(error) = crate::queue::enqueue(state.queue.as_ref(), &starts).await {
+            return ApiError::from(error).into_response();
+        }
+        if let Err(error) = journal.queued(&records).await {
+            tracing::warn!(error = %Chain(&error), "Could not record the replays in the journal.");
+        }
+        tracing::info!(pipeline = %body.pipeline, replays = starts.len(), "Queued replays.");
+    }
+    let status = if body.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (
+        status,
+        Json(json!({"dry_run": body.dry_run, "replays": planned})),
+    )
+        .into_response()
+}
+
+/// The queue's depth and dead letters (the embedded queue; SQS's are in its console).
+pub(super) async fn queue(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&state, &headers, &Method::GET) {
+        return response;
+    }
+    match queue_view(&state).await {
+        Ok(view) => Json(view).into_response(),
+        Err(response) => response,
+    }
+}
+
+pub(super) async fn queue_view(state: &AppState) -> Result<Value, Response> {
+    let Some(embedded) = &state.embedded else {
+        return Ok(json!({"type": "sqs", "depth": null, "dead_letters": []}));
+    };
+    let unavailable = |error: crate::queue::QueueError| {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, Chain(&error).to_string())
+    };
+    let depth = embedded.depth().await.map_err(unavailable)?;
+    let dead = embedded.dead_letters().await.map_err(unavailable)?;
+    Ok(json!({
+        "type": "embedded",
+        "depth": {"visible": depth.visible, "in_flight": depth.in_flight, "dead": depth.dead},
+        "dead_letters": dead.iter().map(|dead| json!({
+            "seq": dead.seq, "id": dead.message.id, "reason": dead.reason,
+            "receive_count": dead.receive_count, "dead_at_ms": dead.dead_at_ms,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+pub(super) async fn redrive(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&state, &headers, &Method::POST) {
+        return response;
+    }
+    let Some(embedded) = &state.embedded else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "redrive an SQS dead-letter queue from its own console (StartMessageMoveTask)",
+        );
+    };
+    match embedded.redrive(None).await {
+        Ok(moved) => Json(json!({"redriven": moved})).into_response(),
+        Err(error) => refuse(StatusCode::SERVICE_UNAVAILABLE, Chain(&error).to_string()),
+    }
+}

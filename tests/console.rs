@@ -1,0 +1,563 @@
+//! Operating the lanes through the real binary and its API: delivery history with the
+//! planner's explanation; a paused lane that starts nothing while its jobs wait, and
+//! starts them in commit order on resume; supersede, where five waiting jobs start one
+//! and record four; replays of a window, failed-only and dry-run; and the checks that
+//! keep all of it behind a token (or the page's session and its CSRF token).
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{Daemon, binary};
+use common::{SECRET, push_variant};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "operator-token-for-tests-01";
+
+fn config(directory: &std::path::Path, supersede: bool) -> String {
+    let started = directory.join("started.txt");
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[github]
+webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
+
+[api]
+tokens = ["${{GITDISPATCH_API_TOKEN}}"]
+
+[queue]
+type = "embedded"
+path = "var/gitdispatch.db"
+
+[executor]
+type = "local"
+log_dir = "var/log"
+path = "var/executions.db"
+
+[[pipelines]]
+name = "deploy"
+command = ["sh", "-c", "echo $GITDISPATCH_EXECUTION_NAME >> {started}; sleep 0.3"]
+concurrency = "serial"
+supersede = {supersede}
+
+[[pipelines]]
+name = "broken"
+command = ["sh", "-c", "exit 3"]
+
+[[routes]]
+pipeline = "deploy"
+environment = "production"
+events = ["push"]
+branches = ["hotfix/*"]
+commits = "head"
+
+[[routes]]
+pipeline = "broken"
+environment = "ci"
+events = ["push"]
+branches = ["hotfix/*"]
+commits = "head"
+"#,
+        started = started.display()
+    )
+}
+
+struct Console {
+    daemon: Daemon,
+    _directory: tempfile::TempDir,
+    started: std::path::PathBuf,
+    client: reqwest::Client,
+}
+
+impl Console {
+    fn start(supersede: bool) -> Console {
+        let directory = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(
+            &config(directory.path(), supersede),
+            &[("GITDISPATCH_API_TOKEN", TOKEN)],
+        );
+        Console {
+            daemon,
+            started: directory.path().join("started.txt"),
+            _directory: directory,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.daemon.address)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&response.text().await.unwrap()).unwrap_or_default(),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&response.text().await.unwrap()).unwrap_or_default(),
+        )
+    }
+
+    /// Sends a signed push to a hotfix branch, the `n`th; its delivery id.
+    async fn push(&self, n: u64) -> String {
+        let body = push_variant("push_branch_commits.json", n);
+        let delivery = format!("delivery-{n}-{}", uuid_like(n));
+        let response = self
+            .client
+            .post(self.url("/webhooks/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", &delivery)
+            .header(
+                "x-hub-signature-256",
+                gitdispatch::source::github::sign(SECRET.as_bytes(), &body),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            202,
+            "{}",
+            response.text().await.unwrap()
+        );
+        delivery
+    }
+
+    fn started(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.started)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn lane(&self, pipeline: &str, environment: &str) -> Value {
+        let (status, lanes) = self.get("/v1/lanes").await;
+        assert_eq!(status, 200, "{lanes}");
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|lane| lane["pipeline"] == pipeline && lane["environment"] == environment)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn wait_for(&self, what: &str, mut condition: impl AsyncFnMut(&Console) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if condition(self).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; daemon log:\n{}",
+            self.daemon.log()
+        );
+    }
+}
+
+fn uuid_like(n: u64) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", n, n * 7919)
+}
+
+/// The execution names planned for the deploy lane by each delivery, in order.
+async fn planned_deploys(console: &Console, deliveries: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    for delivery in deliveries {
+        let (status, found) = console.get(&format!("/v1/deliveries/{delivery}")).await;
+        assert_eq!(status, 200, "{found}");
+        let record = &found["deliveries"][0];
+        for name in record["executions"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            if name.starts_with("deploy-") {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_are_kept_with_their_plan_and_explanation() {
+    let console = Console::start(false);
+    let first = console.push(1).await;
+    let second = console.push(2).await;
+
+    let (status, listed) = console.get("/v1/deliveries").await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed["deliveries"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    // Newest first.
+    assert_eq!(listed[0]["id"], second);
+    assert_eq!(listed[1]["id"], first);
+    let record = &listed[1];
+    assert_eq!(record["source"], "github");
+    assert_eq!(record["event"], "push");
+    assert_eq!(record["ref"], "refs/heads/hotfix/important_patch");
+    assert_eq!(record["status"], 202);
+    assert_eq!(record["outcome"], "queued");
+    assert_eq!(
+        record["executions"].as_array().unwrap().len(),
+        2,
+        "{record}"
+    );
+    let explanation = record["explanation"].as_array().unwrap();
+    assert!(
+        explanation
+            .iter()
+            .any(|line| line.as_str().unwrap().contains("deploy")),
+        "the explanation names the routes: {explanation:?}"
+    );
+
+    let repository = record["repository"].as_str().unwrap().to_uppercase();
+    let (_, filtered) = console
+        .get(&format!("/v1/deliveries?repository={repository}&limit=1"))
+        .await;
+    assert_eq!(filtered["deliveries"].as_array().unwrap().len(), 1);
+    let (_, none) = console.get("/v1/deliveries?repository=acme/other").await;
+    assert!(none["deliveries"].as_array().unwrap().is_empty());
+    let (status, bad) = console.get("/v1/deliveries?since=yesterday").await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("since"), "{bad}");
+    let (status, missing) = console.get("/v1/deliveries/no-such-delivery").await;
+    assert_eq!(status, 404, "{missing}");
+
+    // The CLI lists the same.
+    let output = binary()
+        .args([
+            "--config",
+            console.daemon.config.to_str().unwrap(),
+            "deliveries",
+        ])
+        .env("GITDISPATCH_TOKEN", TOKEN)
+        .env("GITDISPATCH_API_TOKEN", TOKEN)
+        .env("GITDISPATCH_URL", console.url(""))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&first) && stdout.contains(&second),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_lane_starts_nothing_and_resumes_in_commit_order() {
+    let console = Console::start(false);
+    let (status, refused) = console
+        .post("/v1/lanes/deploy/production/pause", json!({}))
+        .await;
+    assert_eq!(status, 422, "a pause needs a reason: {refused}");
+    let (status, paused) = console
+        .post(
+            "/v1/lanes/deploy/production/pause",
+            json!({"reason": "incident 42: database failover"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{paused}");
+
+    let mut deliveries = Vec::new();
+    for n in 1..=3 {
+        deliveries.push(console.push(n).await);
+    }
+    let planned = planned_deploys(&console, &deliveries).await;
+    assert_eq!(planned.len(), 3);
+    // Well past the worker's pause refresh: nothing of the lane started, while the
+    // other lane (broken, ci) ran.
+    console
+        .wait_for("the ci lane to run", async |console| {
+            console.lane("broken", "ci").await["recent"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().filter(|job| job["state"] == "ended").count() == 3)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(console.started().is_empty(), "{:?}", console.started());
+    let lane = console.lane("deploy", "production").await;
+    assert_eq!(lane["state"], "paused", "{lane}");
+    assert_eq!(lane["paused"]["reason"], "incident 42: database failover");
+    assert_eq!(lane["waiting"]["count"], 3, "{lane}");
+
+    // The CLI resumes it.
+    let output = binary()
+        .args([
+            "--config",
+            console.daemon.config.to_str().unwrap(),
+            "resume",
+            "--pipeline",
+            "deploy",
+            "--environment",
+            "production",
+        ])
+        .env("GITDISPATCH_TOKEN", TOKEN)
+        .env("GITDISPATCH_API_TOKEN", TOKEN)
+        .env("GITDISPATCH_URL", console.url(""))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    console
+        .wait_for("the three deploys", async |console| {
+            console.started().len() == 3
+        })
+        .await;
+    assert_eq!(console.started(), planned, "in commit order");
+    let queue = console.get("/v1/queue").await.1;
+    assert_eq!(queue["depth"]["dead"], 0, "{queue}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supersede_starts_the_newest_of_five_and_records_four() {
+    let console = Console::start(true);
+    console
+        .post(
+            "/v1/lanes/deploy/production/pause",
+            json!({"reason": "let them queue"}),
+        )
+        .await;
+    let mut deliveries = Vec::new();
+    for n in 1..=5 {
+        deliveries.push(console.push(n).await);
+    }
+    let planned = planned_deploys(&console, &deliveries).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = console
+        .post("/v1/lanes/deploy/production/resume", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    console
+        .wait_for("the newest deploy to end", async |console| {
+            console.lane("deploy", "production").await["recent"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().any(|job| job["state"] == "ended"))
+        })
+        .await;
+    assert_eq!(
+        console.started(),
+        vec![planned[4].clone()],
+        "only the newest started"
+    );
+    let lane = console.lane("deploy", "production").await;
+    assert_eq!(lane["superseded"], 4, "{lane}");
+    for job in lane["recent"].as_array().unwrap() {
+        if job["name"] != planned[4] {
+            assert_eq!(job["state"], "superseded", "{job}");
+            assert_eq!(job["status"], planned[4], "superseded by the newest: {job}");
+        }
+    }
+    let metrics = reqwest::get(console.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gitdispatch_executions_superseded_total{pipeline=\"deploy\"} 4"),
+        "{metrics}"
+    );
+
+    // A replay of the window runs the deploy that ran again, under a new name that
+    // links the original; a dry run queues nothing.
+    let since = humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .to_string();
+    let (status, dry) = console
+        .post(
+            "/v1/replays",
+            json!({"pipeline": "deploy", "since": since, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let replays = dry["replays"].as_array().unwrap();
+    assert_eq!(replays.len(), 1, "{dry}");
+    assert_eq!(replays[0]["original"], planned[4]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(console.started().len(), 1, "a dry run starts nothing");
+    let (status, replayed) = console
+        .post("/v1/replays", json!({"pipeline": "deploy", "since": since}))
+        .await;
+    assert_eq!(status, 202, "{replayed}");
+    let name = replayed["replays"][0]["name"].as_str().unwrap().to_string();
+    assert!(name.contains("-r1-"), "{name}");
+    console
+        .wait_for("the replay", async |console| console.started().len() == 2)
+        .await;
+    assert_eq!(console.started()[1], name);
+
+    // Failed only: the broken pipeline's three runs, not the deploys.
+    let (status, failed) = console
+        .post(
+            "/v1/replays",
+            json!({"pipeline": "broken", "since": since, "failed_only": true, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["replays"].as_array().unwrap().len(), 5, "{failed}");
+    let (status, none) = console
+        .post(
+            "/v1/replays",
+            json!({"pipeline": "deploy", "since": since, "failed_only": true, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(none["replays"].as_array().unwrap().is_empty(), "{none}");
+    let (status, bad) = console
+        .post("/v1/replays", json!({"pipeline": "nope", "since": since}))
+        .await;
+    assert_eq!(status, 422, "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_it_answers_without_a_token_or_a_session_with_its_csrf_token() {
+    let console = Console::start(false);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in ["/v1/deliveries", "/v1/lanes", "/v1/queue"] {
+        let status = client.get(console.url(path)).send().await.unwrap().status();
+        assert_eq!(status.as_u16(), 401, "{path}");
+        let status = client
+            .get(console.url(path))
+            .bearer_auth("not-the-token-at-all-000")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 401, "{path}");
+    }
+    let status = client
+        .post(console.url("/v1/lanes/deploy/production/pause"))
+        .header("content-type", "application/json")
+        .body(json!({"reason": "x"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401);
+    // The page sends a stranger to its sign-in form.
+    let page = client.get(console.url("/ui")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 303);
+    assert_eq!(page.headers()["location"], "/ui/login");
+    // A wrong token signs nobody in.
+    let wrong = client
+        .post(console.url("/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=not-the-token-at-all-000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    // The right one sets a secure, HTTP-only, same-site cookie.
+    let signed_in = client
+        .post(console.url("/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = client
+        .get(console.url("/ui"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=csrf-token content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    // The session reads; it changes nothing without its CSRF token.
+    let status = client
+        .get(console.url("/v1/lanes"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    let forged = client
+        .post(console.url("/v1/lanes/deploy/production/pause"))
+        .header("cookie", &session)
+        .header("content-type", "application/json")
+        .body(json!({"reason": "forged"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    let lane = console.lane("deploy", "production").await;
+    assert_ne!(lane["state"], "paused", "{lane}");
+    let allowed = client
+        .post(console.url("/v1/lanes/deploy/production/pause"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .header("content-type", "application/json")
+        .body(json!({"reason": "from the page"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status().as_u16(), 200);
+    assert_eq!(
+        console.lane("deploy", "production").await["state"],
+        "paused"
+    );
+    // A forged cookie is no session.
+    let status = client
+        .get(console.url("/v1/lanes"))
+        .header("cookie", "gitdispatch_session=99999999999.deadbeef")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401);
+}
