@@ -269,6 +269,38 @@ fn local_base_url(config: &Config) -> String {
     format!("http://{address}")
 }
 
+/// The daemon's base URL: `url`, or `[server] listen`.
+fn base_url(config: &Config, url: Option<&str>) -> String {
+    url.map(str::to_string)
+        .unwrap_or_else(|| local_base_url(config))
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Sends one request to the daemon's API: the status, and the answer as JSON (null
+/// when it is not).
+async fn call(
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, serde_json::Value), CliError> {
+    let response = request.send().await.map_err(|source| CliError::Send {
+        url: url.to_string(),
+        source,
+    })?;
+    let status = response.status();
+    let answer =
+        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    Ok((status, answer))
+}
+
+/// An API answer that is not a success, as the command's error.
+fn refused(status: reqwest::StatusCode, answer: &serde_json::Value) -> CliError {
+    CliError::Usage(format!(
+        "the API answered {status}: {}",
+        answer["error"].as_str().unwrap_or("no reason given")
+    ))
+}
+
 /// `reload`: asks the running daemon to reload its configuration (`POST /v1/reload`,
 /// the token from `GITDISPATCH_TOKEN`); SIGHUP does the same without the API.
 pub async fn reload(
@@ -277,22 +309,9 @@ pub async fn reload(
     token: &str,
     out: &mut impl Write,
 ) -> Result<bool, CliError> {
-    let base = url
-        .map(str::to_string)
-        .unwrap_or_else(|| local_base_url(config));
-    let url = format!("{}/v1/reload", base.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|source| CliError::Send {
-            url: url.clone(),
-            source,
-        })?;
-    let success = response.status().is_success();
-    let answer: serde_json::Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    let url = format!("{}/v1/reload", base_url(config, url));
+    let (status, answer) = call(&url, reqwest::Client::new().post(&url).bearer_auth(token)).await?;
+    let success = status.is_success();
     if success {
         writeln!(out, "{}", answer["status"].as_str().unwrap_or("reloaded"))?;
     } else {
@@ -308,10 +327,7 @@ pub async fn reload(
 /// `health`: whether the daemon at `url` (default: `[server] listen`) is ready —
 /// `GET /readyz` answers 200. For a container's `HEALTHCHECK` and for scripts.
 pub async fn health(config: &Config, url: Option<&str>) -> Result<bool, CliError> {
-    let base = url
-        .map(str::to_string)
-        .unwrap_or_else(|| local_base_url(config));
-    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let url = format!("{}/readyz", base_url(config, url));
     let response = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()
@@ -382,13 +398,7 @@ pub async fn trigger(
     if let Some(commit) = &args.commit {
         body.insert("commit".into(), json!(commit));
     }
-    let base = args
-        .url
-        .clone()
-        .unwrap_or_else(|| local_base_url(config))
-        .trim_end_matches('/')
-        .to_string();
-    let url = format!("{base}/v1/executions");
+    let url = format!("{}/v1/executions", base_url(config, args.url.as_deref()));
     let client = reqwest::Client::new();
     let mut request = client
         .post(&url)
@@ -398,19 +408,9 @@ pub async fn trigger(
     if let Some(key) = &args.idempotency_key {
         request = request.header("idempotency-key", key);
     }
-    let send_error = |source| CliError::Send {
-        url: url.clone(),
-        source,
-    };
-    let response = request.send().await.map_err(send_error)?;
-    let status = response.status();
-    let answer: serde_json::Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    let (status, answer) = call(&url, request).await?;
     if status.as_u16() != 202 {
-        return Err(CliError::Usage(format!(
-            "the API answered {status}: {}",
-            answer["error"].as_str().unwrap_or("no reason given")
-        )));
+        return Err(refused(status, &answer));
     }
     let name = answer["execution"].as_str().unwrap_or_default().to_string();
     writeln!(out, "queued {name}")?;
@@ -420,19 +420,9 @@ pub async fn trigger(
     let deadline = tokio::time::Instant::now() + wait;
     let mut last = String::new();
     loop {
-        let response = client
-            .get(format!("{url}/{name}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|source| CliError::Send {
-                url: url.clone(),
-                source,
-            })?;
-        if response.status().is_success() {
-            let execution: serde_json::Value =
-                serde_json::from_str(&response.text().await.unwrap_or_default())
-                    .unwrap_or_default();
+        let (status, execution) =
+            call(&url, client.get(format!("{url}/{name}")).bearer_auth(token)).await?;
+        if status.is_success() {
             let shown = execution["status"]
                 .as_str()
                 .unwrap_or("unknown")
@@ -639,11 +629,7 @@ pub async fn operate(
     command: Operate,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let base = url
-        .map(str::to_string)
-        .unwrap_or_else(|| local_base_url(config))
-        .trim_end_matches('/')
-        .to_string();
+    let base = base_url(config, url);
     let client = reqwest::Client::new();
     let (request, path) = match &command {
         Operate::Deliveries {
@@ -717,23 +703,9 @@ pub async fn operate(
             )
         }
     };
-    let url = format!("{base}{path}");
-    let response = request
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|source| CliError::Send {
-            url: url.clone(),
-            source,
-        })?;
-    let status = response.status();
-    let answer: serde_json::Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or_default();
+    let (status, answer) = call(&format!("{base}{path}"), request.bearer_auth(token)).await?;
     if !status.is_success() {
-        return Err(CliError::Usage(format!(
-            "the API answered {status}: {}",
-            answer["error"].as_str().unwrap_or("no reason given")
-        )));
+        return Err(refused(status, &answer));
     }
     let empty = Vec::new();
     match command {

@@ -376,8 +376,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Reload { url } => {
-            let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
-                eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+            let Some(token) = api_token() else {
                 return ExitCode::from(2);
             };
             match runtime().block_on(cli::reload(
@@ -402,8 +401,7 @@ fn main() -> ExitCode {
             wait,
             timeout,
         } => {
-            let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
-                eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+            let Some(token) = api_token() else {
                 return ExitCode::from(2);
             };
             let args = cli::TriggerArgs {
@@ -499,8 +497,7 @@ fn operate(
     url: Option<String>,
     command: cli::Operate,
 ) -> ExitCode {
-    let Ok(token) = std::env::var("GITDISPATCH_TOKEN") else {
-        eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+    let Some(token) = api_token() else {
         return ExitCode::from(2);
     };
     finish(runtime().block_on(cli::operate(
@@ -510,4 +507,14 @@ fn operate(
         command,
         &mut std::io::stdout().lock(),
     )))
+}
+
+/// The API token the commands that call the daemon send (`GITDISPATCH_TOKEN`); when it
+/// is not set, says so.
+fn api_token() -> Option<String> {
+    let token = std::env::var("GITDISPATCH_TOKEN").ok();
+    if token.is_none() {
+        eprintln!("error: GITDISPATCH_TOKEN is not set: it holds one of [api] tokens");
+    }
+    token
 }

@@ -21,3 +21,28 @@ pub fn open_durable(path: &Path) -> rusqlite::Result<Connection> {
     connection.pragma_update(None, "synchronous", "FULL")?;
     Ok(connection)
 }
+
+/// One connection shared by async callers, used on the blocking pool and never on an
+/// async thread: what the ledger, the journal and the local executor's record hold.
+#[derive(Clone)]
+pub struct Shared(std::sync::Arc<std::sync::Mutex<Connection>>);
+
+impl Shared {
+    pub fn new(connection: Connection) -> Shared {
+        Shared(std::sync::Arc::new(std::sync::Mutex::new(connection)))
+    }
+
+    /// Runs `work` on the connection off the async threads. The outer error is the
+    /// blocking task's (it panicked), the inner one SQLite's.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<rusqlite::Result<T>, tokio::task::JoinError> {
+        let connection = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().expect("a SQLite connection's lock");
+            work(&mut connection)
+        })
+        .await
+    }
+}

@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::ledger::dynamodb::{number, text};
+
 use super::{
     DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
     Retention, merged, now_ms,
@@ -25,14 +27,6 @@ pub struct DynamoJournal {
     client: Client,
     table: String,
     retention: Retention,
-}
-
-fn text(value: &str) -> AttributeValue {
-    AttributeValue::S(value.to_string())
-}
-
-fn number(value: i64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
 }
 
 fn get_text(item: &Item, key: &str) -> Option<String> {
@@ -82,8 +76,9 @@ impl DynamoJournal {
         }
     }
 
-    /// Every live item whose key starts with `prefix`.
-    async fn scan(&self, prefix: &str) -> Result<Vec<Item>, JournalError> {
+    /// Every live item whose key starts with `prefix`, with every attribute, or with
+    /// `pk`, `record` and `expires` only when `records_only`.
+    async fn scan(&self, prefix: &str, records_only: bool) -> Result<Vec<Item>, JournalError> {
         let now = now_ms() / 1000;
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
@@ -96,6 +91,11 @@ impl DynamoJournal {
                 .expression_attribute_values(":prefix", text(prefix))
                 .expression_attribute_values(":now", number(now))
                 .consistent_read(true)
+                .set_projection_expression(records_only.then(|| "pk, #record, expires".to_string()))
+                .set_expression_attribute_names(
+                    records_only
+                        .then(|| HashMap::from([("#record".to_string(), "record".to_string())])),
+                )
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -147,7 +147,12 @@ impl DynamoJournal {
 
 #[async_trait]
 impl Journal for DynamoJournal {
-    async fn record_delivery(&self, record: &DeliveryRecord) -> Result<(), JournalError> {
+    async fn record_delivery(
+        &self,
+        record: &DeliveryRecord,
+        queued: &[LaneJob],
+    ) -> Result<(), JournalError> {
+        self.queued(queued).await?;
         let expires = record.received_at_ms / 1000 + self.retention.keep_secs;
         self.put(HashMap::from([
             (
@@ -168,7 +173,7 @@ impl Journal for DynamoJournal {
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRecord>, JournalError> {
         let mut records: Vec<DeliveryRecord> = self
-            .scan("delivery#")
+            .scan("delivery#", false)
             .await?
             .iter()
             .filter_map(|item| serde_json::from_str(&get_text(item, "record")?).ok())
@@ -187,7 +192,7 @@ impl Journal for DynamoJournal {
 
     async fn delivery(&self, id: &str) -> Result<Vec<DeliveryRecord>, JournalError> {
         let mut records: Vec<DeliveryRecord> = self
-            .scan("delivery#")
+            .scan("delivery#", false)
             .await?
             .iter()
             .filter_map(|item| serde_json::from_str(&get_text(item, "record")?).ok())
@@ -238,7 +243,8 @@ impl Journal for DynamoJournal {
 
     async fn lane_jobs(&self, lane: Option<&Lane>) -> Result<Vec<LaneJob>, JournalError> {
         let mut jobs: Vec<LaneJob> = self
-            .scan("lanejob#")
+            // The jobs' bodies only a replay reads, by name.
+            .scan("lanejob#", true)
             .await?
             .iter()
             .filter_map(job_from)
@@ -286,7 +292,7 @@ impl Journal for DynamoJournal {
 
     async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {
         let mut pauses: Vec<Pause> = self
-            .scan("pause#")
+            .scan("pause#", false)
             .await?
             .iter()
             .filter_map(|item| {

@@ -57,6 +57,40 @@ pub struct DeliveryRecord {
     pub received_at_ms: i64,
 }
 
+impl DeliveryRecord {
+    /// The record of a delivery just received, of its first event (a CodeCommit
+    /// notification may carry several, of one repository): what it was planned into
+    /// and answered is filled in as it is.
+    pub fn received(delivery: &str, event: Option<&crate::event::Event>) -> DeliveryRecord {
+        use crate::event::EventKind;
+        DeliveryRecord {
+            source: event
+                .map_or("github", |event| event.source.as_str())
+                .to_string(),
+            id: delivery.to_string(),
+            event: event
+                .map(|event| event.kind.name().to_string())
+                .unwrap_or_default(),
+            repository: event
+                .map(|event| event.repository.clone())
+                .unwrap_or_default(),
+            git_ref: match event.map(|event| &event.kind) {
+                Some(EventKind::Push(push)) => push.git_ref.as_str().to_string(),
+                Some(EventKind::PullRequest(pull_request)) => {
+                    pull_request.head_ref.as_str().to_string()
+                }
+                Some(EventKind::Manual(_)) | None => String::new(),
+            },
+            status: 0,
+            outcome: String::new(),
+            reason: None,
+            executions: Vec::new(),
+            explanation: Vec::new(),
+            received_at_ms: now_ms(),
+        }
+    }
+}
+
 /// A lane: a pipeline and an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Lane {
@@ -81,6 +115,9 @@ pub struct Pause {
     pub reason: String,
     pub at_ms: i64,
 }
+
+/// The `status` of a job that was dead-lettered instead of started.
+pub const DEAD_LETTERED: &str = "dead_lettered";
 
 /// Where a lane's job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,7 +249,13 @@ pub struct DeliveryFilter {
 
 #[async_trait]
 pub trait Journal: Send + Sync {
-    async fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), JournalError>;
+    /// Records a delivery as answered and, as [`Journal::queued`] does, the jobs it
+    /// queued: one write for both.
+    async fn record_delivery(
+        &self,
+        delivery: &DeliveryRecord,
+        queued: &[LaneJob],
+    ) -> Result<(), JournalError>;
 
     /// Newest first.
     async fn deliveries(
@@ -235,7 +278,8 @@ pub trait Journal: Send + Sync {
         status: Option<&str>,
     ) -> Result<(), JournalError>;
 
-    /// Every lane job kept, of one lane or of all.
+    /// Every lane job kept, of one lane or of all, without its `job` body (empty; read
+    /// one job whole with [`Journal::job`]).
     async fn lane_jobs(&self, lane: Option<&Lane>) -> Result<Vec<LaneJob>, JournalError>;
 
     async fn job(&self, name: &str) -> Result<Option<LaneJob>, JournalError>;
@@ -293,9 +337,4 @@ pub(crate) fn merged(
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub use crate::clock::now_ms;

@@ -1,9 +1,13 @@
 //! The journal in a SQLite file, for one machine (any number of processes share it).
 //! A record, not a promise: `synchronous=NORMAL` (WAL), so that keeping it costs a
-//! delivery no fsync.
+//! delivery no fsync. What every delivery and every start writes goes through one
+//! writer task that commits all the writes waiting in one transaction (each in a
+//! savepoint of its own), as the embedded queue's writer does: concurrent deliveries
+//! share a commit instead of queueing for the connection one by one.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -14,11 +18,62 @@ use super::{
 };
 
 pub struct SqliteJournal {
-    connection: Arc<Mutex<Connection>>,
+    connection: crate::sqlite::Shared,
+    writes: mpsc::Sender<Pending>,
+}
+
+/// A write of the journal, and where its outcome goes.
+type Write = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+type Pending = (Write, oneshot::Sender<Result<(), String>>);
+
+/// Writes committed in one transaction at most; more wait for the next.
+const MAX_BATCH: usize = 512;
+
+/// Writes waiting at most; a writer beyond it waits for room.
+const MAX_WAITING: usize = 8192;
+
+/// Commits the writes that are waiting, all in one transaction, each in a savepoint
+/// (one that fails is undone alone), then answers each.
+async fn writer(connection: crate::sqlite::Shared, mut writes: mpsc::Receiver<Pending>) {
+    let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while writes.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        let (works, replies): (Vec<Write>, Vec<_>) =
+            std::mem::take(&mut pending).into_iter().unzip();
+        let outcome = connection
+            .run(move |connection| {
+                let mut transaction = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut outcomes = Vec::with_capacity(works.len());
+                for work in works {
+                    let savepoint = transaction.savepoint()?;
+                    let outcome = work(&savepoint);
+                    if outcome.is_ok() {
+                        savepoint.commit()?;
+                    }
+                    outcomes.push(outcome.map_err(|error| error.to_string()));
+                }
+                transaction.commit()?;
+                Ok(outcomes)
+            })
+            .await;
+        let outcomes: Vec<Result<(), String>> = match outcome {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(error)) => vec![Err(error.to_string()); replies.len()],
+            Err(error) => vec![Err(format!("the journal's task failed: {error}")); replies.len()],
+        };
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 const JOB_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
      state, status, queued_at, updated_at, replay_of, job";
+
+/// The columns of a listing: everything but the job's body (up to the queue's message
+/// size each), which only a replay reads, by name.
+const LISTED_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
+     state, status, queued_at, updated_at, replay_of, ''";
 
 fn lane_job(row: &Row<'_>) -> rusqlite::Result<LaneJob> {
     let state: String = row.get(7)?;
@@ -81,6 +136,16 @@ fn read_job(connection: &Connection, name: &str) -> rusqlite::Result<Option<Lane
         .optional()
 }
 
+/// Records jobs just queued; one already on record keeps what it says.
+fn insert_queued(connection: &Connection, jobs: &[LaneJob]) -> rusqlite::Result<()> {
+    for job in jobs {
+        if read_job(connection, &job.name)?.is_none() {
+            write_job(connection, job)?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteJournal {
     pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
         let connection = crate::sqlite::open_durable(path)
@@ -124,32 +189,59 @@ impl SqliteJournal {
                 Ok(connection)
             })
             .map_err(|error| JournalError::new(format!("cannot open {}", path.display()), error))?;
-        Ok(SqliteJournal {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        let connection = crate::sqlite::Shared::new(connection);
+        let (writes, waiting) = mpsc::channel(MAX_WAITING);
+        tokio::spawn(writer(connection.clone(), waiting));
+        Ok(SqliteJournal { connection, writes })
+    }
+
+    /// Has the writer task commit `work` with whatever else waits.
+    async fn write(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), JournalError> {
+        let (reply, outcome) = oneshot::channel();
+        let stopped = || JournalError {
+            message: "the journal's writer stopped".to_string(),
+            source: None,
+        };
+        self.writes
+            .send((Box::new(work), reply))
+            .await
+            .map_err(|_| stopped())?;
+        outcome
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|message| JournalError {
+                message: format!("journal file: {message}"),
+                source: None,
+            })
     }
 
     async fn with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, JournalError> {
-        let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().expect("journal lock");
-            work(&mut connection)
-        })
-        .await
-        .map_err(|error| JournalError::new("the journal's task failed", error))?
-        .map_err(|error| JournalError::new("journal file", error))
+        self.connection
+            .run(work)
+            .await
+            .map_err(|error| JournalError::new("the journal's task failed", error))?
+            .map_err(|error| JournalError::new("journal file", error))
     }
 }
 
 #[async_trait]
 impl Journal for SqliteJournal {
-    async fn record_delivery(&self, record: &DeliveryRecord) -> Result<(), JournalError> {
+    async fn record_delivery(
+        &self,
+        record: &DeliveryRecord,
+        queued: &[LaneJob],
+    ) -> Result<(), JournalError> {
         let record = record.clone();
+        let queued = queued.to_vec();
         let text = serde_json::to_string(&record).expect("a delivery record renders");
-        self.with(move |connection| {
+        self.write(move |connection| {
+            insert_queued(connection, &queued)?;
             connection
                 .prepare_cached(
                     "INSERT OR REPLACE INTO deliveries (source, id, repository, received_at, record)
@@ -205,16 +297,8 @@ impl Journal for SqliteJournal {
 
     async fn queued(&self, jobs: &[LaneJob]) -> Result<(), JournalError> {
         let jobs = jobs.to_vec();
-        self.with(move |connection| {
-            let transaction = connection.transaction()?;
-            for job in &jobs {
-                if read_job(&transaction, &job.name)?.is_none() {
-                    write_job(&transaction, job)?;
-                }
-            }
-            transaction.commit()
-        })
-        .await
+        self.write(move |connection| insert_queued(connection, &jobs))
+            .await
     }
 
     async fn advance(
@@ -225,12 +309,9 @@ impl Journal for SqliteJournal {
     ) -> Result<(), JournalError> {
         let job = job.clone();
         let status = status.map(str::to_string);
-        self.with(move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let known = read_job(&transaction, &job.name)?;
-            write_job(&transaction, &merged(known, &job, state, status.as_deref()))?;
-            transaction.commit()
+        self.write(move |connection| {
+            let known = read_job(connection, &job.name)?;
+            write_job(connection, &merged(known, &job, state, status.as_deref()))
         })
         .await
     }
@@ -239,7 +320,7 @@ impl Journal for SqliteJournal {
         let lane = lane.cloned();
         self.with(move |connection| {
             let mut statement = connection.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM lane_jobs
+                "SELECT {LISTED_COLUMNS} FROM lane_jobs
                  WHERE ?1 IS NULL OR (pipeline = ?1 AND environment = ?2) ORDER BY seq"
             ))?;
             statement

@@ -21,11 +21,13 @@ pub struct DynamoLedger {
     table: String,
 }
 
-fn text(value: &str) -> AttributeValue {
+/// A string attribute (the journal's items use it too).
+pub(crate) fn text(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_string())
 }
 
-fn number(value: i64) -> AttributeValue {
+/// A number attribute.
+pub(crate) fn number(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 

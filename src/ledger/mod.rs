@@ -180,12 +180,7 @@ impl Claimant {
     }
 }
 
-/// Seconds since the epoch.
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs() as i64)
-}
+use crate::clock::now_secs;
 
 #[cfg(test)]
 mod tests {

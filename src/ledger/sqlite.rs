@@ -2,7 +2,6 @@
 //! each claim is decided and written in one immediate transaction.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -14,7 +13,7 @@ use super::{
 use crate::event::CommitSha;
 
 pub struct SqliteLedger {
-    connection: Arc<Mutex<Connection>>,
+    connection: crate::sqlite::Shared,
 }
 
 impl SqliteLedger {
@@ -45,7 +44,7 @@ impl SqliteLedger {
             })
             .map_err(|error| LedgerError::new(format!("cannot open {}", path.display()), error))?;
         Ok(SqliteLedger {
-            connection: Arc::new(Mutex::new(connection)),
+            connection: crate::sqlite::Shared::new(connection),
         })
     }
 
@@ -53,14 +52,11 @@ impl SqliteLedger {
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().expect("ledger lock");
-            work(&mut connection)
-        })
-        .await
-        .map_err(|error| LedgerError::new("the ledger's task failed", error))?
-        .map_err(|error| LedgerError::new("ledger file", error))
+        self.connection
+            .run(work)
+            .await
+            .map_err(|error| LedgerError::new("the ledger's task failed", error))?
+            .map_err(|error| LedgerError::new("ledger file", error))
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState};
 use crate::error::Chain;
 use crate::job::Job;
-use crate::journal::{DeliveryFilter, JobState, Journal, Lane, LaneJob};
+use crate::journal::{DEAD_LETTERED, DeliveryFilter, JobState, Journal, Lane, LaneJob};
 use crate::source::SourceError;
 
 /// The most deliveries one call lists.
@@ -36,39 +36,71 @@ fn journal_error(error: crate::journal::JournalError) -> Response {
 
 /// Lets a call through with a bearer token, or the page's session (and, for what
 /// changes state, its CSRF token).
-pub(super) fn authorize(
+pub(super) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
-) -> Result<Arc<dyn Journal>, Response> {
+) -> Result<(), Response> {
     let live = state.live.load_full();
     let Some(source) = &live.manual else {
         return Err(ApiError::NotConfigured("api").into_response());
     };
     if headers.contains_key("authorization") {
-        source
+        return source
             .authenticate(headers)
-            .map_err(|error| ApiError::Source(error).into_response())?;
-    } else {
-        let session = super::ui::session(source, headers).ok_or_else(|| {
-            ApiError::Source(SourceError::Unauthenticated(
-                "a bearer token of api.tokens, or a session of the page, is needed".into(),
-            ))
-            .into_response()
-        })?;
-        if method != Method::GET && !session.csrf_matches(headers) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "the x-csrf-token header does not match this session",
-            ));
-        }
+            .map_err(|error| ApiError::Source(error).into_response());
     }
+    let session = super::ui::session(source, headers).ok_or_else(|| {
+        ApiError::Source(SourceError::Unauthenticated(
+            "a bearer token of api.tokens, or a session of the page, is needed".into(),
+        ))
+        .into_response()
+    })?;
+    if method != Method::GET && !session.csrf_matches(headers) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the x-csrf-token header does not match this session",
+        ));
+    }
+    Ok(())
+}
+
+/// The listener's journal.
+pub(super) fn journal(state: &AppState) -> Result<Arc<dyn Journal>, Response> {
     state.journal.clone().ok_or_else(|| {
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "this listener keeps no journal",
         )
     })
+}
+
+/// [`authenticate`], then the journal.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Arc<dyn Journal>, Response> {
+    authenticate(state, headers, method)?;
+    journal(state)
+}
+
+/// Refuses a pipeline the running configuration does not have.
+fn known_pipeline(
+    state: &AppState,
+    pipeline: &str,
+    status: StatusCode,
+    field: &str,
+) -> Result<(), Response> {
+    let live = state.live.load_full();
+    if live.planner.pipeline_names().any(|name| name == pipeline) {
+        Ok(())
+    } else {
+        Err(refuse(
+            status,
+            format!("{field}no pipeline {pipeline:?} is configured"),
+        ))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -236,16 +268,8 @@ pub(super) async fn lane_action(
         Ok(journal) => journal,
         Err(response) => return response,
     };
-    let live = state.live.load_full();
-    if !live
-        .planner
-        .pipeline_names()
-        .any(|name| name == pipeline.as_str())
-    {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!("no pipeline {pipeline:?} is configured"),
-        );
+    if let Err(response) = known_pipeline(&state, &pipeline, StatusCode::NOT_FOUND, "") {
+        return response;
     }
     let lane = Lane {
         pipeline,
@@ -338,16 +362,13 @@ pub(super) async fn replays(
         Some(Ok(ms)) => ms,
         None => i64::MAX,
     };
-    let live = state.live.load_full();
-    if !live
-        .planner
-        .pipeline_names()
-        .any(|name| name == body.pipeline.as_str())
-    {
-        return refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("pipeline: no pipeline {:?} is configured", body.pipeline),
-        );
+    if let Err(response) = known_pipeline(
+        &state,
+        &body.pipeline,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "pipeline: ",
+    ) {
+        return response;
     }
     let jobs = match journal.lane_jobs(None).await {
         Ok(jobs) => jobs,
@@ -356,74 +377,56 @@ pub(super) async fn replays(
     let mut chosen = Vec::new();
     for job in &jobs {
         let ran = matches!(job.state, JobState::Started | JobState::Ended)
-            && job.status.as_deref() != Some("dead_lettered");
-        if job.lane.pipeline != body.pipeline
-            || body
+            && job.status.as_deref() != Some(DEAD_LETTERED);
+        let in_window = job.lane.pipeline == body.pipeline
+            && body
                 .environment
                 .as_ref()
-                .is_some_and(|environment| *environment != job.lane.environment)
-            || job.queued_at_ms < since
-            || job.queued_at_ms > until
-            || !ran
-        {
+                .is_none_or(|environment| *environment == job.lane.environment)
+            && (since..=until).contains(&job.queued_at_ms);
+        if !ran || !in_window {
             continue;
         }
         if body.failed_only {
-            let status = match (&job.state, &job.status, &state.executor) {
-                (JobState::Ended, Some(status), _) => status.clone(),
-                (_, _, Some(executor)) => {
-                    match crate::execution::name::ExecutionName::parse(&job.name) {
-                        Ok(name) => match executor.describe(&job.lane.pipeline, &name).await {
-                            Ok(execution) => execution.status.as_str().to_string(),
-                            Err(error) => {
-                                return refuse(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    format!(
-                                        "could not tell how {} ended: {}",
-                                        job.name,
-                                        Chain(&error)
-                                    ),
-                                );
-                            }
-                        },
-                        Err(_) => continue,
-                    }
-                }
-                _ => continue,
-            };
-            if !matches!(status.as_str(), "failed" | "timed_out" | "aborted") {
-                continue;
+            match ended_badly(&state, job).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(response) => return response,
             }
         }
         chosen.push(job);
+    }
+    // Replays are numbered per original: those on record, then those made now.
+    let mut replays_of: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for job in &jobs {
+        if let Some(original) = &job.replay_of {
+            *replays_of.entry(original).or_default() += 1;
+        }
     }
     let mut planned = Vec::new();
     let mut records = Vec::new();
     let mut starts = Vec::new();
     for job in chosen {
-        let Some(mut request) = job.request() else {
+        let original = job.replay_of.as_deref().unwrap_or(&job.name);
+        // Listings leave the job's body out: read it whole.
+        let whole = match journal.job(&job.name).await {
+            Ok(whole) => whole,
+            Err(error) => return journal_error(error),
+        };
+        let (Some(mut request), Ok(original_name)) = (
+            whole.and_then(|whole| whole.request()),
+            crate::execution::name::ExecutionName::parse(original),
+        ) else {
             continue;
         };
-        let original = job.replay_of.clone().unwrap_or_else(|| job.name.clone());
-        let Ok(original_name) = crate::execution::name::ExecutionName::parse(&original) else {
-            continue;
-        };
-        let earlier = jobs
-            .iter()
-            .filter(|other| other.replay_of.as_deref() == Some(original.as_str()))
-            .count() as u32;
-        let replay = earlier
-            + 1
-            + records
-                .iter()
-                .filter(|record: &&LaneJob| record.replay_of.as_deref() == Some(original.as_str()))
-                .count() as u32;
-        request.name = original_name.replay(replay);
-        planned.push(json!({"original": original, "replays": job.name, "name": request.name.as_str(), "replay": replay, "commit": job.commit}));
+        let replay = replays_of.entry(original).or_default();
+        *replay += 1;
+        request.name = original_name.replay(*replay);
+        planned.push(json!({"original": original, "replays": job.name, "name": request.name.as_str(), "replay": *replay, "commit": job.commit}));
         records.push(LaneJob::queued(
             &request,
             records.len(),
-            Some(original.clone()),
+            Some(original.to_string()),
         ));
         starts.push(Job::start(request));
     }
@@ -448,9 +451,36 @@ pub(super) async fn replays(
         .into_response()
 }
 
+/// Whether a job's execution failed, timed out or was aborted: as recorded when a
+/// serial lane saw it end, or else as the executor describes it now.
+async fn ended_badly(state: &AppState, job: &LaneJob) -> Result<bool, Response> {
+    let status = match (job.state, &job.status, &state.executor) {
+        (JobState::Ended, Some(status), _) => status.clone(),
+        (_, _, Some(executor)) => {
+            let Ok(name) = crate::execution::name::ExecutionName::parse(&job.name) else {
+                return Ok(false);
+            };
+            match executor.describe(&job.lane.pipeline, &name).await {
+                Ok(execution) => execution.status.as_str().to_string(),
+                Err(error) => {
+                    return Err(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("could not tell how {} ended: {}", job.name, Chain(&error)),
+                    ));
+                }
+            }
+        }
+        _ => return Ok(false),
+    };
+    Ok(matches!(
+        status.as_str(),
+        "failed" | "timed_out" | "aborted"
+    ))
+}
+
 /// The queue's depth and dead letters (the embedded queue; SQS's are in its console).
 pub(super) async fn queue(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&state, &headers, &Method::GET) {
+    if let Err(response) = authenticate(&state, &headers, &Method::GET) {
         return response;
     }
     match queue_view(&state).await {
@@ -479,7 +509,7 @@ pub(super) async fn queue_view(state: &AppState) -> Result<Value, Response> {
 }
 
 pub(super) async fn redrive(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&state, &headers, &Method::POST) {
+    if let Err(response) = authenticate(&state, &headers, &Method::POST) {
         return response;
     }
     let Some(embedded) = &state.embedded else {

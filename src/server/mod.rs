@@ -546,36 +546,9 @@ async fn accept_events(
     delivery: &str,
     events: Vec<Event>,
 ) -> Result<Answer, ApiError> {
-    let mut record = crate::journal::DeliveryRecord {
-        source: events
-            .first()
-            .map_or("github", |event| event.source.as_str())
-            .to_string(),
-        id: delivery.to_string(),
-        event: events
-            .first()
-            .map(|event| event.kind.name().to_string())
-            .unwrap_or_default(),
-        repository: events
-            .first()
-            .map(|event| event.repository.clone())
-            .unwrap_or_default(),
-        git_ref: events
-            .first()
-            .map(|event| match &event.kind {
-                EventKind::Push(push) => push.git_ref.as_str().to_string(),
-                EventKind::PullRequest(pull_request) => pull_request.head_ref.as_str().to_string(),
-                EventKind::Manual(_) => String::new(),
-            })
-            .unwrap_or_default(),
-        status: 0,
-        outcome: String::new(),
-        reason: None,
-        executions: Vec::new(),
-        explanation: Vec::new(),
-        received_at_ms: crate::journal::now_ms(),
-    };
-    let result = plan_and_queue(state, delivery, events, &mut record).await;
+    let mut record = crate::journal::DeliveryRecord::received(delivery, events.first());
+    let mut queued = Vec::new();
+    let result = plan_and_queue(state, delivery, events, &mut record, &mut queued).await;
     if let Some(journal) = &state.journal {
         match &result {
             Ok((status, outcome, answer)) => {
@@ -589,7 +562,7 @@ async fn accept_events(
                 record.reason = Some(crate::error::Chain(error).to_string());
             }
         }
-        if let Err(error) = journal.record_delivery(&record).await {
+        if let Err(error) = journal.record_delivery(&record, &queued).await {
             tracing::warn!(error = %Chain(&error), "Could not record the delivery in the journal.");
         }
     }
@@ -597,12 +570,13 @@ async fn accept_events(
 }
 
 /// Plans and queues a delivery's events (see [`accept_events`]), noting in `record`
-/// what was planned and why.
+/// what was planned and why, and in `queued` the start jobs queued.
 async fn plan_and_queue(
     state: &AppState,
     delivery: &str,
     events: Vec<Event>,
     record: &mut crate::journal::DeliveryRecord,
+    queued: &mut Vec<crate::journal::LaneJob>,
 ) -> Result<Answer, ApiError> {
     let mut requests = Vec::new();
     let mut expansions = Vec::new();
@@ -700,15 +674,13 @@ async fn plan_and_queue(
         .iter()
         .map(|request| request.name.as_str().to_string())
         .collect();
-    if let Some(journal) = &state.journal {
-        let queued: Vec<crate::journal::LaneJob> = requests
-            .iter()
-            .enumerate()
-            .map(|(index, request)| crate::journal::LaneJob::queued(request, index, None))
-            .collect();
-        if let Err(error) = journal.queued(&queued).await {
-            tracing::warn!(error = %Chain(&error), "Could not record the queued jobs in the journal.");
-        }
+    if state.journal.is_some() {
+        queued.extend(
+            requests
+                .iter()
+                .enumerate()
+                .map(|(index, request)| crate::journal::LaneJob::queued(request, index, None)),
+        );
     }
     if let Some(ledger) = &state.ledger {
         for (repository, git_ref, after) in &heads {

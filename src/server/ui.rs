@@ -5,58 +5,60 @@
 //! action it offers is a call of the operator API, sent with the session's CSRF token.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::AppState;
-use super::console::{authorize, lanes_view, queue_view};
+use super::console::{journal, lanes_view, queue_view};
+use crate::clock::now_secs;
 use crate::journal::DeliveryFilter;
 use crate::source::manual::ManualSource;
 
 const COOKIE: &str = "gitdispatch_session";
-const SESSION_SECS: u64 = 12 * 3600;
+const SESSION_SECS: i64 = 12 * 3600;
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or_default()
-}
-
-fn sign(token: &SecretString, purpose: &str, expires: u64) -> String {
+fn mac(token: &SecretString, purpose: &str, expires: i64) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(token.expose_secret().as_bytes())
         .expect("HMAC takes any key length");
     mac.update(format!("gitdispatch-{purpose}|{expires}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    mac
 }
 
-fn equal(a: &str, b: &str) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(
-        &Sha256::digest(a.as_bytes()),
-        &Sha256::digest(b.as_bytes()),
-    )
-    .is_ok()
+fn sign(token: &SecretString, purpose: &str, expires: i64) -> String {
+    hex::encode(mac(token, purpose, expires).finalize().into_bytes())
 }
 
-/// A signed-in session of the page.
-pub(super) struct Session {
-    csrf: String,
+/// Whether `signature` (hex) is the token's for `purpose` and `expires`, compared in
+/// constant time (HMAC's own check).
+fn signed(token: &SecretString, purpose: &str, expires: i64, signature: &str) -> bool {
+    hex::decode(signature)
+        .is_ok_and(|bytes| mac(token, purpose, expires).verify_slice(&bytes).is_ok())
 }
 
-impl Session {
+/// A signed-in session of the page: the token it was signed with, and until when.
+pub(super) struct Session<'a> {
+    token: &'a SecretString,
+    expires: i64,
+}
+
+impl Session<'_> {
+    /// The CSRF token every change the page asks for must carry.
+    fn csrf(&self) -> String {
+        sign(self.token, "csrf", self.expires)
+    }
+
     /// Whether the request carries this session's CSRF token.
     pub(super) fn csrf_matches(&self, headers: &HeaderMap) -> bool {
         headers
             .get("x-csrf-token")
             .and_then(|value| value.to_str().ok())
-            .is_some_and(|offered| equal(offered, &self.csrf))
+            .is_some_and(|offered| signed(self.token, "csrf", self.expires, offered))
     }
 }
 
@@ -72,20 +74,18 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The session the request's cookie proves, if it is valid and not expired.
-pub(super) fn session(source: &ManualSource, headers: &HeaderMap) -> Option<Session> {
+pub(super) fn session<'a>(source: &'a ManualSource, headers: &HeaderMap) -> Option<Session<'a>> {
     let value = cookie(headers)?;
     let (expires, signature) = value.split_once('.')?;
-    let expires: u64 = expires.parse().ok()?;
+    let expires: i64 = expires.parse().ok()?;
     if expires <= now_secs() {
         return None;
     }
     source
         .tokens()
         .iter()
-        .find(|token| equal(&sign(token, "session", expires), signature))
-        .map(|token| Session {
-            csrf: sign(token, "csrf", expires),
-        })
+        .find(|token| signed(token, "session", expires, signature))
+        .map(|token| Session { token, expires })
 }
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -133,11 +133,7 @@ pub(super) async fn login(State(state): State<Arc<AppState>>, body: axum::body::
         .find(|(key, _)| key == "token")
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
-    let Some(token) = source
-        .tokens()
-        .iter()
-        .find(|token| equal(token.expose_secret(), &offered))
-    else {
+    let Some(token) = source.matching(&offered) else {
         tracing::warn!("A sign-in to the page with a token that is not one of api.tokens.");
         return (
             StatusCode::UNAUTHORIZED,
@@ -222,7 +218,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
     let Some(session) = session(source, &headers) else {
         return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
     };
-    let journal = match authorize(&state, &headers, &Method::GET) {
+    let journal = match journal(&state) {
         Ok(journal) => journal,
         Err(response) => return response,
     };
@@ -362,7 +358,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
     let head = format!(
         // A module script runs once the page is parsed.
         "<meta name=csrf-token content=\"{}\"><script type=module>{SCRIPT}</script>",
-        session.csrf
+        session.csrf()
     );
     let mut response = page("gitdispatch", &head, &body).into_response();
     response

@@ -39,6 +39,18 @@ impl ManualSource {
         &self.tokens
     }
 
+    /// The configured token `offered` is, compared with every one in constant time,
+    /// as digests, so that neither content nor length leaks.
+    pub fn matching(&self, offered: &str) -> Option<&SecretString> {
+        let offered = Sha256::digest(offered.as_bytes());
+        self.tokens.iter().fold(None, |found, token| {
+            let expected = Sha256::digest(token.expose_secret().as_bytes());
+            let equal =
+                aws_lc_rs::constant_time::verify_slices_are_equal(&offered, &expected).is_ok();
+            found.or(equal.then_some(token))
+        })
+    }
+
     /// Checks the `Authorization: Bearer` token against every configured one.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<(), SourceError> {
         let mut values = headers.get_all("authorization").iter();
@@ -56,12 +68,7 @@ impl ManualSource {
                     "the Authorization header is not a bearer token".into(),
                 )
             })?;
-        let offered = Sha256::digest(offered.trim().as_bytes());
-        let matches = self.tokens.iter().fold(false, |found, token| {
-            let expected = Sha256::digest(token.expose_secret().as_bytes());
-            found | aws_lc_rs::constant_time::verify_slices_are_equal(&offered, &expected).is_ok()
-        });
-        if matches {
+        if self.matching(offered.trim()).is_some() {
             Ok(())
         } else {
             Err(SourceError::Unauthenticated(

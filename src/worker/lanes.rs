@@ -7,8 +7,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use super::report::superseded;
@@ -38,9 +39,9 @@ impl Lanes {
         }
     }
 
-    /// Whether `lane` is paused, as of at most PAUSE_REFRESH ago. A journal that cannot
-    /// be read keeps what was read last.
-    pub(super) async fn is_paused(&self, lane: &Lane) -> bool {
+    /// The lanes paused as of at most PAUSE_REFRESH ago. A journal that cannot be read
+    /// keeps what was read last.
+    async fn paused(&self) -> tokio::sync::MappedMutexGuard<'_, HashSet<Lane>> {
         let mut paused = self.paused.lock().await;
         if paused.0.is_none_or(|at| at.elapsed() >= PAUSE_REFRESH) {
             match self.journal.pauses().await {
@@ -53,7 +54,7 @@ impl Lanes {
             }
             paused.0 = Some(Instant::now());
         }
-        paused.1.contains(lane)
+        tokio::sync::MutexGuard::map(paused, |paused| &mut paused.1)
     }
 }
 
@@ -69,9 +70,13 @@ impl Worker {
         self
     }
 
-    /// The lane of a start job that is paused now, if `received` is one.
+    /// The lane of a start job that is paused now, if `received` is one. With no lane
+    /// paused (nearly always), the job is not read here.
     pub(super) async fn paused_lane(&self, received: &Received) -> Option<Lane> {
-        let lanes = self.lanes.as_ref()?;
+        let paused = self.lanes.as_ref()?.paused().await;
+        if paused.is_empty() {
+            return None;
+        }
         let Read::Job(job) = Job::read(&received.message.body) else {
             return None;
         };
@@ -79,7 +84,35 @@ impl Worker {
             return None;
         };
         let lane = Lane::of(&request);
-        lanes.is_paused(&lane).await.then_some(lane)
+        paused.contains(&lane).then_some(lane)
+    }
+
+    /// Holds a paused lane's job until its lane is resumed: invisible (the chain's
+    /// heartbeat keeps it so, and its receive count does not grow) and without a
+    /// permit, so that other lanes go on. The permit to go on with, once resumed;
+    /// `None` when the worker is stopping first.
+    pub(super) async fn hold_while_paused(
+        &self,
+        lane: &Lane,
+        received: &Received,
+        permits: &Arc<Semaphore>,
+        hard_stop: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, job = %received.message.id, "Holding a job of a paused lane.");
+        loop {
+            tokio::select! {
+                _ = hard_stop.cancelled() => return None,
+                _ = tokio::time::sleep(PAUSE_REFRESH) => {}
+            }
+            if self.paused_lane(received).await.is_none() {
+                break;
+            }
+        }
+        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The lane was resumed.");
+        tokio::select! {
+            _ = hard_stop.cancelled() => None,
+            permit = permits.clone().acquire_owned() => permit.ok(),
+        }
     }
 
     /// Records where a start job is; a journal that cannot be written is logged.

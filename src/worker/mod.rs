@@ -420,29 +420,11 @@ impl Worker {
         };
         let mut jobs = chain.into_iter();
         while let Some(received) = jobs.next() {
-            // A paused lane's job waits here, invisible (the heartbeat keeps it so,
-            // and its receive count does not grow), without holding a permit: other
-            // lanes go on. On resume it takes a permit again and starts, in order.
             if let Some(lane) = self.paused_lane(&received).await {
-                tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, job = %received.message.id, "Holding a job of a paused lane.");
-                permit = None;
-                let mut stopped = false;
-                loop {
-                    tokio::select! {
-                        _ = hard_stop.cancelled() => { stopped = true; break; }
-                        _ = tokio::time::sleep(lanes::PAUSE_REFRESH) => {}
-                    }
-                    if self.paused_lane(&received).await.is_none() {
-                        break;
-                    }
-                }
-                if !stopped {
-                    tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The lane was resumed.");
-                    permit = tokio::select! {
-                        _ = hard_stop.cancelled() => None,
-                        acquired = permits.clone().acquire_owned() => acquired.ok(),
-                    };
-                }
+                drop(permit.take());
+                permit = self
+                    .hold_while_paused(&lane, &received, &permits, &hard_stop)
+                    .await;
             }
             let settle = if hard_stop.is_cancelled() {
                 Settle::Release(Duration::ZERO)

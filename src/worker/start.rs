@@ -35,8 +35,12 @@ impl Worker {
         let settle = self.run_start(received, request, hard_stop).await;
         if let Settle::DeadLetter(_) = &settle {
             // Not waiting any more: it must not supersede an older job run later.
-            self.record(request, JobState::Ended, Some("dead_lettered"))
-                .await;
+            self.record(
+                request,
+                JobState::Ended,
+                Some(crate::journal::DEAD_LETTERED),
+            )
+            .await;
         }
         if let (Settle::DeadLetter(reason), Some(target)) = (&settle, &request.report) {
             self.queue_reports(vec![not_started(request, target, reason)])

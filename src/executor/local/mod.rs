@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
@@ -111,7 +111,7 @@ pub struct LocalExecutor {
 }
 
 struct Inner {
-    store: Arc<Mutex<Connection>>,
+    store: crate::sqlite::Shared,
     /// Replaced whole by a reload.
     pipelines: arc_swap::ArcSwap<HashMap<String, LocalPipeline>>,
     log_dir: PathBuf,
@@ -162,7 +162,7 @@ impl LocalExecutor {
             })?;
         Ok(LocalExecutor {
             inner: Arc::new(Inner {
-                store: Arc::new(Mutex::new(connection)),
+                store: crate::sqlite::Shared::new(connection),
                 pipelines: arc_swap::ArcSwap::from_pointee(settings.pipelines),
                 log_dir: settings.log_dir,
                 max_attempts: settings.max_attempts.max(1),

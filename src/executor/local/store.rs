@@ -2,9 +2,9 @@
 //! written before its process starts and when it ends.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::sqlite::Shared;
 use rusqlite::{Connection, params};
 
 use crate::error::Chain;
@@ -86,26 +86,18 @@ pub struct StoreError {
     pub(super) message: String,
 }
 
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64
-}
+pub(super) use crate::clock::now_ms;
 
-/// Runs a closure on the store off the async threads.
+/// Runs a closure on the store off the async threads, its failures as the executor's.
 pub(super) async fn with_store<T: Send + 'static>(
-    store: &Arc<Mutex<Connection>>,
+    store: &Shared,
     work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, ExecutorError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut connection = store.lock().expect("local executor store lock");
-        work(&mut connection)
-    })
-    .await
-    .map_err(|error| ExecutorError::retryable_from("the execution store's task failed", error))?
-    .map_err(|error| ExecutorError::retryable_from("execution store", error))
+    store
+        .run(work)
+        .await
+        .map_err(|error| ExecutorError::retryable_from("the execution store's task failed", error))?
+        .map_err(|error| ExecutorError::retryable_from("execution store", error))
 }
 
 /// The latest run of a planned name, as the start and recovery paths need it.
@@ -219,7 +211,7 @@ pub(super) fn recent(
 /// its lane for ever. A shutdown aborts the wait, and the run is then recorded as
 /// interrupted.
 pub(super) async fn finish(
-    store: &Arc<Mutex<Connection>>,
+    store: &Shared,
     name: &ExecutionName,
     status: RunStatus,
     code: Option<i32>,

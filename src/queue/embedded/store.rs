@@ -2,7 +2,6 @@
 //! writer's transaction.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
 
@@ -41,12 +40,7 @@ pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64
-}
+pub(super) use crate::clock::now_ms;
 
 pub(super) fn send(tx: &Connection, messages: &[Message], now: i64) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(

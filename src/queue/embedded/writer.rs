@@ -100,6 +100,13 @@ pub(super) fn pending<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Resu
     })
 }
 
+/// Why the writer stopped.
+enum Stop {
+    /// Every handle to the queue was dropped.
+    Closed,
+    Failed(String),
+}
+
 /// Takes the commands that are waiting, runs them as one transaction on the blocking
 /// pool, and starts again. If it ever stops, it says so in `health`: callers then get
 /// errors, readiness fails and the daemon exits.
@@ -109,7 +116,7 @@ pub(super) async fn writer(
     health: Arc<WriterHealth>,
 ) {
     let mut connection = Some(connection);
-    let reason = loop {
+    let stop = loop {
         let failing = health.failing.lock().expect("queue health lock").is_some();
         let first = if failing {
             // While the file cannot be written, try a write now and then even when
@@ -124,10 +131,7 @@ pub(super) async fn writer(
         };
         let Some(first) = first else {
             // Every handle was dropped: the process is stopping, and nothing is lost.
-            tracing::debug!("The queue writer stopped: the queue was closed.");
-            let _ = health.stopped.set("the queue was closed".to_string());
-            health.stopped_signal.cancel();
-            return;
+            break Stop::Closed;
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -137,7 +141,7 @@ pub(super) async fn writer(
             }
         }
         let Some(mut owned) = connection.take() else {
-            break "the queue writer lost its connection".to_string();
+            break Stop::Failed("the queue writer lost its connection".to_string());
         };
         match tokio::task::spawn_blocking(move || {
             let outcome = write_batch(&mut owned, batch);
@@ -164,11 +168,20 @@ pub(super) async fn writer(
             }
             Err(error) => {
                 // The connection went with the failed task; callers now get errors.
-                break format!("the queue writer failed: {error}");
+                break Stop::Failed(format!("the queue writer failed: {error}"));
             }
         }
     };
-    tracing::error!(%reason, "The queue writer stopped.");
+    let reason = match stop {
+        Stop::Closed => {
+            tracing::debug!("The queue writer stopped: the queue was closed.");
+            "the queue was closed".to_string()
+        }
+        Stop::Failed(reason) => {
+            tracing::error!(%reason, "The queue writer stopped.");
+            reason
+        }
+    };
     let _ = health.stopped.set(reason);
     health.stopped_signal.cancel();
 }

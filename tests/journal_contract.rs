@@ -1,0 +1,273 @@
+//! One contract for every journal backend: the SQLite file and DynamoDB items (on
+//! moto). Deliveries listed newest first and filtered; a job's state only moves on (a
+//! late "queued" after the worker's "started" changes nothing); listings leave the
+//! job's body out and a job read by name has it whole; pauses shared; many concurrent
+//! deliveries all recorded.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::moto;
+use gitdispatch::event::{CommitSha, DeliveryId, RefName, Source};
+use gitdispatch::execution::name::ExecutionName;
+use gitdispatch::execution::{Action, ExecutionRequest, Input, Origin};
+use gitdispatch::journal::dynamodb::DynamoJournal;
+use gitdispatch::journal::sqlite::SqliteJournal;
+use gitdispatch::journal::{
+    DeliveryFilter, DeliveryRecord, JobState, Journal, Lane, LaneJob, Retention, newer_waiting,
+};
+
+fn request(n: u32) -> ExecutionRequest {
+    ExecutionRequest {
+        pipeline: "deploy".into(),
+        name: ExecutionName::parse(&format!("deploy-production-{n:020}")).unwrap(),
+        group: Some("deploy/production".into()),
+        environment: "production".into(),
+        action: Action::Deploy,
+        input: Input::from_json(format!("{{\"n\": {n}}}")).unwrap(),
+        origin: Origin {
+            source: Source::Github,
+            delivery: DeliveryId::parse(&format!("delivery-{n}")).unwrap(),
+            repository: "Acme/Project-API-v2".into(),
+            git_ref: RefName::parse("refs/heads/main").unwrap(),
+            commit: CommitSha::parse(&format!("{n:040x}")).unwrap(),
+        },
+        report: None,
+    }
+}
+
+fn delivery(n: u32, at_ms: i64) -> DeliveryRecord {
+    DeliveryRecord {
+        source: "github".into(),
+        id: format!("delivery-{n}"),
+        event: "push".into(),
+        repository: "Acme/Project-API-v2".into(),
+        git_ref: "refs/heads/main".into(),
+        status: 202,
+        outcome: "queued".into(),
+        reason: None,
+        executions: vec![request(n).name.as_str().to_string()],
+        explanation: vec![format!("route deploy matched delivery {n}")],
+        received_at_ms: at_ms,
+    }
+}
+
+fn lane() -> Lane {
+    Lane {
+        pipeline: "deploy".into(),
+        environment: "production".into(),
+    }
+}
+
+async fn contract(journal: Arc<dyn Journal>) {
+    let now = gitdispatch::clock::now_ms();
+    // Two deliveries, each with its job.
+    for n in 1..=2 {
+        let mut job = LaneJob::queued(&request(n), 0, None);
+        job.seq += i64::from(n);
+        journal
+            .record_delivery(&delivery(n, now + i64::from(n)), &[job])
+            .await
+            .unwrap();
+    }
+    let listed = journal
+        .deliveries(&DeliveryFilter {
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.iter().map(|record| record.id.as_str()).collect();
+    assert_eq!(ids, ["delivery-2", "delivery-1"], "newest first");
+    assert_eq!(listed[1], delivery(1, now + 1), "kept as recorded");
+    let filtered = journal
+        .deliveries(&DeliveryFilter {
+            repository: Some("acme/project-api-v2".into()),
+            since_ms: Some(now + 2),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1, "{filtered:?}");
+    assert_eq!(filtered[0].id, "delivery-2");
+    assert!(
+        journal
+            .deliveries(&DeliveryFilter {
+                repository: Some("acme/other".into()),
+                limit: 10,
+                ..DeliveryFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(journal.delivery("delivery-1").await.unwrap().len(), 1);
+    assert!(journal.delivery("delivery-9").await.unwrap().is_empty());
+
+    // Listings leave the body out; a job read by name has it whole.
+    let jobs = journal.lane_jobs(Some(&lane())).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|job| job.job.is_empty()), "{jobs:?}");
+    assert!(jobs.iter().all(|job| job.state == JobState::Waiting));
+    let first = journal
+        .job(request(1).name.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.request(), Some(request(1)));
+    // The second waits behind the first: it supersedes it, not the other way round.
+    assert_eq!(
+        newer_waiting(&first, &jobs).map(|job| job.name.as_str()),
+        Some(request(2).name.as_str())
+    );
+    let second = jobs.iter().find(|job| job.name != first.name).unwrap();
+    assert!(newer_waiting(second, &jobs).is_none());
+
+    // States move on only.
+    journal
+        .advance(&first, JobState::Ended, Some("failed"))
+        .await
+        .unwrap();
+    journal
+        .advance(&first, JobState::Started, None)
+        .await
+        .unwrap();
+    journal.queued(std::slice::from_ref(&first)).await.unwrap();
+    let ended = journal.job(&first.name).await.unwrap().unwrap();
+    assert_eq!(ended.state, JobState::Ended);
+    assert_eq!(ended.status.as_deref(), Some("failed"));
+    // The worker may record a start before the listener records it queued.
+    let early = LaneJob::queued(&request(3), 0, None);
+    journal
+        .advance(&early, JobState::Started, None)
+        .await
+        .unwrap();
+    journal.queued(std::slice::from_ref(&early)).await.unwrap();
+    assert_eq!(
+        journal.job(&early.name).await.unwrap().unwrap().state,
+        JobState::Started
+    );
+    assert!(
+        journal
+            .lane_jobs(Some(&Lane {
+                pipeline: "deploy".into(),
+                environment: "staging".into(),
+            }))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Pauses.
+    assert!(journal.pauses().await.unwrap().is_empty());
+    journal.pause(&lane(), "incident 7").await.unwrap();
+    let pauses = journal.pauses().await.unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].lane, lane());
+    assert_eq!(pauses[0].reason, "incident 7");
+    assert!(journal.resume(&lane()).await.unwrap(), "it was paused");
+    assert!(!journal.resume(&lane()).await.unwrap(), "not any more");
+    assert!(journal.pauses().await.unwrap().is_empty());
+
+    // Many deliveries at once: every one recorded.
+    let mut writers = Vec::new();
+    for n in 100..140 {
+        let journal = journal.clone();
+        writers.push(tokio::spawn(async move {
+            journal
+                .record_delivery(&delivery(n, now), &[LaneJob::queued(&request(n), 0, None)])
+                .await
+                .unwrap();
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let all = journal
+        .deliveries(&DeliveryFilter {
+            limit: 1000,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 42);
+    assert_eq!(journal.lane_jobs(None).await.unwrap().len(), 43);
+    journal.prune(Retention::default()).await.unwrap();
+    assert_eq!(
+        journal.lane_jobs(None).await.unwrap().len(),
+        43,
+        "nothing is old yet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_journal_keeps_the_contract() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.db");
+    contract(Arc::new(SqliteJournal::open(&path).unwrap())).await;
+    // Another process's view of the same file agrees.
+    let again = SqliteJournal::open(&path).unwrap();
+    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 43);
+    // Beyond its count, what ended goes; what waits stays.
+    again
+        .prune(Retention {
+            keep_secs: 3600,
+            keep_count: 1,
+        })
+        .await
+        .unwrap();
+    let kept = again.lane_jobs(None).await.unwrap();
+    assert!(
+        kept.iter().all(|job| job.state == JobState::Waiting),
+        "{kept:?}"
+    );
+    assert_eq!(kept.len(), 41, "{kept:?}");
+    assert_eq!(
+        again
+            .deliveries(&DeliveryFilter {
+                limit: 1000,
+                ..DeliveryFilter::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dynamodb_journal_keeps_the_contract() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
+    let table = moto::unique("journal");
+    client
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    contract(Arc::new(DynamoJournal::new(
+        client,
+        table,
+        Retention::default(),
+    )))
+    .await;
+}
