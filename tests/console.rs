@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::{Daemon, binary};
-use common::{SECRET, push_variant};
+use common::{Delivery, SECRET, aws, moto, push_variant};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "operator-token-for-tests-01";
@@ -122,9 +122,14 @@ impl Console {
         )
     }
 
-    /// Sends a signed push to a hotfix branch, the `n`th; its delivery id.
+    /// Sends a signed push to a hotfix branch, the `n`th, with a head commit of its
+    /// own; its delivery id.
     async fn push(&self, n: u64) -> String {
-        let body = push_variant("push_branch_commits.json", n);
+        let head = format!("{:08x}e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3", n * 0x1f3d5b7);
+        let body = String::from_utf8(push_variant("push_branch_commits.json", n))
+            .unwrap()
+            .replace("a3b3c3d3e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3", &head)
+            .into_bytes();
         let delivery = format!("delivery-{n}-{}", uuid_like(n));
         let response = self
             .client
@@ -560,4 +565,254 @@ async fn nothing_of_it_answers_without_a_token_or_a_session_with_its_csrf_token(
         .unwrap()
         .status();
     assert_eq!(status.as_u16(), 401);
+}
+
+/// Runs a phase of `tests/browser/page.mjs` in the headless browser; what it saw.
+fn browse(phase: &str, arguments: Value) -> Value {
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        directory.join("node_modules/playwright-core").is_dir(),
+        "the page test needs playwright-core: scripts/browser.sh installs it (scripts/test runs it)"
+    );
+    let output = std::process::Command::new("node")
+        .current_dir(&directory)
+        .arg("page.mjs")
+        .arg(phase)
+        .arg(arguments.to_string())
+        .output()
+        .expect("node runs the page test: scripts/browser.sh installs what it needs");
+    assert!(
+        output.status.success(),
+        "the browser's {phase}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("page.mjs prints what it saw")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_in_a_real_browser_pauses_and_resumes_a_lane() {
+    let browser = std::env::var("GITDISPATCH_TEST_BROWSER")
+        .unwrap_or_else(|_| "/usr/bin/chromium-headless-shell".to_string());
+    assert!(
+        std::path::Path::new(&browser).exists(),
+        "no browser at {browser}: scripts/browser.sh installs chromium-headless-shell"
+    );
+    let console = Console::start(false);
+    let delivery = console.push(1).await;
+    let first = planned_deploys(&console, std::slice::from_ref(&delivery)).await;
+    console
+        .wait_for("the first deploy", async |console| {
+            console.started().len() == 1
+        })
+        .await;
+    let (_, found) = console.get(&format!("/v1/deliveries/{delivery}")).await;
+    let explanation = found["deliveries"][0]["explanation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line.as_str().unwrap().to_string())
+        .find(|line| line.contains("deploy"))
+        .expect("the explanation names the deploy route");
+    let reason = "incident 7: the database fails over";
+    let common = json!({
+        "url": console.url(""),
+        "token": TOKEN,
+        "browser": browser,
+        "lane": "deploy/production",
+        "reason": reason,
+    });
+    let mut arguments = common.clone();
+    arguments["delivery"] = json!(delivery);
+    arguments["explanation"] = json!(explanation);
+    arguments["execution"] = json!(first[0]);
+    let seen = browse("pause", arguments);
+    assert_eq!(
+        seen["cookie"],
+        json!({"httpOnly": true, "secure": true, "sameSite": "Strict"}),
+        "{seen}"
+    );
+    assert_eq!(seen["scriptSeesCookie"], false, "{seen}");
+    // The click went through the API: the lane is paused for every worker, with the
+    // reason typed.
+    let lane = console.lane("deploy", "production").await;
+    assert_eq!(lane["state"], "paused", "{lane}");
+    assert_eq!(lane["paused"]["reason"], reason, "{lane}");
+
+    // Two more commits wait behind the pause; nothing starts.
+    let waiting = vec![console.push(2).await, console.push(3).await];
+    let planned = planned_deploys(&console, &waiting).await;
+    console
+        .wait_for("two waiting jobs", async |console| {
+            console.lane("deploy", "production").await["waiting"]["count"] == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(console.started(), first, "a paused lane starts nothing");
+
+    // Where the screenshot goes (relative to the repository, as docs/console.png).
+    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(
+            std::env::var("GITDISPATCH_SCREENSHOT")
+                .unwrap_or_else(|_| format!("{}/console.png", env!("CARGO_TARGET_TMPDIR"))),
+        )
+        .display()
+        .to_string();
+    let _ = std::fs::remove_file(&screenshot);
+    let mut arguments = common;
+    arguments["waiting"] = json!(2);
+    arguments["screenshot"] = json!(screenshot);
+    let seen = browse("resume", arguments);
+    assert!(
+        seen["waiting"].as_str().unwrap().starts_with("2 ("),
+        "{seen}"
+    );
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a screenshot was taken");
+    console
+        .wait_for("the two waiting deploys", async |console| {
+            console.started().len() == 3
+        })
+        .await;
+    assert_eq!(console.started()[1..], planned, "in commit order");
+    assert_eq!(
+        console.lane("deploy", "production").await["state"],
+        "running"
+    );
+}
+
+/// On SQS, a paused lane's jobs outwait the redrive policy: with `maxReceiveCount = 2`
+/// and a 2-second visibility timeout, they are held for five timeouts by a worker that
+/// learns of the pause from the shared journal (DynamoDB) of another process, none is
+/// dead-lettered, and the resume starts them in commit order on Step Functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_order() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (queue_url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(2), 2).await;
+    let table = moto::ledger_table(&aws_sdk_dynamodb::Client::new(&sdk), "journal").await;
+    let arn = aws::create_sample_state_machine(&sfn).await;
+    let aws_text = aws::aws_config_text(&queue_url, &arn);
+    let text = format!(
+        "{aws_text}\n[api]\ntokens = [\"${{GITDISPATCH_API_TOKEN}}\"]\n\n[ledger]\ntype = \"dynamodb\"\ntable = \"{table}\"\n"
+    );
+    let mut environment: Vec<(&str, String)> = moto::environment();
+    environment.push(("GITDISPATCH_API_TOKEN", TOKEN.to_string()));
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A listener that takes the pause, and a worker apart that must honour it.
+    let listener = Daemon::start_as("listen", &text, &environment);
+    let worker = Daemon::start_as(
+        "work",
+        &text.replace("[worker]\n", "[worker]\nmetrics_listen = \"127.0.0.1:0\"\n"),
+        &environment,
+    );
+    let client = reqwest::Client::new();
+    let api = |path: &str| format!("http://{}{path}", listener.address);
+    let paused = client
+        .post(api("/v1/lanes/deploy/acceptance/pause"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(json!({"reason": "release freeze"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        paused.status().as_u16(),
+        200,
+        "{}",
+        paused.text().await.unwrap()
+    );
+
+    let delivery = Delivery::fixture("push", "push_branch_commits.json");
+    let answer = delivery.post(&client, &listener.url()).await.unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let planned: Vec<String> =
+        aws::plan(&aws_text, "push", "push_branch_commits.json", &delivery.id)
+            .iter()
+            .map(|request| request.name.to_string())
+            .collect();
+    assert_eq!(planned.len(), 3, "{planned:?}");
+
+    // The worker has the lane's jobs in hand (invisible), and holds them for five
+    // visibility timeouts.
+    let in_flight = || async {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        attributes.attributes().unwrap()
+            [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+            .parse::<u32>()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while in_flight().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never received the jobs: {}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        aws::executions_of(&sfn, &arn).await.is_empty(),
+        "a paused lane started an execution: {}",
+        worker.log()
+    );
+    assert!(
+        moto::dead_letter_ids(&sqs, &dead_url).await.is_empty(),
+        "a held job was dead-lettered: {}",
+        worker.log()
+    );
+    let lanes: Value = serde_json::from_str(
+        &client
+            .get(api("/v1/lanes"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let lane = lanes["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|lane| lane["pipeline"] == "deploy" && lane["environment"] == "acceptance")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lane["state"], "paused", "{lanes}");
+    assert_eq!(lane["waiting"]["count"], 3, "{lanes}");
+
+    let resumed = client
+        .post(api("/v1/lanes/deploy/acceptance/resume"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status().as_u16(), 200);
+    aws::wait_until_finished(&sfn, &arn, &planned).await;
+    aws::wait_until_drained(&sqs, &queue_url).await;
+    let mut started: Vec<(aws_sdk_sfn::primitives::DateTime, String)> = sfn
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .iter()
+        .map(|execution| (*execution.start_date(), execution.name().to_string()))
+        .collect();
+    started.sort_by_key(|(date, _)| date.as_nanos());
+    let started: Vec<String> = started.into_iter().map(|(_, name)| name).collect();
+    assert_eq!(started, planned, "in commit order");
+    assert!(moto::dead_letter_ids(&sqs, &dead_url).await.is_empty());
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
@@ -142,22 +142,21 @@ pub(super) async fn status(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match handle_status(&state, &name, &headers).await {
+    // A token, or the page's session (its links lead here).
+    if let Err(response) = super::console::authenticate(&state, &headers, &Method::GET) {
+        return response;
+    }
+    match handle_status(&state, &name).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn handle_status(
-    state: &AppState,
-    name: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiError> {
     let live = state.live.load_full();
-    let (Some(source), Some(executor)) = (&live.manual, &state.executor) else {
+    let Some(executor) = &state.executor else {
         return Err(ApiError::NotConfigured("api"));
     };
-    source.authenticate(headers)?;
     let name = ExecutionName::parse(name)
         .map_err(|error| SourceError::Malformed(format!("{name:?}: {error}")))?;
     // A name starts with its pipeline's: try the pipelines it could belong to.

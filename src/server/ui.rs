@@ -171,6 +171,8 @@ pub(super) async fn logout() -> Response {
 const SCRIPT: &str = r#"
 const csrf = document.querySelector('meta[name=csrf-token]').content;
 async function call(path, body) {
+  // No refresh while the call is under way: its answer reloads the page.
+  clearTimeout(refresh);
   const response = await fetch(path, {method: 'POST', credentials: 'same-origin',
     headers: {'content-type': 'application/json', 'x-csrf-token': csrf},
     body: body === undefined ? '' : JSON.stringify(body)});

@@ -55,6 +55,8 @@ pub struct Daemon {
     pub address: String,
     /// The open-file limit (soft and hard) the process is started with, if any.
     pub open_files: Option<u64>,
+    /// What it runs: `serve` (listener and worker), `listen` or `work`.
+    role: &'static str,
 }
 
 /// A config like the example one, with every path in `directory` and every pipeline
@@ -108,8 +110,23 @@ impl Daemon {
         Daemon::start_limited(config_text, extra_env, None)
     }
 
+    /// Starts one role of the daemon: `listen` or `work` (which must have
+    /// `[worker] metrics_listen` set, the address waited for).
+    pub fn start_as(role: &'static str, config_text: &str, extra_env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(role, config_text, extra_env, None)
+    }
+
     /// Starts the daemon with an open-file limit of its own.
     pub fn start_limited(
+        config_text: &str,
+        extra_env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Daemon {
+        Daemon::start_with("serve", config_text, extra_env, open_files)
+    }
+
+    fn start_with(
+        role: &'static str,
         config_text: &str,
         extra_env: &[(&str, &str)],
         open_files: Option<u64>,
@@ -123,6 +140,7 @@ impl Daemon {
             child: None,
             address: String::new(),
             open_files,
+            role,
         };
         daemon.spawn(extra_env);
         daemon
@@ -136,7 +154,7 @@ impl Daemon {
     pub fn spawn(&mut self, extra_env: &[(&str, &str)]) {
         let mut command = binary();
         command
-            .args(["--config", self.config.to_str().unwrap(), "serve"])
+            .args(["--config", self.config.to_str().unwrap(), self.role])
             .env("GITDISPATCH_LOG", "info")
             .env("RECORD_DIR", self.records())
             .stdout(Stdio::null())
