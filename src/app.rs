@@ -440,8 +440,9 @@ impl App {
         );
         state.ledger = self.ledger.clone();
         state.journal = Some(self.journal.clone());
-        if let OpenedQueue::Embedded(embedded) = &self.queue {
-            state.embedded = Some(embedded.clone());
+        match &self.queue {
+            OpenedQueue::Embedded(embedded) => state.embedded = Some(embedded.clone()),
+            OpenedQueue::Sqs(sqs) => state.sqs = Some(sqs.clone()),
         }
         state.executor = self.describer.clone();
         if let Some(tls) = &self.compiled.config.server.tls {

@@ -791,6 +791,28 @@ async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_
         .unwrap_or_default();
     assert_eq!(lane["state"], "paused", "{lanes}");
     assert_eq!(lane["waiting"]["count"], 3, "{lanes}");
+    // The queue's depth, as SQS counts it: the three held, none dead.
+    let queue: Value = serde_json::from_str(
+        &client
+            .get(api("/v1/queue"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(queue["type"], "sqs", "{queue}");
+    assert_eq!(queue["max_receives"], 2, "{queue}");
+    let depth = &queue["depth"];
+    assert_eq!(
+        depth["visible"].as_u64().unwrap() + depth["in_flight"].as_u64().unwrap(),
+        3,
+        "{queue}"
+    );
+    assert_eq!(depth["dead"], 0, "{queue}");
 
     let resumed = client
         .post(api("/v1/lanes/deploy/acceptance/resume"))

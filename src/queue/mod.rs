@@ -164,6 +164,15 @@ pub trait Queue: Send + Sync {
     }
 }
 
+/// How many messages are where: waiting to be received, received and not yet
+/// acknowledged, dead-lettered. (SQS's figures are its approximate counts.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+}
+
 /// Puts jobs on a queue: the listener's one use of it.
 pub async fn enqueue(queue: &dyn Queue, jobs: &[Job]) -> Result<(), QueueError> {
     let messages: Vec<Message> = jobs.iter().map(Message::from_job).collect();

@@ -171,6 +171,47 @@ impl SqsQueue {
         &self.facts
     }
 
+    /// The queue's approximate depth, and its dead-letter queue's when it has one.
+    pub async fn depth(&self) -> Result<super::Depth, QueueError> {
+        let count = async |url: &str| -> Result<(u64, u64), QueueError> {
+            let output = self
+                .client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await
+                .map_err(|error| {
+                    unavailable(&format!("cannot read the attributes of {url}"), error)
+                })?;
+            let attributes = output.attributes().cloned().unwrap_or_default();
+            let number = |name: QueueAttributeName| {
+                attributes
+                    .get(&name)
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            Ok((
+                number(QueueAttributeName::ApproximateNumberOfMessages),
+                number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            ))
+        };
+        let (visible, in_flight) = count(&self.facts.url).await?;
+        let dead = match &self.facts.dead_letter {
+            Some((url, _)) => {
+                let (waiting, held) = count(url).await?;
+                waiting + held
+            }
+            None => 0,
+        };
+        Ok(super::Depth {
+            visible,
+            in_flight,
+            dead,
+        })
+    }
+
     /// The group a message is sent with on a FIFO queue: its ordering group, or a group
     /// of its own. SQS takes 1 to 128 characters of printable ASCII; other groups are
     /// replaced by a hash of themselves.

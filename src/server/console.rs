@@ -490,11 +490,25 @@ pub(super) async fn queue(State(state): State<Arc<AppState>>, headers: HeaderMap
 }
 
 pub(super) async fn queue_view(state: &AppState) -> Result<Value, Response> {
-    let Some(embedded) = &state.embedded else {
-        return Ok(json!({"type": "sqs", "depth": null, "dead_letters": []}));
-    };
     let unavailable = |error: crate::queue::QueueError| {
         refuse(StatusCode::SERVICE_UNAVAILABLE, Chain(&error).to_string())
+    };
+    let Some(embedded) = &state.embedded else {
+        let Some(sqs) = &state.sqs else {
+            return Ok(json!({"type": null, "depth": null, "dead_letters": []}));
+        };
+        let depth = sqs.depth().await.map_err(unavailable)?;
+        let facts = sqs.facts();
+        // SQS's dead letters are read off the dead-letter queue by taking them; they
+        // are counted here, listed and redriven in SQS's console.
+        return Ok(json!({
+            "type": "sqs",
+            "url": facts.url,
+            "depth": {"visible": depth.visible, "in_flight": depth.in_flight, "dead": depth.dead},
+            "dead_letter_queue": facts.dead_letter.as_ref().map(|(url, _)| url),
+            "max_receives": facts.dead_letter.as_ref().map(|(_, max)| max),
+            "dead_letters": [],
+        }));
     };
     let depth = embedded.depth().await.map_err(unavailable)?;
     let dead = embedded.dead_letters().await.map_err(unavailable)?;

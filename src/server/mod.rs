@@ -79,6 +79,8 @@ pub struct AppState {
     pub journal: Option<Arc<dyn crate::journal::Journal>>,
     /// The embedded queue, when it is the one: its depth and dead letters are shown.
     pub embedded: Option<Arc<crate::queue::embedded::EmbeddedQueue>>,
+    /// The SQS queue, when it is the one: its approximate depth is shown.
+    pub sqs: Option<Arc<crate::queue::sqs::SqsQueue>>,
     /// What `GET /v1/executions/{name}` asks.
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
     /// The TLS acceptor when `[server.tls]` is set; a reload replaces it with one for
@@ -164,6 +166,7 @@ impl AppState {
             ledger: None,
             journal: None,
             embedded: None,
+            sqs: None,
             executor: None,
             reloads: std::sync::OnceLock::new(),
             tls: arc_swap::ArcSwapOption::empty(),

@@ -354,8 +354,16 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
             ));
         }
         body.push_str("</table><button data-action=redrive data-pipeline='' data-environment=''>Redrive every dead letter</button>");
-    } else {
-        body.push_str("<p>SQS: its depth and dead-letter queue are in the SQS console.</p>");
+    } else if queue["type"] == "sqs" {
+        body.push_str(&format!(
+            "<p id=depth>SQS <code>{}</code>: about {} waiting, {} in flight, {} dead-lettered (dead-letter queue <code>{}</code>, after {} receives). Its dead letters are listed and redriven in SQS's console (StartMessageMoveTask).</p>",
+            text(&queue["url"]),
+            queue["depth"]["visible"],
+            queue["depth"]["in_flight"],
+            queue["depth"]["dead"],
+            text(&queue["dead_letter_queue"]),
+            text(&queue["max_receives"]),
+        ));
     }
     let head = format!(
         // A module script runs once the page is parsed.

@@ -73,13 +73,7 @@ pub struct DeadLetter {
     pub dead_at_ms: i64,
 }
 
-/// How many messages are where.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Depth {
-    pub visible: u64,
-    pub in_flight: u64,
-    pub dead: u64,
-}
+pub use super::Depth;
 
 /// Wall-clock milliseconds that follow tokio's clock, so that tests with paused time
 /// move the queue's clock too.
