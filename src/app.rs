@@ -103,6 +103,7 @@ pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
     let needed = matches!(config.queue, QueueConfig::Sqs { .. })
         || matches!(config.executor, ExecutorConfig::Stepfunctions {})
         || config.codecommit.is_some()
+        || config.codepipeline.is_some()
         || (needs_ledger(config)
             && matches!(config.ledger, crate::config::LedgerConfig::Dynamodb { .. }));
     if !needed {
@@ -294,6 +295,9 @@ pub struct App {
     describer: Option<Arc<dyn Executor>>,
     /// The planner every part plans with; a reload replaces it.
     planner: Arc<ArcSwap<Planner>>,
+    /// The custom action's job calls, when `[codepipeline]` is configured and this
+    /// process works.
+    codepipeline: Option<Arc<crate::source::codepipeline::Codepipeline>>,
     /// The listener's state, once made: a reload replaces what it holds.
     state: std::sync::Mutex<Option<Arc<AppState>>>,
 }
@@ -409,8 +413,25 @@ impl App {
             }
             (_, false) => None,
         };
+        let codepipeline = match (&compiled.config.codepipeline, work) {
+            (Some(config), true) => {
+                let aws = aws.clone().ok_or(AppError::NoAwsSettings("CodePipeline"))?;
+                tracing::info!(
+                    category = %config.category,
+                    provider = %config.provider,
+                    version = %config.version,
+                    "Serving a CodePipeline custom action."
+                );
+                Some(Arc::new(crate::source::codepipeline::Codepipeline::new(
+                    aws_sdk_codepipeline::Client::new(&aws),
+                    config,
+                )))
+            }
+            _ => None,
+        };
         let compiled_planner = compiled.planner.clone();
         Ok(App {
+            codepipeline,
             compiled,
             metrics: Arc::new(Metrics::default()),
             queue,
@@ -516,8 +537,25 @@ impl App {
             .expanding(self.planner.clone(), self.histories.clone(), max_commits)
             .reporting(self.reporter.clone())
             .claiming(self.ledger.clone())
-            .journaling(Some(self.journal.clone()), self.supersede.clone()),
+            .journaling(Some(self.journal.clone()), self.supersede.clone())
+            .following(self.following()),
         ))
+    }
+}
+
+impl App {
+    /// What the worker needs to serve the custom action, when there is one.
+    fn following(&self) -> Option<crate::worker::codepipeline::Following> {
+        let (client, config) = (
+            self.codepipeline.as_ref()?,
+            self.compiled.config.codepipeline.as_ref()?,
+        );
+        Some(crate::worker::codepipeline::Following {
+            codepipeline: client.clone(),
+            poll_interval: Duration::from_secs(config.poll_interval_secs),
+            continue_after: Duration::from_secs(config.continue_after_secs),
+            start_timeout: Duration::from_secs(config.start_timeout_secs),
+        })
     }
 }
 

@@ -292,6 +292,13 @@ pub async fn run(
         });
     }
     if let Some(worker) = app.worker() {
+        if app.compiled.config.codepipeline.is_some() {
+            let (worker, shutdown) = (worker.clone(), shutdown.clone());
+            parts.spawn(async move {
+                worker.poll_codepipeline(shutdown).await;
+                ("codepipeline poll", Ok(()))
+            });
+        }
         let shutdown = shutdown.clone();
         parts.spawn(async move { ("worker", worker.run(shutdown).await.map_err(Into::into)) });
         tracing::info!(

@@ -14,6 +14,7 @@ pub enum Source {
     Github,
     Codecommit,
     Manual,
+    Codepipeline,
 }
 
 impl Source {
@@ -22,6 +23,7 @@ impl Source {
             Source::Github => "github",
             Source::Codecommit => "codecommit",
             Source::Manual => "manual",
+            Source::Codepipeline => "codepipeline",
         }
     }
 
@@ -30,6 +32,7 @@ impl Source {
             "github" => Some(Source::Github),
             "codecommit" => Some(Source::Codecommit),
             "manual" => Some(Source::Manual),
+            "codepipeline" => Some(Source::Codepipeline),
             _ => None,
         }
     }
@@ -309,6 +312,22 @@ pub struct Manual {
     pub overrides: Vec<(String, RefName)>,
     /// The commit to deploy, when one is named.
     pub commit: Option<CommitSha>,
+    /// The CodePipeline job it comes from, for a trigger of that source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codepipeline: Option<PipelineJob>,
+}
+
+/// Where in CodePipeline a job comes from: what its input says of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineJob {
+    pub job_id: String,
+    pub pipeline: String,
+    pub pipeline_execution_id: String,
+    pub stage: String,
+    pub action: String,
+    /// The first input artifact's revision as CodePipeline gives it (a commit id for
+    /// CodeCommit and GitHub sources, an object version for S3).
+    pub revision: Option<String>,
 }
 
 /// One push of a ref.

@@ -9,6 +9,7 @@
 
 mod api;
 mod codecommit;
+mod codepipeline;
 mod env;
 mod executor;
 mod github;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 pub use api::{ApiConfig, HistoryConfig, LedgerConfig};
 pub use codecommit::CodecommitConfig;
+pub use codepipeline::CodepipelineConfig;
 pub use executor::ExecutorConfig;
 pub use github::{
     GithubConfig, HookConfig, MAX_LOOK_BACK_SECS, ReconcileConfig, RedeliverConfig,
@@ -106,6 +108,8 @@ pub struct Config {
     pub github: GithubConfig,
     #[serde(default)]
     pub codecommit: Option<CodecommitConfig>,
+    #[serde(default)]
+    pub codepipeline: Option<CodepipelineConfig>,
     #[serde(default)]
     pub queue: QueueConfig,
     #[serde(default)]
@@ -212,6 +216,9 @@ impl Config {
         self.github.validate(github_routes, &mut problems);
         if let Some(codecommit) = &self.codecommit {
             codecommit.validate(&mut problems);
+        }
+        if let Some(codepipeline) = &self.codepipeline {
+            codepipeline.validate(&mut problems);
         }
         self.api.validate(&mut problems);
         self.ledger.validate(&mut problems);

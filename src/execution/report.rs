@@ -191,6 +191,28 @@ impl Watch {
     }
 }
 
+/// A CodePipeline job to pass or fail with its execution's outcome: looked at after
+/// growing delays, as a watch is, by a job of its own each time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Follow {
+    /// The CodePipeline job (a continuation's job id after a hand-back).
+    pub job_id: String,
+    pub pipeline: String,
+    pub execution: ExecutionName,
+    /// When this CodePipeline job was taken (milliseconds since the epoch): it is
+    /// handed back as in progress once it is old, and failed if its execution has not
+    /// started by then.
+    pub taken_ms: i64,
+    pub look: u32,
+    pub not_before_ms: i64,
+}
+
+impl Follow {
+    pub fn id(&self) -> String {
+        format!("follow-{}-{}", self.job_id, self.look)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 mod wire;
 
-use crate::execution::report::{Report, Watch};
+use crate::execution::report::{Follow, Report, Watch};
 use crate::execution::{ExecutionRequest, Expansion};
 
 /// The message version this release writes.
@@ -29,6 +29,8 @@ pub enum JobKind {
     Report { report: Report },
     /// Look at a started execution; report its end, or look again later.
     Watch { watch: Watch },
+    /// Look at the execution of a CodePipeline job; pass or fail the job at its end.
+    Follow { follow: Follow },
 }
 
 /// What a message body turned out to be.
@@ -67,6 +69,12 @@ impl Job {
         }
     }
 
+    pub fn follow(follow: Follow) -> Job {
+        Job {
+            kind: JobKind::Follow { follow },
+        }
+    }
+
     /// The id the queue deduplicates on: the execution name, which is already a
     /// deterministic function of everything that makes the job distinct.
     pub fn id(&self) -> String {
@@ -75,6 +83,7 @@ impl Job {
             JobKind::Expand { expansion } => expansion.id(),
             JobKind::Report { report } => report.id(),
             JobKind::Watch { watch } => watch.id(),
+            JobKind::Follow { follow } => follow.id(),
         }
     }
 
@@ -84,7 +93,7 @@ impl Job {
             JobKind::Start { request } => request.group.clone(),
             JobKind::Expand { expansion } => Some(expansion.group()),
             JobKind::Report { report } => Some(report.group()),
-            JobKind::Watch { .. } => None,
+            JobKind::Watch { .. } | JobKind::Follow { .. } => None,
         }
     }
 

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::{CURRENT_VERSION, Job, JobKind, Read};
 use crate::event::{CommitSha, DeliveryId, Occurrence, RefName, Source};
 use crate::execution::name::ExecutionName;
-use crate::execution::report::{DeploymentTarget, Report, ReportState, ReportTarget, Stage, Watch};
+use crate::execution::report::{
+    DeploymentTarget, Follow, Report, ReportState, ReportTarget, Stage, Watch,
+};
 use crate::execution::{Action, ExecutionRequest, Expansion, Input, Origin};
 
 #[derive(Serialize, Deserialize)]
@@ -24,6 +26,7 @@ enum WireKind {
     Expand { expansion: WireExpansion },
     Report { report: WireReport },
     Watch { watch: WireWatch },
+    Follow { follow: WireFollow },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +86,29 @@ struct WireWatch {
 }
 
 #[derive(Serialize, Deserialize)]
+struct WireFollow {
+    job_id: String,
+    pipeline: String,
+    execution: String,
+    taken_ms: i64,
+    look: u32,
+    not_before_ms: i64,
+}
+
+impl WireFollow {
+    fn parse(self) -> Result<Follow, String> {
+        Ok(Follow {
+            job_id: self.job_id,
+            pipeline: self.pipeline,
+            execution: name(&self.execution)?,
+            taken_ms: self.taken_ms,
+            look: self.look,
+            not_before_ms: self.not_before_ms,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 struct WireExpansion {
     source: String,
     delivery: String,
@@ -137,7 +163,7 @@ struct Header {
 }
 
 /// The job types this release reads.
-const KNOWN_TYPES: &[&str] = &["start", "expand", "report", "watch"];
+const KNOWN_TYPES: &[&str] = &["start", "expand", "report", "watch", "follow"];
 
 pub(super) fn write(job: &Job) -> String {
     let kind = match &job.kind {
@@ -196,6 +222,16 @@ pub(super) fn write(job: &Job) -> String {
                 not_before_ms: watch.not_before_ms,
             },
         },
+        JobKind::Follow { follow } => WireKind::Follow {
+            follow: WireFollow {
+                job_id: follow.job_id.clone(),
+                pipeline: follow.pipeline.clone(),
+                execution: follow.execution.to_string(),
+                taken_ms: follow.taken_ms,
+                look: follow.look,
+                not_before_ms: follow.not_before_ms,
+            },
+        },
     };
     serde_json::to_string(&WireJob {
         v: CURRENT_VERSION,
@@ -243,6 +279,10 @@ pub(super) fn read(body: &str) -> Read {
         WireKind::Watch { watch } => match watch.parse() {
             Ok(watch) => Read::Job(Box::new(Job::watch(watch))),
             Err(reason) => Read::Invalid(format!("job of type watch is invalid: {reason}")),
+        },
+        WireKind::Follow { follow } => match follow.parse() {
+            Ok(follow) => Read::Job(Box::new(Job::follow(follow))),
+            Err(reason) => Read::Invalid(format!("job of type follow is invalid: {reason}")),
         },
     }
 }

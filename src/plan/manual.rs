@@ -100,8 +100,8 @@ impl Planner {
         };
         let mut plan = Plan::default();
         plan.trace.push(format!(
-            "manual trigger: pipeline {}, environment {environment}",
-            pipeline.name
+            "{} trigger: pipeline {}, environment {environment}",
+            event.source, pipeline.name
         ));
         plan.matched_routes = 1;
         plan.requests.push(request);
@@ -164,7 +164,7 @@ fn manual_input(
     input.insert(
         "git".into(),
         json!({
-            "provider": "manual",
+            "provider": event.source.as_str(),
             "repository": first.and_then(|(project, _)| project_of(pipeline, project)).map(|project| project.repository.clone()),
             "event": "manual",
             "ref": first.map(|(_, git_ref)| git_ref.as_str()),
@@ -177,6 +177,19 @@ fn manual_input(
             "action": "deploy",
         }),
     );
+    if let Some(job) = &manual.codepipeline {
+        input.insert(
+            "codepipeline".into(),
+            json!({
+                "job_id": job.job_id,
+                "pipeline": job.pipeline,
+                "pipeline_execution_id": job.pipeline_execution_id,
+                "stage": job.stage,
+                "action": job.action,
+                "revision": job.revision,
+            }),
+        );
+    }
     let input = Value::Object(input);
     Ok(match &pipeline.template {
         Some(template) => template.render(&input),

@@ -165,6 +165,7 @@ pub fn decode(body: &[u8], key: Option<&str>) -> Result<Event, SourceError> {
             skips,
             overrides: parsed,
             commit,
+            codepipeline: None,
         }),
     })
 }

@@ -4,6 +4,7 @@
 //! Invariant: this is the only module that sees raw request bytes.
 
 pub mod codecommit;
+pub mod codepipeline;
 pub mod github;
 pub mod manual;
 

@@ -11,6 +11,7 @@
 //! their traits; each job kind has a file of its own (`start`, `expand`, `watch`,
 //! `report`).
 
+pub mod codepipeline;
 mod expand;
 mod lanes;
 mod report;
@@ -166,6 +167,8 @@ pub struct Worker {
     ledger: Option<Arc<dyn crate::ledger::Ledger>>,
     /// Pauses and supersede, from the journal.
     lanes: Option<Arc<lanes::Lanes>>,
+    /// With `[codepipeline]`: the custom action this worker serves.
+    following: Option<codepipeline::Following>,
     clock: Clock,
 }
 
@@ -226,6 +229,7 @@ impl Worker {
             reporter: None,
             ledger: None,
             lanes: None,
+            following: None,
             clock: Clock::new(),
         }
     }
@@ -263,6 +267,13 @@ impl Worker {
             histories,
             max_commits,
         });
+        self
+    }
+
+    /// Lets the worker serve a CodePipeline custom action: poll its jobs
+    /// ([`Worker::poll_codepipeline`]) and run `follow` jobs.
+    pub fn following(mut self, following: Option<codepipeline::Following>) -> Worker {
+        self.following = following;
         self
     }
 
@@ -533,6 +544,18 @@ impl Worker {
                     look = watch.look,
                 );
                 self.watch(&watch, received.receive_count)
+                    .instrument(span)
+                    .await
+            }
+            JobKind::Follow { follow } => {
+                let span = tracing::info_span!(
+                    "job",
+                    kind = "follow",
+                    codepipeline_job = %follow.job_id,
+                    execution = %follow.execution,
+                    look = follow.look,
+                );
+                self.follow(&follow, received.receive_count)
                     .instrument(span)
                     .await
             }

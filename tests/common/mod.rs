@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod codecommit;
+pub mod codepipeline;
 pub mod daemon;
 pub mod github;
 pub mod inprocess;

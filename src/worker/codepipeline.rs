@@ -1,0 +1,268 @@
+//! The CodePipeline job worker: a poll loop that turns the custom action's jobs into
+//! starts, and the `follow` job that passes or fails each CodePipeline job with its
+//! execution's outcome.
+//!
+//! A job is queued before it is acknowledged, under names that are a function of its
+//! job id: a worker that crashes between the two leaves a job CodePipeline offers
+//! again, and the second poll queues the same names, which start one execution. A job
+//! whose trigger cannot be planned or queued fails the action with the reason; none is
+//! left hanging. A result CodePipeline refuses because the job has one already (an
+//! earlier copy of the follow job got there) counts as written: each job is passed or
+//! failed once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_codepipeline::types::FailureType;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::watch::watch_delay;
+use super::{Settle, Worker};
+use crate::error::Chain;
+use crate::execution::report::Follow;
+use crate::executor::ExecutionStatus;
+use crate::job::Job;
+use crate::queue::enqueue;
+use crate::retry::backoff;
+use crate::source::codepipeline::{Codepipeline, CodepipelineError, Polled, PolledJob};
+
+/// The longest wait between two looks at a followed execution.
+const MAX_FOLLOW_DELAY: Duration = Duration::from_secs(60);
+
+/// What the worker needs to serve a custom action.
+pub struct Following {
+    pub codepipeline: Arc<Codepipeline>,
+    pub poll_interval: Duration,
+    pub continue_after: Duration,
+    pub start_timeout: Duration,
+}
+
+/// The continuation token a job is handed back with: what to follow.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Token {
+    pipeline: String,
+    execution: String,
+}
+
+impl Worker {
+    /// Polls for the action's jobs until `shutdown`: at once again after a poll that
+    /// found some, after the poll interval otherwise.
+    pub async fn poll_codepipeline(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(following) = &self.following else {
+            return;
+        };
+        loop {
+            let wait = match following.codepipeline.poll().await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    for job in jobs {
+                        let span = tracing::info_span!("codepipeline", job = %job.id);
+                        self.take(following, job).instrument(span).await;
+                    }
+                    Duration::ZERO
+                }
+                Ok(_) => following.poll_interval,
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "Could not poll CodePipeline for jobs.");
+                    following.poll_interval
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Queues what a polled job asks, then acknowledges it; or fails it.
+    async fn take(&self, following: &Following, job: PolledJob) {
+        let now = self.clock.now_ms();
+        let follow = |pipeline: String, execution| Follow {
+            job_id: job.id.clone(),
+            pipeline,
+            execution,
+            taken_ms: now,
+            look: 0,
+            not_before_ms: now + following.poll_interval.as_millis() as i64,
+        };
+        let queued = match &job.polled {
+            Polled::Refused { reason } => Err(reason.clone()),
+            Polled::Continue { token } => {
+                match serde_json::from_str::<Token>(token).ok().and_then(|token| {
+                    let name = crate::execution::name::ExecutionName::parse(&token.execution);
+                    name.ok().map(|name| (token.pipeline, name))
+                }) {
+                    Some((pipeline, name)) => Ok(vec![Job::follow(follow(pipeline, name))]),
+                    None => Err(format!(
+                        "the continuation token {token:?} is not one gitdispatch gave"
+                    )),
+                }
+            }
+            Polled::Start { event } => {
+                let planner = self
+                    .expansion
+                    .as_ref()
+                    .map(|expanding| expanding.planner.load_full());
+                match planner.map(|planner| planner.plan(event)) {
+                    None => Err("this worker has no planner".to_string()),
+                    Some(Err(error)) => Err(error.to_string()),
+                    Some(Ok(plan)) => {
+                        let follows: Vec<Job> = plan
+                            .requests
+                            .iter()
+                            .map(|request| {
+                                Job::follow(follow(request.pipeline.clone(), request.name.clone()))
+                            })
+                            .collect();
+                        let mut jobs: Vec<Job> =
+                            plan.requests.into_iter().map(Job::start).collect();
+                        jobs.extend(follows);
+                        if jobs.is_empty() {
+                            Err("the trigger planned no execution".to_string())
+                        } else {
+                            Ok(jobs)
+                        }
+                    }
+                }
+            }
+        };
+        let queued = match queued {
+            Ok(jobs) => enqueue(self.queue.as_ref(), &jobs)
+                .await
+                .map(|()| jobs.len())
+                .map_err(|error| format!("could not queue the job's execution: {}", Chain(&error))),
+            Err(reason) => Err(reason),
+        };
+        match following.codepipeline.acknowledge(&job).await {
+            Ok(()) => {}
+            Err(CodepipelineError::Gone { message }) => {
+                tracing::info!(%message, "Another worker took the CodePipeline job.");
+                return;
+            }
+            Err(error) => {
+                // Not acknowledged: CodePipeline offers it again, and the same names
+                // are queued again.
+                tracing::warn!(error = %Chain(&error), "Could not acknowledge a CodePipeline job; it will be offered again.");
+                return;
+            }
+        }
+        match queued {
+            Ok(jobs) => {
+                tracing::info!(jobs, "Took a CodePipeline job.");
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "Failing a CodePipeline job that cannot run.");
+                if let Err(error) = following
+                    .codepipeline
+                    .fail(&job.id, FailureType::ConfigurationError, &reason, None)
+                    .await
+                {
+                    tracing::error!(error = %Chain(&error), "Could not fail a CodePipeline job; it will time out.");
+                }
+            }
+        }
+    }
+
+    /// Looks at a CodePipeline job's execution: passes or fails the job at its end,
+    /// hands it back as in progress when it is old, or looks again later.
+    pub(super) async fn follow(&self, follow: &Follow, receive_count: u32) -> Settle {
+        if let Some(wait) = self.not_due(follow.not_before_ms) {
+            return Settle::Release(wait);
+        }
+        let Some(following) = &self.following else {
+            return Settle::DeadLetter(
+                "a CodePipeline job to follow, on a worker without [codepipeline]".into(),
+            );
+        };
+        let retry = || {
+            Settle::Retry(backoff(
+                receive_count,
+                self.settings.retry_initial,
+                self.settings.retry_max,
+            ))
+        };
+        let codepipeline = &following.codepipeline;
+        let age = Duration::from_millis((self.clock.now_ms() - follow.taken_ms).max(0) as u64);
+        let described = self
+            .executor
+            .describe(&follow.pipeline, &follow.execution)
+            .await;
+        let written = match &described {
+            Ok(execution) if execution.status.is_finished() => {
+                let link = Some(execution.id.as_str());
+                let detail = execution.detail.as_deref().unwrap_or_default();
+                if execution.status == ExecutionStatus::Succeeded {
+                    let summary = format!("{} succeeded: {detail}", follow.execution);
+                    codepipeline
+                        .succeed(&follow.job_id, &summary, link, None)
+                        .await
+                } else {
+                    let message = format!(
+                        "{} {}: {detail}",
+                        follow.execution,
+                        execution.status.as_str()
+                    );
+                    codepipeline
+                        .fail(&follow.job_id, FailureType::JobFailed, &message, link)
+                        .await
+                }
+            }
+            Ok(execution) if age >= following.continue_after => {
+                // Still running: hand the job back in progress; CodePipeline makes a
+                // new job for the action, with this token, that the poll follows on.
+                let token = serde_json::to_string(&Token {
+                    pipeline: follow.pipeline.clone(),
+                    execution: follow.execution.to_string(),
+                })
+                .expect("a token always serializes");
+                let summary = format!("{} is running", follow.execution);
+                codepipeline
+                    .succeed(&follow.job_id, &summary, Some(&execution.id), Some(&token))
+                    .await
+            }
+            Err(error) if age >= following.start_timeout => {
+                let message = format!(
+                    "{} did not start within {} s: {}",
+                    follow.execution,
+                    following.start_timeout.as_secs(),
+                    Chain(error)
+                );
+                codepipeline
+                    .fail(&follow.job_id, FailureType::JobFailed, &message, None)
+                    .await
+            }
+            _ => return self.follow_later(follow).await,
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(job = %follow.job_id, execution = %follow.execution, "Told CodePipeline how its job went.");
+                Settle::Ack
+            }
+            Err(CodepipelineError::Gone { message }) => {
+                tracing::info!(job = %follow.job_id, %message, "The CodePipeline job has its result already, or is gone.");
+                Settle::Ack
+            }
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not tell CodePipeline how its job went; will try again.");
+                retry()
+            }
+        }
+    }
+
+    async fn follow_later(&self, follow: &Follow) -> Settle {
+        let look = follow.look + 1;
+        let delay = watch_delay(self.settings.poll_interval, look).min(MAX_FOLLOW_DELAY);
+        let next = Follow {
+            look,
+            not_before_ms: self.clock.now_ms() + delay.as_millis() as i64,
+            ..follow.clone()
+        };
+        match enqueue(self.queue.as_ref(), &[Job::follow(next)]).await {
+            Ok(()) => Settle::Ack,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not queue the next look at a CodePipeline job's execution; will look again.");
+                Settle::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! gitdispatch as the job worker of a CodePipeline custom action, through the real
+//! binary: jobs from a CodePipeline stand-in (moto has none of the job calls), the
+//! queue on SQS and the executions on Step Functions, both moto. A job is taken,
+//! started with its revision in the input, followed and passed; a failing execution
+//! fails its job with the cause; a job offered twice starts one execution; a worker
+//! killed while the execution runs picks the job up again and it is passed once.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use common::codepipeline::FakeCodepipeline;
+use common::daemon::Daemon;
+use common::{aws, moto};
+use serde_json::{Value, json};
+
+const REVISION: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
+
+const PASS: &str = r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Pass", "Result": {"deployed": true}, "End": true}}}"#;
+const FAIL: &str = r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Fail", "Error": "ChangeSetRejected", "Cause": "the change set replaces the database"}}}"#;
+const SLOW: &str = r#"{"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 6, "Next": "Deploy"}, "Deploy": {"Type": "Pass", "End": true}}}"#;
+
+struct Setup {
+    fake: FakeCodepipeline,
+    sfn: aws_sdk_sfn::Client,
+    /// The state machine of the `deploy` pipeline, and of `broken`.
+    deploy: String,
+    broken: String,
+    text: String,
+    environment: Vec<(&'static str, String)>,
+}
+
+async fn state_machine(sfn: &aws_sdk_sfn::Client, definition: &str) -> String {
+    sfn.create_state_machine()
+        .name(moto::unique("codepipeline"))
+        .definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/gitdispatch-sample")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string()
+}
+
+async fn setup(deploy_definition: &str, continue_after_secs: u64) -> Setup {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (queue, _dead) = moto::create_queue(&sqs, true, Duration::from_secs(3), 5).await;
+    let deploy = state_machine(&sfn, deploy_definition).await;
+    let broken = state_machine(&sfn, FAIL).await;
+    let fake = FakeCodepipeline::start().await;
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[github]
+webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
+
+[queue]
+type = "sqs"
+url = "{queue}"
+
+[worker]
+receive_wait_secs = 1
+poll_interval_secs = 1
+retry_initial_ms = 200
+retry_max_secs = 2
+
+[executor]
+type = "stepfunctions"
+
+[codepipeline]
+provider = "gitdispatch"
+poll_interval_secs = 1
+continue_after_secs = {continue_after_secs}
+
+[[pipelines]]
+name = "deploy"
+state_machine_arn = "{deploy}"
+concurrency = "serial"
+
+[[pipelines.projects]]
+name = "project-api-v2"
+repository = "acme/project-api-v2"
+default_branch = "main"
+skip_flag = "skip_api_v2"
+
+[[pipelines]]
+name = "broken"
+state_machine_arn = "{broken}"
+
+[[routes]]
+pipeline = "deploy"
+environment = "acceptance"
+events = ["push"]
+branches = ["main"]
+"#
+    );
+    let mut environment = moto::environment();
+    environment.push(("AWS_ENDPOINT_URL_CODEPIPELINE", fake.url()));
+    Setup {
+        fake,
+        sfn,
+        deploy,
+        broken,
+        text,
+        environment,
+    }
+}
+
+impl Setup {
+    fn start(&self) -> Daemon {
+        let environment: Vec<(&str, &str)> = self
+            .environment
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        Daemon::start(&self.text, &environment)
+    }
+
+    fn restart(&self, daemon: &mut Daemon) {
+        let environment: Vec<(&str, &str)> = self
+            .environment
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        daemon.spawn(&environment);
+    }
+
+    async fn input_of(&self, execution_arn: &str) -> Value {
+        let described = self
+            .sfn
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(described.input().unwrap()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_taken_started_with_its_revision_followed_and_passed() {
+    let setup = setup(PASS, 600).await;
+    let daemon = setup.start();
+    let job = setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance",
+               "UserParameters": "{\"skip_api_v2\": true}"}),
+        REVISION,
+    );
+    setup.fake.wait_until_settled(|| daemon.log()).await;
+
+    let taken = setup.fake.job(&job);
+    assert_eq!(taken.status, "Succeeded", "{taken:#?}");
+    assert_eq!(taken.results.len(), 1, "passed once: {taken:#?}");
+    let (operation, result) = &taken.results[0];
+    assert_eq!(operation, "PutJobSuccessResult");
+    assert!(result.get("continuationToken").is_none(), "{result}");
+    let details = &result["executionDetails"];
+    assert_eq!(details["percentComplete"], 100);
+    assert!(
+        details["summary"].as_str().unwrap().contains("succeeded"),
+        "{details}"
+    );
+    // The external id is the execution's ARN: the action's link opens it.
+    let arn = details["externalExecutionId"].as_str().unwrap();
+    let executions = aws::executions_of(&setup.sfn, &setup.deploy).await;
+    assert_eq!(executions.len(), 1, "{executions:?}");
+    let (name, (status, execution_arn)) = executions.iter().next().unwrap();
+    assert_eq!(execution_arn, arn);
+    assert_eq!(*status, ExecutionStatus::Succeeded);
+    assert!(name.starts_with("deploy-acceptance-"), "{name}");
+
+    let input = setup.input_of(arn).await;
+    assert_eq!(input["environment"], "acceptance");
+    assert_eq!(input["skip_api_v2"], true);
+    assert_eq!(input["git"]["provider"], "codepipeline");
+    assert_eq!(input["git"]["commit"], REVISION);
+    assert_eq!(input["codepipeline"]["job_id"], job.as_str());
+    assert_eq!(input["codepipeline"]["pipeline"], "release");
+    assert_eq!(input["codepipeline"]["stage"], "Deploy");
+    assert_eq!(input["codepipeline"]["action"], "Acceptance");
+    assert_eq!(input["codepipeline"]["revision"], REVISION);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_execution_fails_its_job_with_the_cause_and_a_bad_job_is_failed_at_once() {
+    let setup = setup(PASS, 600).await;
+    let daemon = setup.start();
+    let failing = setup.fake.add_job(
+        json!({"Pipeline": "broken", "Environment": "acceptance"}),
+        REVISION,
+    );
+    let unknown = setup.fake.add_job(
+        json!({"Pipeline": "nonexistent", "Environment": "acceptance"}),
+        REVISION,
+    );
+    let bad_flag = setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance",
+               "UserParameters": "{\"skip_nothing\": true}"}),
+        REVISION,
+    );
+    setup.fake.wait_until_settled(|| daemon.log()).await;
+
+    let failed = setup.fake.job(&failing);
+    assert_eq!(failed.results.len(), 1, "{failed:#?}");
+    let (operation, result) = &failed.results[0];
+    assert_eq!(operation, "PutJobFailureResult");
+    let details = &result["failureDetails"];
+    assert_eq!(details["type"], "JobFailed");
+    let message = details["message"].as_str().unwrap();
+    assert!(
+        message.contains("the change set replaces the database") && message.contains("failed"),
+        "{message}"
+    );
+    let executions = aws::executions_of(&setup.sfn, &setup.broken).await;
+    assert_eq!(executions.len(), 1);
+    let arn = &executions.values().next().unwrap().1;
+    assert_eq!(details["externalExecutionId"].as_str(), Some(arn.as_str()));
+
+    for (job, field) in [(unknown, "pipeline"), (bad_flag, "skip_nothing")] {
+        let refused = setup.fake.job(&job);
+        assert_eq!(refused.results.len(), 1, "{refused:#?}");
+        let (operation, result) = &refused.results[0];
+        assert_eq!(operation, "PutJobFailureResult");
+        assert_eq!(result["failureDetails"]["type"], "ConfigurationError");
+        let message = result["failureDetails"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{message}");
+    }
+    assert!(
+        aws::executions_of(&setup.sfn, &setup.deploy)
+            .await
+            .is_empty(),
+        "a refused job starts nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_offered_twice_starts_one_execution_and_is_passed_once() {
+    let setup = setup(PASS, 600).await;
+    // The first acknowledgement fails (the SDK's three attempts at it): the worker has
+    // queued the job's execution by then, and CodePipeline offers the job again.
+    setup.fake.fail_acks(3);
+    let daemon = setup.start();
+    let job = setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance"}),
+        REVISION,
+    );
+    setup.fake.wait_until_settled(|| daemon.log()).await;
+    let taken = setup.fake.job(&job);
+    assert!(taken.offered >= 2, "offered twice: {taken:#?}");
+    assert_eq!(taken.results.len(), 1, "{taken:#?}");
+    assert_eq!(taken.results[0].0, "PutJobSuccessResult");
+    let executions = aws::executions_of(&setup.sfn, &setup.deploy).await;
+    assert_eq!(executions.len(), 1, "one execution: {executions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_the_execution_runs_picks_the_job_up_and_passes_it_once() {
+    // A job older than 2 s is handed back in progress; the execution takes 6 s.
+    let setup = setup(SLOW, 2).await;
+    let mut daemon = setup.start();
+    let job = setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance"}),
+        REVISION,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let executions = aws::executions_of(&setup.sfn, &setup.deploy).await;
+        if executions
+            .values()
+            .any(|(status, _)| *status == ExecutionStatus::Running)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never started: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    setup.restart(&mut daemon);
+    setup.fake.wait_until_settled(|| daemon.log()).await;
+
+    let executions = aws::executions_of(&setup.sfn, &setup.deploy).await;
+    assert_eq!(executions.len(), 1, "one execution: {executions:?}");
+    let (_, (status, arn)) = executions.iter().next().unwrap();
+    assert_eq!(*status, ExecutionStatus::Succeeded);
+    let jobs = setup.fake.jobs();
+    // The job was handed back in progress at least once, and the action got exactly
+    // one final result, a success, on the last job of the chain.
+    assert!(
+        jobs.len() >= 2,
+        "handed back with a continuation: {jobs:#?}"
+    );
+    assert_eq!(jobs[0].id, job);
+    let finals: Vec<&(String, Value)> = jobs
+        .iter()
+        .flat_map(|job| job.results.iter())
+        .filter(|(_, result)| result.get("continuationToken").is_none())
+        .collect();
+    assert_eq!(finals.len(), 1, "passed once: {jobs:#?}");
+    assert_eq!(finals[0].0, "PutJobSuccessResult");
+    assert_eq!(
+        finals[0].1["executionDetails"]["externalExecutionId"].as_str(),
+        Some(arn.as_str())
+    );
+    for job in &jobs {
+        assert_eq!(job.results.len(), 1, "each job has one result: {job:#?}");
+    }
+}
