@@ -555,6 +555,7 @@ impl App {
             poll_interval: Duration::from_secs(config.poll_interval_secs),
             continue_after: Duration::from_secs(config.continue_after_secs),
             start_timeout: Duration::from_secs(config.start_timeout_secs),
+            pipelines: config.pipelines.clone(),
         })
     }
 }

@@ -328,6 +328,12 @@ pub struct PipelineJob {
     /// The first input artifact's revision as CodePipeline gives it (a commit id for
     /// CodeCommit and GitHub sources, an object version for S3).
     pub revision: Option<String>,
+    /// The first input artifact's name.
+    pub artifact: Option<String>,
+    /// The repository and branch of the source action that made the artifact
+    /// (CodeCommit, GitHub), when the pipeline's declaration says.
+    pub repository: Option<String>,
+    pub branch: Option<String>,
 }
 
 /// One push of a ref.

@@ -76,6 +76,7 @@ type = "stepfunctions"
 provider = "gitdispatch"
 poll_interval_secs = 1
 continue_after_secs = {continue_after_secs}
+pipelines = ["deploy", "broken"]
 
 [[pipelines]]
 name = "deploy"
@@ -91,6 +92,11 @@ skip_flag = "skip_api_v2"
 [[pipelines]]
 name = "broken"
 state_machine_arn = "{broken}"
+
+# Not one CodePipeline may start.
+[[pipelines]]
+name = "other"
+state_machine_arn = "{deploy}"
 
 [[routes]]
 pipeline = "deploy"
@@ -184,6 +190,11 @@ async fn a_job_is_taken_started_with_its_revision_followed_and_passed() {
     assert_eq!(input["codepipeline"]["stage"], "Deploy");
     assert_eq!(input["codepipeline"]["action"], "Acceptance");
     assert_eq!(input["codepipeline"]["revision"], REVISION);
+    // Where the revision comes from, read off the pipeline's source action.
+    assert_eq!(input["codepipeline"]["repository"], "project-api-v2");
+    assert_eq!(input["codepipeline"]["branch"], "main");
+    assert_eq!(input["git"]["repository"], "project-api-v2");
+    assert_eq!(input["git"]["branch"], "main");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +207,10 @@ async fn a_failing_execution_fails_its_job_with_the_cause_and_a_bad_job_is_faile
     );
     let unknown = setup.fake.add_job(
         json!({"Pipeline": "nonexistent", "Environment": "acceptance"}),
+        REVISION,
+    );
+    let not_allowed = setup.fake.add_job(
+        json!({"Pipeline": "other", "Environment": "acceptance"}),
         REVISION,
     );
     let bad_flag = setup.fake.add_job(
@@ -221,7 +236,11 @@ async fn a_failing_execution_fails_its_job_with_the_cause_and_a_bad_job_is_faile
     let arn = &executions.values().next().unwrap().1;
     assert_eq!(details["externalExecutionId"].as_str(), Some(arn.as_str()));
 
-    for (job, field) in [(unknown, "pipeline"), (bad_flag, "skip_nothing")] {
+    for (job, field) in [
+        (unknown, "nonexistent"),
+        (not_allowed, "codepipeline.pipelines"),
+        (bad_flag, "skip_nothing"),
+    ] {
         let refused = setup.fake.job(&job);
         assert_eq!(refused.results.len(), 1, "{refused:#?}");
         let (operation, result) = &refused.results[0];
@@ -244,6 +263,9 @@ async fn a_job_offered_twice_starts_one_execution_and_is_passed_once() {
     // The first acknowledgement fails (the SDK's three attempts at it): the worker has
     // queued the job's execution by then, and CodePipeline offers the job again.
     setup.fake.fail_acks(3);
+    // And the first read of the pipeline's declaration fails: the second poll reads a
+    // branch the first did not, which must not change the execution's name.
+    setup.fake.fail_reads(3);
     let daemon = setup.start();
     let job = setup.fake.add_job(
         json!({"Pipeline": "deploy", "Environment": "acceptance"}),

@@ -14,6 +14,10 @@ pub struct CodepipelineConfig {
     pub category: String,
     /// The custom action type's provider name, as registered (CreateCustomActionType).
     pub provider: String,
+    /// Our pipelines a job may name (`Pipeline` in the action's configuration); every
+    /// configured one when empty.
+    #[serde(default)]
+    pub pipelines: Vec<String>,
     /// The custom action type's version.
     #[serde(default = "default_version")]
     pub version: String,
@@ -63,7 +67,15 @@ const CATEGORIES: [&str; 7] = [
 ];
 
 impl CodepipelineConfig {
-    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+    pub(super) fn validate(&self, configured: &[String], problems: &mut Vec<Problem>) {
+        for (index, name) in self.pipelines.iter().enumerate() {
+            if !configured.contains(name) {
+                problems.push(Problem::new(
+                    format!("codepipeline.pipelines[{index}]"),
+                    format!("no pipeline is named {name:?}"),
+                ));
+            }
+        }
         if !CATEGORIES.contains(&self.category.as_str()) {
             problems.push(Problem::new(
                 "codepipeline.category",

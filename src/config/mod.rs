@@ -218,7 +218,12 @@ impl Config {
             codecommit.validate(&mut problems);
         }
         if let Some(codepipeline) = &self.codepipeline {
-            codepipeline.validate(&mut problems);
+            let configured: Vec<String> = self
+                .pipelines
+                .iter()
+                .map(|pipeline| pipeline.name.clone())
+                .collect();
+            codepipeline.validate(&configured, &mut problems);
         }
         self.api.validate(&mut problems);
         self.ledger.validate(&mut problems);

@@ -48,25 +48,28 @@ impl Planner {
             ));
         }
         let input = manual_input(pipeline, event, manual)?;
-        let (repository, git_ref) = match manual.overrides.first() {
-            Some((project, git_ref)) => (
-                project_of(pipeline, project)
-                    .map(|found| found.repository.clone())
-                    .unwrap_or_default(),
-                git_ref.clone(),
-            ),
-            None => (
+        let (repository, git_ref) = origin(pipeline, manual).unwrap_or_else(|| {
+            (
                 String::new(),
                 RefName::parse("refs/heads/manual").expect("a valid ref"),
-            ),
-        };
+            )
+        });
         let zero = CommitSha::parse(&"0".repeat(40)).expect("forty zeros");
         let commit = manual.commit.clone().unwrap_or(zero);
+        // A CodePipeline job's branch is read from the pipeline's declaration, which
+        // a second poll of the job may read differently (or not at all): the name
+        // leaves it out, so that it stays a function of the job alone.
+        let manual_ref = RefName::parse("refs/heads/manual").expect("a valid ref");
+        let name_ref = if manual.codepipeline.is_some() {
+            &manual_ref
+        } else {
+            &git_ref
+        };
         let name = execution_name(NameParts {
             occurrence: &event.occurrence,
             pipeline: &pipeline.name,
             environment,
-            git_ref: &git_ref,
+            git_ref: name_ref,
             commit: &commit,
             action: Action::Deploy,
         });
@@ -107,6 +110,20 @@ impl Planner {
         plan.requests.push(request);
         Ok(plan)
     }
+}
+
+/// Where a trigger's code comes from: the first override's project and branch, or
+/// for a CodePipeline job its source action's repository and branch.
+fn origin(pipeline: &CompiledPipeline, manual: &Manual) -> Option<(String, RefName)> {
+    if let Some((project, git_ref)) = manual.overrides.first() {
+        let repository = project_of(pipeline, project)
+            .map(|found| found.repository.clone())
+            .unwrap_or_default();
+        return Some((repository, git_ref.clone()));
+    }
+    let job = manual.codepipeline.as_ref()?;
+    let git_ref = RefName::branch(job.branch.as_deref()?).ok()?;
+    Some((job.repository.clone().unwrap_or_default(), git_ref))
 }
 
 fn project_of<'a>(
@@ -160,15 +177,18 @@ fn manual_input(
         overrides.push(json!({"project": project, "branch": git_ref.short_name()}));
     }
     input.insert("override_branches".into(), Value::Array(overrides));
-    let first = manual.overrides.first();
+    let (repository, git_ref) = match origin(pipeline, manual) {
+        Some((repository, git_ref)) => (Some(repository), Some(git_ref)),
+        None => (None, None),
+    };
     input.insert(
         "git".into(),
         json!({
             "provider": event.source.as_str(),
-            "repository": first.and_then(|(project, _)| project_of(pipeline, project)).map(|project| project.repository.clone()),
+            "repository": repository,
             "event": "manual",
-            "ref": first.map(|(_, git_ref)| git_ref.as_str()),
-            "branch": first.map(|(_, git_ref)| git_ref.short_name()),
+            "ref": git_ref.as_ref().map(RefName::as_str),
+            "branch": git_ref.as_ref().map(RefName::short_name),
             "commit": manual.commit.as_ref().map(CommitSha::as_str),
             "message": "",
             "author": "",
@@ -187,6 +207,9 @@ fn manual_input(
                 "stage": job.stage,
                 "action": job.action,
                 "revision": job.revision,
+                "artifact": job.artifact,
+                "repository": job.repository,
+                "branch": job.branch,
             }),
         );
     }

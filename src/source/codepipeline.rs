@@ -134,6 +134,13 @@ pub fn decode(job: &Job) -> Option<PolledJob> {
             .first()
             .and_then(|artifact| artifact.revision())
             .map(str::to_string),
+        artifact: data
+            .input_artifacts()
+            .first()
+            .and_then(|artifact| artifact.name())
+            .map(str::to_string),
+        repository: None,
+        branch: None,
     };
     let polled = match trigger(&id, configuration, place) {
         Ok(event) => Polled::Start {
@@ -234,6 +241,47 @@ impl Codepipeline {
             .await
             .map_err(|error| classify("PollForJobs", error))?;
         Ok(output.jobs().iter().filter_map(decode).collect())
+    }
+
+    /// The repository and branch of the source action whose output is `artifact` in
+    /// `pipeline`'s declaration: CodeCommit's `RepositoryName` and `BranchName`, a
+    /// connection's (GitHub, GitLab, Bitbucket) `FullRepositoryId` and `BranchName`,
+    /// GitHub version 1's `Owner`/`Repo` and `Branch`.
+    pub async fn source_of(
+        &self,
+        pipeline: &str,
+        artifact: &str,
+    ) -> Result<Option<(String, String)>, CodepipelineError> {
+        let output = self
+            .client
+            .get_pipeline()
+            .name(pipeline)
+            .send()
+            .await
+            .map_err(|error| classify("GetPipeline", error))?;
+        let Some(declaration) = output.pipeline() else {
+            return Ok(None);
+        };
+        let source = declaration
+            .stages()
+            .iter()
+            .flat_map(|stage| stage.actions())
+            .find(|action| {
+                action
+                    .output_artifacts()
+                    .iter()
+                    .any(|output| output.name() == artifact)
+            });
+        let Some(configuration) = source.and_then(|action| action.configuration()) else {
+            return Ok(None);
+        };
+        let get = |key: &str| configuration.get(key).filter(|value| !value.is_empty());
+        let repository = get("RepositoryName")
+            .or_else(|| get("FullRepositoryId"))
+            .cloned()
+            .or_else(|| Some(format!("{}/{}", get("Owner")?, get("Repo")?)));
+        let branch = get("BranchName").or_else(|| get("Branch")).cloned();
+        Ok(repository.zip(branch))
     }
 
     /// Takes a job for this worker; `Gone` when another worker took it first.

@@ -36,6 +36,8 @@ pub struct Following {
     pub poll_interval: Duration,
     pub continue_after: Duration,
     pub start_timeout: Duration,
+    /// The pipelines a job may name; any when empty.
+    pub pipelines: Vec<String>,
 }
 
 /// The continuation token a job is handed back with: what to follow.
@@ -99,6 +101,24 @@ impl Worker {
                 }
             }
             Polled::Start { event } => {
+                if let crate::event::EventKind::Manual(manual) = &event.kind
+                    && !following.pipelines.is_empty()
+                    && !following.pipelines.contains(&manual.pipeline)
+                {
+                    return self
+                        .refuse(
+                            following,
+                            &job,
+                            format!(
+                                "pipeline {:?} is not one of codepipeline.pipelines",
+                                manual.pipeline
+                            ),
+                        )
+                        .await;
+                }
+                let mut event = event.clone();
+                self.find_source(following, &mut event).await;
+                let event = &event;
                 let planner = self
                     .expansion
                     .as_ref()
@@ -150,15 +170,57 @@ impl Worker {
             Ok(jobs) => {
                 tracing::info!(jobs, "Took a CodePipeline job.");
             }
-            Err(reason) => {
-                tracing::warn!(%reason, "Failing a CodePipeline job that cannot run.");
-                if let Err(error) = following
-                    .codepipeline
-                    .fail(&job.id, FailureType::ConfigurationError, &reason, None)
-                    .await
-                {
-                    tracing::error!(error = %Chain(&error), "Could not fail a CodePipeline job; it will time out.");
-                }
+            Err(reason) => self.fail_taken(following, &job, &reason).await,
+        }
+    }
+
+    /// Acknowledges a job that cannot run, and fails it with the reason.
+    async fn refuse(&self, following: &Following, job: &PolledJob, reason: String) {
+        match following.codepipeline.acknowledge(job).await {
+            Ok(()) => self.fail_taken(following, job, &reason).await,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not acknowledge a CodePipeline job to fail it.");
+            }
+        }
+    }
+
+    async fn fail_taken(&self, following: &Following, job: &PolledJob, reason: &str) {
+        tracing::warn!(%reason, "Failing a CodePipeline job that cannot run.");
+        if let Err(error) = following
+            .codepipeline
+            .fail(&job.id, FailureType::ConfigurationError, reason, None)
+            .await
+        {
+            tracing::error!(error = %Chain(&error), "Could not fail a CodePipeline job; it will time out.");
+        }
+    }
+
+    /// Fills in the repository and branch the job's artifact comes from, from the
+    /// pipeline's declaration; without them (an S3 source, a call that failed) the job
+    /// still runs, with its revision alone.
+    async fn find_source(&self, following: &Following, event: &mut crate::event::Event) {
+        let crate::event::EventKind::Manual(manual) = &mut event.kind else {
+            return;
+        };
+        let Some(place) = manual.codepipeline.as_mut() else {
+            return;
+        };
+        let Some(artifact) = place.artifact.clone() else {
+            return;
+        };
+        match following
+            .codepipeline
+            .source_of(&place.pipeline, &artifact)
+            .await
+        {
+            Ok(Some((repository, branch))) => {
+                event.repository = repository.clone();
+                place.repository = Some(repository);
+                place.branch = Some(branch);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), pipeline = %place.pipeline, "Could not read the pipeline's source action; the job runs with its revision alone.");
             }
         }
     }

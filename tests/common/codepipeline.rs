@@ -29,6 +29,8 @@ struct State {
     jobs: Vec<FakeJob>,
     /// Acknowledgements to answer with a 500 before taking one.
     failing_acks: u32,
+    /// GetPipeline calls to answer with a 500 before answering one.
+    failing_reads: u32,
     /// Result calls refused because the job had one: (operation, job id).
     refused: Vec<(String, String)>,
     next_nonce: u32,
@@ -76,6 +78,16 @@ impl Respond for Responder {
                     jobs.push(json!({"id": job.id, "nonce": job.nonce, "accountId": "123456789012", "data": job.data}));
                 }
                 answer(json!({"jobs": jobs}))
+            }
+            "GetPipeline" => {
+                if state.failing_reads > 0 {
+                    state.failing_reads -= 1;
+                    return error(500, "InternalFailure", "try again");
+                }
+                if body["name"] != "release" {
+                    return error(400, "PipelineNotFoundException", "no such pipeline");
+                }
+                answer(release_pipeline())
             }
             "AcknowledgeJob" => {
                 if state.failing_acks > 0 {
@@ -143,6 +155,34 @@ impl Respond for Responder {
     }
 }
 
+/// The declaration of the pipeline every job comes from: a CodeCommit source stage
+/// whose output is the deploy stage's input.
+fn release_pipeline() -> Value {
+    json!({
+        "pipeline": {
+            "name": "release",
+            "roleArn": "arn:aws:iam::123456789012:role/release",
+            "artifactStore": {"type": "S3", "location": "artifacts"},
+            "stages": [
+                {"name": "Source", "actions": [{
+                    "name": "Source",
+                    "actionTypeId": {"category": "Source", "owner": "AWS", "provider": "CodeCommit", "version": "1"},
+                    "configuration": {"RepositoryName": "project-api-v2", "BranchName": "main"},
+                    "outputArtifacts": [{"name": "SourceOutput"}],
+                }]},
+                {"name": "Deploy", "actions": [{
+                    "name": "Acceptance",
+                    "actionTypeId": {"category": "Deploy", "owner": "Custom", "provider": "gitdispatch", "version": "1"},
+                    "configuration": {"Pipeline": "deploy", "Environment": "acceptance"},
+                    "inputArtifacts": [{"name": "SourceOutput"}],
+                }]},
+            ],
+            "version": 1,
+        },
+        "metadata": {"pipelineArn": "arn:aws:codepipeline:us-east-1:123456789012:release"},
+    })
+}
+
 impl FakeCodepipeline {
     pub async fn start() -> FakeCodepipeline {
         let server = MockServer::start().await;
@@ -190,6 +230,11 @@ impl FakeCodepipeline {
             offered: 0,
         });
         id
+    }
+
+    /// The next `count` reads of the pipeline's declaration fail with a 500.
+    pub fn fail_reads(&self, count: u32) {
+        self.state.lock().unwrap().failing_reads = count;
     }
 
     /// The next `count` acknowledgements fail with a 500.
