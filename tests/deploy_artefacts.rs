@@ -1,7 +1,11 @@
 //! The deployment artefacts pass their own tools' checks: the systemd unit verifies
 //! and its sandbox rates 2.0 or better; every CloudFormation template is clean under
-//! cfn-lint with the informational checks on. (Each template is also deployed on moto
-//! and the sample state machine run there: `tests/aws.rs`.)
+//! cfn-lint with the informational checks on; the CodePipeline template embeds the
+//! safe-update state machine as its file has it, and every state of it can be reached
+//! and goes somewhere that exists. (The other templates are also deployed on moto and
+//! the sample state machine run there: `tests/aws.rs`. moto has no custom action types
+//! and runs no CloudFormation SDK tasks, so the CodePipeline template and its state
+//! machine are checked here, not run.)
 
 use std::path::Path;
 use std::process::Command;
@@ -77,7 +81,11 @@ fn every_cloudformation_template_is_clean_under_cfn_lint() {
         "cfn-lint is not installed at {}: run scripts/test, which installs it into .venv",
         cfn_lint.display()
     );
-    for template in ["deploy/aws/gitdispatch.yaml", "deploy/aws/codecommit.yaml"] {
+    for template in [
+        "deploy/aws/gitdispatch.yaml",
+        "deploy/aws/codecommit.yaml",
+        "deploy/aws/codepipeline.yaml",
+    ] {
         let output = Command::new(&cfn_lint)
             .args(["--include-checks", "I", "--"])
             .arg(repository(template))
@@ -125,4 +133,70 @@ fn the_container_image_probes_itself_and_sends_no_build_output() {
     ] {
         assert!(ignore.contains(&format!("!{copied}")), "{copied} is sent");
     }
+}
+
+#[test]
+fn the_safe_update_state_machine_is_embedded_verbatim_and_every_state_is_reachable() {
+    use serde_json::Value;
+    let template = std::fs::read_to_string(repository("deploy/aws/codepipeline.yaml")).unwrap();
+    let start = template.find("      Definition:\n").unwrap() + "      Definition:\n".len();
+    let end = template[start..].find("\n\nOutputs:").unwrap() + start;
+    let embedded: Value = serde_json::from_str(&template[start..end]).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(repository("deploy/stepfunctions/safe-update.asl.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(embedded, file);
+
+    let states = file["States"].as_object().unwrap();
+    let mut targets = Vec::new();
+    for (name, state) in states {
+        let mut next: Vec<&str> = Vec::new();
+        next.extend(state["Next"].as_str());
+        next.extend(state["Default"].as_str());
+        for choice in state["Choices"].as_array().into_iter().flatten() {
+            next.extend(choice["Next"].as_str());
+        }
+        for catch in state["Catch"].as_array().into_iter().flatten() {
+            next.extend(catch["Next"].as_str());
+        }
+        let ends =
+            matches!(state["Type"].as_str(), Some("Succeed" | "Fail")) || state["End"] == true;
+        assert!(ends || !next.is_empty(), "{name} goes nowhere");
+        for target in next {
+            assert!(
+                states.contains_key(target),
+                "{name} goes to {target}, which is no state"
+            );
+            targets.push(target.to_string());
+        }
+    }
+    let start = file["StartAt"].as_str().unwrap();
+    for name in states.keys() {
+        assert!(
+            name == start || targets.contains(name),
+            "{name} cannot be reached"
+        );
+    }
+    // What the flow asks: a stack created when missing, a change set rejected
+    // when it deletes or replaces, executed otherwise.
+    let resources: Vec<&str> = states
+        .values()
+        .filter_map(|state| state["Resource"].as_str())
+        .collect();
+    for call in [
+        "describeStacks",
+        "createStack",
+        "createChangeSet",
+        "describeChangeSet",
+        "executeChangeSet",
+    ] {
+        assert!(
+            resources
+                .iter()
+                .any(|resource| resource.ends_with(&format!(":{call}"))),
+            "no {call}"
+        );
+    }
+    assert_eq!(states["Rejected"]["Error"], "ChangeSetRejected");
 }
