@@ -15,6 +15,7 @@ use common::daemon::Daemon;
 use common::{aws, moto};
 use serde_json::{Value, json};
 
+const TOKEN: &str = "operator-token-for-tests-01";
 const REVISION: &str = "9fceb02d0ae598e95dc970b74767f19372d61af8";
 
 const PASS: &str = r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Pass", "Result": {"deployed": true}, "End": true}}}"#;
@@ -58,6 +59,9 @@ listen = "127.0.0.1:8080"
 
 [github]
 webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
+
+[api]
+tokens = ["${{GITDISPATCH_API_TOKEN}}"]
 
 [queue]
 type = "sqs"
@@ -107,6 +111,7 @@ branches = ["main"]
     );
     let mut environment = moto::environment();
     environment.push(("AWS_ENDPOINT_URL_CODEPIPELINE", fake.url()));
+    environment.push(("GITDISPATCH_API_TOKEN", TOKEN.to_string()));
     Setup {
         fake,
         sfn,
@@ -134,6 +139,19 @@ impl Setup {
             .map(|(k, v)| (*k, v.as_str()))
             .collect();
         daemon.spawn(&environment);
+    }
+
+    async fn api(&self, daemon: &Daemon, path: &str) -> Value {
+        let text = reqwest::Client::new()
+            .get(format!("http://{}{path}", daemon.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"))
     }
 
     async fn input_of(&self, execution_arn: &str) -> Value {
@@ -195,6 +213,29 @@ async fn a_job_is_taken_started_with_its_revision_followed_and_passed() {
     assert_eq!(input["codepipeline"]["branch"], "main");
     assert_eq!(input["git"]["repository"], "project-api-v2");
     assert_eq!(input["git"]["branch"], "main");
+
+    // The job is in the history as a delivery, and its execution in its lane.
+    let found = setup.api(&daemon, &format!("/v1/deliveries/{job}")).await;
+    let record = &found["deliveries"][0];
+    assert_eq!(record["source"], "codepipeline", "{found}");
+    assert_eq!(record["outcome"], "queued", "{found}");
+    assert_eq!(record["repository"], "project-api-v2", "{found}");
+    assert_eq!(record["executions"], json!([name]), "{found}");
+    assert!(
+        record["explanation"][0]
+            .as_str()
+            .unwrap()
+            .contains("codepipeline trigger"),
+        "{found}"
+    );
+    let lanes = setup.api(&daemon, "/v1/lanes").await;
+    let lane = lanes["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|lane| lane["pipeline"] == "deploy" && lane["environment"] == "acceptance")
+        .unwrap_or_else(|| panic!("{lanes}"));
+    assert_eq!(lane["recent"][0]["name"], name.as_str(), "{lanes}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

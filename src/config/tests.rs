@@ -96,3 +96,43 @@ fn secrets_do_not_show_in_debug_output() {
     let config = Config::from_toml_str(MINIMAL, &env).unwrap();
     assert!(!format!("{config:?}").contains("s3cr3t"));
 }
+
+#[test]
+fn a_codepipeline_section_names_the_key_at_fault() {
+    let good = format!(
+        "{MINIMAL}\n[codepipeline]\nprovider = \"gitdispatch\"\npipelines = [\"deploy\"]\n"
+    );
+    let config = Config::from_toml_str(&good, &env).expect("a valid [codepipeline] loads");
+    let codepipeline = config.codepipeline.unwrap();
+    assert_eq!(
+        (
+            codepipeline.category.as_str(),
+            codepipeline.version.as_str()
+        ),
+        ("Deploy", "1")
+    );
+    let bad = format!(
+        "{MINIMAL}\n[codepipeline]\ncategory = \"Shipping\"\nprovider = \"has spaces\"\nmax_batch_size = 0\npipelines = [\"nope\"]\n"
+    );
+    let LoadError::Invalid(problems) = Config::from_toml_str(&bad, &env).unwrap_err() else {
+        panic!("expected problems");
+    };
+    let paths: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "codepipeline.pipelines[0]",
+            "codepipeline.category",
+            "codepipeline.provider",
+            "codepipeline.max_batch_size",
+        ]
+    );
+    let missing = format!("{MINIMAL}\n[codepipeline]\ncategory = \"Deploy\"\n");
+    let LoadError::Invalid(problems) = Config::from_toml_str(&missing, &env).unwrap_err() else {
+        panic!("expected problems");
+    };
+    assert!(problems[0].to_string().contains("provider"), "{problems:?}");
+}

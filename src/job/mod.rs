@@ -130,6 +130,19 @@ mod tests {
     }
 
     #[test]
+    fn follows_round_trip_through_their_json_and_name_their_look() {
+        let body = r#"{"v":1,"type":"follow","follow":{"job_id":"11111111-2222-3333-4444-555555555555","pipeline":"deploy","execution":"deploy-ci-0123456-0123456789abcdef0123","taken_ms":1700000000000,"look":2,"not_before_ms":1700000004000}}"#;
+        let Read::Job(job) = Job::read(body) else {
+            panic!("not read");
+        };
+        assert_eq!(job.id(), "follow-11111111-2222-3333-4444-555555555555-2");
+        assert_eq!(job.group(), None, "a follow waits behind nothing");
+        assert_eq!(job.to_body(), body);
+        let broken = body.replace("deploy-ci-0123456-0123456789abcdef0123", "not a name!");
+        assert!(matches!(Job::read(&broken), Read::Invalid(_)));
+    }
+
+    #[test]
     fn expansions_round_trip_through_their_json() {
         let body = r#"{"v":1,"type":"expand","expansion":{"source":"codecommit","delivery":"d","occurrence":"k","repository":"us-east-1/demo","git_ref":"refs/heads/main","before":"0123456789abcdef0123456789abcdef01234567","after":"1123456789abcdef0123456789abcdef01234567"}}"#;
         let Read::Job(job) = Job::read(body) else {

@@ -23,6 +23,7 @@ use crate::error::Chain;
 use crate::execution::report::Follow;
 use crate::executor::ExecutionStatus;
 use crate::job::Job;
+use crate::journal::{DeliveryRecord, LaneJob};
 use crate::queue::enqueue;
 use crate::retry::backoff;
 use crate::source::codepipeline::{Codepipeline, CodepipelineError, Polled, PolledJob};
@@ -87,6 +88,10 @@ impl Worker {
             look: 0,
             not_before_ms: now + following.poll_interval.as_millis() as i64,
         };
+        // What the journal keeps of the job, as of a delivery: for the page and
+        // `GET /v1/deliveries`, and the lane jobs that pauses and supersede read.
+        let mut record: Option<DeliveryRecord> = None;
+        let mut lane_jobs: Vec<LaneJob> = Vec::new();
         let queued = match &job.polled {
             Polled::Refused { reason } => Err(reason.clone()),
             Polled::Continue { token } => {
@@ -118,6 +123,7 @@ impl Worker {
                 }
                 let mut event = event.clone();
                 self.find_source(following, &mut event).await;
+                record = Some(DeliveryRecord::received(&job.id, Some(&event)));
                 let event = &event;
                 let planner = self
                     .expansion
@@ -127,6 +133,20 @@ impl Worker {
                     None => Err("this worker has no planner".to_string()),
                     Some(Err(error)) => Err(error.to_string()),
                     Some(Ok(plan)) => {
+                        if let Some(record) = &mut record {
+                            record.explanation = plan.trace.clone();
+                            record.executions = plan
+                                .requests
+                                .iter()
+                                .map(|request| request.name.to_string())
+                                .collect();
+                        }
+                        lane_jobs = plan
+                            .requests
+                            .iter()
+                            .enumerate()
+                            .map(|(index, request)| LaneJob::queued(request, index, None))
+                            .collect();
                         let follows: Vec<Job> = plan
                             .requests
                             .iter()
@@ -164,6 +184,22 @@ impl Worker {
                 // are queued again.
                 tracing::warn!(error = %Chain(&error), "Could not acknowledge a CodePipeline job; it will be offered again.");
                 return;
+            }
+        }
+        if let (Some(mut record), Some(lanes)) = (record, &self.lanes) {
+            match &queued {
+                Ok(_) => {
+                    (record.status, record.outcome) = (202, "queued".into());
+                }
+                Err(reason) => {
+                    (record.status, record.outcome) = (422, "refused".into());
+                    record.reason = Some(reason.clone());
+                    record.executions.clear();
+                    lane_jobs.clear();
+                }
+            }
+            if let Err(error) = lanes.journal.record_delivery(&record, &lane_jobs).await {
+                tracing::warn!(error = %Chain(&error), "Could not record a CodePipeline job in the journal.");
             }
         }
         match queued {
