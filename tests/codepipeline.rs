@@ -80,7 +80,7 @@ type = "stepfunctions"
 provider = "gitdispatch"
 poll_interval_secs = 1
 continue_after_secs = {continue_after_secs}
-pipelines = ["deploy", "broken"]
+pipelines = ["deploy", "broken", "missing"]
 
 [[pipelines]]
 name = "deploy"
@@ -96,6 +96,11 @@ skip_flag = "skip_api_v2"
 [[pipelines]]
 name = "broken"
 state_machine_arn = "{broken}"
+
+# Its state machine does not exist: its start is dead-lettered.
+[[pipelines]]
+name = "missing"
+state_machine_arn = "{deploy}-missing"
 
 # Not one CodePipeline may start.
 [[pipelines]]
@@ -254,6 +259,10 @@ async fn a_failing_execution_fails_its_job_with_the_cause_and_a_bad_job_is_faile
         json!({"Pipeline": "other", "Environment": "acceptance"}),
         REVISION,
     );
+    let never_started = setup.fake.add_job(
+        json!({"Pipeline": "missing", "Environment": "acceptance"}),
+        REVISION,
+    );
     let bad_flag = setup.fake.add_job(
         json!({"Pipeline": "deploy", "Environment": "acceptance",
                "UserParameters": "{\"skip_nothing\": true}"}),
@@ -276,6 +285,15 @@ async fn a_failing_execution_fails_its_job_with_the_cause_and_a_bad_job_is_faile
     assert_eq!(executions.len(), 1);
     let arn = &executions.values().next().unwrap().1;
     assert_eq!(details["externalExecutionId"].as_str(), Some(arn.as_str()));
+
+    // A start that can never succeed fails its job at once, not at the start timeout.
+    let dead = setup.fake.job(&never_started);
+    assert_eq!(dead.results.len(), 1, "{dead:#?}");
+    assert_eq!(dead.results[0].0, "PutJobFailureResult");
+    let message = dead.results[0].1["failureDetails"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("could not be started"), "{message}");
 
     for (job, field) in [
         (unknown, "nonexistent"),

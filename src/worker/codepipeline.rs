@@ -23,7 +23,7 @@ use crate::error::Chain;
 use crate::execution::report::Follow;
 use crate::executor::ExecutionStatus;
 use crate::job::Job;
-use crate::journal::{DeliveryRecord, LaneJob};
+use crate::journal::{DEAD_LETTERED, DeliveryRecord, JobState, LaneJob};
 use crate::queue::enqueue;
 use crate::retry::backoff;
 use crate::source::codepipeline::{Codepipeline, CodepipelineError, Polled, PolledJob};
@@ -285,6 +285,11 @@ impl Worker {
             .executor
             .describe(&follow.pipeline, &follow.execution)
             .await;
+        // Not started: whether it ever will.
+        let never = match &described {
+            Err(_) => self.never_starts(follow).await,
+            Ok(_) => None,
+        };
         let written = match &described {
             Ok(execution) if execution.status.is_finished() => {
                 let link = Some(execution.id.as_str());
@@ -318,6 +323,12 @@ impl Worker {
                     .succeed(&follow.job_id, &summary, Some(&execution.id), Some(&token))
                     .await
             }
+            Err(_) if never.is_some() => {
+                let reason = never.as_deref().unwrap_or_default();
+                codepipeline
+                    .fail(&follow.job_id, FailureType::JobFailed, reason, None)
+                    .await
+            }
             Err(error) if age >= following.start_timeout => {
                 let message = format!(
                     "{} did not start within {} s: {}",
@@ -344,6 +355,30 @@ impl Worker {
                 tracing::warn!(error = %Chain(&error), "Could not tell CodePipeline how its job went; will try again.");
                 retry()
             }
+        }
+    }
+
+    /// Why the followed execution will never start, when the journal says so: its
+    /// start was dead-lettered, or a newer job of its lane superseded it.
+    async fn never_starts(&self, follow: &Follow) -> Option<String> {
+        let lanes = self.lanes.as_ref()?;
+        let job = lanes
+            .journal
+            .job(follow.execution.as_str())
+            .await
+            .ok()
+            .flatten()?;
+        match (job.state, job.status.as_deref()) {
+            (JobState::Ended, Some(DEAD_LETTERED)) => Some(format!(
+                "{} could not be started (its start was dead-lettered: see the queue's dead letters)",
+                follow.execution
+            )),
+            (JobState::Superseded, newer) => Some(format!(
+                "{} was superseded by {} and did not run",
+                follow.execution,
+                newer.unwrap_or("a newer job of its lane")
+            )),
+            _ => None,
         }
     }
 

@@ -462,26 +462,36 @@ impl Worker {
         drop(permit);
     }
 
-    /// Extends the visibility of every receipt in `waiting` at half the timeout, so a
-    /// long job (or one waiting behind it) is not handed to another worker.
+    /// Extends the visibility of every receipt in `waiting` at a third of the timeout,
+    /// all at once, so a long job (or one waiting behind it) is not handed to another
+    /// worker: a slow queue must take two periods in a row to let one lapse, and a
+    /// chain's receipts lapse together if they do. (A lapse can reorder a FIFO group
+    /// on moto, which skips a job while a later one of its group still counts as in
+    /// flight, then hands out the later one.)
     async fn heartbeat(
         self: Arc<Self>,
         waiting: Arc<tokio::sync::Mutex<Vec<Receipt>>>,
         stop: CancellationToken,
     ) {
         let visibility = self.queue.visibility_timeout();
-        let period = (visibility / 2).max(Duration::from_millis(100));
+        let period = (visibility / 3).max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
             let receipts = waiting.lock().await;
+            let mut extends = JoinSet::new();
             for receipt in receipts.iter() {
-                if let Err(error) = self.queue.extend(receipt, visibility).await {
+                let (queue, receipt) = (self.queue.clone(), receipt.clone());
+                extends.spawn(async move { queue.extend(&receipt, visibility).await });
+            }
+            while let Some(extended) = extends.join_next().await {
+                if let Ok(Err(error)) = extended {
                     tracing::warn!(error = %Chain(&error), "Could not extend a job's visibility.");
                 }
             }
+            drop(receipts);
         }
     }
 
