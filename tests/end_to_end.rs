@@ -256,7 +256,12 @@ fn short_visibility(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_a_burst_loses_nothing_acknowledged_and_runs_nothing_twice() {
     let mut daemon = Daemon::start(&build_only(), &[("RECORD_SLEEP", "0.2")]);
-    let client = reqwest::Client::new();
+    // A request cut off by the kill must end (as not acknowledged), never wait: a
+    // connection pool's waiter for a connection that died with the daemon can hang.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let url = daemon.url();
     let acknowledged: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
     let mut sends = Vec::new();
