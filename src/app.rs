@@ -556,6 +556,7 @@ impl App {
             continue_after: Duration::from_secs(config.continue_after_secs),
             start_timeout: Duration::from_secs(config.start_timeout_secs),
             pipelines: config.pipelines.clone(),
+            planner: self.planner.clone(),
         })
     }
 }

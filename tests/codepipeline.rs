@@ -128,22 +128,19 @@ branches = ["main"]
 }
 
 impl Setup {
-    fn start(&self) -> Daemon {
-        let environment: Vec<(&str, &str)> = self
-            .environment
+    fn environment(&self) -> Vec<(&str, &str)> {
+        self.environment
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        Daemon::start(&self.text, &environment)
+            .collect()
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.text, &self.environment())
     }
 
     fn restart(&self, daemon: &mut Daemon) {
-        let environment: Vec<(&str, &str)> = self
-            .environment
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        daemon.spawn(&environment);
+        daemon.spawn(&self.environment());
     }
 
     async fn api(&self, daemon: &Daemon, path: &str) -> Value {

@@ -91,18 +91,7 @@ impl Console {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (
-            status,
-            serde_json::from_str(&response.text().await.unwrap()).unwrap_or_default(),
-        )
+        get_json(&self.client, &self.url(path)).await
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -165,13 +154,7 @@ impl Console {
     async fn lane(&self, pipeline: &str, environment: &str) -> Value {
         let (status, lanes) = self.get("/v1/lanes").await;
         assert_eq!(status, 200, "{lanes}");
-        lanes["lanes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|lane| lane["pipeline"] == pipeline && lane["environment"] == environment)
-            .cloned()
-            .unwrap_or_default()
+        lane_of(&lanes, pipeline, environment)
     }
 
     async fn wait_for(&self, what: &str, mut condition: impl AsyncFnMut(&Console) -> bool) {
@@ -187,6 +170,27 @@ impl Console {
             self.daemon.log()
         );
     }
+}
+
+/// A GET of the API with the test's token: the status and the JSON answered.
+async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap_or_default(),
+    )
+}
+
+/// One lane of a `GET /v1/lanes` answer (null when it is not there).
+fn lane_of(lanes: &Value, pipeline: &str, environment: &str) -> Value {
+    lanes["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|lane| lane["pipeline"] == pipeline && lane["environment"] == environment)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn uuid_like(n: u64) -> String {
@@ -770,40 +774,12 @@ async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_
         "a held job was dead-lettered: {}",
         worker.log()
     );
-    let lanes: Value = serde_json::from_str(
-        &client
-            .get(api("/v1/lanes"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let lane = lanes["lanes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|lane| lane["pipeline"] == "deploy" && lane["environment"] == "acceptance")
-        .cloned()
-        .unwrap_or_default();
+    let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
+    let lane = lane_of(&lanes, "deploy", "acceptance");
     assert_eq!(lane["state"], "paused", "{lanes}");
     assert_eq!(lane["waiting"]["count"], 3, "{lanes}");
     // The queue's depth, as SQS counts it: the three held, none dead.
-    let queue: Value = serde_json::from_str(
-        &client
-            .get(api("/v1/queue"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (_, queue) = get_json(&client, &api("/v1/queue")).await;
     assert_eq!(queue["type"], "sqs", "{queue}");
     assert_eq!(queue["max_receives"], 2, "{queue}");
     let depth = &queue["depth"];

@@ -8,8 +8,8 @@ use super::Problem;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CodepipelineConfig {
-    /// The custom action type's category: Deploy, Build, Test, Invoke, Approval or
-    /// Source.
+    /// The custom action type's category: Source, Build, Deploy, Test, Invoke,
+    /// Approval or Compute.
     #[serde(default = "default_category")]
     pub category: String,
     /// The custom action type's provider name, as registered (CreateCustomActionType).

@@ -47,24 +47,18 @@ impl Planner {
                 ),
             ));
         }
-        let input = manual_input(pipeline, event, manual)?;
-        let (repository, git_ref) = origin(pipeline, manual).unwrap_or_else(|| {
-            (
-                String::new(),
-                RefName::parse("refs/heads/manual").expect("a valid ref"),
-            )
-        });
-        let zero = CommitSha::parse(&"0".repeat(40)).expect("forty zeros");
-        let commit = manual.commit.clone().unwrap_or(zero);
+        let origin = origin(pipeline, manual);
+        let input = manual_input(pipeline, event, manual, origin.as_ref())?;
+        let no_ref = RefName::parse("refs/heads/manual").expect("a valid ref");
         // A CodePipeline job's branch is read from the pipeline's declaration, which
         // a second poll of the job may read differently (or not at all): the name
         // leaves it out, so that it stays a function of the job alone.
-        let manual_ref = RefName::parse("refs/heads/manual").expect("a valid ref");
-        let name_ref = if manual.codepipeline.is_some() {
-            &manual_ref
-        } else {
-            &git_ref
+        let name_ref = match &origin {
+            Some((_, git_ref)) if manual.codepipeline.is_none() => git_ref,
+            _ => &no_ref,
         };
+        let zero = CommitSha::parse(&"0".repeat(40)).expect("forty zeros");
+        let commit = manual.commit.clone().unwrap_or(zero);
         let name = execution_name(NameParts {
             occurrence: &event.occurrence,
             pipeline: &pipeline.name,
@@ -95,8 +89,11 @@ impl Planner {
             origin: Origin {
                 source: event.source,
                 delivery: event.delivery.clone(),
-                repository,
-                git_ref,
+                repository: origin
+                    .as_ref()
+                    .map(|(repository, _)| repository.clone())
+                    .unwrap_or_default(),
+                git_ref: origin.map_or(no_ref, |(_, git_ref)| git_ref),
                 commit,
             },
             report: None,
@@ -143,6 +140,7 @@ fn manual_input(
     pipeline: &CompiledPipeline,
     event: &Event,
     manual: &Manual,
+    origin: Option<&(String, RefName)>,
 ) -> Result<Value, PlanError> {
     let mut input = Map::new();
     input.insert(
@@ -177,18 +175,14 @@ fn manual_input(
         overrides.push(json!({"project": project, "branch": git_ref.short_name()}));
     }
     input.insert("override_branches".into(), Value::Array(overrides));
-    let (repository, git_ref) = match origin(pipeline, manual) {
-        Some((repository, git_ref)) => (Some(repository), Some(git_ref)),
-        None => (None, None),
-    };
     input.insert(
         "git".into(),
         json!({
             "provider": event.source.as_str(),
-            "repository": repository,
+            "repository": origin.map(|(repository, _)| repository),
             "event": "manual",
-            "ref": git_ref.as_ref().map(RefName::as_str),
-            "branch": git_ref.as_ref().map(RefName::short_name),
+            "ref": origin.map(|(_, git_ref)| git_ref.as_str()),
+            "branch": origin.map(|(_, git_ref)| git_ref.short_name()),
             "commit": manual.commit.as_ref().map(CommitSha::as_str),
             "message": "",
             "author": "",

@@ -85,6 +85,18 @@ pub struct QueueFacts {
     pub dead_letter: Option<(String, u32)>,
 }
 
+/// A numeric queue attribute, or `default` when it is absent or not a number.
+fn attribute(
+    attributes: &std::collections::HashMap<QueueAttributeName, String>,
+    name: QueueAttributeName,
+    default: u64,
+) -> u64 {
+    attributes
+        .get(&name)
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(default)
+}
+
 /// An SQS queue.
 pub struct SqsQueue {
     client: Client,
@@ -111,12 +123,7 @@ impl SqsQueue {
             .await
             .map_err(|error| unavailable(&format!("cannot read the attributes of {url}"), error))?;
         let attributes = output.attributes().cloned().unwrap_or_default();
-        let number = |name: QueueAttributeName, default: u64| {
-            attributes
-                .get(&name)
-                .and_then(|value| value.parse::<u64>().ok())
-                .unwrap_or(default)
-        };
+        let number = |name: QueueAttributeName, default: u64| attribute(&attributes, name, default);
         let fifo = attributes
             .get(&QueueAttributeName::FifoQueue)
             .is_some_and(|value| value == "true");
@@ -186,15 +193,17 @@ impl SqsQueue {
                     unavailable(&format!("cannot read the attributes of {url}"), error)
                 })?;
             let attributes = output.attributes().cloned().unwrap_or_default();
-            let number = |name: QueueAttributeName| {
-                attributes
-                    .get(&name)
-                    .and_then(|value| value.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
             Ok((
-                number(QueueAttributeName::ApproximateNumberOfMessages),
-                number(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+                attribute(
+                    &attributes,
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    0,
+                ),
+                attribute(
+                    &attributes,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                    0,
+                ),
             ))
         };
         let (visible, in_flight) = count(&self.facts.url).await?;

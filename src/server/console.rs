@@ -493,28 +493,27 @@ pub(super) async fn queue_view(state: &AppState) -> Result<Value, Response> {
     let unavailable = |error: crate::queue::QueueError| {
         refuse(StatusCode::SERVICE_UNAVAILABLE, Chain(&error).to_string())
     };
-    let Some(embedded) = &state.embedded else {
-        let Some(sqs) = &state.sqs else {
-            return Ok(json!({"type": null, "depth": null, "dead_letters": []}));
-        };
-        let depth = sqs.depth().await.map_err(unavailable)?;
+    let depth = |depth: crate::queue::Depth| json!({"visible": depth.visible, "in_flight": depth.in_flight, "dead": depth.dead});
+    if let Some(sqs) = &state.sqs {
         let facts = sqs.facts();
         // SQS's dead letters are read off the dead-letter queue by taking them; they
         // are counted here, listed and redriven in SQS's console.
         return Ok(json!({
             "type": "sqs",
             "url": facts.url,
-            "depth": {"visible": depth.visible, "in_flight": depth.in_flight, "dead": depth.dead},
+            "depth": depth(sqs.depth().await.map_err(unavailable)?),
             "dead_letter_queue": facts.dead_letter.as_ref().map(|(url, _)| url),
             "max_receives": facts.dead_letter.as_ref().map(|(_, max)| max),
             "dead_letters": [],
         }));
+    }
+    let Some(embedded) = &state.embedded else {
+        return Ok(json!({"type": null, "depth": null, "dead_letters": []}));
     };
-    let depth = embedded.depth().await.map_err(unavailable)?;
     let dead = embedded.dead_letters().await.map_err(unavailable)?;
     Ok(json!({
         "type": "embedded",
-        "depth": {"visible": depth.visible, "in_flight": depth.in_flight, "dead": depth.dead},
+        "depth": depth(embedded.depth().await.map_err(unavailable)?),
         "dead_letters": dead.iter().map(|dead| json!({
             "seq": dead.seq, "id": dead.message.id, "reason": dead.reason,
             "receive_count": dead.receive_count, "dead_at_ms": dead.dead_at_ms,

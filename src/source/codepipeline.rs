@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::config::CodepipelineConfig;
 use crate::error::BoxError;
-use crate::event::{CommitSha, DeliveryId, Event, EventKind, Occurrence, PipelineJob, Source};
+use crate::event::{CommitSha, Event, EventKind, Occurrence, PipelineJob, Source};
 
 /// What CodePipeline takes in a job's execution details summary, at most.
 const MAX_SUMMARY: usize = 2048;
@@ -109,34 +109,18 @@ pub fn decode(job: &Job) -> Option<PolledJob> {
         .and_then(|configuration| configuration.configuration())
         .unwrap_or(&empty);
     let context = data.pipeline_context();
+    let named = |value: Option<&str>| value.unwrap_or_default().to_string();
+    let artifact = data.input_artifacts().first();
     let place = PipelineJob {
         job_id: id.clone(),
-        pipeline: context
-            .and_then(|context| context.pipeline_name())
-            .unwrap_or_default()
-            .to_string(),
-        pipeline_execution_id: context
-            .and_then(|context| context.pipeline_execution_id())
-            .unwrap_or_default()
-            .to_string(),
-        stage: context
-            .and_then(|context| context.stage())
-            .and_then(|stage| stage.name())
-            .unwrap_or_default()
-            .to_string(),
-        action: context
-            .and_then(|context| context.action())
-            .and_then(|action| action.name())
-            .unwrap_or_default()
-            .to_string(),
-        revision: data
-            .input_artifacts()
-            .first()
+        pipeline: named(context.and_then(|context| context.pipeline_name())),
+        pipeline_execution_id: named(context.and_then(|context| context.pipeline_execution_id())),
+        stage: named(context.and_then(|context| context.stage()?.name())),
+        action: named(context.and_then(|context| context.action()?.name())),
+        revision: artifact
             .and_then(|artifact| artifact.revision())
             .map(str::to_string),
-        artifact: data
-            .input_artifacts()
-            .first()
+        artifact: artifact
             .and_then(|artifact| artifact.name())
             .map(str::to_string),
         repository: None,
@@ -194,10 +178,9 @@ fn trigger(
     if let Some(commit) = &commit {
         body.insert("commit".into(), Value::String(commit.to_string()));
     }
-    let bytes = serde_json::to_vec(&Value::Object(body)).expect("a JSON value always serializes");
-    let mut event = super::manual::decode(&bytes, Some(id)).map_err(|error| error.to_string())?;
+    let mut event =
+        super::manual::decode_fields(body, Some(id)).map_err(|error| error.to_string())?;
     event.source = Source::Codepipeline;
-    event.delivery = DeliveryId::parse(id).map_err(|error| format!("job id: {error}"))?;
     // The job id names the execution: a job polled twice, or by two workers, plans
     // the same name.
     event.occurrence = Occurrence::from_parts(&["codepipeline", id]);

@@ -91,11 +91,19 @@ struct OverrideBody {
 pub fn decode(body: &[u8], key: Option<&str>) -> Result<Event, SourceError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|error| SourceError::Malformed(format!("body is not valid JSON: {error}")))?;
-    let Value::Object(mut fields) = value else {
+    let Value::Object(fields) = value else {
         return Err(SourceError::Malformed(
             "the body is not a JSON object".into(),
         ));
     };
+    decode_fields(fields, key)
+}
+
+/// Decodes a trigger's fields (a body's, or what another source asks in its words).
+pub fn decode_fields(
+    mut fields: Map<String, Value>,
+    key: Option<&str>,
+) -> Result<Event, SourceError> {
     let text = |fields: &mut Map<String, Value>, name: &str| -> Result<String, SourceError> {
         match fields.remove(name) {
             Some(Value::String(text)) if !text.is_empty() => Ok(text),

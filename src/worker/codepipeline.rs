@@ -20,6 +20,8 @@ use tracing::Instrument;
 use super::watch::watch_delay;
 use super::{Settle, Worker};
 use crate::error::Chain;
+use crate::event::EventKind;
+use crate::execution::name::ExecutionName;
 use crate::execution::report::Follow;
 use crate::executor::ExecutionStatus;
 use crate::job::Job;
@@ -39,6 +41,21 @@ pub struct Following {
     pub start_timeout: Duration,
     /// The pipelines a job may name; any when empty.
     pub pipelines: Vec<String>,
+    /// The planner a reload may replace (the one `expand` jobs plan with).
+    pub planner: Arc<arc_swap::ArcSwap<crate::plan::Planner>>,
+}
+
+/// What a polled job asks to queue, and what the journal keeps of it.
+struct Taken {
+    jobs: Vec<Job>,
+    record: Option<DeliveryRecord>,
+    lane_jobs: Vec<LaneJob>,
+}
+
+/// Why a polled job cannot run, and what the journal keeps of it, if anything.
+struct Refused {
+    reason: String,
+    record: Option<DeliveryRecord>,
 }
 
 /// The continuation token a job is handed back with: what to follow.
@@ -79,99 +96,15 @@ impl Worker {
 
     /// Queues what a polled job asks, then acknowledges it; or fails it.
     async fn take(&self, following: &Following, job: PolledJob) {
-        let now = self.clock.now_ms();
-        let follow = |pipeline: String, execution| Follow {
-            job_id: job.id.clone(),
-            pipeline,
-            execution,
-            taken_ms: now,
-            look: 0,
-            not_before_ms: now + following.poll_interval.as_millis() as i64,
-        };
-        // What the journal keeps of the job, as of a delivery: for the page and
-        // `GET /v1/deliveries`, and the lane jobs that pauses and supersede read.
-        let mut record: Option<DeliveryRecord> = None;
-        let mut lane_jobs: Vec<LaneJob> = Vec::new();
-        let queued = match &job.polled {
-            Polled::Refused { reason } => Err(reason.clone()),
-            Polled::Continue { token } => {
-                match serde_json::from_str::<Token>(token).ok().and_then(|token| {
-                    let name = crate::execution::name::ExecutionName::parse(&token.execution);
-                    name.ok().map(|name| (token.pipeline, name))
-                }) {
-                    Some((pipeline, name)) => Ok(vec![Job::follow(follow(pipeline, name))]),
-                    None => Err(format!(
-                        "the continuation token {token:?} is not one gitdispatch gave"
-                    )),
-                }
-            }
-            Polled::Start { event } => {
-                if let crate::event::EventKind::Manual(manual) = &event.kind
-                    && !following.pipelines.is_empty()
-                    && !following.pipelines.contains(&manual.pipeline)
-                {
-                    return self
-                        .refuse(
-                            following,
-                            &job,
-                            format!(
-                                "pipeline {:?} is not one of codepipeline.pipelines",
-                                manual.pipeline
-                            ),
-                        )
-                        .await;
-                }
-                let mut event = event.clone();
-                self.find_source(following, &mut event).await;
-                record = Some(DeliveryRecord::received(&job.id, Some(&event)));
-                let event = &event;
-                let planner = self
-                    .expansion
-                    .as_ref()
-                    .map(|expanding| expanding.planner.load_full());
-                match planner.map(|planner| planner.plan(event)) {
-                    None => Err("this worker has no planner".to_string()),
-                    Some(Err(error)) => Err(error.to_string()),
-                    Some(Ok(plan)) => {
-                        if let Some(record) = &mut record {
-                            record.explanation = plan.trace.clone();
-                            record.executions = plan
-                                .requests
-                                .iter()
-                                .map(|request| request.name.to_string())
-                                .collect();
-                        }
-                        lane_jobs = plan
-                            .requests
-                            .iter()
-                            .enumerate()
-                            .map(|(index, request)| LaneJob::queued(request, index, None))
-                            .collect();
-                        let follows: Vec<Job> = plan
-                            .requests
-                            .iter()
-                            .map(|request| {
-                                Job::follow(follow(request.pipeline.clone(), request.name.clone()))
-                            })
-                            .collect();
-                        let mut jobs: Vec<Job> =
-                            plan.requests.into_iter().map(Job::start).collect();
-                        jobs.extend(follows);
-                        if jobs.is_empty() {
-                            Err("the trigger planned no execution".to_string())
-                        } else {
-                            Ok(jobs)
-                        }
-                    }
-                }
-            }
-        };
-        let queued = match queued {
-            Ok(jobs) => enqueue(self.queue.as_ref(), &jobs)
-                .await
-                .map(|()| jobs.len())
-                .map_err(|error| format!("could not queue the job's execution: {}", Chain(&error))),
-            Err(reason) => Err(reason),
+        let outcome = match self.plan_job(following, &job).await {
+            Ok(taken) => match enqueue(self.queue.as_ref(), &taken.jobs).await {
+                Ok(()) => Ok(taken),
+                Err(error) => Err(Refused {
+                    reason: format!("could not queue the job's execution: {}", Chain(&error)),
+                    record: taken.record,
+                }),
+            },
+            Err(refused) => Err(refused),
         };
         match following.codepipeline.acknowledge(&job).await {
             Ok(()) => {}
@@ -186,38 +119,125 @@ impl Worker {
                 return;
             }
         }
-        if let (Some(mut record), Some(lanes)) = (record, &self.lanes) {
-            match &queued {
-                Ok(_) => {
+        // What the journal keeps of the job, as of a delivery: for the page and
+        // `GET /v1/deliveries`, and the lane jobs that pauses and supersede read.
+        let (record, lane_jobs, failure) = match outcome {
+            Ok(taken) => (
+                taken.record.map(|mut record| {
                     (record.status, record.outcome) = (202, "queued".into());
-                }
-                Err(reason) => {
+                    record
+                }),
+                taken.lane_jobs,
+                None,
+            ),
+            Err(refused) => (
+                refused.record.map(|mut record| {
                     (record.status, record.outcome) = (422, "refused".into());
-                    record.reason = Some(reason.clone());
+                    record.reason = Some(refused.reason.clone());
                     record.executions.clear();
-                    lane_jobs.clear();
-                }
-            }
-            if let Err(error) = lanes.journal.record_delivery(&record, &lane_jobs).await {
-                tracing::warn!(error = %Chain(&error), "Could not record a CodePipeline job in the journal.");
-            }
+                    record
+                }),
+                Vec::new(),
+                Some(refused.reason),
+            ),
+        };
+        if let (Some(record), Some(lanes)) = (record, &self.lanes)
+            && let Err(error) = lanes.journal.record_delivery(&record, &lane_jobs).await
+        {
+            tracing::warn!(error = %Chain(&error), "Could not record a CodePipeline job in the journal.");
         }
-        match queued {
-            Ok(jobs) => {
-                tracing::info!(jobs, "Took a CodePipeline job.");
-            }
-            Err(reason) => self.fail_taken(following, &job, &reason).await,
+        match failure {
+            None => tracing::info!("Took a CodePipeline job."),
+            Some(reason) => self.fail_taken(following, &job, &reason).await,
         }
     }
 
-    /// Acknowledges a job that cannot run, and fails it with the reason.
-    async fn refuse(&self, following: &Following, job: &PolledJob, reason: String) {
-        match following.codepipeline.acknowledge(job).await {
-            Ok(()) => self.fail_taken(following, job, &reason).await,
-            Err(error) => {
-                tracing::warn!(error = %Chain(&error), "Could not acknowledge a CodePipeline job to fail it.");
+    /// The jobs to queue for a polled job, or why it cannot run.
+    async fn plan_job(&self, following: &Following, job: &PolledJob) -> Result<Taken, Refused> {
+        let now = self.clock.now_ms();
+        let follow = |pipeline: String, execution| {
+            Job::follow(Follow {
+                job_id: job.id.clone(),
+                pipeline,
+                execution,
+                taken_ms: now,
+                look: 0,
+                not_before_ms: now + following.poll_interval.as_millis() as i64,
+            })
+        };
+        let refused = |reason: String| Refused {
+            reason,
+            record: None,
+        };
+        let event = match &job.polled {
+            Polled::Refused { reason } => return Err(refused(reason.clone())),
+            Polled::Continue { token } => {
+                let followed = serde_json::from_str::<Token>(token).ok().and_then(|token| {
+                    let name = ExecutionName::parse(&token.execution).ok()?;
+                    Some((token.pipeline, name))
+                });
+                let Some((pipeline, name)) = followed else {
+                    return Err(refused(format!(
+                        "the continuation token {token:?} is not one gitdispatch gave"
+                    )));
+                };
+                // Its trigger was recorded when its first job was taken.
+                return Ok(Taken {
+                    jobs: vec![follow(pipeline, name)],
+                    record: None,
+                    lane_jobs: Vec::new(),
+                });
             }
+            Polled::Start { event } => event,
+        };
+        if let EventKind::Manual(manual) = &event.kind
+            && !following.pipelines.is_empty()
+            && !following.pipelines.contains(&manual.pipeline)
+        {
+            return Err(refused(format!(
+                "pipeline {:?} is not one of codepipeline.pipelines",
+                manual.pipeline
+            )));
         }
+        let mut event = event.as_ref().clone();
+        self.find_source(following, &mut event).await;
+        let mut record = DeliveryRecord::received(&job.id, Some(&event));
+        let plan = match following.planner.load().plan(&event) {
+            Ok(plan) if !plan.requests.is_empty() => plan,
+            planned => {
+                return Err(Refused {
+                    reason: planned.map_or_else(
+                        |error| error.to_string(),
+                        |_| "the trigger planned no execution".to_string(),
+                    ),
+                    record: Some(record),
+                });
+            }
+        };
+        record.explanation = plan.trace;
+        record.executions = plan
+            .requests
+            .iter()
+            .map(|request| request.name.to_string())
+            .collect();
+        let lane_jobs = plan
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(index, request)| LaneJob::queued(request, index, None))
+            .collect();
+        let follows: Vec<Job> = plan
+            .requests
+            .iter()
+            .map(|request| follow(request.pipeline.clone(), request.name.clone()))
+            .collect();
+        let mut jobs: Vec<Job> = plan.requests.into_iter().map(Job::start).collect();
+        jobs.extend(follows);
+        Ok(Taken {
+            jobs,
+            record: Some(record),
+            lane_jobs,
+        })
     }
 
     async fn fail_taken(&self, following: &Following, job: &PolledJob, reason: &str) {
@@ -272,25 +292,13 @@ impl Worker {
                 "a CodePipeline job to follow, on a worker without [codepipeline]".into(),
             );
         };
-        let retry = || {
-            Settle::Retry(backoff(
-                receive_count,
-                self.settings.retry_initial,
-                self.settings.retry_max,
-            ))
-        };
         let codepipeline = &following.codepipeline;
         let age = Duration::from_millis((self.clock.now_ms() - follow.taken_ms).max(0) as u64);
-        let described = self
+        let written = match self
             .executor
             .describe(&follow.pipeline, &follow.execution)
-            .await;
-        // Not started: whether it ever will.
-        let never = match &described {
-            Err(_) => self.never_starts(follow).await,
-            Ok(_) => None,
-        };
-        let written = match &described {
+            .await
+        {
             Ok(execution) if execution.status.is_finished() => {
                 let link = Some(execution.id.as_str());
                 let detail = execution.detail.as_deref().unwrap_or_default();
@@ -323,24 +331,23 @@ impl Worker {
                     .succeed(&follow.job_id, &summary, Some(&execution.id), Some(&token))
                     .await
             }
-            Err(_) if never.is_some() => {
-                let reason = never.as_deref().unwrap_or_default();
+            Ok(_) => return self.follow_later(follow).await,
+            // Not started (yet): whether it ever will.
+            Err(error) => {
+                let reason = match self.never_starts(follow).await {
+                    Some(reason) => reason,
+                    None if age >= following.start_timeout => format!(
+                        "{} did not start within {} s: {}",
+                        follow.execution,
+                        following.start_timeout.as_secs(),
+                        Chain(&error)
+                    ),
+                    None => return self.follow_later(follow).await,
+                };
                 codepipeline
-                    .fail(&follow.job_id, FailureType::JobFailed, reason, None)
+                    .fail(&follow.job_id, FailureType::JobFailed, &reason, None)
                     .await
             }
-            Err(error) if age >= following.start_timeout => {
-                let message = format!(
-                    "{} did not start within {} s: {}",
-                    follow.execution,
-                    following.start_timeout.as_secs(),
-                    Chain(error)
-                );
-                codepipeline
-                    .fail(&follow.job_id, FailureType::JobFailed, &message, None)
-                    .await
-            }
-            _ => return self.follow_later(follow).await,
         };
         match written {
             Ok(()) => {
@@ -353,7 +360,11 @@ impl Worker {
             }
             Err(error) => {
                 tracing::warn!(error = %Chain(&error), "Could not tell CodePipeline how its job went; will try again.");
-                retry()
+                Settle::Retry(backoff(
+                    receive_count,
+                    self.settings.retry_initial,
+                    self.settings.retry_max,
+                ))
             }
         }
     }
