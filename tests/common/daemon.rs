@@ -323,6 +323,20 @@ impl Daemon {
         completed
     }
 
+    /// The status the daemon recorded of each run, by run (attempt) name.
+    pub fn attempt_statuses(&self) -> HashMap<String, String> {
+        let connection =
+            rusqlite::Connection::open(self.directory.path().join("executions.db")).unwrap();
+        let mut statement = connection
+            .prepare("SELECT name, status FROM executions")
+            .unwrap();
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     /// The executions the daemon recorded, by planned name, with the status of their
     /// latest run.
     pub fn executions(&self) -> HashMap<String, String> {
