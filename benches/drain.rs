@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use gitdispatch::admission::Admission;
 use gitdispatch::config::Config;
 use gitdispatch::event::{
     Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, RefName, Source,
@@ -20,6 +21,7 @@ use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
 use gitdispatch::job::Job;
 use gitdispatch::journal::Journal;
 use gitdispatch::journal::sqlite::SqliteJournal;
+use gitdispatch::lanes::Lanes;
 use gitdispatch::plan::Planner;
 use gitdispatch::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use gitdispatch::queue::{Queue, enqueue};
@@ -187,12 +189,15 @@ async fn drain(
         retry_max: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(1),
     };
-    let journal: Option<Arc<dyn Journal>> = journal
-        .then(|| Arc::new(SqliteJournal::open(&directory.path().join("ledger.db")).unwrap()) as _);
-    let worker = Arc::new(
-        Worker::new(queue.clone(), executor, settings, &Metrics::default())
-            .journaling(journal, Default::default()),
-    );
+    let lanes = journal.then(|| {
+        let journal: Arc<dyn Journal> =
+            Arc::new(SqliteJournal::open(&directory.path().join("ledger.db")).unwrap());
+        Arc::new(Lanes::new(journal, Default::default()))
+    });
+    let metrics = Arc::new(Metrics::default());
+    let admission = Arc::new(Admission::new(queue.clone(), None, lanes, metrics.clone()));
+    let worker =
+        Arc::new(Worker::new(queue.clone(), executor, settings, &metrics).admitting(admission));
     let before = starts.load(Ordering::Relaxed);
     let shutdown = CancellationToken::new();
     let began = Instant::now();

@@ -94,6 +94,8 @@ pub enum AppError {
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("only a restart can take this configuration: {0}")]
+    RestartNeeded(String),
 }
 
 /// Loads the AWS settings the usual way (environment, profile, instance role), when a
@@ -291,6 +293,10 @@ pub struct App {
     pub journal: Arc<dyn crate::journal::Journal>,
     /// The pipelines with `supersede = true`; a reload replaces them.
     supersede: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// How every producer's planned starts get on the queue: the listener's
+    /// deliveries, the API, replays, the worker's expansions and CodePipeline jobs,
+    /// reconcile.
+    pub admission: Arc<crate::admission::Admission>,
     /// What the API asks about executions, when it is on.
     describer: Option<Arc<dyn Executor>>,
     /// The planner every part plans with; a reload replaces it.
@@ -430,10 +436,19 @@ impl App {
             _ => None,
         };
         let compiled_planner = compiled.planner.clone();
+        let metrics = Arc::new(Metrics::default());
+        let lanes = Arc::new(crate::lanes::Lanes::new(journal.clone(), supersede.clone()));
+        let admission = Arc::new(crate::admission::Admission::new(
+            queue.queue(),
+            ledger.clone(),
+            Some(lanes),
+            metrics.clone(),
+        ));
         Ok(App {
+            admission,
             codepipeline,
             compiled,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             queue,
             executor,
             codecommit,
@@ -459,7 +474,7 @@ impl App {
             self.metrics.clone(),
             shutdown,
         );
-        state.ledger = self.ledger.clone();
+        state.admission = self.admission.clone();
         state.journal = Some(self.journal.clone());
         match &self.queue {
             OpenedQueue::Embedded(embedded) => state.embedded = Some(embedded.clone()),
@@ -482,6 +497,13 @@ impl App {
     /// taken; each such setting that differs is returned, to be said.
     pub fn reload(&self, compiled: &Compiled) -> Result<Vec<String>, AppError> {
         let new = &compiled.config;
+        // What a configuration turns on that needs a store opened at start: refused
+        // whole, not half taken.
+        if needs_ledger(new) && self.ledger.is_none() {
+            return Err(AppError::RestartNeeded(
+                "[api] or [github.reconcile] needs the ledger, which is opened at start".into(),
+            ));
+        }
         let codecommit = match &new.codecommit {
             Some(config) => Some(Arc::new(CodeCommitSource::new(config)?)),
             None => None,
@@ -513,7 +535,7 @@ impl App {
             client: self.github.clone()?,
             planner: self.planner.clone(),
             ledger: self.ledger.clone()?,
-            queue: self.queue.queue(),
+            admission: self.admission.clone(),
             config: config.github.reconcile.clone()?,
             max_commits: config.github.max_expanded_commits,
         })
@@ -536,8 +558,7 @@ impl App {
             )
             .expanding(self.planner.clone(), self.histories.clone(), max_commits)
             .reporting(self.reporter.clone())
-            .claiming(self.ledger.clone())
-            .journaling(Some(self.journal.clone()), self.supersede.clone())
+            .admitting(self.admission.clone())
             .following(self.following()),
         ))
     }

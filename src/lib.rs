@@ -2,9 +2,12 @@
 //!
 //! The modules follow the data: `source` (authenticate and decode a delivery) →
 //! `plan` (pure: event to execution requests) → `queue` (durable) → `worker` →
-//! `executor` → `report` (tell the source what happened). `server` holds the HTTP routes, `daemon` runs the long-lived parts and
-//! `cli` the one-shot commands. See ARCHITECTURE.md.
+//! `executor` → `report` (tell the source what happened). Every planned start gets on the
+//! queue through `admission`, and `lanes` owns the states of a lane's jobs. `server`
+//! holds the HTTP routes, `daemon` runs the long-lived parts and `cli` the one-shot
+//! commands. See ARCHITECTURE.md.
 
+pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -17,6 +20,7 @@ pub mod executor;
 pub mod github;
 pub mod job;
 pub mod journal;
+pub mod lanes;
 pub mod ledger;
 pub mod pattern;
 pub mod plan;

@@ -16,15 +16,14 @@ use std::time::{Duration, SystemTime};
 use globset::GlobMatcher;
 use serde::Deserialize;
 
+use crate::admission::{Admission, AdmissionError, Head, Intake};
 use crate::config::ReconcileConfig;
 use crate::error::Chain;
 use crate::event::{CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, RefName, Source};
 use crate::execution::name::ExecutionName;
 use crate::github::{ApiError, GithubClient};
-use crate::job::Job;
-use crate::ledger::{Claimant, Ledger, LedgerError, claim_requests, claims_of};
+use crate::ledger::{Claimant, Ledger, LedgerError, claims_of};
 use crate::plan::{PlanError, Planner};
-use crate::queue::{Queue, QueueError, enqueue};
 use crate::source::github::history::GithubHistory;
 use crate::source::{CommitHistory, HistoryError, WalkEnd};
 
@@ -40,7 +39,7 @@ pub enum ReconcileError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
-    Queue(#[from] QueueError),
+    Admission(#[from] AdmissionError),
     #[error(transparent)]
     Plan(#[from] PlanError),
 }
@@ -110,7 +109,8 @@ pub struct Reconciler {
     /// The planner a reload may replace.
     pub planner: Arc<arc_swap::ArcSwap<Planner>>,
     pub ledger: Arc<dyn Ledger>,
-    pub queue: Arc<dyn Queue>,
+    /// Where what reconcile plans is claimed and queued.
+    pub admission: Arc<Admission>,
     pub config: ReconcileConfig,
     /// Commits of one gap read at most (`github.max_expanded_commits`).
     pub max_commits: usize,
@@ -242,7 +242,7 @@ impl Reconciler {
                 tracing::warn!(%repository, git_ref = %git_ref, "The gap has more commits than github.max_expanded_commits: only the newest are planned.");
             }
             let event = push_event(repository, &git_ref, &last, &head, walk.commits, walk.end);
-            let mut plan = planner.plan(&event)?;
+            let plan = planner.plan(&event)?;
             let lane = |name: &ExecutionName| plan_lane(&plan.requests, name);
             if dry_run {
                 let claims = claims_of(&plan.requests);
@@ -268,31 +268,20 @@ impl Reconciler {
                     )
                 })
                 .collect();
-            let (_, refused) = claim_requests(
-                self.ledger.as_ref(),
-                &mut plan.requests,
-                Claimant::Reconcile,
-            )
-            .await?;
-            plan.reports.retain(|report| {
-                report
-                    .execution
-                    .as_ref()
-                    .is_none_or(|name| !refused.contains(name))
-            });
-            let jobs: Vec<Job> = plan
-                .requests
-                .iter()
-                .cloned()
-                .map(Job::start)
-                .chain(plan.reports.into_iter().map(Job::report))
-                .collect();
-            enqueue(self.queue.as_ref(), &jobs).await?;
-            self.ledger
-                .advance(repository, git_ref.as_str(), &head)
-                .await?;
+            // Claimed as reconcile's, queued, recorded, the head advanced; or, when
+            // queueing fails, the claims given back so that the next run plans the
+            // same commits.
+            let intake = Intake::new(Some(Claimant::Reconcile))
+                .starts(plan.requests)
+                .reports(plan.reports)
+                .heads([Head {
+                    repository: repository.to_string(),
+                    git_ref: git_ref.clone(),
+                    commit: head.clone(),
+                }]);
+            let admitted = self.admission.admit(intake).await?;
             for (name, commit, lane) in all {
-                let outcome = if refused.contains(&name) {
+                let outcome = if admitted.refused.contains(&name) {
                     Outcome::PlannedByDelivery(name)
                 } else {
                     tracing::info!(execution = %name, %repository, git_ref = %git_ref, commit = %commit, "Reconcile planned a commit GitHub never delivered.");

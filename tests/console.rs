@@ -114,10 +114,16 @@ impl Console {
     /// Sends a signed push to a hotfix branch, the `n`th, with a head commit of its
     /// own; its delivery id.
     async fn push(&self, n: u64) -> String {
+        self.push_to("acme/project-api-v2", n).await
+    }
+
+    /// [`Console::push`] of another repository.
+    async fn push_to(&self, repository: &str, n: u64) -> String {
         let head = format!("{:08x}e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3", n * 0x1f3d5b7);
         let body = String::from_utf8(push_variant("push_branch_commits.json", n))
             .unwrap()
             .replace("a3b3c3d3e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3", &head)
+            .replace("acme/project-api-v2", repository)
             .into_bytes();
         let delivery = format!("delivery-{n}-{}", uuid_like(n));
         let response = self
@@ -449,6 +455,148 @@ async fn supersede_starts_the_newest_of_five_and_records_four() {
         .post("/v1/replays", json!({"pipeline": "nope", "since": since}))
         .await;
     assert_eq!(status, 422, "{bad}");
+}
+
+/// Supersede skips only an older commit of the same repository and branch: a waiting
+/// commit of another repository of the pipeline runs, and a manual run is counted in
+/// its lane, waits its turn and is never skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn supersede_runs_another_repositorys_commit_and_a_manual_run_and_skips_an_older_one() {
+    let console = Console::start(true);
+    let (status, _) = console
+        .post(
+            "/v1/lanes/deploy/production/pause",
+            json!({"reason": "let them queue"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut deliveries = vec![console.push_to("acme/project-api-v2", 1).await];
+    deliveries.push(console.push_to("acme/project-web", 2).await);
+    let (status, manual) = console
+        .post(
+            "/v1/executions",
+            json!({"pipeline": "deploy", "environment": "production"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{manual}");
+    let manual = manual["execution"].as_str().unwrap().to_string();
+    deliveries.push(console.push_to("acme/project-api-v2", 3).await);
+    let planned = planned_deploys(&console, &deliveries).await;
+    let [api_1, web, api_2] = <[String; 3]>::try_from(planned).unwrap();
+
+    let lane = console.lane("deploy", "production").await;
+    assert_eq!(lane["state"], "paused", "{lane}");
+    assert_eq!(
+        lane["waiting"]["count"], 4,
+        "the manual run is counted: {lane}"
+    );
+    assert_eq!(lane["waiting"]["oldest"]["name"], api_1.as_str(), "{lane}");
+    assert_eq!(lane["waiting"]["newest"]["name"], api_2.as_str(), "{lane}");
+
+    let (status, _) = console
+        .post("/v1/lanes/deploy/production/resume", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    console
+        .wait_for("three deploys to end", async |console| {
+            console.lane("deploy", "production").await["recent"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().filter(|job| job["state"] == "ended").count() == 3)
+        })
+        .await;
+    assert_eq!(
+        console.started(),
+        vec![web.clone(), manual.clone(), api_2.clone()],
+        "the other repository's commit and the manual run, in queue order, then the newest of the branch"
+    );
+    let lane = console.lane("deploy", "production").await;
+    assert_eq!(lane["superseded"], 1, "{lane}");
+    let recent = lane["recent"].as_array().unwrap();
+    let superseded = recent
+        .iter()
+        .find(|job| job["name"] == api_1.as_str())
+        .unwrap();
+    assert_eq!(superseded["state"], "superseded", "{superseded}");
+    assert_eq!(
+        superseded["status"],
+        api_2.as_str(),
+        "carried by the newest: {superseded}"
+    );
+    for name in [&web, &manual, &api_2] {
+        let job = recent
+            .iter()
+            .find(|job| job["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(job["state"], "ended", "{job}");
+    }
+    // The manual run is in the history, as a delivery of the API.
+    let (status, deliveries) = console.get("/v1/deliveries").await;
+    assert_eq!(status, 200);
+    assert!(
+        deliveries["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |record| record["source"] == "manual" && record["executions"][0] == manual.as_str()
+            ),
+        "{deliveries}"
+    );
+}
+
+/// Two replays made at once never share a name, and a replay of a window in which
+/// nothing ran is refused with the reason, queueing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_made_at_once_are_named_apart_and_an_empty_one_is_refused() {
+    let console = Console::start(false);
+    console.push(1).await;
+    console
+        .wait_for("the deploy", async |console| console.started().len() == 1)
+        .await;
+    console
+        .wait_for("its end", async |console| {
+            console.lane("deploy", "production").await["recent"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().any(|job| job["state"] == "ended"))
+        })
+        .await;
+    let since = humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .to_string();
+    let body = json!({"pipeline": "deploy", "since": since});
+    let (first, second) = tokio::join!(
+        console.post("/v1/replays", body.clone()),
+        console.post("/v1/replays", body.clone())
+    );
+    assert_eq!((first.0, second.0), (202, 202), "{first:?} {second:?}");
+    let first = first.1["replays"][0]["name"].as_str().unwrap().to_string();
+    let second = second.1["replays"][0]["name"].as_str().unwrap().to_string();
+    assert_ne!(first, second, "each replay runs under a name of its own");
+    console
+        .wait_for("both replays", async |console| console.started().len() == 3)
+        .await;
+    let started = console.started();
+    assert!(
+        started.contains(&first) && started.contains(&second),
+        "{started:?}"
+    );
+
+    let future =
+        humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let (status, refused) = console
+        .post(
+            "/v1/replays",
+            json!({"pipeline": "deploy", "since": future}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("nothing to replay"),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,7 @@ use gitdispatch::execution::{Action, ExecutionRequest, Input, Origin};
 use gitdispatch::journal::dynamodb::DynamoJournal;
 use gitdispatch::journal::sqlite::SqliteJournal;
 use gitdispatch::journal::{
-    DeliveryFilter, DeliveryRecord, JobState, Journal, Lane, LaneJob, Retention, newer_waiting,
+    DeliveryFilter, DeliveryRecord, JobState, Journal, Lane, LaneJob, Retention,
 };
 
 fn request(n: u32) -> ExecutionRequest {
@@ -116,13 +116,15 @@ async fn contract(journal: Arc<dyn Journal>) {
         .unwrap()
         .unwrap();
     assert_eq!(first.request(), Some(request(1)));
-    // The second waits behind the first: it supersedes it, not the other way round.
+    // What supersede compares is kept: where a job came from and what it does, its
+    // repository and ref, its place in the queue.
     assert_eq!(
-        newer_waiting(&first, &jobs).map(|job| job.name.as_str()),
-        Some(request(2).name.as_str())
+        (first.source.as_str(), first.action.as_str()),
+        ("github", "deploy")
     );
     let second = jobs.iter().find(|job| job.name != first.name).unwrap();
-    assert!(newer_waiting(second, &jobs).is_none());
+    assert!(gitdispatch::lanes::supersedes(second, &first));
+    assert!(!gitdispatch::lanes::supersedes(&first, second));
 
     // States move on only.
     journal
@@ -137,6 +139,15 @@ async fn contract(journal: Arc<dyn Journal>) {
     let ended = journal.job(&first.name).await.unwrap().unwrap();
     assert_eq!(ended.state, JobState::Ended);
     assert_eq!(ended.status.as_deref(), Some("failed"));
+    // An end is for good: neither superseded nor rejected after it.
+    for late in [JobState::Superseded, JobState::Rejected, JobState::Waiting] {
+        journal.advance(&first, late, Some("late")).await.unwrap();
+        assert_eq!(
+            journal.job(&first.name).await.unwrap().unwrap().state,
+            JobState::Ended,
+            "{late:?}"
+        );
+    }
     // The worker may record a start before the listener records it queued.
     let early = LaneJob::queued(&request(3), 0, None);
     journal

@@ -121,7 +121,10 @@ async fn contract(ledger: Arc<dyn Ledger>) {
         .claim(&[claim('d', DELIVERED)], Delivery)
         .await
         .unwrap();
-    ledger.release(&[claim('d', DELIVERED)]).await.unwrap();
+    ledger
+        .release(&[claim('d', DELIVERED)], Delivery)
+        .await
+        .unwrap();
     assert_eq!(
         ledger
             .claim(&[claim('d', RECONCILED)], Reconcile)
@@ -130,13 +133,57 @@ async fn contract(ledger: Arc<dyn Ledger>) {
         [true]
     );
     // Releasing what reconcile holds, or what another delivery holds, does nothing.
-    ledger.release(&[claim('d', DELIVERED)]).await.unwrap();
+    ledger
+        .release(&[claim('d', DELIVERED)], Delivery)
+        .await
+        .unwrap();
     assert_eq!(
         ledger
             .claim(&[claim('d', DELIVERED)], Delivery)
             .await
             .unwrap(),
         [false]
+    );
+
+    // Reconcile gives back what it could not queue: a delivery may then plan it; what
+    // reconcile releases under another name, or a delivery's claim, stays.
+    ledger
+        .claim(&[claim('f', RECONCILED)], Reconcile)
+        .await
+        .unwrap();
+    ledger
+        .release(&[claim('f', DELIVERED)], Reconcile)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .peek(&[claim('f', DELIVERED)], Delivery)
+            .await
+            .unwrap(),
+        [false]
+    );
+    ledger
+        .release(&[claim('f', RECONCILED)], Reconcile)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .claim(&[claim('f', DELIVERED)], Delivery)
+            .await
+            .unwrap(),
+        [true]
+    );
+    ledger
+        .release(&[claim('f', DELIVERED)], Reconcile)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .peek(&[claim('f', RECONCILED)], Reconcile)
+            .await
+            .unwrap(),
+        [false],
+        "reconcile cannot release a delivery's claim"
     );
 
     // Heads: none, then the last one recorded, whatever the repository's case.

@@ -318,6 +318,63 @@ async fn the_reconcile_command_plans_from_the_shell() {
     );
 }
 
+/// A reconcile whose queueing fails gives its claims back: the next run plans the same
+/// commits (with the one pushed since), none of them "planned by a delivery".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_that_could_not_queue_plans_the_same_commits_next_time() {
+    let github = Arc::new(Mutex::new(FakeGithub {
+        history: history(10),
+        branches: vec![("main".into(), sha(2))],
+        ..FakeGithub::default()
+    }));
+    let server = github::serve(github.clone()).await;
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("gitdispatch.toml");
+    std::fs::write(&path, config(&server, directory.path(), "")).unwrap();
+    let run = |args: &[&str]| {
+        binary()
+            .args(["--config", path.to_str().unwrap(), "reconcile"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&[]).status.success(), "the baseline");
+    github.lock().unwrap().branches = vec![("main".into(), sha(4))];
+
+    // Another process holds the queue's file for writing: queueing fails (after the
+    // file's busy timeout), and the run says so.
+    let blocker = rusqlite::Connection::open(directory.path().join("queue.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let failed = run(&[]);
+    assert!(
+        !failed.status.success(),
+        "queueing failed, and the run says so"
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("queue"), "{stderr}");
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+
+    // Another commit is pushed and its webhook lost too: the next run plans the whole
+    // gap, the commits of the failed run among them.
+    github.lock().unwrap().branches = vec![("main".into(), sha(5))];
+    let again = run(&[]);
+    let stdout = String::from_utf8(again.stdout).unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 6, "3 commits, 2 routes: {stdout}");
+    assert!(
+        stdout.lines().all(|line| line.starts_with("planned ")),
+        "{stdout}"
+    );
+    for n in 3..=5 {
+        assert_eq!(stdout.matches(&sha(n)).count(), 2, "{stdout}");
+    }
+}
+
 /// The daemon's worker reconciles and redelivers on its own when given an interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_reconciles_and_redelivers_periodically() {

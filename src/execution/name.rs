@@ -52,22 +52,27 @@ impl ExecutionName {
         if attempt <= 1 {
             return self.clone();
         }
-        self.marked("a", attempt)
+        self.marked("a", attempt, "")
     }
 
-    /// The name of the `replay`th replay of this execution (an operator's new run of
-    /// it): `<readable part>-r<replay>-<hash>`, distinct from every attempt's.
-    pub fn replay(&self, replay: u32) -> ExecutionName {
-        self.marked("r", replay)
+    /// The name of a replay of this execution (an operator's new run of it), the
+    /// `replay`th as far as its maker knows: `<readable part>-r<replay>-<hash>`, the
+    /// hash over `replay_id` too, which is unique to the request that made it, so that
+    /// two replays made at once (or one whose record was lost) never share a name even
+    /// when they count alike. Distinct from every attempt's.
+    pub fn replay(&self, replay: u32, replay_id: &str) -> ExecutionName {
+        self.marked("r", replay, replay_id)
     }
 
-    fn marked(&self, letter: &str, number: u32) -> ExecutionName {
+    fn marked(&self, letter: &str, number: u32, salt: &str) -> ExecutionName {
         let mut hasher = Sha256::new();
         hasher.update((self.0.len() as u64).to_be_bytes());
         hasher.update(self.0.as_bytes());
         hasher.update(number.to_be_bytes());
         if letter != "a" {
             hasher.update(letter.as_bytes());
+            hasher.update((salt.len() as u64).to_be_bytes());
+            hasher.update(salt.as_bytes());
         }
         let digest = hex::encode(hasher.finalize());
         let hash = &digest[..HASH_LENGTH];

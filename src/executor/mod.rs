@@ -97,6 +97,11 @@ pub enum ExecutorError {
         #[source]
         source: Option<BoxError>,
     },
+    /// A describe found no execution of that name: none was started, or (Step
+    /// Functions' reads being eventually consistent) one started a moment ago does not
+    /// show yet.
+    #[error("{message}")]
+    NotFound { message: String },
 }
 
 impl ExecutorError {
@@ -111,6 +116,12 @@ impl ExecutorError {
         ExecutorError::Permanent {
             message: message.into(),
             source: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ExecutorError {
+        ExecutorError::NotFound {
+            message: message.into(),
         }
     }
 

@@ -84,10 +84,9 @@ const PERMANENT_CODES: &[&str] = &[
 
 /// The executor's view of a failed call, classified by the service's error code (not by
 /// its status class: a 400 is as often throttling or an expired token as a bad
-/// request), with the cause chain. `ExecutionDoesNotExist`, the one error of
-/// DescribeExecution that is not in the list, is retryable too: only executions we
-/// started are described, and one that does not show yet is one Step Functions' eventually
-/// consistent reads do not show yet.
+/// request), with the cause chain. `ExecutionDoesNotExist` is [`ExecutorError::NotFound`]:
+/// whoever describes an execution it started takes it as "not yet" (Step Functions'
+/// reads are eventually consistent), and supersede as "never started".
 fn classify<E>(what: &str, error: SdkError<E, HttpResponse>) -> ExecutorError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -99,6 +98,9 @@ where
                 Some(message) => format!("{code}: {message}"),
                 None => code.to_string(),
             };
+            if code == "ExecutionDoesNotExist" {
+                return ExecutorError::not_found(format!("{what}: {summary}"));
+            }
             (PERMANENT_CODES.contains(&code), summary)
         }
         // Timeouts, connection failures, unreadable responses, credentials that could
@@ -275,7 +277,6 @@ mod tests {
     fn errors_are_classified_by_code_not_status() {
         for (status, code) in [
             (400, "ThrottlingException"),
-            (400, "ExecutionDoesNotExist"),
             (400, "ExpiredTokenException"),
             (400, "UnrecognizedClientException"),
             (403, "AccessDeniedException"),
@@ -304,6 +305,14 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn a_missing_execution_is_told_apart() {
+        assert!(matches!(
+            classify("x", service_error(400, "ExecutionDoesNotExist")),
+            ExecutorError::NotFound { .. }
+        ));
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn job_item(job: &LaneJob, expires: i64) -> Item {
 fn job_from(item: &Item) -> Option<LaneJob> {
     let mut job: LaneJob = serde_json::from_str(&get_text(item, "record")?).ok()?;
     job.job = get_text(item, "job").unwrap_or_default();
-    Some(job)
+    Some(job.read_back())
 }
 
 impl DynamoJournal {

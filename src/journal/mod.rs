@@ -116,10 +116,14 @@ pub struct Pause {
     pub at_ms: i64,
 }
 
-/// The `status` of a job that was dead-lettered instead of started.
-pub const DEAD_LETTERED: &str = "dead_lettered";
+/// The `status` an earlier release wrote, with `ended`, for a job that was
+/// dead-lettered instead of started: read as [`JobState::Rejected`].
+const DEAD_LETTERED: &str = "dead_lettered";
 
-/// Where a lane's job is.
+/// Where a lane's job is. A job moves only forward: waiting → started → ended, or
+/// from waiting to superseded or rejected; [`JobState::may_become`] is the rule, and
+/// every store applies it (a late "waiting" after the worker's "started" changes
+/// nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -129,8 +133,12 @@ pub enum JobState {
     Started,
     /// A serial lane's execution ended (`status` says how).
     Ended,
-    /// Not started: a newer job of its lane was waiting (`supersede = true`).
+    /// Not started: a newer job of its lane deploys the same project from the same ref
+    /// (`supersede = true`); `status` names the job that carries it.
     Superseded,
+    /// Never started: its start could not succeed and was dead-lettered (`status` says
+    /// why).
+    Rejected,
 }
 
 impl JobState {
@@ -140,27 +148,43 @@ impl JobState {
             JobState::Started => "started",
             JobState::Ended => "ended",
             JobState::Superseded => "superseded",
+            JobState::Rejected => "rejected",
         }
     }
 
-    pub fn parse(value: &str) -> Option<JobState> {
+    /// The state a store holds, with the status it holds beside it (an earlier
+    /// release kept a rejection as `ended` with the status `dead_lettered`).
+    pub fn parse(value: &str, status: Option<&str>) -> Option<JobState> {
         Some(match value {
             "waiting" => JobState::Waiting,
             "started" => JobState::Started,
+            "ended" if status == Some(DEAD_LETTERED) => JobState::Rejected,
             "ended" => JobState::Ended,
             "superseded" => JobState::Superseded,
+            "rejected" => JobState::Rejected,
             _ => return None,
         })
     }
 
-    /// How far along a job is: a record never goes back (a late "queued" after the
-    /// worker's "started" changes nothing).
-    fn rank(self) -> u8 {
-        match self {
-            JobState::Waiting => 0,
-            JobState::Started => 1,
-            JobState::Ended | JobState::Superseded => 2,
+    /// Whether a job in this state may move to `next`: only forward, and an end is
+    /// for good. A move to the state a job is in already keeps it (and takes a newer
+    /// status).
+    pub fn may_become(self, next: JobState) -> bool {
+        use JobState::*;
+        match (self, next) {
+            (Waiting, _) => true,
+            (Started, Started | Ended) => true,
+            (Started, _) => false,
+            (Ended | Superseded | Rejected, next) => next == self,
         }
+    }
+
+    /// Whether nothing more happens to the job.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Ended | JobState::Superseded | JobState::Rejected
+        )
     }
 }
 
@@ -170,6 +194,13 @@ pub struct LaneJob {
     pub name: String,
     #[serde(flatten)]
     pub lane: Lane,
+    /// Where the job came from (`github`, `codecommit`, `manual`); empty on a record
+    /// of an earlier release.
+    #[serde(default)]
+    pub source: String,
+    /// `deploy` or `teardown`.
+    #[serde(default = "deploy")]
+    pub action: String,
     pub repository: String,
     #[serde(rename = "ref")]
     pub git_ref: String,
@@ -189,6 +220,10 @@ pub struct LaneJob {
     pub job: String,
 }
 
+fn deploy() -> String {
+    "deploy".to_string()
+}
+
 impl LaneJob {
     /// The record of a job queued now, `index`th of its delivery.
     pub fn queued(request: &ExecutionRequest, index: usize, replay_of: Option<String>) -> LaneJob {
@@ -196,6 +231,8 @@ impl LaneJob {
         LaneJob {
             name: request.name.as_str().to_string(),
             lane: Lane::of(request),
+            source: request.origin.source.as_str().to_string(),
+            action: request.action.as_str().to_string(),
             repository: request.origin.repository.clone(),
             git_ref: request.origin.git_ref.as_str().to_string(),
             commit: request.origin.commit.as_str().to_string(),
@@ -207,6 +244,15 @@ impl LaneJob {
             replay_of,
             job: crate::job::Job::start(request.clone()).to_body(),
         }
+    }
+
+    /// The job as a store gives it back: a rejection an earlier release kept as
+    /// `ended` reads as rejected.
+    pub(crate) fn read_back(mut self) -> LaneJob {
+        if let Some(state) = JobState::parse(self.state.as_str(), self.status.as_deref()) {
+            self.state = state;
+        }
+        self
     }
 
     /// The request as it was queued; `None` if this release cannot read it.
@@ -295,19 +341,6 @@ pub trait Journal: Send + Sync {
     async fn prune(&self, retention: Retention) -> Result<(), JournalError>;
 }
 
-/// The newer job of `job`'s lane that is waiting, if any: what supersedes it.
-pub fn newer_waiting<'a>(job: &LaneJob, lane_jobs: &'a [LaneJob]) -> Option<&'a LaneJob> {
-    lane_jobs
-        .iter()
-        .filter(|other| {
-            other.lane == job.lane
-                && other.name != job.name
-                && other.state == JobState::Waiting
-                && other.seq > job.seq
-        })
-        .max_by_key(|other| other.seq)
-}
-
 /// Merges a job's new state into what is on record: states only move forward.
 pub(crate) fn merged(
     on_record: Option<LaneJob>,
@@ -318,7 +351,7 @@ pub(crate) fn merged(
     let now = now_ms();
     match on_record {
         Some(mut known) => {
-            if state.rank() >= known.state.rank() {
+            if known.state.may_become(state) {
                 known.state = state;
                 if status.is_some() {
                     known.status = status.map(str::to_string);

@@ -68,27 +68,30 @@ async fn writer(connection: crate::sqlite::Shared, mut writes: mpsc::Receiver<Pe
 }
 
 const JOB_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
-     state, status, queued_at, updated_at, replay_of, job";
+     state, status, queued_at, updated_at, replay_of, job, source, action";
 
 /// The columns of a listing: everything but the job's body (up to the queue's message
 /// size each), which only a replay reads, by name.
 const LISTED_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
-     state, status, queued_at, updated_at, replay_of, ''";
+     state, status, queued_at, updated_at, replay_of, '', source, action";
 
 fn lane_job(row: &Row<'_>) -> rusqlite::Result<LaneJob> {
     let state: String = row.get(7)?;
+    let status: Option<String> = row.get(8)?;
     Ok(LaneJob {
         name: row.get(0)?,
         lane: Lane {
             pipeline: row.get(1)?,
             environment: row.get(2)?,
         },
+        source: row.get(13)?,
+        action: row.get(14)?,
         repository: row.get(3)?,
         git_ref: row.get(4)?,
         commit: row.get(5)?,
         seq: row.get(6)?,
-        state: JobState::parse(&state).unwrap_or(JobState::Waiting),
-        status: row.get(8)?,
+        state: JobState::parse(&state, status.as_deref()).unwrap_or(JobState::Waiting),
+        status,
         queued_at_ms: row.get(9)?,
         updated_at_ms: row.get(10)?,
         replay_of: row.get(11)?,
@@ -107,7 +110,7 @@ fn write_job(connection: &Connection, job: &LaneJob) -> rusqlite::Result<()> {
     connection
         .prepare_cached(&format!(
             "INSERT OR REPLACE INTO lane_jobs ({JOB_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
         ))?
         .execute(params![
             job.name,
@@ -123,6 +126,8 @@ fn write_job(connection: &Connection, job: &LaneJob) -> rusqlite::Result<()> {
             job.updated_at_ms,
             job.replay_of,
             job.job,
+            job.source,
+            job.action,
         ])?;
     Ok(())
 }
@@ -141,6 +146,24 @@ fn insert_queued(connection: &Connection, jobs: &[LaneJob]) -> rusqlite::Result<
     for job in jobs {
         if read_job(connection, &job.name)?.is_none() {
             write_job(connection, job)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the columns a file of an earlier release lacks: where a job came from and
+/// what it does, which supersede compares.
+fn add_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let mut columns = Vec::new();
+    connection
+        .prepare("SELECT name FROM pragma_table_info('lane_jobs')")?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .try_for_each(|name| name.map(|name| columns.push(name)))?;
+    for (column, default) in [("source", "''"), ("action", "'deploy'")] {
+        if !columns.iter().any(|known| known == column) {
+            connection.execute_batch(&format!(
+                "ALTER TABLE lane_jobs ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}"
+            ))?;
         }
     }
     Ok(())
@@ -186,6 +209,7 @@ impl SqliteJournal {
                          PRIMARY KEY (pipeline, environment)
                      );",
                 )?;
+                add_columns(&connection)?;
                 Ok(connection)
             })
             .map_err(|error| JournalError::new(format!("cannot open {}", path.display()), error))?;

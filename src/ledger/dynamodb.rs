@@ -148,22 +148,22 @@ impl Ledger for DynamoLedger {
         Ok(allowed)
     }
 
-    async fn release(&self, claims: &[Claim]) -> Result<(), LedgerError> {
+    async fn release(&self, claims: &[Claim], by: Claimant) -> Result<(), LedgerError> {
         for claim in claims {
             let result = self
                 .client
                 .delete_item()
                 .table_name(&self.table)
                 .key("pk", text(&format!("claim#{}", claim.key())))
-                .condition_expression("claimant = :delivery AND #name = :name")
+                .condition_expression("claimant = :by AND #name = :name")
                 .expression_attribute_names("#name", "name")
-                .expression_attribute_values(":delivery", text(Claimant::Delivery.as_str()))
+                .expression_attribute_values(":by", text(by.as_str()))
                 .expression_attribute_values(":name", text(claim.name.as_str()))
                 .send()
                 .await;
             if let Err(error) = result {
                 let error = aws_sdk_dynamodb::Error::from(error);
-                // Another delivery holds it now: it is not ours to give back.
+                // Another claimant or name holds it now: it is not ours to give back.
                 if !matches!(
                     error,
                     aws_sdk_dynamodb::Error::ConditionalCheckFailedException(_)

@@ -93,9 +93,9 @@ pub trait Ledger: Send + Sync {
     /// Whether `by` could claim each commit now, without claiming it (a dry run).
     async fn peek(&self, claims: &[Claim], by: Claimant) -> Result<Vec<bool>, LedgerError>;
 
-    /// Gives back claims a delivery made and could not queue, so that reconcile may
-    /// plan their commits.
-    async fn release(&self, claims: &[Claim]) -> Result<(), LedgerError>;
+    /// Gives back claims `by` made and could not queue (those it still holds under
+    /// their names), so that the commits may be planned again, by anyone.
+    async fn release(&self, claims: &[Claim], by: Claimant) -> Result<(), LedgerError>;
 
     /// Records `digest` (of a request's body) under an idempotency `key`, unless a
     /// digest is recorded there already; returns the one recorded before, if any.
@@ -132,31 +132,6 @@ pub fn claims_of(requests: &[ExecutionRequest]) -> Vec<Claim> {
             name: request.name.clone(),
         })
         .collect()
-}
-
-/// Claims what `requests` need on behalf of `by`, and keeps only the requests that may
-/// be planned; returns the claims made, and the names of the requests given up.
-pub async fn claim_requests(
-    ledger: &dyn Ledger,
-    requests: &mut Vec<ExecutionRequest>,
-    by: Claimant,
-) -> Result<(Vec<Claim>, Vec<ExecutionName>), LedgerError> {
-    let claims = claims_of(requests);
-    if claims.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let allowed = ledger.claim(&claims, by).await?;
-    let mut made = Vec::new();
-    let mut refused = Vec::new();
-    for (claim, allowed) in claims.into_iter().zip(allowed) {
-        if allowed {
-            made.push(claim);
-        } else {
-            refused.push(claim.name);
-        }
-    }
-    requests.retain(|request| !refused.contains(&request.name));
-    Ok((made, refused))
 }
 
 /// Whether `by` may claim a commit held by `held` (claimant and name), as the

@@ -124,14 +124,14 @@ impl Ledger for SqliteLedger {
         .await
     }
 
-    async fn release(&self, claims: &[Claim]) -> Result<(), LedgerError> {
+    async fn release(&self, claims: &[Claim], by: Claimant) -> Result<(), LedgerError> {
         let claims = claims.to_vec();
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             for claim in &claims {
                 transaction.execute(
-                    "DELETE FROM claims WHERE key = ?1 AND claimant = 'delivery' AND name = ?2",
-                    params![claim.key(), claim.name.as_str()],
+                    "DELETE FROM claims WHERE key = ?1 AND claimant = ?2 AND name = ?3",
+                    params![claim.key(), by.as_str(), claim.name.as_str()],
                 )?;
             }
             transaction.commit()

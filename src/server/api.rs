@@ -20,7 +20,6 @@ use super::body::read_body;
 use super::{Answer, ApiError, AppState, ClientAddress, answer};
 use crate::error::Chain;
 use crate::execution::name::ExecutionName;
-use crate::job::Job;
 use crate::source::SourceError;
 use crate::source::manual;
 
@@ -89,15 +88,19 @@ async fn handle_trigger(
         let plan = live.planner.plan(&event)?;
         let request = plan
             .requests
-            .into_iter()
-            .next()
+            .first()
+            .cloned()
             .expect("a manual trigger plans one execution or refuses");
         if let Some(key) = &key {
             let digest = hex::encode(Sha256::digest(&body));
-            let ledger = state
-                .ledger
-                .as_ref()
-                .expect("the ledger is open whenever the API is on");
+            // The ledger is opened at start whenever the API is on; a reload cannot
+            // turn the API on without it (it is refused as restart-only).
+            let ledger = state.admission.ledger().ok_or_else(|| {
+                SourceError::Unavailable(
+                    "idempotency keys need the ledger, which this process did not open: restart it"
+                        .into(),
+                )
+            })?;
             if let Some(known) = ledger.remember(key, &digest).await?
                 && known != digest
             {
@@ -107,21 +110,13 @@ async fn handle_trigger(
                 .into());
             }
         }
-        crate::queue::enqueue(state.queue.as_ref(), &[Job::start(request.clone())]).await?;
-        tracing::info!(
-            execution = %request.name,
-            pipeline = %request.pipeline,
-            environment = %request.environment,
-            "Queued a manual execution."
-        );
-        state
-            .metrics
-            .executions_planned
-            .get_or_create(&crate::telemetry::labels(&[(
-                "pipeline",
-                &request.pipeline,
-            )]))
-            .inc();
+        let mut record =
+            crate::journal::DeliveryRecord::received(event.delivery.as_str(), Some(&event));
+        record.explanation = plan.trace;
+        let intake = crate::admission::Intake::new(None)
+            .starts([request.clone()])
+            .delivery(record, String::new());
+        state.admission.admit(intake).await?;
         Ok((
             StatusCode::ACCEPTED,
             "queued",
@@ -180,17 +175,8 @@ async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiErro
                 )
                     .into_response());
             }
-            Err(error) => {
-                let text = Chain(&error).to_string();
-                // Step Functions says so with ExecutionDoesNotExist (a retryable class,
-                // as it may be a read right after the start); the local executor with
-                // a permanent error.
-                let missing = matches!(error, crate::executor::ExecutorError::Permanent { .. })
-                    || text.contains("ExecutionDoesNotExist");
-                if !missing {
-                    unavailable = Some(text);
-                }
-            }
+            Err(crate::executor::ExecutorError::NotFound { .. }) => {}
+            Err(error) => unavailable = Some(Chain(&error).to_string()),
         }
     }
     if let Some(text) = unavailable {

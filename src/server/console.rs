@@ -18,8 +18,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::error::Chain;
-use crate::job::Job;
-use crate::journal::{DEAD_LETTERED, DeliveryFilter, JobState, Journal, Lane, LaneJob};
+use crate::journal::{DeliveryFilter, JobState, Journal, Lane, LaneJob};
 use crate::source::SourceError;
 
 /// The most deliveries one call lists.
@@ -234,6 +233,7 @@ pub(super) async fn lanes_view(
                     "newest": waiting.last().map(|job| json!({"name": job.name, "commit": job.commit})),
                 },
                 "superseded": jobs.iter().filter(|job| job.state == JobState::Superseded).count(),
+                "rejected": jobs.iter().filter(|job| job.state == JobState::Rejected).count(),
                 "recent": jobs.iter().rev().take(20).collect::<Vec<_>>(),
             })
         })
@@ -376,8 +376,7 @@ pub(super) async fn replays(
     };
     let mut chosen = Vec::new();
     for job in &jobs {
-        let ran = matches!(job.state, JobState::Started | JobState::Ended)
-            && job.status.as_deref() != Some(DEAD_LETTERED);
+        let ran = matches!(job.state, JobState::Started | JobState::Ended);
         let in_window = job.lane.pipeline == body.pipeline
             && body
                 .environment
@@ -396,15 +395,16 @@ pub(super) async fn replays(
         }
         chosen.push(job);
     }
-    // Replays are numbered per original: those on record, then those made now.
+    // Replays are numbered per original (those on record, then those made now) for
+    // people to read; their names are unique to this request whatever the count says.
     let mut replays_of: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     for job in &jobs {
         if let Some(original) = &job.replay_of {
             *replays_of.entry(original).or_default() += 1;
         }
     }
+    let replay_id = uuid::Uuid::new_v4().to_string();
     let mut planned = Vec::new();
-    let mut records = Vec::new();
     let mut starts = Vec::new();
     for job in chosen {
         let original = job.replay_of.as_deref().unwrap_or(&job.name);
@@ -417,36 +417,41 @@ pub(super) async fn replays(
             whole.and_then(|whole| whole.request()),
             crate::execution::name::ExecutionName::parse(original),
         ) else {
+            tracing::warn!(execution = %job.name, "A job of the window cannot be read back (written by another release?): it is not replayed.");
             continue;
         };
         let replay = replays_of.entry(original).or_default();
         *replay += 1;
-        request.name = original_name.replay(*replay);
+        request.name = original_name.replay(*replay, &replay_id);
         planned.push(json!({"original": original, "replays": job.name, "name": request.name.as_str(), "replay": *replay, "commit": job.commit}));
-        records.push(LaneJob::queued(
-            &request,
-            records.len(),
-            Some(original.to_string()),
-        ));
-        starts.push(Job::start(request));
+        starts.push((request, original.to_string()));
     }
-    if !body.dry_run && !starts.is_empty() {
-        if let Err(error) = crate::queue::enqueue(state.queue.as_ref(), &starts).await {
-            return ApiError::from(error).into_response();
-        }
-        if let Err(error) = journal.queued(&records).await {
-            tracing::warn!(error = %Chain(&error), "Could not record the replays in the journal.");
-        }
-        tracing::info!(pipeline = %body.pipeline, replays = starts.len(), "Queued replays.");
+    if body.dry_run {
+        return (
+            StatusCode::OK,
+            Json(json!({"dry_run": true, "replays": planned})),
+        )
+            .into_response();
     }
-    let status = if body.dry_run {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    if starts.is_empty() {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "nothing to replay: no execution of {} {}ran in that window",
+                body.pipeline,
+                if body.failed_only { "that failed " } else { "" }
+            ),
+        );
+    }
+    let count = starts.len();
+    let intake = crate::admission::Intake::new(None).replays(starts);
+    if let Err(error) = state.admission.admit(intake).await {
+        return ApiError::from(error).into_response();
+    }
+    tracing::info!(pipeline = %body.pipeline, replays = count, "Queued replays.");
     (
-        status,
-        Json(json!({"dry_run": body.dry_run, "replays": planned})),
+        StatusCode::ACCEPTED,
+        Json(json!({"dry_run": false, "replays": planned})),
     )
         .into_response()
 }

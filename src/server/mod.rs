@@ -42,7 +42,7 @@ use crate::event::{Event, EventKind};
 use crate::job::Job;
 use crate::ledger;
 use crate::plan::{PlanError, Planner};
-use crate::queue::{self, Queue, QueueError};
+use crate::queue::{Queue, QueueError};
 use crate::source::SourceError;
 use crate::source::codecommit::{self, CodeCommitSource};
 use crate::source::github::{self, Decoded, GithubSecrets};
@@ -55,6 +55,9 @@ pub struct AppState {
     pub live: ArcSwap<Live>,
     /// Where planned jobs go; a 2xx means they are durable there.
     pub queue: Arc<dyn Queue>,
+    /// How planned jobs get on the queue (claims, lane records, heads): the step every
+    /// producer shares.
+    pub admission: Arc<crate::admission::Admission>,
     pub metrics: Arc<Metrics>,
     /// Per-client-address limiter; keys are evicted by [`run`]'s housekeeping.
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -70,10 +73,6 @@ pub struct AppState {
     bodies: Arc<BodyBudget>,
     /// Cancelled when the daemon shuts down: `/readyz` then says so.
     shutdown: CancellationToken,
-    /// With reconcile on: the commits planned, which a delivery claims before it
-    /// queues (so that reconcile never plans them too); with the API on, its
-    /// idempotency keys.
-    pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
     /// Deliveries, lane jobs and pauses: what `/v1/deliveries`, `/v1/lanes` and the
     /// page show.
     pub journal: Option<Arc<dyn crate::journal::Journal>>,
@@ -144,6 +143,12 @@ impl AppState {
         };
         AppState {
             live: ArcSwap::from_pointee(Live::new(config, planner, codecommit)),
+            admission: Arc::new(crate::admission::Admission::new(
+                queue.clone(),
+                None,
+                None,
+                metrics.clone(),
+            )),
             queue,
             metrics,
             limiter: RateLimiter::keyed(quota),
@@ -163,7 +168,6 @@ impl AppState {
                 config.server.max_unverified_bytes_per_address,
             ),
             shutdown,
-            ledger: None,
             journal: None,
             embedded: None,
             sqs: None,
@@ -207,6 +211,18 @@ pub enum ApiError {
     NotConfigured(&'static str),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+}
+
+impl From<crate::admission::AdmissionError> for ApiError {
+    fn from(error: crate::admission::AdmissionError) -> ApiError {
+        match error {
+            crate::admission::AdmissionError::Ledger(error) => ApiError::Ledger(error),
+            crate::admission::AdmissionError::Queue(error) => ApiError::Queue(error),
+            crate::admission::AdmissionError::Failed(reason) => {
+                ApiError::Queue(QueueError::unavailable(reason))
+            }
+        }
+    }
 }
 
 impl ApiError {
@@ -541,52 +557,42 @@ fn ignored(delivery: &str, reason: String) -> Answer {
     )
 }
 
-/// Plans a delivery's events and queues their jobs; answers only when all of them are
-/// durable (one enqueue for the whole delivery, so a retried delivery finds either all
-/// or, by their ids, the rest).
+/// Plans a delivery's events and has their jobs admitted (one send for the whole
+/// delivery, so that a retried delivery finds either all or, by their ids, the rest);
+/// answers only when all of them are durable. The journal keeps the delivery as it was
+/// answered.
 async fn accept_events(
     state: &AppState,
     delivery: &str,
     events: Vec<Event>,
 ) -> Result<Answer, ApiError> {
-    let mut record = crate::journal::DeliveryRecord::received(delivery, events.first());
-    let mut queued = Vec::new();
-    let result = plan_and_queue(state, delivery, events, &mut record, &mut queued).await;
-    if let Some(journal) = &state.journal {
-        match &result {
-            Ok((status, outcome, answer)) => {
-                record.status = status.as_u16();
-                record.outcome = outcome.to_string();
-                record.reason = answer["reason"].as_str().map(str::to_string);
-            }
-            Err(error) => {
-                record.status = error.status().as_u16();
-                record.outcome = "error".to_string();
-                record.reason = Some(crate::error::Chain(error).to_string());
-            }
+    let record = crate::journal::DeliveryRecord::received(delivery, events.first());
+    match plan_events(state, events, record.clone()) {
+        Ok(intake) => {
+            let admitted = state.admission.admit(intake).await?;
+            Ok(answer_admitted(delivery, &admitted))
         }
-        if let Err(error) = journal.record_delivery(&record, &queued).await {
-            tracing::warn!(error = %Chain(&error), "Could not record the delivery in the journal.");
+        Err(error) => {
+            let mut record = record;
+            record.status = error.status().as_u16();
+            record.outcome = "error".to_string();
+            record.reason = Some(Chain(&error).to_string());
+            state.admission.refused(&record).await;
+            Err(error)
         }
     }
-    result
 }
 
-/// Plans and queues a delivery's events (see [`accept_events`]), noting in `record`
-/// what was planned and why, and in `queued` the start jobs queued.
-async fn plan_and_queue(
+/// Plans a delivery's events into what the admission step takes, noting in `record`
+/// what was planned and why.
+fn plan_events(
     state: &AppState,
-    delivery: &str,
     events: Vec<Event>,
-    record: &mut crate::journal::DeliveryRecord,
-    queued: &mut Vec<crate::journal::LaneJob>,
-) -> Result<Answer, ApiError> {
-    let mut requests = Vec::new();
-    let mut expansions = Vec::new();
-    let mut reports = Vec::new();
+    mut record: crate::journal::DeliveryRecord,
+) -> Result<crate::admission::Intake, ApiError> {
+    let mut intake = crate::admission::Intake::new(Some(ledger::Claimant::Delivery));
     let mut skipped = Vec::new();
     let mut matched = 0;
-    let mut heads = Vec::new();
     let planner = state.live.load().planner.clone();
     for event in &events {
         let plan = planner.plan(event)?;
@@ -599,131 +605,51 @@ async fn plan_and_queue(
             && !push.deleted
             && push.git_ref.as_str().starts_with("refs/heads/")
         {
-            heads.push((
-                event.repository.clone(),
-                push.git_ref.clone(),
-                push.after.clone(),
-            ));
+            intake = intake.heads([crate::admission::Head {
+                repository: event.repository.clone(),
+                git_ref: push.git_ref.clone(),
+                commit: push.after.clone(),
+            }]);
         }
-        requests.extend(plan.requests);
-        expansions.extend(plan.expansion);
-        reports.extend(plan.reports);
+        if let Some(expansion) = &plan.expansion {
+            tracing::info!(
+                repository = %expansion.repository,
+                git_ref = %expansion.git_ref,
+                before = %expansion.before,
+                after = %expansion.after,
+                "Queueing the push's commits to be fetched and planned."
+            );
+        }
+        intake = intake
+            .starts(plan.requests)
+            .jobs(plan.expansion.into_iter().map(Job::expand))
+            .reports(plan.reports);
     }
-    // Planned: the commits' messages (most of a large push) are in the inputs now.
-    drop(events);
-    // With reconcile on, a delivery claims its commits first: what reconcile planned
-    // already is not planned again.
-    let mut claimed = Vec::new();
-    let mut reconciled = 0;
-    if let Some(ledger) = &state.ledger {
-        let (made, refused) =
-            ledger::claim_requests(ledger.as_ref(), &mut requests, ledger::Claimant::Delivery)
-                .await?;
-        for name in &refused {
-            tracing::info!(execution = %name, "Reconcile planned this commit already; it is not planned again.");
-        }
-        reports.retain(|report| {
-            report
-                .execution
-                .as_ref()
-                .is_none_or(|name| !refused.contains(name))
-        });
-        claimed = made;
-        reconciled = refused.len();
-    }
-    if requests.is_empty() && expansions.is_empty() {
-        // Skipped commits still get their final state, so that a required check never
-        // waits for an execution that will not come.
-        if !reports.is_empty() {
-            let jobs: Vec<Job> = reports.into_iter().map(Job::report).collect();
-            queue::enqueue(state.queue.as_ref(), &jobs).await?;
-        }
-        let reason = if matched == 0 {
-            "no route matched the event".to_string()
-        } else if reconciled > 0 {
-            format!("reconcile planned these commits already ({reconciled} executions)")
-        } else {
-            format!(
-                "matching routes planned nothing (skipped: {})",
-                skipped.join(", ")
-            )
-        };
-        return Ok((
+    let nothing_because = if matched == 0 {
+        "no route matched the event".to_string()
+    } else {
+        format!(
+            "matching routes planned nothing (skipped: {})",
+            skipped.join(", ")
+        )
+    };
+    Ok(intake.delivery(record, nothing_because))
+}
+
+/// The answer to a delivery whose jobs were admitted.
+fn answer_admitted(delivery: &str, admitted: &crate::admission::Admitted) -> Answer {
+    if admitted.is_empty() {
+        return (
             StatusCode::OK,
             "no_executions",
-            json!({"delivery": delivery, "status": "no_executions", "reason": reason}),
-        ));
-    }
-    // The reports that say "queued" go with the starts, in one send: they are on the
-    // queue when the delivery is answered, and cost it no call to GitHub.
-    let jobs: Vec<Job> = requests
-        .iter()
-        .cloned()
-        .map(Job::start)
-        .chain(expansions.iter().cloned().map(Job::expand))
-        .chain(reports.into_iter().map(Job::report))
-        .collect();
-    if let Err(error) = queue::enqueue(state.queue.as_ref(), &jobs).await {
-        // Nothing of this delivery may stand in reconcile's way if it is never
-        // redelivered.
-        if let Some(ledger) = &state.ledger
-            && let Err(release) = ledger.release(&claimed).await
-        {
-            tracing::warn!(error = %Chain(&release), "Could not give back the claims of a delivery that was not queued.");
-        }
-        return Err(error.into());
-    }
-    record.executions = requests
-        .iter()
-        .map(|request| request.name.as_str().to_string())
-        .collect();
-    if state.journal.is_some() {
-        queued.extend(
-            requests
-                .iter()
-                .enumerate()
-                .map(|(index, request)| crate::journal::LaneJob::queued(request, index, None)),
+            json!({"delivery": delivery, "status": "no_executions", "reason": admitted.nothing_because}),
         );
     }
-    if let Some(ledger) = &state.ledger {
-        for (repository, git_ref, after) in &heads {
-            if let Err(error) = ledger.advance(repository, git_ref.as_str(), after).await {
-                tracing::warn!(error = %Chain(&error), "Could not record the last commit planned for a ref; reconcile may look at it again.");
-            }
-        }
+    let mut body = json!({"delivery": delivery, "status": "queued", "executions": admitted.queued});
+    if admitted.expansions > 0 {
+        body["expansions"] = json!(admitted.expansions);
     }
-    for request in &requests {
-        tracing::info!(
-            execution = %request.name,
-            pipeline = %request.pipeline,
-            environment = %request.environment,
-            commit = %request.origin.commit,
-            "Queued an execution."
-        );
-        state
-            .metrics
-            .executions_planned
-            .get_or_create(&labels(&[("pipeline", &request.pipeline)]))
-            .inc();
-    }
-    for expansion in &expansions {
-        tracing::info!(
-            repository = %expansion.repository,
-            git_ref = %expansion.git_ref,
-            before = %expansion.before,
-            after = %expansion.after,
-            "Queued the push's commits to be fetched and planned."
-        );
-    }
-    let names: Vec<&str> = requests
-        .iter()
-        .map(|request| request.name.as_str())
-        .collect();
-    let mut body = json!({"delivery": delivery, "status": "queued", "executions": names});
-    if !expansions.is_empty() {
-        body["expansions"] = json!(expansions.len());
-    }
-    Ok((StatusCode::ACCEPTED, "queued", body))
+    (StatusCode::ACCEPTED, "queued", body)
 }
 
 /// Logs and counts what planning one event decided.

@@ -5,8 +5,9 @@
 //! A job is queued before it is acknowledged, under names that are a function of its
 //! job id: a worker that crashes between the two leaves a job CodePipeline offers
 //! again, and the second poll queues the same names, which start one execution. A job
-//! whose trigger cannot be planned or queued fails the action with the reason; none is
-//! left hanging. A result CodePipeline refuses because the job has one already (an
+//! whose trigger cannot be planned fails the action with the reason; one that cannot be
+//! queued now is left unacknowledged, for CodePipeline to offer again. None is left
+//! hanging. A result CodePipeline refuses because the job has one already (an
 //! earlier copy of the follow job got there) counts as written: each job is passed or
 //! failed once.
 
@@ -25,7 +26,7 @@ use crate::execution::name::ExecutionName;
 use crate::execution::report::Follow;
 use crate::executor::ExecutionStatus;
 use crate::job::Job;
-use crate::journal::{DEAD_LETTERED, DeliveryRecord, JobState, LaneJob};
+use crate::journal::{DeliveryRecord, JobState};
 use crate::queue::enqueue;
 use crate::retry::backoff;
 use crate::source::codepipeline::{Codepipeline, CodepipelineError, Polled, PolledJob};
@@ -45,12 +46,9 @@ pub struct Following {
     pub planner: Arc<arc_swap::ArcSwap<crate::plan::Planner>>,
 }
 
-/// What a polled job asks to queue, and what the journal keeps of it.
-struct Taken {
-    jobs: Vec<Job>,
-    record: Option<DeliveryRecord>,
-    lane_jobs: Vec<LaneJob>,
-}
+/// What a polled job asks the admission step to queue: its starts, the follows that
+/// watch them, and the journal's record of it (none for a job that follows on).
+type Taken = crate::admission::Intake;
 
 /// Why a polled job cannot run, and what the journal keeps of it, if anything.
 struct Refused {
@@ -97,12 +95,14 @@ impl Worker {
     /// Queues what a polled job asks, then acknowledges it; or fails it.
     async fn take(&self, following: &Following, job: PolledJob) {
         let outcome = match self.plan_job(following, &job).await {
-            Ok(taken) => match enqueue(self.queue.as_ref(), &taken.jobs).await {
-                Ok(()) => Ok(taken),
-                Err(error) => Err(Refused {
-                    reason: format!("could not queue the job's execution: {}", Chain(&error)),
-                    record: taken.record,
-                }),
+            Ok(taken) => match self.admission.admit(taken).await {
+                Ok(_) => Ok(()),
+                Err(error) => {
+                    // Left unacknowledged: CodePipeline offers it again, and it is
+                    // queued then, under the same names.
+                    tracing::warn!(error = %Chain(&error), "Could not queue a CodePipeline job's execution; it will be offered again.");
+                    return;
+                }
             },
             Err(refused) => Err(refused),
         };
@@ -119,36 +119,19 @@ impl Worker {
                 return;
             }
         }
-        // What the journal keeps of the job, as of a delivery: for the page and
-        // `GET /v1/deliveries`, and the lane jobs that pauses and supersede read.
-        let (record, lane_jobs, failure) = match outcome {
-            Ok(taken) => (
-                taken.record.map(|mut record| {
-                    (record.status, record.outcome) = (202, "queued".into());
-                    record
-                }),
-                taken.lane_jobs,
-                None,
-            ),
-            Err(refused) => (
-                refused.record.map(|mut record| {
+        match outcome {
+            Ok(()) => tracing::info!("Took a CodePipeline job."),
+            Err(refused) => {
+                // What the journal keeps of a refused job, as of a delivery: for the
+                // page and `GET /v1/deliveries`.
+                if let Some(mut record) = refused.record {
                     (record.status, record.outcome) = (422, "refused".into());
                     record.reason = Some(refused.reason.clone());
                     record.executions.clear();
-                    record
-                }),
-                Vec::new(),
-                Some(refused.reason),
-            ),
-        };
-        if let (Some(record), Some(lanes)) = (record, &self.lanes)
-            && let Err(error) = lanes.journal.record_delivery(&record, &lane_jobs).await
-        {
-            tracing::warn!(error = %Chain(&error), "Could not record a CodePipeline job in the journal.");
-        }
-        match failure {
-            None => tracing::info!("Took a CodePipeline job."),
-            Some(reason) => self.fail_taken(following, &job, &reason).await,
+                    self.admission.refused(&record).await;
+                }
+                self.fail_taken(following, &job, &refused.reason).await
+            }
         }
     }
 
@@ -182,11 +165,7 @@ impl Worker {
                     )));
                 };
                 // Its trigger was recorded when its first job was taken.
-                return Ok(Taken {
-                    jobs: vec![follow(pipeline, name)],
-                    record: None,
-                    lane_jobs: Vec::new(),
-                });
+                return Ok(crate::admission::Intake::new(None).jobs([follow(pipeline, name)]));
             }
             Polled::Start { event } => event,
         };
@@ -215,29 +194,15 @@ impl Worker {
             }
         };
         record.explanation = plan.trace;
-        record.executions = plan
-            .requests
-            .iter()
-            .map(|request| request.name.to_string())
-            .collect();
-        let lane_jobs = plan
-            .requests
-            .iter()
-            .enumerate()
-            .map(|(index, request)| LaneJob::queued(request, index, None))
-            .collect();
         let follows: Vec<Job> = plan
             .requests
             .iter()
             .map(|request| follow(request.pipeline.clone(), request.name.clone()))
             .collect();
-        let mut jobs: Vec<Job> = plan.requests.into_iter().map(Job::start).collect();
-        jobs.extend(follows);
-        Ok(Taken {
-            jobs,
-            record: Some(record),
-            lane_jobs,
-        })
+        Ok(crate::admission::Intake::new(None)
+            .starts(plan.requests)
+            .jobs(follows)
+            .delivery(record, String::new()))
     }
 
     async fn fail_taken(&self, following: &Following, job: &PolledJob, reason: &str) {
@@ -374,15 +339,16 @@ impl Worker {
     async fn never_starts(&self, follow: &Follow) -> Option<String> {
         let lanes = self.lanes.as_ref()?;
         let job = lanes
-            .journal
+            .journal()
             .job(follow.execution.as_str())
             .await
             .ok()
             .flatten()?;
         match (job.state, job.status.as_deref()) {
-            (JobState::Ended, Some(DEAD_LETTERED)) => Some(format!(
-                "{} could not be started (its start was dead-lettered: see the queue's dead letters)",
-                follow.execution
+            (JobState::Rejected, reason) => Some(format!(
+                "{} could not be started ({}: see the queue's dead letters)",
+                follow.execution,
+                reason.unwrap_or("its start was dead-lettered")
             )),
             (JobState::Superseded, newer) => Some(format!(
                 "{} was superseded by {} and did not run",

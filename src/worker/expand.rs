@@ -1,6 +1,6 @@
 //! The `expand` job: a push whose source told only its old and new heads. Its commits
 //! are fetched from the source's history (first parents, oldest first, at most a
-//! bound), planned as if the delivery had listed them, and their starts queued; the
+//! bound), planned as if the delivery had listed them, and their starts admitted; the
 //! job is acknowledged only once every start is on the queue. A crash in between
 //! expands again into the same names, which start nothing twice.
 
@@ -11,10 +11,9 @@ use super::{Settle, Worker};
 use crate::error::Chain;
 use crate::event::{Event, EventKind, Push, Source};
 use crate::execution::Expansion;
-use crate::job::Job;
-use crate::ledger::{Claimant, claim_requests};
+use crate::ledger::Claimant;
 use crate::plan::Planner;
-use crate::queue::{Received, enqueue};
+use crate::queue::Received;
 use crate::retry::backoff;
 use crate::source::{CommitHistory, HistoryError, WalkEnd};
 use crate::telemetry::labels;
@@ -104,43 +103,28 @@ impl Worker {
                 commits: walk.commits,
             }),
         };
-        let mut plan = match expanding.planner.load().plan(&event) {
+        let plan = match expanding.planner.load().plan(&event) {
             Ok(plan) => plan,
             Err(error) => return Settle::DeadLetter(error.to_string()),
         };
-        // The push came in a delivery: its commits are claimed as a delivery's are.
-        if let Some(ledger) = &self.ledger {
-            match claim_requests(ledger.as_ref(), &mut plan.requests, Claimant::Delivery).await {
-                Ok((_, refused)) => {
-                    plan.reports.retain(|report| {
-                        report
-                            .execution
-                            .as_ref()
-                            .is_none_or(|name| !refused.contains(name))
-                    });
-                }
-                Err(error) => {
-                    let delay = retry();
-                    tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not claim the push's commits; will expand again.");
-                    return Settle::Retry(delay);
-                }
+        // The push came in a delivery: its commits are claimed as a delivery's are, and
+        // its starts queued with what reporting shows of them at once.
+        let intake = crate::admission::Intake::new(Some(Claimant::Delivery))
+            .starts(plan.requests)
+            .reports(plan.reports);
+        match self.admission.admit(intake).await {
+            Ok(admitted) => {
+                tracing::info!(
+                    starts = admitted.queued.len(),
+                    "Expanded a push into its commits' starts."
+                );
+                Settle::Ack
+            }
+            Err(error) => {
+                let delay = retry();
+                tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the push's starts; will expand again.");
+                Settle::Retry(delay)
             }
         }
-        // The starts, and what reporting shows of them at once (as for a delivery).
-        let starts = plan.requests.len();
-        let jobs: Vec<Job> = plan
-            .requests
-            .into_iter()
-            .map(Job::start)
-            .chain(plan.reports.into_iter().map(Job::report))
-            .collect();
-        // A failure keeps the claims: the job is expanded again into the same names.
-        if let Err(error) = enqueue(self.queue.as_ref(), &jobs).await {
-            let delay = retry();
-            tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the push's starts; will expand again.");
-            return Settle::Retry(delay);
-        }
-        tracing::info!(starts, "Expanded a push into its commits' starts.");
-        Settle::Ack
     }
 }

@@ -1,72 +1,33 @@
 //! What operators decide about lanes, as the worker honours it: a paused lane starts
 //! nothing (its jobs are held, invisible, their receive counts untouched, and start in
 //! order on resume), and with `supersede = true` a serial lane's job is not started
-//! when a newer job of the lane waits. The journal keeps both (`crate::journal`).
+//! when `crate::lanes` says a newer one carries it. The states themselves are
+//! `crate::lanes`'s to move.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
-use super::report::superseded;
+use super::report::{carried, superseded};
+use crate::admission::Admission;
 use crate::error::Chain;
 use crate::execution::ExecutionRequest;
+use crate::executor::Execution;
 use crate::job::{Job, JobKind, Read};
-use crate::journal::{JobState, Journal, Lane, LaneJob, newer_waiting};
+use crate::journal::Lane;
+use crate::lanes::PAUSE_REFRESH;
 use crate::queue::Received;
 use crate::telemetry::labels;
 
-/// How often the pauses are read again: a pause or a resume takes effect within this.
-pub(super) const PAUSE_REFRESH: Duration = Duration::from_secs(1);
-
-pub(super) struct Lanes {
-    pub(super) journal: Arc<dyn Journal>,
-    pub(super) supersede: Arc<RwLock<HashSet<String>>>,
-    /// The lanes paused when last read, and when that was.
-    paused: Mutex<(Option<Instant>, HashSet<Lane>)>,
-}
-
-impl Lanes {
-    pub(super) fn new(journal: Arc<dyn Journal>, supersede: Arc<RwLock<HashSet<String>>>) -> Lanes {
-        Lanes {
-            journal,
-            supersede,
-            paused: Mutex::new((None, HashSet::new())),
-        }
-    }
-
-    /// The lanes paused as of at most PAUSE_REFRESH ago. A journal that cannot be read
-    /// keeps what was read last.
-    async fn paused(&self) -> tokio::sync::MappedMutexGuard<'_, HashSet<Lane>> {
-        let mut paused = self.paused.lock().await;
-        if paused.0.is_none_or(|at| at.elapsed() >= PAUSE_REFRESH) {
-            match self.journal.pauses().await {
-                Ok(pauses) => {
-                    paused.1 = pauses.into_iter().map(|pause| pause.lane).collect();
-                }
-                Err(error) => {
-                    tracing::warn!(error = %Chain(&error), "Could not read the paused lanes; keeping what was read last.");
-                }
-            }
-            paused.0 = Some(Instant::now());
-        }
-        tokio::sync::MutexGuard::map(paused, |paused| &mut paused.1)
-    }
-}
-
 impl Worker {
-    /// Lets the worker honour pauses and supersede, and keep each start job's state in
-    /// the journal.
-    pub fn journaling(
-        mut self,
-        journal: Option<Arc<dyn Journal>>,
-        supersede: Arc<RwLock<HashSet<String>>>,
-    ) -> Worker {
-        self.lanes = journal.map(|journal| Arc::new(Lanes::new(journal, supersede)));
+    /// Has the worker queue what it plans (`expand`, CodePipeline jobs) through the
+    /// admission step, and keep, honour and report its lanes' states through that
+    /// step's lanes.
+    pub fn admitting(mut self, admission: Arc<Admission>) -> Worker {
+        self.lanes = admission.lanes().cloned();
+        self.admission = admission;
         self
     }
 
@@ -115,62 +76,64 @@ impl Worker {
         }
     }
 
-    /// Records where a start job is; a journal that cannot be written is logged.
-    pub(super) async fn record(
-        &self,
-        request: &ExecutionRequest,
-        state: JobState,
-        status: Option<&str>,
-    ) {
-        let Some(lanes) = &self.lanes else { return };
-        let job = LaneJob::queued(request, 0, None);
-        if let Err(error) = lanes.journal.advance(&job, state, status).await {
-            tracing::warn!(error = %Chain(&error), state = state.as_str(), "Could not record a job's state in the journal.");
-        }
-    }
-
-    /// With `supersede = true` on the request's serial pipeline: the newer waiting job
-    /// of its lane that supersedes it, if the journal knows one. Recorded, counted and
-    /// (with reporting on) reported; the caller acknowledges the job.
-    pub(super) async fn superseded_by(&self, request: &ExecutionRequest) -> Option<String> {
-        let lanes = self.lanes.as_ref()?;
-        request.group.as_ref()?;
-        if !lanes
-            .supersede
-            .read()
-            .expect("supersede lock")
-            .contains(&request.pipeline)
-        {
-            return None;
-        }
-        let lookup = async {
-            let me = lanes.journal.job(request.name.as_str()).await?;
-            let Some(me) = me else { return Ok(None) };
-            let jobs = lanes.journal.lane_jobs(Some(&me.lane)).await?;
-            Ok::<_, crate::journal::JournalError>(
-                newer_waiting(&me, &jobs).map(|newer| (newer.name.clone(), newer.commit.clone())),
-            )
+    /// Whether a newer job of the request's lane carries it (see `crate::lanes`): then
+    /// it is recorded superseded, counted and (with reporting on) shown pending until
+    /// its carrier ends, and the caller acknowledges it.
+    pub(super) async fn superseded(&self, request: &ExecutionRequest) -> bool {
+        let Some(lanes) = &self.lanes else {
+            return false;
         };
-        let (newer, commit) = match lookup.await {
-            Ok(Some(found)) => found,
-            Ok(None) => return None,
-            Err(error) => {
-                // Not knowing what waits must never keep a commit from deploying.
-                tracing::warn!(error = %Chain(&error), "Could not read the lane's waiting jobs; starting this one.");
-                return None;
-            }
+        let Some(newer) = lanes.supersede(request, self.executor.as_ref()).await else {
+            return false;
         };
-        tracing::info!(superseded_by = %newer, "Superseded: a newer job of the lane waits; only the newest starts.");
-        self.record(request, JobState::Superseded, Some(&newer))
-            .await;
+        tracing::info!(superseded_by = %newer.name, "Superseded: a newer job of the lane deploys the same project from the same ref; it carries this one.");
         self.metrics
             .superseded
             .get_or_create(&labels(&[("pipeline", &request.pipeline)]))
             .inc();
         if let Some(target) = request.report.as_ref().filter(|_| self.reports()) {
-            self.queue_reports(vec![superseded(request, target, &commit)])
+            self.queue_reports(vec![superseded(request, target, &newer)])
                 .await;
         }
-        Some(newer)
+        true
+    }
+
+    /// Reports, for every job `request` carries (superseded by it, or by one it carries),
+    /// how `request`'s execution ended; `ended` is `None` when it was never started
+    /// (`reason` says why).
+    pub(super) async fn report_carried(
+        &self,
+        request: &ExecutionRequest,
+        ended: Result<&Execution, &str>,
+        details_url: Option<String>,
+    ) {
+        let Some(lanes) = self.lanes.as_ref().filter(|_| self.reports()) else {
+            return;
+        };
+        let carried_jobs = match lanes
+            .carried_by(&Lane::of(request), request.name.as_str())
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not read which jobs this execution carries; their commits show it pending.");
+                return;
+            }
+        };
+        let reports = carried_jobs
+            .iter()
+            .filter_map(|job| job.request())
+            .filter_map(|carried_request| {
+                let target = carried_request.report.as_ref()?;
+                Some(carried(
+                    &carried_request,
+                    target,
+                    &request.name,
+                    ended,
+                    details_url.clone(),
+                ))
+            })
+            .collect();
+        self.queue_reports(reports).await;
     }
 }

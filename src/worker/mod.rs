@@ -163,10 +163,12 @@ pub struct Worker {
     expansion: Option<expand::Expanding>,
     /// Where reports go; `None` when reporting is off.
     reporter: Option<Arc<dyn Reporter>>,
-    /// With reconcile on: expanded pushes claim their commits, as deliveries do.
-    ledger: Option<Arc<dyn crate::ledger::Ledger>>,
-    /// Pauses and supersede, from the journal.
-    lanes: Option<Arc<lanes::Lanes>>,
+    /// How what the worker plans (expanded pushes, CodePipeline jobs) gets on the
+    /// queue: the step every producer shares.
+    admission: Arc<crate::admission::Admission>,
+    /// Where each start's state is kept, and pauses and supersede read: the
+    /// admission's.
+    lanes: Option<Arc<crate::lanes::Lanes>>,
     /// With `[codepipeline]`: the custom action this worker serves.
     following: Option<codepipeline::Following>,
     clock: Clock,
@@ -220,6 +222,12 @@ impl Worker {
             worker_metrics.start_latency.clone(),
         );
         Worker {
+            admission: Arc::new(crate::admission::Admission::new(
+                queue.clone(),
+                None,
+                None,
+                Arc::new(Metrics::default()),
+            )),
             queue,
             executor,
             limiter: RateLimiter::direct(quota),
@@ -227,7 +235,6 @@ impl Worker {
             metrics: worker_metrics,
             expansion: None,
             reporter: None,
-            ledger: None,
             lanes: None,
             following: None,
             clock: Clock::new(),
@@ -238,12 +245,6 @@ impl Worker {
     /// executions nothing else follows (`watch`), and writes reports with `reporter`.
     pub fn reporting(mut self, reporter: Option<Arc<dyn Reporter>>) -> Worker {
         self.reporter = reporter;
-        self
-    }
-
-    /// Lets expanded pushes claim their commits in the ledger (with reconcile on).
-    pub fn claiming(mut self, ledger: Option<Arc<dyn crate::ledger::Ledger>>) -> Worker {
-        self.ledger = ledger;
         self
     }
 

@@ -200,22 +200,52 @@ pub(super) fn not_started(
 
 /// The report that an execution was not started because a newer commit of its lane
 /// waited (`supersede = true`): final, so that its check does not wait for it.
+/// The report of a job superseded by `newer`: pending until `newer`, which deploys
+/// its project from its ref, ends ([`carried`]).
 pub(super) fn superseded(
     request: &ExecutionRequest,
     target: &ReportTarget,
-    commit: &str,
+    newer: &crate::journal::LaneJob,
 ) -> Report {
     Report::new(
         target.clone(),
         Some(request.name.clone()),
         request.action,
-        Stage::Ended,
-        ReportState::Success,
+        Stage::Started,
+        ReportState::Pending,
         format!(
-            "Superseded by {}: only the newest waiting commit deploys",
-            &commit[..commit.len().min(7)]
+            "Superseded by {} ({}), which deploys it: waiting for its outcome",
+            newer.name,
+            &newer.commit[..newer.commit.len().min(7)]
         ),
     )
+}
+
+/// The final report of a job that `carrier` carried (superseded it): `carrier`'s
+/// outcome, naming it; or, when `carrier` never started, why.
+pub(super) fn carried(
+    request: &ExecutionRequest,
+    target: &ReportTarget,
+    carrier: &ExecutionName,
+    outcome: Result<&Execution, &str>,
+    details_url: Option<String>,
+) -> Report {
+    let mut report = match outcome {
+        Ok(execution) => ended(
+            &request.name,
+            request.action,
+            target,
+            execution,
+            details_url,
+        ),
+        Err(reason) => not_started(request, target, reason),
+    };
+    report.description = crate::text::cut(
+        &format!("Deployed by {carrier}: {}", report.description),
+        140,
+    )
+    .to_string();
+    report
 }
 
 /// A preview's address: the route's rendered template, or what its JSONPath finds in

@@ -14,7 +14,6 @@ use crate::execution::ExecutionRequest;
 use crate::execution::report::Watch;
 use crate::executor::{ExecutionStatus, ExecutorError, Started};
 use crate::job::Job;
-use crate::journal::JobState;
 use crate::queue::{Received, enqueue};
 use crate::retry::backoff;
 use crate::telemetry::labels;
@@ -33,18 +32,16 @@ impl Worker {
         hard_stop: &CancellationToken,
     ) -> Settle {
         let settle = self.run_start(received, request, hard_stop).await;
-        if let Settle::DeadLetter(_) = &settle {
+        if let Settle::DeadLetter(reason) = &settle {
             // Not waiting any more: it must not supersede an older job run later.
-            self.record(
-                request,
-                JobState::Ended,
-                Some(crate::journal::DEAD_LETTERED),
-            )
-            .await;
-        }
-        if let (Settle::DeadLetter(reason), Some(target)) = (&settle, &request.report) {
-            self.queue_reports(vec![not_started(request, target, reason)])
-                .await;
+            if let Some(lanes) = &self.lanes {
+                lanes.rejected(request, reason).await;
+            }
+            if let Some(target) = &request.report {
+                self.queue_reports(vec![not_started(request, target, reason)])
+                    .await;
+            }
+            self.report_carried(request, Err(reason), None).await;
         }
         settle
     }
@@ -59,7 +56,7 @@ impl Worker {
         request: &ExecutionRequest,
         hard_stop: &CancellationToken,
     ) -> Settle {
-        if self.superseded_by(request).await.is_some() {
+        if self.superseded(request).await {
             return Settle::Ack;
         }
         let hold = request.group.is_some() || !self.executor.outlives_this_process();
@@ -81,7 +78,7 @@ impl Worker {
             };
             let started = match started {
                 Ok(started) => started,
-                Err(error @ ExecutorError::Retryable { .. }) => {
+                Err(error @ (ExecutorError::Retryable { .. } | ExecutorError::NotFound { .. })) => {
                     let error = Chain(&error).to_string();
                     let delay =
                         backoff(tries, self.settings.retry_initial, self.settings.retry_max);
@@ -122,7 +119,9 @@ impl Worker {
                     self.metrics.start_latency.observe(waited);
                 }
             }
-            self.record(request, JobState::Started, None).await;
+            if let Some(lanes) = &self.lanes {
+                lanes.started(request).await;
+            }
             let details_url = self.executor.link(started.id());
             let target = request.report.as_ref().filter(|_| self.reports());
             if !hold {
@@ -165,7 +164,10 @@ impl Worker {
             }
             match self.wait_for_end(request, hard_stop).await {
                 End::Finished(execution) => {
-                    self.record(request, JobState::Ended, Some(execution.status.as_str()))
+                    if let Some(lanes) = &self.lanes {
+                        lanes.ended(request, execution.status.as_str()).await;
+                    }
+                    self.report_carried(request, Ok(&execution), details_url.clone())
                         .await;
                     let Some(target) = target else {
                         return Settle::Ack;

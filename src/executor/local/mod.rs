@@ -516,7 +516,7 @@ impl Executor for LocalExecutor {
         })
         .await?;
         let Some((run, status, error)) = row else {
-            return Err(ExecutorError::permanent(format!(
+            return Err(ExecutorError::not_found(format!(
                 "no execution is named {name}"
             )));
         };

@@ -1,0 +1,329 @@
+//! A lane's jobs and their states, in one place. A lane is one pipeline and
+//! environment; each of its start jobs moves, only forward, from waiting to started and
+//! ended, or from waiting to superseded or rejected ([`JobState::may_become`]). The
+//! admission step records a job waiting; the worker records it started, ended or
+//! rejected, and asks here whether it may be skipped for a newer one (supersede) and
+//! whether its lane is paused. The journal keeps what is recorded here; nothing else
+//! writes a lane job's state.
+//!
+//! Invariant: supersede skips a job only when (a) its execution has not started (the
+//! journal has no start of it and the executor knows no execution of its name), and
+//! (b) a newer job waits in its lane that deploys the same project from the same ref,
+//! queued after it ([`supersedes`]). Every other job runs. A replay, a manual run and a
+//! CodePipeline job neither supersede nor are superseded.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::error::Chain;
+use crate::event::Source;
+use crate::execution::{Action, ExecutionRequest};
+use crate::executor::{Executor, ExecutorError};
+use crate::journal::{DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob};
+
+/// How often the pauses are read again: a pause or a resume takes effect within this.
+pub const PAUSE_REFRESH: Duration = Duration::from_secs(1);
+
+/// How many supersedes deep [`Lanes::carried_by`] follows (a job superseded by one that
+/// was superseded in turn, and so on); far more than a lane ever stacks.
+const MAX_CARRY_DEPTH: usize = 64;
+
+/// Whether `newer` may be started in place of `older` (rule (b) of the invariant): both
+/// of one lane, `newer` queued after `older` and still waiting, both deploys pushed by a
+/// source to the same repository and ref, neither a replay.
+pub fn supersedes(newer: &LaneJob, older: &LaneJob) -> bool {
+    let pushed = |job: &LaneJob| {
+        job.replay_of.is_none()
+            && job.action == Action::Deploy.as_str()
+            && (job.source == Source::Github.as_str() || job.source == Source::Codecommit.as_str())
+    };
+    newer.lane == older.lane
+        && newer.name != older.name
+        && newer.state == JobState::Waiting
+        && newer.seq > older.seq
+        && pushed(newer)
+        && pushed(older)
+        && newer.source == older.source
+        && newer.repository.eq_ignore_ascii_case(&older.repository)
+        && newer.git_ref == older.git_ref
+}
+
+/// The owner of lane jobs' states: the journal they are kept in, and which pipelines
+/// supersede.
+pub struct Lanes {
+    journal: Arc<dyn Journal>,
+    /// The pipelines with `supersede = true`; a reload replaces them.
+    supersede: Arc<RwLock<HashSet<String>>>,
+    /// The lanes paused when last read, and when that was.
+    paused: Mutex<(Option<Instant>, HashSet<Lane>)>,
+}
+
+impl Lanes {
+    pub fn new(journal: Arc<dyn Journal>, supersede: Arc<RwLock<HashSet<String>>>) -> Lanes {
+        Lanes {
+            journal,
+            supersede,
+            paused: Mutex::new((None, HashSet::new())),
+        }
+    }
+
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    /// Records jobs just queued as waiting (one on record keeps what it says), with
+    /// the delivery that queued them, in one write.
+    pub async fn admitted(
+        &self,
+        delivery: Option<&DeliveryRecord>,
+        jobs: &[LaneJob],
+    ) -> Result<(), JournalError> {
+        match delivery {
+            Some(record) => self.journal.record_delivery(record, jobs).await,
+            None if jobs.is_empty() => Ok(()),
+            None => self.journal.queued(jobs).await,
+        }
+    }
+
+    /// The job's execution was started (or found started).
+    pub async fn started(&self, request: &ExecutionRequest) {
+        self.mark(request, JobState::Started, None).await;
+    }
+
+    /// The job's execution ended, as `status` says.
+    pub async fn ended(&self, request: &ExecutionRequest, status: &str) {
+        self.mark(request, JobState::Ended, Some(status)).await;
+    }
+
+    /// The job's start could not succeed and was dead-lettered.
+    pub async fn rejected(&self, request: &ExecutionRequest, reason: &str) {
+        let reason = crate::text::one_line(reason, 200);
+        self.mark(request, JobState::Rejected, Some(&reason)).await;
+    }
+
+    /// Moves a job on; a journal that cannot be written is logged (it costs the views
+    /// and supersede, which then starts the job: never a start).
+    async fn mark(&self, request: &ExecutionRequest, state: JobState, status: Option<&str>) {
+        let job = LaneJob::queued(request, 0, None);
+        if let Err(error) = self.journal.advance(&job, state, status).await {
+            tracing::warn!(error = %Chain(&error), state = state.as_str(), "Could not record a job's state in the journal.");
+        }
+    }
+
+    /// With `supersede = true` on the request's serial pipeline: the newer waiting job
+    /// that carries this one, when the invariant lets this one be skipped; it is then
+    /// recorded superseded. `None` means: start it. Whatever cannot be known (the
+    /// journal or the executor cannot be asked) starts it.
+    pub async fn supersede(
+        &self,
+        request: &ExecutionRequest,
+        executor: &dyn Executor,
+    ) -> Option<LaneJob> {
+        if request.group.is_none()
+            || !self
+                .supersede
+                .read()
+                .expect("supersede lock")
+                .contains(&request.pipeline)
+        {
+            return None;
+        }
+        let lookup = async {
+            let Some(me) = self.journal.job(request.name.as_str()).await? else {
+                return Ok(None);
+            };
+            if me.state != JobState::Waiting {
+                return Ok(None);
+            }
+            let jobs = self.journal.lane_jobs(Some(&me.lane)).await?;
+            Ok::<_, JournalError>(
+                jobs.into_iter()
+                    .filter(|newer| supersedes(newer, &me))
+                    .max_by_key(|newer| newer.seq),
+            )
+        };
+        let newer = match lookup.await {
+            Ok(Some(newer)) => newer,
+            Ok(None) => return None,
+            Err(error) => {
+                // Not knowing what waits must never keep a commit from deploying.
+                tracing::warn!(error = %Chain(&error), "Could not read the lane's waiting jobs; starting this one.");
+                return None;
+            }
+        };
+        // A job taken back after a restart may have started before the journal heard
+        // of it: only an execution the executor does not know may be skipped.
+        match executor.describe(&request.pipeline, &request.name).await {
+            Err(ExecutorError::NotFound { .. }) => {}
+            Ok(_) => {
+                tracing::info!(
+                    "A newer job of the lane waits, but this one's execution exists: it runs."
+                );
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not tell whether this job's execution exists; starting it rather than superseding it.");
+                return None;
+            }
+        }
+        self.mark(request, JobState::Superseded, Some(&newer.name))
+            .await;
+        Some(newer)
+    }
+
+    /// The jobs `name` carries: those superseded by it, and by those, and so on, each
+    /// read whole (with its body), oldest first.
+    pub async fn carried_by(&self, lane: &Lane, name: &str) -> Result<Vec<LaneJob>, JournalError> {
+        let jobs = self.journal.lane_jobs(Some(lane)).await?;
+        let mut carriers = vec![name.to_string()];
+        let mut carried: Vec<&LaneJob> = Vec::new();
+        for _ in 0..MAX_CARRY_DEPTH {
+            let found: Vec<&LaneJob> = jobs
+                .iter()
+                .filter(|job| {
+                    job.state == JobState::Superseded
+                        && job
+                            .status
+                            .as_ref()
+                            .is_some_and(|carrier| carriers.contains(carrier))
+                        && !carried.iter().any(|known| known.name == job.name)
+                })
+                .collect();
+            if found.is_empty() {
+                break;
+            }
+            carriers = found.iter().map(|job| job.name.clone()).collect();
+            carried.extend(found);
+        }
+        carried.sort_by_key(|job| job.seq);
+        let mut whole = Vec::with_capacity(carried.len());
+        for job in carried {
+            if let Some(job) = self.journal.job(&job.name).await? {
+                whole.push(job);
+            }
+        }
+        Ok(whole)
+    }
+
+    /// The lanes paused as of at most PAUSE_REFRESH ago (nearly always none). A
+    /// journal that cannot be read keeps what was read last.
+    pub async fn paused(&self) -> HashSet<Lane> {
+        let mut paused = self.paused.lock().await;
+        if paused.0.is_none_or(|at| at.elapsed() >= PAUSE_REFRESH) {
+            match self.journal.pauses().await {
+                Ok(pauses) => {
+                    paused.1 = pauses.into_iter().map(|pause| pause.lane).collect();
+                }
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "Could not read the paused lanes; keeping what was read last.");
+                }
+            }
+            paused.0 = Some(Instant::now());
+        }
+        paused.1.clone()
+    }
+}
+
+/// The record of each request queued, waiting, in queue order.
+pub fn waiting(requests: &[(ExecutionRequest, Option<String>)]) -> Vec<LaneJob> {
+    requests
+        .iter()
+        .enumerate()
+        .map(|(index, (request, replay_of))| LaneJob::queued(request, index, replay_of.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, seq: i64, repository: &str, git_ref: &str) -> LaneJob {
+        LaneJob {
+            name: name.into(),
+            lane: Lane {
+                pipeline: "deploy".into(),
+                environment: "production".into(),
+            },
+            source: "github".into(),
+            action: "deploy".into(),
+            repository: repository.into(),
+            git_ref: git_ref.into(),
+            commit: "0".repeat(40),
+            seq,
+            state: JobState::Waiting,
+            status: None,
+            queued_at_ms: 0,
+            updated_at_ms: 0,
+            replay_of: None,
+            job: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_newer_push_of_the_same_repository_and_ref_supersedes() {
+        let older = job("a", 1, "acme/api", "refs/heads/main");
+        let newer = job("b", 2, "Acme/API", "refs/heads/main");
+        assert!(supersedes(&newer, &older));
+        assert!(!supersedes(&older, &newer), "never an older one");
+        assert!(
+            !supersedes(&job("b", 2, "acme/web", "refs/heads/main"), &older),
+            "another repository of the pipeline deploys another project"
+        );
+        assert!(
+            !supersedes(&job("b", 2, "acme/api", "refs/heads/hotfix/x"), &older),
+            "another ref"
+        );
+        let mut started = newer.clone();
+        started.state = JobState::Started;
+        assert!(!supersedes(&started, &older), "only a waiting job carries");
+        let mut replay = newer.clone();
+        replay.replay_of = Some("x".into());
+        assert!(!supersedes(&replay, &older), "a replay supersedes nothing");
+        let mut replayed = older.clone();
+        replayed.replay_of = Some("x".into());
+        assert!(!supersedes(&newer, &replayed), "nor is superseded");
+        let mut manual = newer.clone();
+        manual.source = "manual".into();
+        assert!(!supersedes(&manual, &older), "a manual run is its own");
+        let mut manual_older = older.clone();
+        manual_older.source = "manual".into();
+        assert!(!supersedes(&newer, &manual_older));
+        let mut teardown = newer.clone();
+        teardown.action = "teardown".into();
+        assert!(!supersedes(&teardown, &older), "a teardown deploys nothing");
+        let mut other_lane = newer.clone();
+        other_lane.lane.environment = "staging".into();
+        assert!(!supersedes(&other_lane, &older));
+        let mut unknown = older.clone();
+        unknown.source = String::new();
+        assert!(
+            !supersedes(&newer, &unknown),
+            "a record of an earlier release says too little"
+        );
+    }
+
+    #[test]
+    fn states_only_move_forward() {
+        use JobState::*;
+        let all = [Waiting, Started, Ended, Superseded, Rejected];
+        for from in all {
+            assert!(from.may_become(from), "{from:?} stays");
+        }
+        for to in all {
+            assert!(Waiting.may_become(to));
+        }
+        assert!(Started.may_become(Ended));
+        for to in [Waiting, Superseded, Rejected] {
+            assert!(!Started.may_become(to), "started → {to:?}");
+        }
+        for from in [Ended, Superseded, Rejected] {
+            for to in all {
+                assert_eq!(from.may_become(to), from == to, "{from:?} → {to:?}");
+            }
+        }
+    }
+}
