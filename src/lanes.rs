@@ -306,6 +306,83 @@ mod tests {
         );
     }
 
+    /// Three waiting jobs of one branch on a real journal and local executor: the
+    /// oldest is skipped for the newest only while no execution of it exists.
+    #[tokio::test]
+    async fn a_job_whose_execution_exists_is_never_superseded() {
+        use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings};
+        let directory = tempfile::tempdir().unwrap();
+        let journal: Arc<dyn Journal> = Arc::new(
+            crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
+                .unwrap(),
+        );
+        let lanes = Lanes::new(
+            journal.clone(),
+            Arc::new(RwLock::new(HashSet::from(["deploy".to_string()]))),
+        );
+        let executor = LocalExecutor::open(LocalSettings {
+            path: directory.path().join("executions.db"),
+            log_dir: directory.path().join("log"),
+            pipelines: std::collections::HashMap::from([(
+                "deploy".to_string(),
+                LocalPipeline {
+                    command: vec!["true".into()],
+                    timeout: Duration::from_secs(10),
+                },
+            )]),
+            max_attempts: 3,
+            details_url: None,
+        })
+        .await
+        .unwrap();
+        let requests: Vec<ExecutionRequest> = (1..=3).map(request).collect();
+        let queued: Vec<(ExecutionRequest, Option<String>)> = requests
+            .iter()
+            .cloned()
+            .map(|request| (request, None))
+            .collect();
+        lanes.admitted(None, &waiting(&queued)).await.unwrap();
+
+        // The oldest's execution was started (a worker that stopped before it
+        // recorded so): it runs, whatever waits behind it.
+        executor.start(&requests[0]).await.unwrap();
+        assert!(lanes.supersede(&requests[0], &executor).await.is_none());
+        // The next one has no execution: the newest carries it.
+        let carrier = lanes.supersede(&requests[1], &executor).await.unwrap();
+        assert_eq!(carrier.name, requests[2].name.as_str());
+        // The newest has nothing newer behind it.
+        assert!(lanes.supersede(&requests[2], &executor).await.is_none());
+        let lane = Lane::of(&requests[0]);
+        let carried = lanes
+            .carried_by(&lane, requests[2].name.as_str())
+            .await
+            .unwrap();
+        assert_eq!(carried.len(), 1);
+        assert_eq!(carried[0].request(), Some(requests[1].clone()));
+    }
+
+    fn request(n: u8) -> ExecutionRequest {
+        use crate::event::{CommitSha, DeliveryId, RefName};
+        use crate::execution::name::ExecutionName;
+        use crate::execution::{Input, Origin};
+        ExecutionRequest {
+            pipeline: "deploy".into(),
+            name: ExecutionName::parse(&format!("deploy-production-{n:020}")).unwrap(),
+            group: Some("deploy/production".into()),
+            environment: "production".into(),
+            action: Action::Deploy,
+            input: Input::from_json("{}".into()).unwrap(),
+            origin: Origin {
+                source: Source::Github,
+                delivery: DeliveryId::parse("d").unwrap(),
+                repository: "acme/api".into(),
+                git_ref: RefName::parse("refs/heads/main").unwrap(),
+                commit: CommitSha::parse(&format!("{n:040x}")).unwrap(),
+            },
+            report: None,
+        }
+    }
+
     #[test]
     fn states_only_move_forward() {
         use JobState::*;

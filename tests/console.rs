@@ -962,3 +962,114 @@ async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_
     assert_eq!(started, planned, "in commit order");
     assert!(moto::dead_letter_ids(&sqs, &dead_url).await.is_empty());
 }
+
+/// On Step Functions, a worker restarted while a serial lane's execution runs takes
+/// that execution's job back and waits for it: the newer commit waiting behind it
+/// supersedes the one between them, never the running one, and starts only once the
+/// running one has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_a_lane_runs_never_starts_the_next_execution_beside_it() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (queue_url, _) = moto::create_queue(&sqs, true, Duration::from_secs(30), 5).await;
+    let table = moto::ledger_table(&aws_sdk_dynamodb::Client::new(&sdk), "journal").await;
+    // A deploy that takes a few seconds.
+    let arn = sfn
+        .create_state_machine()
+        .name(moto::unique("slow-deploy"))
+        .definition(r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Wait", "Seconds": 6, "End": true}}}"#)
+        .role_arn("arn:aws:iam::123456789012:role/gitdispatch-sample")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string();
+    let aws_text = aws::aws_config_text(&queue_url, &arn)
+        .replace("shutdown_grace_secs = 30", "shutdown_grace_secs = 1")
+        .replace(
+            "concurrency = \"serial\"",
+            "concurrency = \"serial\"\nsupersede = true",
+        );
+    let text = format!("{aws_text}\n[ledger]\ntype = \"dynamodb\"\ntable = \"{table}\"\n");
+    let environment: Vec<(&str, String)> = moto::environment();
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = Daemon::start(&text, &environment);
+
+    // A push of three commits: the newest runs (the two before it are superseded).
+    let client = reqwest::Client::new();
+    let push = |delivery: &Delivery| {
+        aws::plan_body(&aws_text, "push", &delivery.body, &delivery.id)
+            .iter()
+            .map(|request| request.name.to_string())
+            .collect::<Vec<String>>()
+    };
+    let first = Delivery::fixture("push", "push_branch_commits.json");
+    let answer = first.post(&client, &daemon.url()).await.unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let first = push(&first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !aws::executions_of(&sfn, &arn).await.contains_key(&first[2]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the newest commit never started: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A second push of the branch waits behind it, three commits again.
+    let second = Delivery::new(
+        "push",
+        String::from_utf8(push_variant("push_branch_commits.json", 7))
+            .unwrap()
+            .replace(
+                "a3b3c3d3e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3",
+                "b7b7c3d3e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3",
+            )
+            .into_bytes(),
+    );
+    let answer = second.post(&client, &daemon.url()).await.unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let second = push(&second);
+
+    // The worker stops (its grace is shorter than the deploy) and comes back.
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+    daemon.spawn(&environment);
+    aws::wait_until_finished(&sfn, &arn, &[first[2].clone(), second[2].clone()]).await;
+    aws::wait_until_drained(&sqs, &queue_url).await;
+
+    let mut executions: Vec<(i64, i64, String)> = sfn
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .iter()
+        .map(|execution| {
+            (
+                execution.start_date().as_nanos() as i64,
+                execution
+                    .stop_date()
+                    .map_or(i64::MAX, |date| date.as_nanos() as i64),
+                execution.name().to_string(),
+            )
+        })
+        .collect();
+    executions.sort();
+    let names: Vec<&str> = executions
+        .iter()
+        .map(|(_, _, name)| name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [first[2].as_str(), second[2].as_str()],
+        "the running one went on; the waiting push's newest carried the rest: {}",
+        daemon.log()
+    );
+    assert!(
+        executions[1].0 >= executions[0].1,
+        "the newest started only after the running one ended: {executions:?}"
+    );
+}

@@ -288,6 +288,83 @@ environment_url = "https://pr-{number}.preview.example.com"
     );
 }
 
+/// A commit superseded in a serial lane shows pending until the execution that carries
+/// it ends, then that execution's outcome, naming it: a failed deploy of the branch's
+/// newest commit shows as failed on the commits it carried, never as a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_commit_shows_the_outcome_of_the_execution_that_carried_it() {
+    let github = Arc::new(Mutex::new(FakeGithub::default()));
+    let server = github::serve(github.clone()).await;
+    let routes = r#"
+[[pipelines]]
+name = "deploy"
+command = ["sh", "-c", "sleep 0.3; exit 3"]
+concurrency = "serial"
+supersede = true
+
+[[routes]]
+pipeline = "deploy"
+events = ["push"]
+environment = "production"
+"#;
+    let text = config(&server, routes)
+        .replace(
+            "[[routes]]\npipeline = \"build\"\nevents = [\"push\"]\nenvironment = \"ci\"\n",
+            "",
+        )
+        .replace(
+            "[queue]",
+            "[api]\ntokens = [\"${GITDISPATCH_API_TOKEN}\"]\n\n[queue]",
+        );
+    let token = "reporting-operator-token-0001";
+    let daemon = Daemon::start(&text, &[("GITDISPATCH_API_TOKEN", token)]);
+    let client = reqwest::Client::new();
+    let lane = |action: &str| {
+        client
+            .post(format!(
+                "http://{}/v1/lanes/deploy/production/{action}",
+                daemon.address
+            ))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"reason": "let the commits queue"}"#)
+            .send()
+    };
+    assert_eq!(lane("pause").await.unwrap().status().as_u16(), 200);
+    let answer = Delivery::fixture("push", "push_branch_commits.json")
+        .post(&client, &daemon.url())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let names = executions(&answer);
+    assert_eq!(lane("resume").await.unwrap().status().as_u16(), 200);
+    let context = "gitdispatch/deploy/production";
+    let contexts: Vec<(&str, &str)> = COMMITS.iter().map(|sha| (*sha, context)).collect();
+    daemon.wait_for(
+        "every commit to show a final state",
+        Duration::from_secs(60),
+        |_| all_final(&github, &contexts),
+    );
+    assert_eq!(
+        states(&github, COMMITS[2], context),
+        ["pending Queued", "pending Started", "failure Failed"]
+    );
+    let carrier = &names[2];
+    for sha in &COMMITS[..2] {
+        assert_eq!(
+            states(&github, sha, context),
+            [
+                "pending Queued".to_string(),
+                format!("pending Superseded by {carrier}"),
+                format!("failure Deployed by {carrier}: Failed"),
+            ],
+            "{sha}"
+        );
+    }
+    let ran: Vec<String> = daemon.executions().into_keys().collect();
+    assert_eq!(ran, std::slice::from_ref(carrier), "only the newest ran");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_failing_and_rate_limiting_holds_back_no_execution_and_loses_no_report() {
     let github = Arc::new(Mutex::new(FakeGithub {

@@ -197,3 +197,40 @@ fn rand_n() -> u64 {
         .unwrap()
         .subsec_nanos() as u64
 }
+
+/// A reload that turns on what needs a store the daemon did not open at start (the API,
+/// whose idempotency keys live in the ledger) is refused whole with the reason, never
+/// half taken: the daemon goes on without the API, and answers every delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turning_on_the_api_without_its_ledger_is_refused_as_restart_only() {
+    let without_api = config("", "").replace(&format!("[api]\ntokens = [\"{TOKEN}\"]\n"), "");
+    let daemon = Daemon::start(&without_api, &[("RECORD_SLEEP", "0")]);
+    let client = reqwest::Client::new();
+    let answer = Delivery::new("push", common::push_variant("push_branch_commits.json", 2))
+        .post(&client, &daemon.url())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    write_config(daemon.directory.path(), &config("", ""));
+    hangup(&daemon);
+    daemon.wait_for("the refusal", Duration::from_secs(20), |daemon| {
+        daemon.log().contains("Refused a reloaded configuration")
+    });
+    let log = daemon.log();
+    assert!(log.contains("only a restart can take"), "{log}");
+    let trigger = client
+        .post(format!("http://{}/v1/executions", daemon.address))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k-1")
+        .body(r#"{"pipeline": "build", "environment": "ci"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trigger.status().as_u16(), 404, "the API stays off");
+    let answer = Delivery::new("push", common::push_variant("push_branch_commits.json", 3))
+        .post(&client, &daemon.url())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+}

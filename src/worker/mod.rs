@@ -417,10 +417,12 @@ impl Worker {
                 .collect(),
         ));
         let heartbeat_stop = CancellationToken::new();
-        let heartbeat = tokio::spawn(
+        // Ends with the chain, however the chain ends: a heartbeat left behind would
+        // keep its jobs invisible for ever.
+        let heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             self.clone()
                 .heartbeat(waiting.clone(), heartbeat_stop.clone()),
-        );
+        ));
         let settle_and_forget = |received: Received, settle: Settle| {
             let waiting = waiting.clone();
             let worker = self.clone();
