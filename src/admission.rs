@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::error::Chain;
 use crate::event::{CommitSha, RefName};
 use crate::execution::ExecutionRequest;
@@ -182,8 +184,10 @@ impl Admission {
     /// of it is and no claim is held.
     pub async fn admit(self: &Arc<Self>, intake: Intake) -> Result<Admitted, AdmissionError> {
         let admission = self.clone();
-        // A task of its own: a caller that stops waiting does not cut the sequence.
-        tokio::spawn(async move { admission.run(intake).await })
+        // A task of its own: a caller that stops waiting does not cut the sequence. It
+        // logs in its caller's span (the delivery's, the job's).
+        let span = tracing::Span::current();
+        tokio::spawn(async move { admission.run(intake).await }.instrument(span))
             .await
             .unwrap_or_else(|error| Err(AdmissionError::Failed(error.to_string())))
     }

@@ -330,10 +330,10 @@ pub async fn open_journal(
     })
 }
 
-/// Whether anything configured records in the ledger: reconcile (the commits planned)
-/// or the API (idempotency keys).
+/// Whether anything configured records in the ledger: reconcile (the commits planned),
+/// the API (idempotency keys) or CodePipeline (which jobs have their result).
 pub fn needs_ledger(config: &Config) -> bool {
-    config.github.reconcile.is_some() || config.api.enabled()
+    config.github.reconcile.is_some() || config.api.enabled() || config.codepipeline.is_some()
 }
 
 /// Opens `[ledger]`, when something needs it.
@@ -501,7 +501,7 @@ impl App {
         // whole, not half taken.
         if needs_ledger(new) && self.ledger.is_none() {
             return Err(AppError::RestartNeeded(
-                "[api] or [github.reconcile] needs the ledger, which is opened at start".into(),
+                "[api], [codepipeline] or [github.reconcile] needs the ledger, which is opened at start".into(),
             ));
         }
         let codecommit = match &new.codecommit {

@@ -1,11 +1,15 @@
 //! The chaos harness: the real binary as two listeners and two workers, signed
 //! deliveries sent one after the other, and faults injected at random points while
 //! they flow: SIGKILL and restart of any process, SIGTERM of a worker with serial
-//! executions in flight, a full disk (a file size limit) under any process, and, on
-//! AWS, Step Functions answering with throttling and 5xx errors for a while. Then,
-//! for every delivery answered 2xx, it checks:
+//! executions in flight, a full disk (a file size limit) under any process, an operator
+//! pausing the acceptance lane for a while, and, on AWS, Step Functions answering with
+//! throttling and 5xx errors for a while. On the embedded default the deploy lanes
+//! supersede, reconcile runs every two seconds against a stand-in for GitHub (which the
+//! reports go to as well), so its claims meet every delivery's. Then, for every
+//! delivery answered 2xx, it checks:
 //!
-//! - every planned execution ran to completion (losses),
+//! - every planned execution ran to completion, or was superseded by a newer job of its
+//!   repository and ref that did (losses; supersedes counted apart),
 //! - no run name started twice, and an execution ran again only after its earlier
 //!   run was recorded as interrupted,
 //! - no two executions of one serial lane overlapped in time (overlaps),
@@ -352,9 +356,10 @@ async fn inject(
                 "sigkill_listener",
                 "sigterm_worker",
                 "step_functions_errors",
+                "pause",
             ]
         } else {
-            &["sigkill", "sigterm_worker", "disk_full"]
+            &["sigkill", "sigterm_worker", "disk_full", "pause"]
         };
         let kind = kinds[rand::rng().random_range(0..kinds.len())];
         *faults.counts.entry(kind).or_default() += 1;
@@ -382,6 +387,13 @@ async fn inject(
                 cluster
                     .with_node(index, |node, config, env| node.spawn(config, env))
                     .await;
+            }
+            "pause" => {
+                // An operator pauses the acceptance lane for a while, then resumes it:
+                // its jobs wait, none is lost or dead-lettered for waiting.
+                lane_action(&cluster, "pause").await;
+                tokio::time::sleep(pause).await;
+                lane_action(&cluster, "resume").await;
             }
             "disk_full" => {
                 let index = rand::rng().random_range(0..4);
@@ -411,6 +423,58 @@ async fn inject(
     faults
 }
 
+/// Pauses or resumes the acceptance lane through a live listener, trying each until one
+/// answers (a listener may be being restarted).
+async fn lane_action(cluster: &Cluster, action: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        for url in cluster.listener_urls() {
+            let base = url.trim_end_matches("/webhooks/github");
+            let answer = client
+                .post(format!("{base}/v1/lanes/deploy/acceptance/{action}"))
+                .bearer_auth(API_TOKEN)
+                .header("content-type", "application/json")
+                .body(r#"{"reason": "chaos"}"#)
+                .send()
+                .await;
+            if answer.is_ok_and(|answer| answer.status().is_success()) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no listener took the lane's {action}");
+}
+
+/// Jobs the journal recorded superseded: by name, the job that carries it.
+fn superseded_jobs(root: &Path) -> HashMap<String, String> {
+    let connection = rusqlite::Connection::open(root.join("ledger.db")).unwrap();
+    let mut statement = connection
+        .prepare("SELECT name, status FROM lane_jobs WHERE state = 'superseded'")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Each lane job's repository and ref, by name.
+fn job_refs(root: &Path) -> HashMap<String, (String, String)> {
+    let connection = rusqlite::Connection::open(root.join("ledger.db")).unwrap();
+    let mut statement = connection
+        .prepare("SELECT name, repository, git_ref FROM lane_jobs")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// The serial lane (`deploy-<environment>`) a planned execution name belongs to, if
 /// any: the name without its hash, teardown marker and short sha.
 fn lane_of(name: &str) -> Option<&str> {
@@ -430,6 +494,8 @@ struct Findings {
     reruns: usize,
     /// Executions that ended failed, started by a worker whose disk was full then.
     failed_on_full_disk: usize,
+    /// Jobs superseded by a newer one of their repository and ref that ran.
+    superseded: usize,
     losses: Vec<String>,
     twice: Vec<String>,
     overlaps: Vec<(String, String)>,
@@ -451,8 +517,8 @@ impl Findings {
             .collect();
         println!("  faults: {}", shown.join(", "));
         println!(
-            "  executions: {} expected, {} found, {} re-run attempts, {} failed on a full disk",
-            self.expected, self.found, self.reruns, self.failed_on_full_disk
+            "  executions: {} expected, {} found, {} superseded, {} re-run attempts, {} failed on a full disk",
+            self.expected, self.found, self.superseded, self.reruns, self.failed_on_full_disk
         );
         println!(
             "  losses: {}, ran twice: {}, overlaps: {}, order breaks: {}, dead letters: {}",
@@ -514,7 +580,7 @@ environment = "pr-{number}"
 allow_drafts = true
 "#;
 
-fn server_and_worker(receive_wait_secs: u64) -> String {
+fn server_and_worker(receive_wait_secs: u64, directory: &Path, github: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -524,6 +590,14 @@ burst = 100000
 
 [github]
 webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
+{github}
+
+[api]
+tokens = ["{API_TOKEN}"]
+
+[ledger]
+type = "sqlite"
+path = "{ledger}"
 
 [worker]
 concurrency = 8
@@ -533,9 +607,13 @@ poll_interval_secs = 1
 retry_initial_ms = 100
 retry_max_secs = 2
 shutdown_grace_secs = 1
-"#
+"#,
+        ledger = directory.join("ledger.db").display(),
     )
 }
+
+/// The operators' token: the injector pauses and resumes the acceptance lane with it.
+const API_TOKEN: &str = "chaos-operator-token-0001";
 
 fn wait_until(what: &str, timeout: Duration, cluster: &Cluster, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -556,6 +634,21 @@ async fn chaos_on_the_embedded_default() {
     let directory = tempfile::tempdir().unwrap();
     let dir = directory.path().display().to_string();
     let record = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pipelines/record.sh");
+    // GitHub as reconcile and the reporter see it: the hotfix branch's head is the
+    // head every push of it brings, so reconcile finds no gap but claims beside every
+    // delivery.
+    let github = Arc::new(std::sync::Mutex::new(common::github::FakeGithub {
+        branches: vec![(
+            "hotfix/important_patch".into(),
+            "a3b3c3d3e3f3a3b3c3d3e3f3a3b3c3d3e3f3a3b3".into(),
+        )],
+        ..common::github::FakeGithub::default()
+    }));
+    let server = common::github::serve(github).await;
+    let github_lines = format!(
+        "{}\n[github.reconcile]\nrepositories = [\"acme/project-api-v2\"]\ninterval_secs = 2\ngrace_secs = 0\n",
+        common::github::token_section(&server)
+    );
     let config = format!(
         r#"{}
 [queue]
@@ -574,12 +667,13 @@ max_attempts = 1000
 name = "deploy"
 command = ["sh", "{record}"]
 concurrency = "serial"
+supersede = true
 
 [[pipelines]]
 name = "build"
 command = ["sh", "{record}"]
 {PIPELINES_AND_ROUTES}"#,
-        server_and_worker(1),
+        server_and_worker(1, directory.path(), &github_lines),
         record = record.display(),
     );
     let cluster = Arc::new(Cluster::start(&config, directory, Vec::new()));
@@ -607,7 +701,10 @@ command = ["sh", "{record}"]
         &cluster,
         || {
             let ended = ended_runs(&root);
-            expected_set.iter().all(|name| ended.contains_key(*name))
+            let superseded = superseded_jobs(&root);
+            expected_set
+                .iter()
+                .all(|name| ended.contains_key(*name) || superseded.contains_key(*name))
         },
     );
 
@@ -623,7 +720,29 @@ command = ["sh", "{record}"]
         .filter(|run| run.ended)
         .map(|run| run.planned.as_str())
         .collect();
+    let superseded = superseded_jobs(&root);
+    let refs = job_refs(&root);
     for name in &expected {
+        // A superseded job counts when the job that carries it (or carries that one)
+        // ran to success and deploys the same repository and ref.
+        if let Some(mut carrier) = superseded.get(name).cloned() {
+            while let Some(next) = superseded.get(&carrier) {
+                carrier = next.clone();
+            }
+            let carried = latest
+                .get(&carrier)
+                .is_some_and(|record| record.status == "succeeded")
+                && refs.contains_key(name)
+                && refs.get(name) == refs.get(&carrier);
+            if carried {
+                findings.superseded += 1;
+            } else {
+                findings.losses.push(format!(
+                    "{name} (superseded by {carrier}, which did not run)"
+                ));
+            }
+            continue;
+        }
         let record = &latest[name];
         // The command inherits the file size limit of the worker that spawned it, so
         // a run that was alive during its worker's window may have felt it. The
@@ -818,6 +937,7 @@ async fn chaos_on_sqs_and_step_functions() {
         machines.insert(pipeline, arn);
     }
     let (url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(3), 1000).await;
+    let directory = tempfile::tempdir().unwrap();
     // While the switch is on, Step Functions throttles or fails every other call.
     let faulty = Arc::new(AtomicBool::new(false));
     let switch = faulty.clone();
@@ -857,7 +977,7 @@ state_machine_arn = "{build}"
 {PIPELINES_AND_ROUTES}"#,
         // Short polls: moto's long polls hand a waiting receiver messages of a group
         // another worker holds, which AWS never does.
-        server_and_worker(0),
+        server_and_worker(0, directory.path(), ""),
         deploy = machines["deploy"],
         build = machines["build"],
     );
@@ -870,7 +990,7 @@ state_machine_arn = "{build}"
             *value = proxy.url.clone();
         }
     }
-    let cluster = Arc::new(Cluster::start(&config, tempfile::tempdir().unwrap(), env));
+    let cluster = Arc::new(Cluster::start(&config, directory, env));
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds());
     let injector = tokio::spawn(inject(cluster.clone(), until, Some(faulty.clone())));

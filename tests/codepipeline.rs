@@ -393,3 +393,119 @@ async fn a_worker_killed_while_the_execution_runs_picks_the_job_up_and_passes_it
         assert_eq!(job.results.len(), 1, "each job has one result: {job:#?}");
     }
 }
+
+/// A worker killed while its acknowledgement of a job is in flight (CodePipeline never
+/// took it): the restarted worker's follow of that take is refused (the job is not in
+/// progress) and waits, CodePipeline offers the job again, and it is taken and followed
+/// under a new id (SQS FIFO's five-minute window, which the suite's moto keeps, would
+/// drop the first take's). Exactly one execution and one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_acknowledgement_is_in_flight_ends_with_one_result() {
+    let setup = setup(PASS, 600).await;
+    setup.fake.hold_acks(1);
+    let mut daemon = setup.start();
+    let job = setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance"}),
+        REVISION,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while setup.fake.held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never acknowledged: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill();
+    setup.restart(&mut daemon);
+    setup.fake.wait_until_settled(|| daemon.log()).await;
+    let taken = setup.fake.job(&job);
+    assert!(taken.offered >= 2, "offered again: {taken:#?}");
+    assert_eq!(taken.results.len(), 1, "one result: {taken:#?}");
+    assert_eq!(taken.results[0].0, "PutJobSuccessResult");
+    let executions = aws::executions_of(&setup.sfn, &setup.deploy).await;
+    assert_eq!(executions.len(), 1, "one execution: {executions:?}");
+    assert!(
+        executions
+            .values()
+            .all(|(status, _)| *status == ExecutionStatus::Succeeded)
+    );
+}
+
+/// A job whose execution waits behind a busy serial lane is handed back in progress
+/// before `continue_after_secs` has passed twice, as a running one is, and its chain
+/// ends with one final result once its execution ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_behind_a_busy_lane_is_handed_back_and_ends_with_one_result() {
+    let setup = setup(SLOW, 2).await;
+    let daemon = setup.start();
+    // The first job's execution holds the lane for six seconds.
+    setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance"}),
+        REVISION,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aws::executions_of(&setup.sfn, &setup.deploy)
+        .await
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first never started: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waiting = setup.fake.add_job(
+        json!({"Pipeline": "deploy", "Environment": "acceptance"}),
+        "0123456789abcdef0123456789abcdef01234567",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while setup.fake.job(&waiting).status != "InProgress" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never taken: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let taken = std::time::Instant::now();
+    while setup.fake.job(&waiting).results.is_empty() {
+        assert!(
+            taken.elapsed() < Duration::from_secs(4),
+            "not handed back within twice continue_after_secs: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handed = setup.fake.job(&waiting);
+    let (operation, result) = &handed.results[0];
+    assert_eq!(operation, "PutJobSuccessResult");
+    assert!(result["continuationToken"].is_string(), "{result}");
+    assert!(
+        result["executionDetails"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("waits in its lane"),
+        "{result}"
+    );
+    setup.fake.wait_until_settled(|| daemon.log()).await;
+    let jobs = setup.fake.jobs();
+    for job in &jobs {
+        assert_eq!(job.results.len(), 1, "each job has one result: {job:#?}");
+    }
+    let finals: Vec<&(String, Value)> = jobs
+        .iter()
+        .flat_map(|job| job.results.iter())
+        .filter(|(_, result)| result.get("continuationToken").is_none())
+        .collect();
+    assert_eq!(finals.len(), 2, "each action passed once: {jobs:#?}");
+    assert!(
+        finals
+            .iter()
+            .all(|(operation, _)| operation == "PutJobSuccessResult")
+    );
+    let executions = aws::executions_of(&setup.sfn, &setup.deploy).await;
+    assert_eq!(executions.len(), 2, "{executions:?}");
+}

@@ -115,3 +115,31 @@ async fn more_than_ten_messages_go_out_in_batches() {
     expected.sort();
     assert_eq!(ids, expected);
 }
+
+/// The tests' moto keeps AWS's deduplication window on FIFO queues: an id sent again
+/// within five minutes is dropped even after its first message was deleted, while a
+/// new id goes through. Every path that re-sends an id meets this in the suite.
+#[tokio::test]
+async fn a_fifo_queue_drops_an_id_sent_again_after_its_message_was_deleted() {
+    let client = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let (url, _) = moto::create_queue(&client, true, Duration::from_secs(30), 5).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(client, &url).await.unwrap());
+    let first = queue_contract::message("follow-job-1", Some("g"));
+    queue.send(std::slice::from_ref(&first)).await.unwrap();
+    let received = queue_contract::receive_n(&queue, 1).await;
+    queue.ack(&received[0].receipt).await.unwrap();
+    queue.send(std::slice::from_ref(&first)).await.unwrap();
+    let other = queue_contract::message("follow-job-2", Some("g"));
+    queue.send(std::slice::from_ref(&other)).await.unwrap();
+    let received = queue_contract::receive_n(&queue, 1).await;
+    assert_eq!(received[0].message.id, "follow-job-2");
+    queue.ack(&received[0].receipt).await.unwrap();
+    assert!(
+        queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the re-sent id stays dropped"
+    );
+}

@@ -200,16 +200,22 @@ pub struct Follow {
     pub pipeline: String,
     pub execution: ExecutionName,
     /// When this CodePipeline job was taken (milliseconds since the epoch): it is
-    /// handed back as in progress once it is old, and failed if its execution has not
-    /// started by then.
+    /// handed back as in progress once it is `continue_after` old.
     pub taken_ms: i64,
+    /// When the first job of its action execution was taken (a continuation carries it
+    /// on): the execution must have started within `start_timeout` of it.
+    pub since_ms: i64,
     pub look: u32,
     pub not_before_ms: i64,
 }
 
 impl Follow {
+    /// Unique to one take of the job: a job CodePipeline offers again (its first
+    /// acknowledgement lost) is followed under a new id, which SQS FIFO's five-minute
+    /// deduplication of the first take's id cannot swallow. Two follows of one job then
+    /// race to its result, which CodePipeline takes once.
     pub fn id(&self) -> String {
-        format!("follow-{}-{}", self.job_id, self.look)
+        format!("follow-{}-{}-{}", self.job_id, self.taken_ms, self.look)
     }
 }
 

@@ -131,13 +131,26 @@ mod tests {
 
     #[test]
     fn follows_round_trip_through_their_json_and_name_their_look() {
-        let body = r#"{"v":1,"type":"follow","follow":{"job_id":"11111111-2222-3333-4444-555555555555","pipeline":"deploy","execution":"deploy-ci-0123456-0123456789abcdef0123","taken_ms":1700000000000,"look":2,"not_before_ms":1700000004000}}"#;
+        let body = r#"{"v":1,"type":"follow","follow":{"job_id":"11111111-2222-3333-4444-555555555555","pipeline":"deploy","execution":"deploy-ci-0123456-0123456789abcdef0123","taken_ms":1700000000000,"since_ms":1699999000000,"look":2,"not_before_ms":1700000004000}}"#;
         let Read::Job(job) = Job::read(body) else {
             panic!("not read");
         };
-        assert_eq!(job.id(), "follow-11111111-2222-3333-4444-555555555555-2");
+        assert_eq!(
+            job.id(),
+            "follow-11111111-2222-3333-4444-555555555555-1700000000000-2"
+        );
         assert_eq!(job.group(), None, "a follow waits behind nothing");
         assert_eq!(job.to_body(), body);
+        // A follow of an earlier release, without since_ms: its action execution began
+        // when it was taken.
+        let earlier = body.replace("\"since_ms\":1699999000000,", "");
+        let Read::Job(old) = Job::read(&earlier) else {
+            panic!("not read");
+        };
+        let JobKind::Follow { follow } = &old.kind else {
+            panic!("a follow");
+        };
+        assert_eq!(follow.since_ms, follow.taken_ms);
         let broken = body.replace("deploy-ci-0123456-0123456789abcdef0123", "not a name!");
         assert!(matches!(Job::read(&broken), Read::Invalid(_)));
     }

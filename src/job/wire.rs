@@ -91,6 +91,10 @@ struct WireFollow {
     pipeline: String,
     execution: String,
     taken_ms: i64,
+    /// Written by this release on; a follow of an earlier one was taken when its
+    /// action execution began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since_ms: Option<i64>,
     look: u32,
     not_before_ms: i64,
 }
@@ -102,6 +106,7 @@ impl WireFollow {
             pipeline: self.pipeline,
             execution: name(&self.execution)?,
             taken_ms: self.taken_ms,
+            since_ms: self.since_ms.unwrap_or(self.taken_ms),
             look: self.look,
             not_before_ms: self.not_before_ms,
         })
@@ -228,6 +233,7 @@ pub(super) fn write(job: &Job) -> String {
                 pipeline: follow.pipeline.clone(),
                 execution: follow.execution.to_string(),
                 taken_ms: follow.taken_ms,
+                since_ms: Some(follow.since_ms),
                 look: follow.look,
                 not_before_ms: follow.not_before_ms,
             },

@@ -199,31 +199,42 @@ impl Ledger for DynamoLedger {
                     PutItemError::ConditionalCheckFailedException(_)
                 ) =>
             {
-                let item = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .key("pk", text(&pk))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|error| {
-                        LedgerError::new(
-                            "an idempotency key could not be read",
-                            aws_sdk_dynamodb::Error::from(error),
-                        )
-                    })?;
-                Ok(item
-                    .item()
-                    .and_then(|item| item.get("digest"))
-                    .and_then(|value| value.as_s().ok())
-                    .cloned())
+                self.recall(key).await
             }
             Err(error) => Err(LedgerError::new(
                 "an idempotency key could not be written",
                 aws_sdk_dynamodb::Error::from(error),
             )),
         }
+    }
+
+    async fn recall(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", text(&format!("idempotency#{key}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|error| {
+                LedgerError::new(
+                    "an idempotency key could not be read",
+                    aws_sdk_dynamodb::Error::from(error),
+                )
+            })?;
+        let stale = now_secs() - IDEMPOTENCY_LIFETIME_SECS;
+        Ok(item
+            .item()
+            .filter(|item| {
+                item.get("at")
+                    .and_then(|value| value.as_n().ok())
+                    .and_then(|at| at.parse::<i64>().ok())
+                    .is_some_and(|at| at >= stale)
+            })
+            .and_then(|item| item.get("digest"))
+            .and_then(|value| value.as_s().ok())
+            .cloned())
     }
 
     async fn head(

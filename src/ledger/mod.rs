@@ -101,6 +101,9 @@ pub trait Ledger: Send + Sync {
     /// digest is recorded there already; returns the one recorded before, if any.
     async fn remember(&self, key: &str, digest: &str) -> Result<Option<String>, LedgerError>;
 
+    /// The digest recorded under `key`, if any (and not expired).
+    async fn recall(&self, key: &str) -> Result<Option<String>, LedgerError>;
+
     /// The last commit planned for a ref, if any.
     async fn head(&self, repository: &str, git_ref: &str)
     -> Result<Option<CommitSha>, LedgerError>;

@@ -168,6 +168,20 @@ impl Ledger for SqliteLedger {
         .await
     }
 
+    async fn recall(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        let key = key.to_string();
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT digest FROM idempotency WHERE key = ?1 AND at >= ?2",
+                    params![key, now_secs() - IDEMPOTENCY_LIFETIME_SECS],
+                    |row| row.get(0),
+                )
+                .optional()
+        })
+        .await
+    }
+
     async fn head(
         &self,
         repository: &str,

@@ -37,10 +37,16 @@ pub enum CodepipelineError {
         #[source]
         source: Option<BoxError>,
     },
-    /// The job is not ours to act on any more (another worker took it, or it has its
-    /// result already, or it timed out).
+    /// The job is not ours to act on (no such job, or another worker took it with its
+    /// nonce).
     #[error("{message}")]
     Gone { message: String },
+    /// The job is in no state to take this call: for a result, either not acknowledged
+    /// yet (its acknowledgement lost, and the job offered again) or past its result (it
+    /// has one, or timed out). CodePipeline does not say which: the caller tells them
+    /// apart.
+    #[error("{message}")]
+    NotInProgress { message: String },
 }
 
 fn classify<E>(what: &str, error: aws_sdk_codepipeline::error::SdkError<E>) -> CodepipelineError
@@ -48,11 +54,11 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = error.code().unwrap_or_default().to_string();
+    let message = || format!("{what}: {code}: {}", error.message().unwrap_or_default());
     match code.as_str() {
-        "InvalidJobStateException" | "JobNotFoundException" | "InvalidNonceException" => {
-            CodepipelineError::Gone {
-                message: format!("{what}: {code}: {}", error.message().unwrap_or_default()),
-            }
+        "InvalidJobStateException" => CodepipelineError::NotInProgress { message: message() },
+        "JobNotFoundException" | "InvalidNonceException" => {
+            CodepipelineError::Gone { message: message() }
         }
         _ => CodepipelineError::Retryable {
             message: format!("{what} failed"),

@@ -56,11 +56,15 @@ struct Refused {
     record: Option<DeliveryRecord>,
 }
 
-/// The continuation token a job is handed back with: what to follow.
+/// The continuation token a job is handed back with: what to follow, and since when.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Token {
     pipeline: String,
     execution: String,
+    /// When the action execution's first job was taken (a token of an earlier release
+    /// has none: its continuation counts from its own take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since_ms: Option<i64>,
 }
 
 impl Worker {
@@ -108,7 +112,9 @@ impl Worker {
         };
         match following.codepipeline.acknowledge(&job).await {
             Ok(()) => {}
-            Err(CodepipelineError::Gone { message }) => {
+            Err(
+                CodepipelineError::Gone { message } | CodepipelineError::NotInProgress { message },
+            ) => {
                 tracing::info!(%message, "Another worker took the CodePipeline job.");
                 return;
             }
@@ -138,12 +144,13 @@ impl Worker {
     /// The jobs to queue for a polled job, or why it cannot run.
     async fn plan_job(&self, following: &Following, job: &PolledJob) -> Result<Taken, Refused> {
         let now = self.clock.now_ms();
-        let follow = |pipeline: String, execution| {
+        let follow = |pipeline: String, execution, since_ms: Option<i64>| {
             Job::follow(Follow {
                 job_id: job.id.clone(),
                 pipeline,
                 execution,
                 taken_ms: now,
+                since_ms: since_ms.unwrap_or(now),
                 look: 0,
                 not_before_ms: now + following.poll_interval.as_millis() as i64,
             })
@@ -157,15 +164,17 @@ impl Worker {
             Polled::Continue { token } => {
                 let followed = serde_json::from_str::<Token>(token).ok().and_then(|token| {
                     let name = ExecutionName::parse(&token.execution).ok()?;
-                    Some((token.pipeline, name))
+                    Some((token.pipeline, name, token.since_ms))
                 });
-                let Some((pipeline, name)) = followed else {
+                let Some((pipeline, name, since_ms)) = followed else {
                     return Err(refused(format!(
                         "the continuation token {token:?} is not one gitdispatch gave"
                     )));
                 };
                 // Its trigger was recorded when its first job was taken.
-                return Ok(crate::admission::Intake::new(None).jobs([follow(pipeline, name)]));
+                return Ok(
+                    crate::admission::Intake::new(None).jobs([follow(pipeline, name, since_ms)])
+                );
             }
             Polled::Start { event } => event,
         };
@@ -197,7 +206,7 @@ impl Worker {
         let follows: Vec<Job> = plan
             .requests
             .iter()
-            .map(|request| follow(request.pipeline.clone(), request.name.clone()))
+            .map(|request| follow(request.pipeline.clone(), request.name.clone(), None))
             .collect();
         Ok(crate::admission::Intake::new(None)
             .starts(plan.requests)
@@ -247,7 +256,8 @@ impl Worker {
     }
 
     /// Looks at a CodePipeline job's execution: passes or fails the job at its end,
-    /// hands it back as in progress when it is old, or looks again later.
+    /// hands it back as in progress when it is old (running, or waiting to start in its
+    /// lane), or looks again later.
     pub(super) async fn follow(&self, follow: &Follow, receive_count: u32) -> Settle {
         if let Some(wait) = self.not_due(follow.not_before_ms) {
             return Settle::Release(wait);
@@ -258,7 +268,28 @@ impl Worker {
             );
         };
         let codepipeline = &following.codepipeline;
-        let age = Duration::from_millis((self.clock.now_ms() - follow.taken_ms).max(0) as u64);
+        let now = self.clock.now_ms();
+        let age = Duration::from_millis((now - follow.taken_ms).max(0) as u64);
+        let waited = Duration::from_millis((now - follow.since_ms).max(0) as u64);
+        // Hands the job back in progress; CodePipeline makes a new job for the action,
+        // with this token, that the poll follows on. So no job outlives CodePipeline's
+        // timeout for one, however long its execution runs or waits.
+        let hand_back = |summary: String, external_id: Option<String>| async move {
+            let token = serde_json::to_string(&Token {
+                pipeline: follow.pipeline.clone(),
+                execution: follow.execution.to_string(),
+                since_ms: Some(follow.since_ms),
+            })
+            .expect("a token always serializes");
+            codepipeline
+                .succeed(
+                    &follow.job_id,
+                    &summary,
+                    external_id.as_deref(),
+                    Some(&token),
+                )
+                .await
+        };
         let written = match self
             .executor
             .describe(&follow.pipeline, &follow.execution)
@@ -284,44 +315,70 @@ impl Worker {
                 }
             }
             Ok(execution) if age >= following.continue_after => {
-                // Still running: hand the job back in progress; CodePipeline makes a
-                // new job for the action, with this token, that the poll follows on.
-                let token = serde_json::to_string(&Token {
-                    pipeline: follow.pipeline.clone(),
-                    execution: follow.execution.to_string(),
-                })
-                .expect("a token always serializes");
-                let summary = format!("{} is running", follow.execution);
-                codepipeline
-                    .succeed(&follow.job_id, &summary, Some(&execution.id), Some(&token))
-                    .await
+                hand_back(
+                    format!("{} is running", follow.execution),
+                    Some(execution.id),
+                )
+                .await
             }
             Ok(_) => return self.follow_later(follow).await,
-            // Not started (yet): whether it ever will.
-            Err(error) => {
-                let reason = match self.never_starts(follow).await {
-                    Some(reason) => reason,
-                    None if age >= following.start_timeout => format!(
+            // Not started (yet): whether it ever will, and how long it has waited.
+            Err(error) => match self.never_starts(follow).await {
+                Some(reason) => {
+                    codepipeline
+                        .fail(&follow.job_id, FailureType::JobFailed, &reason, None)
+                        .await
+                }
+                None if waited >= following.start_timeout => {
+                    let reason = format!(
                         "{} did not start within {} s: {}",
                         follow.execution,
                         following.start_timeout.as_secs(),
                         Chain(&error)
-                    ),
-                    None => return self.follow_later(follow).await,
-                };
-                codepipeline
-                    .fail(&follow.job_id, FailureType::JobFailed, &reason, None)
+                    );
+                    codepipeline
+                        .fail(&follow.job_id, FailureType::JobFailed, &reason, None)
+                        .await
+                }
+                None if age >= following.continue_after => {
+                    hand_back(
+                        format!(
+                            "{} waits in its lane (pipeline {}) to start",
+                            follow.execution, follow.pipeline
+                        ),
+                        None,
+                    )
                     .await
-            }
+                }
+                None => return self.follow_later(follow).await,
+            },
         };
         match written {
             Ok(()) => {
                 tracing::info!(job = %follow.job_id, execution = %follow.execution, "Told CodePipeline how its job went.");
+                self.mark_result(&follow.job_id).await;
                 Settle::Ack
             }
             Err(CodepipelineError::Gone { message }) => {
-                tracing::info!(job = %follow.job_id, %message, "The CodePipeline job has its result already, or is gone.");
+                tracing::info!(job = %follow.job_id, %message, "The CodePipeline job is gone.");
                 Settle::Ack
+            }
+            Err(CodepipelineError::NotInProgress { message }) => {
+                // Either another follow of the job gave its result (it says so in the
+                // ledger), or the job is not acknowledged yet: its acknowledgement was
+                // lost and CodePipeline offers it again, to be taken and followed.
+                if self.result_marked(&follow.job_id).await {
+                    tracing::info!(job = %follow.job_id, "The CodePipeline job has its result already.");
+                    return Settle::Ack;
+                }
+                if waited >= following.start_timeout + following.continue_after {
+                    tracing::warn!(job = %follow.job_id, %message, "CodePipeline has refused this job's result for longer than it can wait: giving up on it (it has its result, or timed out).");
+                    return Settle::Ack;
+                }
+                // Looked at again by a message of its own: waiting for CodePipeline to
+                // offer the job again uses up none of this one's receives.
+                tracing::info!(job = %follow.job_id, %message, "CodePipeline does not take the result yet (the job is not acknowledged); will look again.");
+                self.follow_later(follow).await
             }
             Err(error) => {
                 tracing::warn!(error = %Chain(&error), "Could not tell CodePipeline how its job went; will try again.");
@@ -330,6 +387,37 @@ impl Worker {
                     self.settings.retry_initial,
                     self.settings.retry_max,
                 ))
+            }
+        }
+    }
+
+    /// The ledger's key that says a CodePipeline job has its result.
+    fn result_key(job_id: &str) -> String {
+        format!("codepipeline-result#{job_id}")
+    }
+
+    /// Records that the job has its result, for another follow of it to find.
+    async fn mark_result(&self, job_id: &str) {
+        let Some(ledger) = self.admission.ledger() else {
+            return;
+        };
+        if let Err(error) = ledger.remember(&Self::result_key(job_id), "given").await {
+            tracing::warn!(error = %Chain(&error), "Could not record that a CodePipeline job has its result; another follow of it waits until its timeout.");
+        }
+    }
+
+    /// Whether a follow of the job recorded giving its result. Without a ledger, or
+    /// when it cannot be read, a refused result is taken as given (as CodePipeline's
+    /// refusal most often means).
+    async fn result_marked(&self, job_id: &str) -> bool {
+        let Some(ledger) = self.admission.ledger() else {
+            return true;
+        };
+        match ledger.recall(&Self::result_key(job_id)).await {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not read whether a CodePipeline job has its result; taking it as given.");
+                true
             }
         }
     }
@@ -359,9 +447,18 @@ impl Worker {
         }
     }
 
+    /// Queues the next look at the job's execution: after a growing delay, but never
+    /// past the moment the job is due to be handed back.
     async fn follow_later(&self, follow: &Follow) -> Settle {
         let look = follow.look + 1;
-        let delay = watch_delay(self.settings.poll_interval, look).min(MAX_FOLLOW_DELAY);
+        let mut delay = watch_delay(self.settings.poll_interval, look).min(MAX_FOLLOW_DELAY);
+        if let Some(following) = &self.following {
+            let due_ms = follow.taken_ms + following.continue_after.as_millis() as i64;
+            let until_due = due_ms - self.clock.now_ms();
+            if until_due > 0 {
+                delay = delay.min(Duration::from_millis(until_due as u64));
+            }
+        }
         let next = Follow {
             look,
             not_before_ms: self.clock.now_ms() + delay.as_millis() as i64,

@@ -22,13 +22,26 @@ pub struct FakeJob {
     pub results: Vec<(String, Value)>,
     /// How many polls handed it out.
     pub offered: u32,
+    /// Not offered again before this: a job handed out and not acknowledged is
+    /// dispatched, and CodePipeline offers it again only once that times out.
+    pub dispatched_until: Option<std::time::Instant>,
 }
+
+/// How long a job whose acknowledgement never arrived stays dispatched (CodePipeline's
+/// is minutes; a test's few seconds are enough for every follow of the lost take to
+/// look first).
+const DISPATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
     jobs: Vec<FakeJob>,
     /// Acknowledgements to answer with a 500 before taking one.
     failing_acks: u32,
+    /// Acknowledgements to leave unanswered (for a minute) and untaken: what a worker
+    /// killed with its acknowledgement in flight leaves.
+    held_acks: u32,
+    /// Acknowledgements held so far.
+    held: u32,
     /// GetPipeline calls to answer with a 500 before answering one.
     failing_reads: u32,
     /// Result calls refused because the job had one: (operation, job id).
@@ -70,7 +83,10 @@ impl Respond for Responder {
             "PollForJobs" => {
                 let max = body["maxBatchSize"].as_u64().unwrap_or(1) as usize;
                 let mut jobs = Vec::new();
-                for job in state.jobs.iter_mut().filter(|job| job.status == "Created") {
+                let now = std::time::Instant::now();
+                for job in state.jobs.iter_mut().filter(|job| {
+                    job.status == "Created" && job.dispatched_until.is_none_or(|until| until <= now)
+                }) {
                     if jobs.len() == max {
                         break;
                     }
@@ -93,6 +109,16 @@ impl Respond for Responder {
                 if state.failing_acks > 0 {
                     state.failing_acks -= 1;
                     return error(500, "InternalFailure", "try again");
+                }
+                if state.held_acks > 0 {
+                    state.held_acks -= 1;
+                    state.held += 1;
+                    let id = body["jobId"].as_str().unwrap_or_default().to_string();
+                    if let Some(job) = state.jobs.iter_mut().find(|job| job.id == id) {
+                        job.dispatched_until = Some(std::time::Instant::now() + DISPATCH_TIMEOUT);
+                    }
+                    return answer(json!({"status": "InProgress"}))
+                        .set_delay(std::time::Duration::from_secs(60));
                 }
                 let (id, nonce) = (body["jobId"].as_str(), body["nonce"].as_str());
                 let Some(job) = state
@@ -142,6 +168,7 @@ impl Respond for Responder {
                         status: "Created".into(),
                         results: Vec::new(),
                         offered: 0,
+                        dispatched_until: None,
                     });
                 }
                 ResponseTemplate::new(200).set_body_raw("{}", "application/x-amz-json-1.1")
@@ -228,6 +255,7 @@ impl FakeCodepipeline {
             status: "Created".into(),
             results: Vec::new(),
             offered: 0,
+            dispatched_until: None,
         });
         id
     }
@@ -240,6 +268,17 @@ impl FakeCodepipeline {
     /// The next `count` acknowledgements fail with a 500.
     pub fn fail_acks(&self, count: u32) {
         self.state.lock().unwrap().failing_acks = count;
+    }
+
+    /// The next `count` acknowledgements are never answered (within a minute) and
+    /// not taken.
+    pub fn hold_acks(&self, count: u32) {
+        self.state.lock().unwrap().held_acks = count;
+    }
+
+    /// How many acknowledgements were held.
+    pub fn held(&self) -> u32 {
+        self.state.lock().unwrap().held
     }
 
     pub fn jobs(&self) -> Vec<FakeJob> {

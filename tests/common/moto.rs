@@ -1,6 +1,8 @@
 //! moto in server mode, standing in for SQS and Step Functions. One server per test
 //! binary, started on first use from the virtualenv `scripts/test` installs, told to
-//! really execute state machines, and killed when the test process ends.
+//! really execute state machines, and killed when the test process ends. It runs
+//! through `tests/support/moto_server.py`, which gives SQS FIFO queues AWS's
+//! five-minute deduplication window (moto forgets an id once its message is deleted).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -56,9 +58,14 @@ pub fn url() -> &'static str {
         // The server is the child of a thread that lives as long as the process: the
         // parent-death signal then fires when the test process ends, not before.
         let (started, started_receiver) = std::sync::mpsc::channel();
+        // The virtualenv's Python, beside its moto_server.
+        let python = program.with_file_name("python3");
+        let wrapper =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_server.py");
         std::thread::spawn(move || {
-            let mut command = Command::new(program);
+            let mut command = Command::new(python);
             command
+                .arg(wrapper)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
