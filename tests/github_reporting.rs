@@ -766,10 +766,21 @@ environment_url_path = "$.url"
         contexts.push((sha, "gitdispatch/broken/ci"));
     }
     contexts.push((&head, "gitdispatch/preview/pr-42"));
+    // A preview's end is written on its commit, then on its deployment: wait for both.
+    let deployed = |github: &Arc<Mutex<FakeGithub>>| {
+        let fake = github.lock().unwrap();
+        fake.deployments.first().is_some_and(|deployment| {
+            let id = deployment["id"].as_u64().unwrap();
+            fake.deployment_statuses
+                .get(&id)
+                .and_then(|statuses| statuses.first())
+                .is_some_and(|status| status["state"] == "success")
+        })
+    };
     daemon.wait_for(
         "every execution's end to be reported",
         Duration::from_secs(120),
-        |_| all_final(&github, &contexts),
+        |_| all_final(&github, &contexts) && deployed(&github),
     );
     for sha in COMMITS {
         assert_eq!(
