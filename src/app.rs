@@ -601,9 +601,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     // Certificates are reread on reload; HTTPS is turned on or off by a restart.
+    // GitHub's allow-list (still spelled in [server] by earlier files) is taken on
+    // reload, with every surface's.
     let without_tls = |server: &crate::config::ServerConfig| {
         let mut server = server.clone();
         server.tls = None;
+        server.allowed_networks.clear();
         format!("{server:?}")
     };
     compare(

@@ -238,6 +238,9 @@ fn main() -> ExitCode {
             if let Some(warning) = config.exposed_secrets(&args.config) {
                 println!("warning: {warning}");
             }
+            for deprecation in config.deprecations() {
+                println!("warning: {deprecation}");
+            }
             print!("{}", cli::summary(config, planner));
             match runtime().block_on(cli::check_queue(config)) {
                 Ok(lines) => {
@@ -300,6 +303,9 @@ fn main() -> ExitCode {
             gitdispatch::telemetry::init();
             if let Some(warning) = config.exposed_secrets(&args.config) {
                 tracing::warn!("{warning}");
+            }
+            for deprecation in config.deprecations() {
+                tracing::warn!("{deprecation}");
             }
             let runtime = runtime();
             let result = runtime.block_on(async {

@@ -271,3 +271,189 @@ async fn large_unsigned_uploads_hold_bounded_memory_and_give_it_back() {
         .unwrap();
     assert_eq!(answer.status, 202);
 }
+
+/// Writes a request's head and the first `first` bytes of a body declared
+/// `declared` bytes long, then waits up to `wait` for the answer's status: what an
+/// attacker learns before it has sent its body. `None` when nothing came back.
+async fn answer_before_body_ends(
+    to: SocketAddr,
+    source: &str,
+    head: &str,
+    declared: usize,
+    first: usize,
+    wait: Duration,
+) -> Option<u16> {
+    let mut stream = connect_from(source, to).await.ok()?;
+    let head = format!("{head}Content-Length: {declared}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(&vec![b'{'; first]).await.ok()?;
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(
+        wait,
+        tokio::io::AsyncReadExt::read(&mut stream, &mut answer),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let text = String::from_utf8_lossy(&answer[..read]).to_string();
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The operator surface (the API and the page) checks its token, or its session and
+/// CSRF token, before it reads a byte of a body, and reads a small body at most: 32
+/// connections sending 2 MB bodies without a token are each answered 401 while their
+/// body has barely begun, and memory does not grow; every route refuses a missing or
+/// wrong token, a body over its cap, one trickled and one never finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_routes_refuse_before_reading_a_body() {
+    let token = "an-operator-token-for-abuse-01";
+    let text = builds_only().replace("[server]\n", "[server]\nrequest_timeout_secs = 2\n")
+        + "\n[api]\ntokens = [\"${GITDISPATCH_API_TOKEN}\"]\n";
+    let daemon = Daemon::start(&text, &[("GITDISPATCH_API_TOKEN", token)]);
+    let to: SocketAddr = daemon.address.parse().unwrap();
+    let (idle, _) = daemon.memory_kib();
+
+    // 32 unauthenticated 2 MB bodies to /v1/replays, at once, from 8 addresses: each
+    // answered 401 after 64 KiB of it.
+    let two_mb = 2 * 1024 * 1024;
+    let attempts: Vec<_> = (0..32)
+        .map(|index| {
+            tokio::spawn(async move {
+                answer_before_body_ends(
+                    to,
+                    &format!("127.0.4.{}", index % 8 + 1),
+                    "POST /v1/replays HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+                    two_mb,
+                    64 * 1024,
+                    Duration::from_secs(5),
+                )
+                .await
+            })
+        })
+        .collect();
+    for attempt in attempts {
+        assert_eq!(
+            attempt.await.unwrap(),
+            Some(401),
+            "refused before its body ended"
+        );
+    }
+    let (_, peak) = daemon.memory_kib();
+    println!(
+        "32 unauthenticated 2 MB bodies to /v1/replays: RSS idle {} KiB, peak {} KiB",
+        idle, peak
+    );
+    assert!(
+        peak < idle + 8 * 1024,
+        "RSS grew from {idle} KiB to a peak of {peak} KiB"
+    );
+
+    // Every operator route, without a token and with a wrong one: 401 before the body.
+    let routes = [
+        "POST /v1/replays",
+        "POST /v1/lanes/build/ci/pause",
+        "POST /v1/lanes/build/ci/resume",
+        "POST /v1/executions",
+        "POST /v1/reload",
+        "POST /v1/dead-letters/redrive",
+        "GET /v1/lanes",
+        "GET /v1/deliveries",
+        "GET /v1/deliveries/x",
+        "GET /v1/queue",
+        "GET /v1/executions/build-ci-0000000-00000000000000000000",
+    ];
+    for route in routes {
+        for authorization in ["", "Authorization: Bearer not-the-operator-token-00\r\n"] {
+            let head = format!(
+                "{route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{authorization}"
+            );
+            let status = answer_before_body_ends(
+                to,
+                "127.0.5.1",
+                &head,
+                two_mb,
+                1024,
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(status, Some(401), "{route} {authorization:?}");
+        }
+    }
+    // The sign-in form is read unauthenticated, under a cap of its own; signing out
+    // without a session reads nothing.
+    let status = answer_before_body_ends(
+        to,
+        "127.0.5.2",
+        "POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        two_mb,
+        1024,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status, Some(413), "the sign-in form's cap");
+    let status = answer_before_body_ends(
+        to,
+        "127.0.5.2",
+        "POST /ui/logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        two_mb,
+        1024,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status, Some(303), "no session, nothing to read");
+
+    // With the token: a body over the operator cap is refused by its declared length,
+    // a trickled one and one never finished by the request timeout.
+    let authorized = format!(
+        "HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\n"
+    );
+    for route in [
+        "POST /v1/replays",
+        "POST /v1/lanes/build/ci/pause",
+        "POST /v1/executions",
+    ] {
+        let head = format!("{route} {authorized}");
+        let oversized =
+            answer_before_body_ends(to, "127.0.5.3", &head, two_mb, 1024, Duration::from_secs(5))
+                .await;
+        assert_eq!(oversized, Some(413), "{route}");
+        let unfinished =
+            answer_before_body_ends(to, "127.0.5.3", &head, 100, 10, Duration::from_secs(6)).await;
+        assert_eq!(unfinished, Some(408), "{route}: a body never finished");
+        // A trickle: a byte every 300 ms.
+        let mut stream = connect_from("127.0.5.4", to).await.unwrap();
+        stream
+            .write_all(format!("{head}Content-Length: 100\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let trickled = async {
+            for _ in 0..100 {
+                if stream.write_all(b" ").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let mut answer = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer).await;
+            String::from_utf8_lossy(&answer).to_string()
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(40), trickled)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{route}: {answer:?}");
+    }
+    let (_, peak) = daemon.memory_kib();
+    assert!(
+        peak < idle + 8 * 1024,
+        "RSS peaked at {peak} KiB (idle {idle})"
+    );
+    // The daemon still serves its operators.
+    let status = client_from("127.0.0.31")
+        .get(format!("http://{}/v1/lanes", daemon.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+}

@@ -328,6 +328,41 @@ async fn what_sns_did_not_sign_is_refused_and_nothing_is_queued() {
         post_with_key(&app, Some("not-the-key-at-all"), event.clone().into_bytes()).await;
     assert_eq!(status, 401, "{body}");
 
+    // Certificates on hosts that only look like SNS's (an S3 bucket named `sns`, a
+    // domain that ends in another, credentials, a port, an address, even the stand-in's
+    // own address, which serves a valid certificate): refused with 401, never fetched
+    // (a fetch that failed would be a 503).
+    let fetched = sns.certificate_fetches.load(Ordering::SeqCst);
+    let port = sns.authority.rsplit_once(':').unwrap().1.to_string();
+    for look_alike in [
+        "https://sns.s3.amazonaws.com/SimpleNotificationService-test.pem".to_string(),
+        "https://sns.evil.s3.us-east-1.amazonaws.com/SimpleNotificationService-test.pem".into(),
+        "https://sns.us-east-1.amazonaws.com.example.org/SimpleNotificationService-test.pem".into(),
+        "https://sns.us-east-1.amazonaws.com./SimpleNotificationService-test.pem".into(),
+        "https://attacker@sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem".into(),
+        "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-test.pem".into(),
+        "https://s3.amazonaws.com/sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem"
+            .into(),
+        format!("https://127.0.0.1:{port}/SimpleNotificationService-test.pem"),
+        "https://[::1]/SimpleNotificationService-test.pem".into(),
+        format!(
+            "https://localhost:{}/SimpleNotificationService-test.pem",
+            port.parse::<u16>().unwrap() ^ 1
+        ),
+        format!("https://user@localhost:{port}/SimpleNotificationService-test.pem"),
+    ] {
+        let mut message = fresh();
+        message["SigningCertURL"] = json!(look_alike);
+        sns.sign(&mut message);
+        let (answered, body) = post_sns(&app.client, &url, &message).await;
+        assert_eq!(answered, 401, "{look_alike}: {body}");
+    }
+    assert_eq!(
+        sns.certificate_fetches.load(Ordering::SeqCst),
+        fetched,
+        "no look-alike host was fetched from"
+    );
+
     assert!(app.queued_jobs().is_empty(), "nothing refused was queued");
     // And the untouched message still goes through.
     let (status, body) = post_sns(&app.client, &url, &fresh()).await;
@@ -337,15 +372,18 @@ async fn what_sns_did_not_sign_is_refused_and_nothing_is_queued() {
 #[tokio::test]
 async fn a_certificate_that_cannot_be_fetched_is_a_503_so_sns_retries() {
     let sns = Sns::start().await;
-    let app = spawn_app(config_from(&config_text(&sns.config_section("")))).await;
-    let event = String::from_utf8(fixture("codecommit/reference_created.json")).unwrap();
-    // A port nothing listens on.
+    // A port nothing listens on, on an allowed host.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
+    let app = spawn_app(config_from(&config_text(
+        &sns.config_section_allowing(&format!("localhost:{port}"), ""),
+    )))
+    .await;
+    let event = String::from_utf8(fixture("codecommit/reference_created.json")).unwrap();
     let mut message = sns.notification(&event, "2");
     message["SigningCertURL"] = json!(format!(
-        "https://127.0.0.1:{port}/SimpleNotificationService-test.pem"
+        "https://localhost:{port}/SimpleNotificationService-test.pem"
     ));
     let (status, body) = post_sns(&app.client, &codecommit_url(&app), &message).await;
     assert_eq!(status, 503, "{body}");
@@ -769,4 +807,33 @@ async fn every_commit_of_an_updated_branch_runs_once_in_order() {
         metrics.contains("gitdispatch_expansions_total{end=\"reached\"} 2"),
         "{metrics}"
     );
+}
+
+/// Through the binary: SNS messages whose certificate is on a look-alike host are
+/// refused with 401 and nothing is fetched from it; the same message with SNS's (here,
+/// the stand-in's configured) host is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_fetches_sns_certificates_only_from_sns_hosts() {
+    let sns = Sns::start().await;
+    let daemon = Daemon::start(&config_text(&sns.config_section("")), &[]);
+    let url = format!("http://{}/webhooks/codecommit", daemon.address);
+    let client = reqwest::Client::new();
+    let event = String::from_utf8(fixture("codecommit/reference_created.json")).unwrap();
+    let port = sns.authority.rsplit_once(':').unwrap().1.to_string();
+    for look_alike in [
+        "https://sns.s3.amazonaws.com/SimpleNotificationService-test.pem".to_string(),
+        "https://sns.evil.s3.us-east-1.amazonaws.com/SimpleNotificationService-test.pem".into(),
+        "https://sns.us-east-1.amazonaws.com.example.org/SimpleNotificationService-test.pem".into(),
+        format!("https://127.0.0.1:{port}/SimpleNotificationService-test.pem"),
+    ] {
+        let mut message = sns.notification(&event, "2");
+        message["SigningCertURL"] = json!(look_alike);
+        sns.sign(&mut message);
+        let (status, body) = post_sns(&client, &url, &message).await;
+        assert_eq!(status, 401, "{look_alike}: {body}");
+    }
+    assert_eq!(sns.certificate_fetches.load(Ordering::SeqCst), 0);
+    let (status, body) = post_sns(&client, &url, &sns.notification(&event, "2")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(sns.certificate_fetches.load(Ordering::SeqCst), 1);
 }

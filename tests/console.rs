@@ -25,7 +25,8 @@ listen = "127.0.0.1:8080"
 webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
 
 [api]
-tokens = ["${{GITDISPATCH_API_TOKEN}}"]
+tokens = ["${{GITDISPATCH_API_TOKEN}}", "a-second-operator-token-02"]
+session_hours = 1
 
 [queue]
 type = "embedded"
@@ -631,49 +632,44 @@ async fn nothing_of_it_answers_without_a_token_or_a_session_with_its_csrf_token(
     let page = client.get(console.url("/ui")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 303);
     assert_eq!(page.headers()["location"], "/ui/login");
-    // A wrong token signs nobody in.
-    let wrong = client
-        .post(console.url("/ui/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("token=not-the-token-at-all-000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status().as_u16(), 401);
-    assert!(wrong.headers().get("set-cookie").is_none());
-    // The right one sets a secure, HTTP-only, same-site cookie.
-    let signed_in = client
+    // The sign-in form may not be framed, and carries a CSRF token of its own.
+    let form = client.get(console.url("/ui/login")).send().await.unwrap();
+    assert_eq!(form.status().as_u16(), 200);
+    assert!(
+        form.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(form.headers()["x-frame-options"], "DENY");
+    // Without the form's CSRF token (a cross-site sign-in), nobody is signed in.
+    let forged = client
         .post(console.url("/ui/login"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("token={TOKEN}"))
         .send()
         .await
         .unwrap();
-    assert_eq!(signed_in.status().as_u16(), 303);
-    let cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    for attribute in ["Secure", "HttpOnly", "SameSite=Strict"] {
-        assert!(cookie.contains(attribute), "{cookie}");
-    }
-    let session = cookie.split(';').next().unwrap().to_string();
-    let page = client
-        .get(console.url("/ui"))
-        .header("cookie", &session)
+    assert_eq!(forged.status().as_u16(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
+    // A wrong token signs nobody in.
+    let (login_cookie, login_csrf) = login_form(&client, &console).await;
+    let wrong = client
+        .post(console.url("/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &login_cookie)
+        .body(format!("csrf={login_csrf}&token=not-the-token-at-all-000"))
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status().as_u16(), 200);
-    let html = page.text().await.unwrap();
-    let csrf = html
-        .split("name=csrf-token content=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    // The right one sets a secure, HTTP-only, same-site cookie, for the configured
+    // lifetime.
+    let (session, csrf, cookie) = sign_in(&client, &console, TOKEN).await;
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Max-Age=3600"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
     // The session reads; it changes nothing without its CSRF token.
     let status = client
         .get(console.url("/v1/lanes"))
@@ -711,12 +707,151 @@ async fn nothing_of_it_answers_without_a_token_or_a_session_with_its_csrf_token(
     // A forged cookie is no session.
     let status = client
         .get(console.url("/v1/lanes"))
-        .header("cookie", "gitdispatch_session=99999999999.deadbeef")
+        .header("cookie", "gitdispatch_session=99999999999deadbeef")
         .send()
         .await
         .unwrap()
         .status();
     assert_eq!(status.as_u16(), 401);
+
+    // Signing out needs the session's CSRF token, and ends the session for good: its
+    // cookie, kept, opens nothing after.
+    let refused = client
+        .post(console.url("/ui/logout"))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=not-this-sessions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let lanes = |cookie: String| {
+        let request = client
+            .get(console.url("/v1/lanes"))
+            .header("cookie", cookie);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        lanes(session.clone()).await,
+        200,
+        "a refused sign-out ends nothing"
+    );
+    let signed_out = client
+        .post(console.url("/ui/logout"))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status().as_u16(), 303);
+    assert_eq!(
+        lanes(session.clone()).await,
+        401,
+        "a signed-out session opens nothing"
+    );
+    let page = client
+        .get(console.url("/ui"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status().as_u16(),
+        303,
+        "the page asks to sign in again"
+    );
+
+    // A session ends when its token is removed from the file (a reload).
+    let second = "a-second-operator-token-02";
+    let (kept, _, _) = sign_in(&client, &console, TOKEN).await;
+    let daemon_config = std::fs::read_to_string(&console.daemon.config)
+        .unwrap()
+        .replace("\"${GITDISPATCH_API_TOKEN}\", ", "");
+    assert!(daemon_config.contains(&format!("tokens = [\"{second}\"]")));
+    let (ended, _, _) = sign_in(&client, &console, TOKEN).await;
+    assert_eq!(lanes(ended.clone()).await, 200);
+    std::fs::write(&console.daemon.config, &daemon_config).unwrap();
+    // SAFETY: kill(2) touches no memory of ours.
+    unsafe {
+        libc::kill(console.daemon.pid() as libc::pid_t, libc::SIGHUP);
+    }
+    console
+        .wait_for("the reload", async |console| {
+            console.daemon.log().contains("Reloaded the configuration.")
+        })
+        .await;
+    assert_eq!(lanes(ended).await, 401, "the removed token's session ended");
+    assert_eq!(lanes(kept).await, 401);
+    let (other, _, _) = sign_in(&client, &console, second).await;
+    assert_eq!(lanes(other).await, 200, "the token kept signs in");
+}
+
+/// The sign-in form's CSRF cookie and token.
+async fn login_form(client: &reqwest::Client, console: &Console) -> (String, String) {
+    let form = client.get(console.url("/ui/login")).send().await.unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = form.text().await.unwrap();
+    let csrf = html
+        .split("name=csrf value=")
+        .nth(1)
+        .unwrap()
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("gitdispatch_login="), "{cookie}");
+    (cookie, csrf)
+}
+
+/// Signs in through the form: the session's cookie (`name=value`), its CSRF token (read
+/// off the page), and the whole `Set-Cookie` the sign-in answered.
+async fn sign_in(
+    client: &reqwest::Client,
+    console: &Console,
+    token: &str,
+) -> (String, String, String) {
+    let (login_cookie, login_csrf) = login_form(client, console).await;
+    let signed_in = client
+        .post(console.url("/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &login_cookie)
+        .body(format!("csrf={login_csrf}&token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_string())
+        .find(|value| value.starts_with("gitdispatch_session="))
+        .unwrap();
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = client
+        .get(console.url("/ui"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=csrf-token content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    (session, csrf, cookie)
 }
 
 /// Runs a phase of `tests/browser/page.mjs` in the headless browser; what it saw.
@@ -1072,4 +1207,105 @@ async fn a_restart_while_a_lane_runs_never_starts_the_next_execution_beside_it()
         executions[1].0 >= executions[0].1,
         "the newest started only after the running one ended: {executions:?}"
     );
+}
+
+/// Each surface takes requests from its own networks, and none holds another: GitHub's
+/// list (set with the deprecated `[server]` key too) keeps the page and CodeCommit's
+/// endpoint open; the operator surface's list holds the API and the page alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_surface_takes_requests_only_from_its_own_networks() {
+    let client_from = |address: &str| {
+        reqwest::Client::builder()
+            .local_address(address.parse::<std::net::IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let codecommit_key = "a-codecommit-api-key-0001";
+    let event = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/codecommit/reference_created.json"),
+    )
+    .unwrap();
+    for (github_key, api_networks) in [
+        ("github.allowed_networks", Some("127.0.0.2/32")),
+        ("server.allowed_networks", None),
+    ] {
+        let directory = tempfile::tempdir().unwrap();
+        let mut text = config(directory.path(), false);
+        let github_list = "allowed_networks = [\"192.0.2.0/24\"]\n";
+        if github_key == "github.allowed_networks" {
+            text = text.replace("[github]\n", &format!("[github]\n{github_list}"));
+        } else {
+            text = text.replace("[server]\n", &format!("[server]\n{github_list}"));
+        }
+        if let Some(list) = api_networks {
+            text = text.replace(
+                "session_hours = 1\n",
+                &format!("session_hours = 1\nallowed_networks = [\"{list}\"]\n"),
+            );
+        }
+        text.push_str(&format!(
+            "\n[codecommit]\napi_keys = [\"{codecommit_key}\"]\n"
+        ));
+        let daemon = Daemon::start(&text, &[("GITDISPATCH_API_TOKEN", TOKEN)]);
+        let url = |path: &str| format!("http://{}{path}", daemon.address);
+        let outside = client_from("127.0.0.1");
+        // GitHub's webhook: only from GitHub's networks.
+        let answer = Delivery::fixture("push", "push_branch_commits.json")
+            .post(&outside, &url("/webhooks/github"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 403, "{github_key}: {}", answer.body);
+        // CodeCommit's endpoint is not held by GitHub's list.
+        let codecommit = outside
+            .post(url("/webhooks/codecommit"))
+            .header("content-type", "application/json")
+            .header("x-api-key", codecommit_key)
+            .body(event.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            codecommit.status().is_success(),
+            "{github_key}: {} {}",
+            codecommit.status(),
+            codecommit.text().await.unwrap()
+        );
+        let page = |client: &reqwest::Client| {
+            let request = client.get(url("/ui/login"));
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        let lanes = |client: &reqwest::Client| {
+            let request = client.get(url("/v1/lanes")).bearer_auth(TOKEN);
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        match api_networks {
+            // The operator surface's own list holds the page and the API.
+            Some(_) => {
+                assert_eq!(page(&outside).await, 403);
+                assert_eq!(lanes(&outside).await, 403);
+                let inside = client_from("127.0.0.2");
+                assert_eq!(page(&inside).await, 200);
+                assert_eq!(lanes(&inside).await, 200);
+                let answer = Delivery::fixture("push", "push_branch_commits.json")
+                    .post(&inside, &url("/webhooks/github"))
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status, 403, "the operators' network is not GitHub's");
+            }
+            // GitHub's list alone keeps the page and the API open.
+            None => {
+                assert_eq!(page(&outside).await, 200);
+                assert_eq!(lanes(&outside).await, 200);
+                assert!(
+                    daemon
+                        .log()
+                        .contains("server.allowed_networks is deprecated"),
+                    "{}",
+                    daemon.log()
+                );
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@ use gitdispatch::execution::{Action, ExecutionRequest, Input, Origin};
 use gitdispatch::journal::dynamodb::DynamoJournal;
 use gitdispatch::journal::sqlite::SqliteJournal;
 use gitdispatch::journal::{
-    DeliveryFilter, DeliveryRecord, JobState, Journal, Lane, LaneJob, Retention,
+    DeliveryFilter, DeliveryRecord, JobState, Journal, Lane, LaneJob, Retention, SessionRecord,
 };
 
 fn request(n: u32) -> ExecutionRequest {
@@ -180,6 +180,29 @@ async fn contract(journal: Arc<dyn Journal>) {
     assert!(journal.resume(&lane()).await.unwrap(), "it was paused");
     assert!(!journal.resume(&lane()).await.unwrap(), "not any more");
     assert!(journal.pauses().await.unwrap().is_empty());
+
+    // Sessions of the page: kept until ended or expired, for every reader.
+    let session = SessionRecord {
+        id_digest: "a".repeat(64),
+        token_digest: "b".repeat(64),
+        csrf: "c".repeat(64),
+        expires_at: now / 1000 + 3600,
+    };
+    journal.open_session(&session).await.unwrap();
+    assert_eq!(
+        journal.session(&session.id_digest).await.unwrap(),
+        Some(session.clone())
+    );
+    journal.end_session(&session.id_digest).await.unwrap();
+    assert_eq!(journal.session(&session.id_digest).await.unwrap(), None);
+    let expired = SessionRecord {
+        id_digest: "d".repeat(64),
+        expires_at: now / 1000 - 1,
+        ..session.clone()
+    };
+    journal.open_session(&expired).await.unwrap();
+    assert_eq!(journal.session(&expired.id_digest).await.unwrap(), None);
+    assert_eq!(journal.session(&"e".repeat(64)).await.unwrap(), None);
 
     // Many deliveries at once: every one recorded.
     let mut writers = Vec::new();

@@ -10,12 +10,33 @@ use serde::Deserialize;
 use super::Problem;
 
 /// `[api]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer tokens the API takes; several while one is rotated. No token, no API.
     #[serde(default)]
     pub tokens: Vec<SecretString>,
+    /// When not empty, the operator surface (the API and the page) refuses other client
+    /// addresses with 403.
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
+    /// How long a sign-in to the page lasts.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+fn default_session_hours() -> u64 {
+    12
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Vec::new(),
+            allowed_networks: Vec::new(),
+            session_hours: default_session_hours(),
+        }
+    }
 }
 
 impl ApiConfig {
@@ -31,6 +52,13 @@ impl ApiConfig {
                     "is shorter than 16 characters",
                 ));
             }
+        }
+        super::server::check_networks("api.allowed_networks", &self.allowed_networks, problems);
+        if !(1..=24 * 30).contains(&self.session_hours) {
+            problems.push(Problem::new(
+                "api.session_hours",
+                "must be 1 to 720 (a sign-in lasts at most 30 days)",
+            ));
         }
     }
 }

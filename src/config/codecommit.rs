@@ -25,8 +25,11 @@ pub struct CodecommitConfig {
     /// SNS messages older than this are refused (a replay).
     #[serde(default = "default_max_message_age")]
     pub max_message_age_secs: u64,
-    /// Hosts SNS signing certificates are fetched from (over https only); globs.
-    #[serde(default = "default_certificate_hosts")]
+    /// Hosts SNS signing certificates may be fetched from (over https only) besides
+    /// AWS's own `sns.<region>.amazonaws.com` and `.amazonaws.com.cn`, which are always
+    /// allowed: exact host names (`host` or `host:port`), for another partition or a
+    /// private endpoint. No globs.
+    #[serde(default)]
     pub certificate_hosts: Vec<String>,
     /// PEM certificates trusted, besides the system's, for those fetches (a private CA).
     #[serde(default)]
@@ -37,6 +40,10 @@ pub struct CodecommitConfig {
     /// Commits of one push fetched at most; a longer push plans its newest.
     #[serde(default = "default_max_commits")]
     pub max_commits: usize,
+    /// When not empty, the CodeCommit endpoint refuses other client addresses with 403
+    /// (AWS's ranges for the region's SNS and EventBridge, say).
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
 }
 
 fn default_api_key_header() -> String {
@@ -47,13 +54,6 @@ fn default_max_message_age() -> u64 {
     3600
 }
 
-fn default_certificate_hosts() -> Vec<String> {
-    vec![
-        "sns.*.amazonaws.com".to_string(),
-        "sns.*.amazonaws.com.cn".to_string(),
-    ]
-}
-
 fn default_true() -> bool {
     true
 }
@@ -62,8 +62,33 @@ fn default_max_commits() -> usize {
     1000
 }
 
+/// An exact host (`host` or `host:port`) certificates may come from: a name, not a
+/// glob or an address.
+fn check_certificate_host(entry: &str) -> Result<(), String> {
+    if entry.contains(['*', '?', '[', '{', '@', '/']) {
+        return Err(format!(
+            "{entry:?}: an exact host name, not a pattern (AWS's sns.<region>.amazonaws.com hosts are always allowed)"
+        ));
+    }
+    let authority: axum::http::uri::Authority = entry
+        .parse()
+        .map_err(|_| format!("{entry:?} is not a host name (or host:port)"))?;
+    let host = authority.host();
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{entry:?} is an IP address: certificates come from a host name"
+        ));
+    }
+    Ok(())
+}
+
 impl CodecommitConfig {
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        super::server::check_networks(
+            "codecommit.allowed_networks",
+            &self.allowed_networks,
+            problems,
+        );
         if self.topic_arns.is_empty() && self.api_keys.is_empty() {
             problems.push(Problem::new(
                 "codecommit",
@@ -96,7 +121,7 @@ impl CodecommitConfig {
             ));
         }
         for (index, host) in self.certificate_hosts.iter().enumerate() {
-            if let Err(message) = crate::pattern::compile_glob(host) {
+            if let Err(message) = check_certificate_host(host) {
                 problems.push(Problem::new(
                     format!("codecommit.certificate_hosts[{index}]"),
                     message,

@@ -57,6 +57,10 @@ pub struct GithubConfig {
     /// the last commit planned for it (`gitdispatch reconcile`, and periodically).
     #[serde(default)]
     pub reconcile: Option<ReconcileConfig>,
+    /// When not empty, GitHub's webhook endpoint refuses other client addresses with
+    /// 403 (GitHub's published hook ranges, say).
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
 }
 
 /// `[github.reconcile]`.
@@ -196,6 +200,7 @@ impl Default for GithubConfig {
             max_expanded_commits: default_max_expanded_commits(),
             redeliver: None,
             reconcile: None,
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -213,6 +218,7 @@ impl GithubConfig {
 
     /// `needed`: whether routes take GitHub events, so that a secret must exist.
     pub(super) fn validate(&self, needed: bool, problems: &mut Vec<Problem>) {
+        super::server::check_networks("github.allowed_networks", &self.allowed_networks, problems);
         if needed && self.webhook_secrets.is_empty() {
             problems.push(Problem::new(
                 "github.webhook_secrets",

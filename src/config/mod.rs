@@ -35,7 +35,7 @@ pub use github::{
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
 pub use queue::QueueConfig;
 pub use route::{CommitsMode, EventName, RouteConfig};
-pub use server::{RateLimitConfig, ServerConfig, TlsConfig, parse_network};
+pub use server::{RateLimitConfig, ServerConfig, TlsConfig, networks, parse_network};
 pub use worker::WorkerConfig;
 
 use crate::event::Source;
@@ -209,6 +209,12 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         self.server.validate(&mut problems);
+        if !self.server.allowed_networks.is_empty() && !self.github.allowed_networks.is_empty() {
+            problems.push(Problem::new(
+                "server.allowed_networks",
+                "moved to github.allowed_networks, which is set too: keep that one",
+            ));
+        }
         let github_routes = self
             .routes
             .iter()
@@ -231,6 +237,30 @@ impl Config {
         self.worker.validate(&mut problems);
         pipeline::validate(&self.pipelines, &mut problems);
         problems
+    }
+}
+
+impl Config {
+    /// What the file says in words an earlier release used, and how to say it now.
+    pub fn deprecations(&self) -> Vec<String> {
+        let mut said = Vec::new();
+        if !self.server.allowed_networks.is_empty() {
+            said.push(
+                "server.allowed_networks is deprecated: it is taken as github.allowed_networks (GitHub's webhook only); each surface has its own list now (github, codecommit, api)"
+                    .to_string(),
+            );
+        }
+        said
+    }
+
+    /// The allow-list of GitHub's webhook endpoint (the deprecated
+    /// `server.allowed_networks` when it is the one given).
+    pub fn github_networks(&self) -> &[String] {
+        if self.github.allowed_networks.is_empty() {
+            &self.server.allowed_networks
+        } else {
+            &self.github.allowed_networks
+        }
     }
 }
 

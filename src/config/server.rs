@@ -20,7 +20,8 @@ pub struct ServerConfig {
     pub rate_limit: RateLimitConfig,
     /// Peers whose `X-Forwarded-For` header is believed (load balancers, proxies).
     pub trusted_proxies: Vec<String>,
-    /// When not empty, requests from other client addresses are refused with 403.
+    /// Deprecated: GitHub's webhook's allow-list, now `github.allowed_networks` (each
+    /// surface has its own: `codecommit.allowed_networks`, `api.allowed_networks`).
     pub allowed_networks: Vec<String>,
     /// Open connections at most; more are closed as they arrive. Kept well under the
     /// process's open-file limit, so that the listener can never take the descriptors
@@ -98,6 +99,22 @@ impl Default for RateLimitConfig {
 }
 
 /// Parses `10.0.0.0/8` or a single address.
+/// Checks an allow-list of networks, each problem under `key[index]`.
+pub(super) fn check_networks(key: &str, list: &[String], problems: &mut Vec<Problem>) {
+    for (index, network) in list.iter().enumerate() {
+        if let Err(message) = parse_network(network) {
+            problems.push(Problem::new(format!("{key}[{index}]"), message));
+        }
+    }
+}
+
+/// The networks of a list that passed [`check_networks`].
+pub fn networks(list: &[String]) -> Vec<IpNet> {
+    list.iter()
+        .filter_map(|text| parse_network(text).ok())
+        .collect()
+}
+
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -142,11 +159,7 @@ impl ServerConfig {
             ("trusted_proxies", &self.trusted_proxies),
             ("allowed_networks", &self.allowed_networks),
         ] {
-            for (index, network) in list.iter().enumerate() {
-                if let Err(message) = parse_network(network) {
-                    problems.push(Problem::new(format!("server.{key}[{index}]"), message));
-                }
-            }
+            check_networks(&format!("server.{key}"), list, problems);
         }
     }
 }

@@ -136,3 +136,48 @@ fn a_codepipeline_section_names_the_key_at_fault() {
     };
     assert!(problems[0].to_string().contains("provider"), "{problems:?}");
 }
+
+#[test]
+fn each_surface_has_its_own_networks_and_sns_hosts_are_exact() {
+    let text = MINIMAL
+        .replace(
+            "[github]\n",
+            "[github]\nallowed_networks = [\"192.30.252.0/22\", \"not a network\"]\n",
+        )
+        .replace(
+            "[server]\n",
+            "[server]\nallowed_networks = [\"10.0.0.0/8\"]\n",
+        )
+        + "\n[api]\ntokens = [\"an-operator-token-0001\"]\nallowed_networks = [\"300.1.1.1\"]\nsession_hours = 0\n\
+           [codecommit]\napi_keys = [\"a-codecommit-key-0001\"]\nallowed_networks = [\"::1/129\"]\n\
+           certificate_hosts = [\"sns.*.amazonaws.com\", \"10.1.2.3\", \"sns.private.example.net\", \"localhost:8443\"]\n";
+    let LoadError::Invalid(problems) = Config::from_toml_str(&text, &env).unwrap_err() else {
+        panic!("expected problems");
+    };
+    let mut paths: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.path.as_str())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "api.allowed_networks[0]",
+            "api.session_hours",
+            "codecommit.allowed_networks[0]",
+            "codecommit.certificate_hosts[0]",
+            "codecommit.certificate_hosts[1]",
+            "github.allowed_networks[1]",
+            "server.allowed_networks",
+        ],
+        "{problems:?}"
+    );
+    // The old key alone still works, as GitHub's list, and says it is deprecated.
+    let old = MINIMAL.replace(
+        "[server]\n",
+        "[server]\nallowed_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let config = Config::from_toml_str(&old, &env).unwrap();
+    assert_eq!(config.github_networks(), ["10.0.0.0/8".to_string()]);
+    assert!(config.deprecations()[0].contains("github.allowed_networks"));
+}

@@ -14,7 +14,7 @@ use crate::ledger::dynamodb::{number, text};
 
 use super::{
     DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
-    Retention, merged, now_ms,
+    Retention, SessionRecord, merged, now_ms,
 };
 
 /// How long an item lives at most (SQS keeps a message 14 days at most; deliveries
@@ -312,6 +312,37 @@ impl Journal for DynamoJournal {
 
     /// Items expire by themselves (`expires`, the table's TTL); a count is not kept.
     async fn prune(&self, _retention: Retention) -> Result<(), JournalError> {
+        Ok(())
+    }
+
+    async fn open_session(&self, session: &SessionRecord) -> Result<(), JournalError> {
+        let record = serde_json::to_string(session).expect("a session renders");
+        self.put(HashMap::from([
+            (
+                "pk".to_string(),
+                text(&format!("session#{}", session.id_digest)),
+            ),
+            ("record".to_string(), text(&record)),
+            ("expires".to_string(), number(session.expires_at)),
+        ]))
+        .await
+    }
+
+    async fn session(&self, id_digest: &str) -> Result<Option<SessionRecord>, JournalError> {
+        Ok(self
+            .get(&format!("session#{id_digest}"))
+            .await?
+            .and_then(|item| serde_json::from_str(&get_text(&item, "record")?).ok()))
+    }
+
+    async fn end_session(&self, id_digest: &str) -> Result<(), JournalError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", text(&format!("session#{id_digest}")))
+            .send()
+            .await
+            .map_err(|source| error("the journal could not be written", source))?;
         Ok(())
     }
 }

@@ -284,6 +284,18 @@ impl JournalError {
     }
 }
 
+/// A signed-in session of the page, as kept: under the digest of its id (the cookie
+/// holds the id itself), for the token it was opened with (by digest: removing the
+/// token ends it), with its CSRF token, until `expires_at` (seconds since the epoch).
+/// Kept where every listener sees it, so that signing out ends it everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id_digest: String,
+    pub token_digest: String,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
 /// Which deliveries to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -337,8 +349,16 @@ pub trait Journal: Send + Sync {
 
     async fn pauses(&self) -> Result<Vec<Pause>, JournalError>;
 
-    /// Forgets what is older than the retention, or beyond its count.
+    /// Forgets what is older than the retention, or beyond its count (and sessions
+    /// that expired).
     async fn prune(&self, retention: Retention) -> Result<(), JournalError>;
+
+    async fn open_session(&self, session: &SessionRecord) -> Result<(), JournalError>;
+
+    /// The session kept under `id_digest`, unless it ended or expired.
+    async fn session(&self, id_digest: &str) -> Result<Option<SessionRecord>, JournalError>;
+
+    async fn end_session(&self, id_digest: &str) -> Result<(), JournalError>;
 }
 
 /// Merges a job's new state into what is on record: states only move forward.

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
-    Retention, merged, now_ms,
+    Retention, SessionRecord, merged, now_ms,
 };
 
 pub struct SqliteJournal {
@@ -201,6 +201,12 @@ impl SqliteJournal {
                          job TEXT NOT NULL
                      );
                      CREATE INDEX IF NOT EXISTS lane_jobs_by_lane ON lane_jobs (pipeline, environment, seq);
+                     CREATE TABLE IF NOT EXISTS sessions (
+                         id_digest TEXT PRIMARY KEY,
+                         token_digest TEXT NOT NULL,
+                         csrf TEXT NOT NULL,
+                         expires_at INTEGER NOT NULL
+                     );
                      CREATE TABLE IF NOT EXISTS pauses (
                          pipeline TEXT NOT NULL,
                          environment TEXT NOT NULL,
@@ -426,6 +432,10 @@ impl Journal for SqliteJournal {
             let cutoff = now_ms() - retention.keep_secs * 1000;
             let keep = retention.keep_count as i64;
             connection.execute(
+                "DELETE FROM sessions WHERE expires_at <= ?1",
+                [now_ms() / 1000],
+            )?;
+            connection.execute(
                 "DELETE FROM deliveries WHERE received_at < ?1 OR rowid NOT IN
                      (SELECT rowid FROM deliveries ORDER BY received_at DESC LIMIT ?2)",
                 params![cutoff, keep],
@@ -439,6 +449,54 @@ impl Journal for SqliteJournal {
                      OR updated_at < ?3",
                 params![cutoff, keep, now_ms() - 14 * 24 * 3600 * 1000],
             )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn open_session(&self, session: &SessionRecord) -> Result<(), JournalError> {
+        let session = session.clone();
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT OR REPLACE INTO sessions (id_digest, token_digest, csrf, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    session.id_digest,
+                    session.token_digest,
+                    session.csrf,
+                    session.expires_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id_digest: &str) -> Result<Option<SessionRecord>, JournalError> {
+        let id_digest = id_digest.to_string();
+        self.with(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT id_digest, token_digest, csrf, expires_at FROM sessions
+                     WHERE id_digest = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![id_digest, now_ms() / 1000], |row| {
+                    Ok(SessionRecord {
+                        id_digest: row.get(0)?,
+                        token_digest: row.get(1)?,
+                        csrf: row.get(2)?,
+                        expires_at: row.get(3)?,
+                    })
+                })
+                .optional()
+        })
+        .await
+    }
+
+    async fn end_session(&self, id_digest: &str) -> Result<(), JournalError> {
+        let id_digest = id_digest.to_string();
+        self.with(move |connection| {
+            connection.execute("DELETE FROM sessions WHERE id_digest = ?1", [id_digest])?;
             Ok(())
         })
         .await

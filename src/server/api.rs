@@ -81,7 +81,7 @@ async fn handle_trigger(
     }
     let key = idempotency_key(headers)?;
     let mut held = state.bodies.claim(client);
-    let body = read_body(headers, body, state.max_body_bytes, &mut held).await?;
+    let body = read_body(headers, body, super::body::OPERATOR_BODY_LIMIT, &mut held).await?;
     let event = manual::decode(&body, key.as_deref())?;
     let span = tracing::info_span!("delivery", source = "manual", delivery = %event.delivery);
     async {
@@ -138,7 +138,7 @@ pub(super) async fn status(
     headers: HeaderMap,
 ) -> Response {
     // A token, or the page's session (its links lead here).
-    if let Err(response) = super::console::authenticate(&state, &headers, &Method::GET) {
+    if let Err(response) = super::console::authenticate(&state, &headers, &Method::GET).await {
         return response;
     }
     match handle_status(&state, &name).await {

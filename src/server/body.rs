@@ -15,6 +15,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
 
+/// Bodies of the operator API (a trigger, a lane action, a replay) are JSON of a few
+/// fields: none is read past this, and none before its caller is authenticated.
+pub const OPERATOR_BODY_LIMIT: usize = 64 * 1024;
+
 /// The budget counts in units of this many bytes.
 const UNIT: usize = 1024;
 

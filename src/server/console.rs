@@ -10,13 +10,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ClientAddress};
 use crate::error::Chain;
 use crate::journal::{DeliveryFilter, JobState, Journal, Lane, LaneJob};
 use crate::source::SourceError;
@@ -34,8 +33,9 @@ fn journal_error(error: crate::journal::JournalError) -> Response {
 }
 
 /// Lets a call through with a bearer token, or the page's session (and, for what
-/// changes state, its CSRF token).
-pub(super) fn authenticate(
+/// changes state, its CSRF token). Checked from the headers alone, before a byte of
+/// the body is read.
+pub(super) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
@@ -49,13 +49,20 @@ pub(super) fn authenticate(
             .authenticate(headers)
             .map_err(|error| ApiError::Source(error).into_response());
     }
-    let session = super::ui::session(source, headers).ok_or_else(|| {
-        ApiError::Source(SourceError::Unauthenticated(
-            "a bearer token of api.tokens, or a session of the page, is needed".into(),
-        ))
-        .into_response()
-    })?;
-    if method != Method::GET && !session.csrf_matches(headers) {
+    let session = match super::ui::session(state, source, headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => {
+            return Err(ApiError::Source(SourceError::Unauthenticated(
+                "a bearer token of api.tokens, or a session of the page, is needed".into(),
+            ))
+            .into_response());
+        }
+        Err(error) => return Err(journal_error(error)),
+    };
+    let offered = headers
+        .get("x-csrf-token")
+        .and_then(|value| value.to_str().ok());
+    if method != Method::GET && !session.csrf_matches(offered) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the x-csrf-token header does not match this session",
@@ -75,13 +82,27 @@ pub(super) fn journal(state: &AppState) -> Result<Arc<dyn Journal>, Response> {
 }
 
 /// [`authenticate`], then the journal.
-fn authorize(
+async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
 ) -> Result<Arc<dyn Journal>, Response> {
-    authenticate(state, headers, method)?;
+    authenticate(state, headers, method).await?;
     journal(state)
+}
+
+/// Reads an operator call's body, once its caller is authenticated: under a small cap
+/// of its own, and counted in the budget of body bytes held, as every body is.
+async fn operator_body(
+    state: &AppState,
+    client: std::net::IpAddr,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Vec<u8>, Response> {
+    let mut held = state.bodies.claim(client);
+    super::body::read_body(headers, body, super::body::OPERATOR_BODY_LIMIT, &mut held)
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
 /// Refuses a pipeline the running configuration does not have.
@@ -111,18 +132,15 @@ pub(super) struct DeliveriesQuery {
 }
 
 fn parse_time(field: &str, value: &str) -> Result<i64, Response> {
-    humantime::parse_rfc3339_weak(value)
-        .map(|time| {
-            time.duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_millis() as i64)
-                .unwrap_or_default()
-        })
-        .map_err(|error| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                format!("{field}: {value:?} is not an RFC 3339 time ({error})"),
-            )
-        })
+    super::bodies::time(field, value).map_err(refused)
+}
+
+/// A body's refusal, as the operator API answers it.
+fn refused(refusal: super::bodies::Refusal) -> Response {
+    refuse(
+        StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST),
+        refusal.reason,
+    )
 }
 
 pub(super) async fn deliveries(
@@ -130,7 +148,7 @@ pub(super) async fn deliveries(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    let journal = match authorize(&state, &headers, &Method::GET) {
+    let journal = match authorize(&state, &headers, &Method::GET).await {
         Ok(journal) => journal,
         Err(response) => return response,
     };
@@ -181,7 +199,7 @@ pub(super) async fn delivery(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let journal = match authorize(&state, &headers, &Method::GET) {
+    let journal = match authorize(&state, &headers, &Method::GET).await {
         Ok(journal) => journal,
         Err(response) => return response,
     };
@@ -242,7 +260,7 @@ pub(super) async fn lanes_view(
 }
 
 pub(super) async fn lanes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let journal = match authorize(&state, &headers, &Method::GET) {
+    let journal = match authorize(&state, &headers, &Method::GET).await {
         Ok(journal) => journal,
         Err(response) => return response,
     };
@@ -252,20 +270,19 @@ pub(super) async fn lanes(State(state): State<Arc<AppState>>, headers: HeaderMap
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PauseBody {
-    reason: Option<String>,
-}
-
 pub(super) async fn lane_action(
     State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
     Path((pipeline, environment, action)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let journal = match authorize(&state, &headers, &Method::POST) {
+    let journal = match authorize(&state, &headers, &Method::POST).await {
         Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    let body = match operator_body(&state, client, &headers, body).await {
+        Ok(body) => body,
         Err(response) => return response,
     };
     if let Err(response) = known_pipeline(&state, &pipeline, StatusCode::NOT_FOUND, "") {
@@ -277,24 +294,10 @@ pub(super) async fn lane_action(
     };
     match action.as_str() {
         "pause" => {
-            let body: PauseBody = if body.is_empty() {
-                PauseBody::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(body) => body,
-                    Err(error) => {
-                        return refuse(StatusCode::BAD_REQUEST, format!("the body: {error}"));
-                    }
-                }
+            let reason = match super::bodies::pause_reason(&body) {
+                Ok(reason) => reason,
+                Err(refusal) => return refused(refusal),
             };
-            let reason = body.reason.unwrap_or_default();
-            let reason = crate::text::one_line(reason.trim(), 200);
-            if reason.is_empty() {
-                return refuse(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "reason: say why the lane is paused",
-                );
-            }
             match journal.pause(&lane, &reason).await {
                 Ok(pause) => {
                     tracing::warn!(pipeline = %lane.pipeline, environment = %lane.environment, reason = %pause.reason, "Paused a lane: it starts nothing until resumed.");
@@ -317,51 +320,25 @@ pub(super) async fn lane_action(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReplayBody {
-    pipeline: String,
-    environment: Option<String>,
-    /// RFC 3339.
-    since: String,
-    until: Option<String>,
-    #[serde(default)]
-    failed_only: bool,
-    #[serde(default)]
-    dry_run: bool,
-}
-
 pub(super) async fn replays(
     State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let journal = match authorize(&state, &headers, &Method::POST) {
+    let journal = match authorize(&state, &headers, &Method::POST).await {
         Ok(journal) => journal,
         Err(response) => return response,
     };
-    let body: ReplayBody = match serde_json::from_slice(&body) {
+    let body = match operator_body(&state, client, &headers, body).await {
         Ok(body) => body,
-        Err(error) => {
-            return refuse(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the body: {error}"),
-            );
-        }
-    };
-    let since = match parse_time("since", &body.since) {
-        Ok(ms) => ms,
         Err(response) => return response,
     };
-    let until = match body
-        .until
-        .as_deref()
-        .map(|until| parse_time("until", until))
-    {
-        Some(Err(response)) => return response,
-        Some(Ok(ms)) => ms,
-        None => i64::MAX,
+    let body = match super::bodies::replay(&body) {
+        Ok(body) => body,
+        Err(refusal) => return refused(refusal),
     };
+    let (since, until) = (body.since_ms, body.until_ms);
     if let Err(response) = known_pipeline(
         &state,
         &body.pipeline,
@@ -485,7 +462,7 @@ async fn ended_badly(state: &AppState, job: &LaneJob) -> Result<bool, Response> 
 
 /// The queue's depth and dead letters (the embedded queue; SQS's are in its console).
 pub(super) async fn queue(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authenticate(&state, &headers, &Method::GET) {
+    if let Err(response) = authenticate(&state, &headers, &Method::GET).await {
         return response;
     }
     match queue_view(&state).await {
@@ -527,7 +504,7 @@ pub(super) async fn queue_view(state: &AppState) -> Result<Value, Response> {
 }
 
 pub(super) async fn redrive(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authenticate(&state, &headers, &Method::POST) {
+    if let Err(response) = authenticate(&state, &headers, &Method::POST).await {
         return response;
     }
     let Some(embedded) = &state.embedded else {

@@ -25,6 +25,7 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 mod api;
+pub mod bodies;
 mod body;
 mod console;
 mod listener;
@@ -36,7 +37,7 @@ pub use listener::run;
 use body::{BodyBudget, read_body};
 use listener::ConnectionLimits;
 
-use crate::config::{Config, parse_network};
+use crate::config::Config;
 use crate::error::Chain;
 use crate::event::{Event, EventKind};
 use crate::job::Job;
@@ -62,7 +63,6 @@ pub struct AppState {
     /// Per-client-address limiter; keys are evicted by [`run`]'s housekeeping.
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     trusted_proxies: Vec<IpNet>,
-    allowed_networks: Vec<IpNet>,
     max_body_bytes: usize,
     request_timeout: Duration,
     header_timeout: Duration,
@@ -100,6 +100,53 @@ pub struct Live {
     pub codecommit: Option<Arc<CodeCommitSource>>,
     /// Who may call the API; `None` when `[api]` has no token.
     pub manual: Option<crate::source::manual::ManualSource>,
+    /// Where each surface takes requests from (empty: anywhere).
+    pub networks: SurfaceNetworks,
+}
+
+/// The allow-list of each surface: none applies to another.
+#[derive(Debug, Clone, Default)]
+pub struct SurfaceNetworks {
+    pub github: Vec<IpNet>,
+    pub codecommit: Vec<IpNet>,
+    /// The operator API and the page.
+    pub operator: Vec<IpNet>,
+}
+
+/// What a request is to: each has its own allow-list, and its refusals their own
+/// label in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    Github,
+    Codecommit,
+    Operator,
+}
+
+impl Surface {
+    fn of(path: &str) -> Surface {
+        match path {
+            "/webhooks/github" => Surface::Github,
+            "/webhooks/codecommit" => Surface::Codecommit,
+            _ => Surface::Operator,
+        }
+    }
+
+    /// The `source` label of the deliveries counter.
+    fn label(self) -> &'static str {
+        match self {
+            Surface::Github => "github",
+            Surface::Codecommit => "codecommit",
+            Surface::Operator => "manual",
+        }
+    }
+
+    fn networks(self, networks: &SurfaceNetworks) -> &[IpNet] {
+        match self {
+            Surface::Github => &networks.github,
+            Surface::Codecommit => &networks.codecommit,
+            Surface::Operator => &networks.operator,
+        }
+    }
 }
 
 impl Live {
@@ -108,11 +155,21 @@ impl Live {
         planner: Arc<Planner>,
         codecommit: Option<Arc<CodeCommitSource>>,
     ) -> Live {
+        use crate::config::networks;
         Live {
             planner,
             github: GithubSecrets::from_config(&config.github),
             codecommit,
             manual: crate::source::manual::ManualSource::from_config(&config.api),
+            networks: SurfaceNetworks {
+                github: networks(config.github_networks()),
+                codecommit: config
+                    .codecommit
+                    .as_ref()
+                    .map(|codecommit| networks(&codecommit.allowed_networks))
+                    .unwrap_or_default(),
+                operator: networks(&config.api.allowed_networks),
+            },
         }
     }
 }
@@ -136,11 +193,7 @@ impl AppState {
         let rate = &config.server.rate_limit;
         let quota = Quota::per_second(NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN));
-        let networks = |list: &[String]| -> Vec<IpNet> {
-            list.iter()
-                .filter_map(|text| parse_network(text).ok())
-                .collect()
-        };
+        use crate::config::networks;
         AppState {
             live: ArcSwap::from_pointee(Live::new(config, planner, codecommit)),
             admission: Arc::new(crate::admission::Admission::new(
@@ -153,7 +206,6 @@ impl AppState {
             metrics,
             limiter: RateLimiter::keyed(quota),
             trusted_proxies: networks(&config.server.trusted_proxies),
-            allowed_networks: networks(&config.server.allowed_networks),
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout(),
             header_timeout: Duration::from_secs(config.server.header_timeout_secs),
@@ -336,8 +388,8 @@ fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAdd
     client
 }
 
-/// Refuses addresses outside `allowed_networks` (403) and clients over their rate
-/// (429), before any other work.
+/// Refuses addresses outside the surface's allow-list (403) and clients over their
+/// rate (429), before any other work.
 async fn guard(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -345,27 +397,26 @@ async fn guard(
     next: Next,
 ) -> Response {
     let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
-    let source = source_of(request.uri().path());
+    let surface = Surface::of(request.uri().path());
     request.extensions_mut().insert(ClientAddress(client));
-    // `allowed_networks` names where webhooks come from (GitHub's hook ranges); the
-    // API's callers are people and CI jobs, let in by their token.
-    if source != "manual"
-        && !state.allowed_networks.is_empty()
-        && !state
-            .allowed_networks
-            .iter()
-            .any(|network| network.contains(&client))
-    {
-        tracing::warn!(%client, "Refused a request from an address outside allowed_networks.");
-        count_refusal(&state, source, &ApiError::AddressNotAllowed(client));
+    let live = state.live.load();
+    let allowed = surface.networks(&live.networks);
+    if !allowed.is_empty() && !allowed.iter().any(|network| network.contains(&client)) {
+        tracing::warn!(%client, surface = surface.label(), "Refused a request from an address outside the surface's allowed_networks.");
+        count_refusal(
+            &state,
+            surface.label(),
+            &ApiError::AddressNotAllowed(client),
+        );
         return ApiError::AddressNotAllowed(client).into_response();
     }
+    drop(live);
     if let Err(not_until) = state.limiter.check_key(&client) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
         let error = ApiError::RateLimited(client, wait);
-        count_refusal(&state, source, &error);
+        count_refusal(&state, surface.label(), &error);
         return error.into_response();
     }
     next.run(request).await
@@ -384,17 +435,6 @@ fn count_refusal(state: &AppState, source: &str, error: &ApiError) {
             ("outcome", &format!("refused_{}", error.status().as_u16())),
         ]))
         .inc();
-}
-
-/// The source a webhook path is for, as metrics label it.
-fn source_of(path: &str) -> &'static str {
-    if path.starts_with("/v1/") {
-        return "manual";
-    }
-    match path.strip_prefix("/webhooks/") {
-        Some("codecommit") => "codecommit",
-        _ => "github",
-    }
 }
 
 /// Counts a delivery's outcome and logs a refusal: the same for every source.
@@ -768,7 +808,7 @@ mod tests {
 
     fn networks(list: &[&str]) -> Vec<IpNet> {
         list.iter()
-            .map(|text| parse_network(text).unwrap())
+            .map(|text| crate::config::parse_network(text).unwrap())
             .collect()
     }
 

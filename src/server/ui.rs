@@ -1,91 +1,115 @@
 //! The operator page, `GET /ui`: server-rendered HTML with its little script embedded,
-//! no external assets. Signed in with a token of `[api] tokens` (a form that sets a
-//! `Secure; HttpOnly; SameSite=Strict` session cookie, good for 12 hours and keyed by
-//! the token: removing the token from the file and reloading ends its sessions). Every
-//! action it offers is a call of the operator API, sent with the session's CSRF token.
+//! no external assets. Signed in with a token of `[api] tokens`: the sign-in form
+//! carries a CSRF token of its own (a cookie and a field that must match), and sets a
+//! `Secure; HttpOnly; SameSite=Strict` session cookie holding a random id. The session
+//! is kept in the journal (under the id's digest, with the token's digest and the
+//! session's CSRF token), so that signing out ends it for every listener, and a token
+//! removed by a reload ends its sessions. Every action the page offers is a call of the
+//! operator API, sent with the session's CSRF token; no page may be framed.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretString};
+use rand::Rng;
 use serde_json::Value;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
-use super::AppState;
+use super::body::read_body;
 use super::console::{journal, lanes_view, queue_view};
+use super::{AppState, ClientAddress};
 use crate::clock::now_secs;
-use crate::journal::DeliveryFilter;
+use crate::journal::{DeliveryFilter, JournalError, SessionRecord};
 use crate::source::manual::ManualSource;
 
 const COOKIE: &str = "gitdispatch_session";
-const SESSION_SECS: i64 = 12 * 3600;
+/// The sign-in form's own CSRF cookie.
+const LOGIN_COOKIE: &str = "gitdispatch_login";
+/// How long a sign-in form may be filled in.
+const LOGIN_FORM_SECS: i64 = 600;
+/// A sign-in or sign-out form's body at most: a token and a CSRF token.
+const FORM_BODY_LIMIT: usize = 4 * 1024;
 
-fn mac(token: &SecretString, purpose: &str, expires: i64) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(token.expose_secret().as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(format!("gitdispatch-{purpose}|{expires}").as_bytes());
-    mac
+/// A digest, hex, of what must not be kept as it is (a session id, a token).
+pub(super) fn digest(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-fn sign(token: &SecretString, purpose: &str, expires: i64) -> String {
-    hex::encode(mac(token, purpose, expires).finalize().into_bytes())
+/// 256 random bits, hex: a session id, a CSRF token.
+fn random_token() -> String {
+    hex::encode(rand::rng().random::<[u8; 32]>())
 }
 
-/// Whether `signature` (hex) is the token's for `purpose` and `expires`, compared in
-/// constant time (HMAC's own check).
-fn signed(token: &SecretString, purpose: &str, expires: i64, signature: &str) -> bool {
-    hex::decode(signature)
-        .is_ok_and(|bytes| mac(token, purpose, expires).verify_slice(&bytes).is_ok())
+/// Whether two secrets are equal, compared in constant time.
+fn same(expected: &str, offered: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), offered.as_bytes())
+        .is_ok()
 }
 
-/// A signed-in session of the page: the token it was signed with, and until when.
-pub(super) struct Session<'a> {
-    token: &'a SecretString,
-    expires: i64,
+/// A signed-in session of the page.
+pub(super) struct Session {
+    record: SessionRecord,
 }
 
-impl Session<'_> {
-    /// The CSRF token every change the page asks for must carry.
-    fn csrf(&self) -> String {
-        sign(self.token, "csrf", self.expires)
-    }
-
-    /// Whether the request carries this session's CSRF token.
-    pub(super) fn csrf_matches(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get("x-csrf-token")
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|offered| signed(self.token, "csrf", self.expires, offered))
+impl Session {
+    /// Whether `offered` is this session's CSRF token, which every change the page asks
+    /// for must carry.
+    pub(super) fn csrf_matches(&self, offered: Option<&str>) -> bool {
+        offered.is_some_and(|offered| same(&self.record.csrf, offered))
     }
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_string())
 }
 
-/// The session the request's cookie proves, if it is valid and not expired.
-pub(super) fn session<'a>(source: &'a ManualSource, headers: &HeaderMap) -> Option<Session<'a>> {
-    let value = cookie(headers)?;
-    let (expires, signature) = value.split_once('.')?;
-    let expires: i64 = expires.parse().ok()?;
-    if expires <= now_secs() {
-        return None;
+/// The session the request's cookie names: open (not signed out), not expired, and
+/// opened with a token that is still one of `api.tokens`.
+pub(super) async fn session(
+    state: &AppState,
+    source: &ManualSource,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, JournalError> {
+    let Some(id) = cookie(headers, COOKIE).filter(|id| !id.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(journal) = state.journal.as_ref() else {
+        return Ok(None);
+    };
+    let Some(record) = journal.session(&digest(&id)).await? else {
+        return Ok(None);
+    };
+    let current = record.expires_at > now_secs() && source.holds_digest(&record.token_digest);
+    Ok(current.then_some(Session { record }))
+}
+
+/// What no page of ours may be: framed (clickjacking), or kept in a cache.
+fn unframed(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn set_cookie(response: &mut Response, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
-    source
-        .tokens()
-        .iter()
-        .find(|token| signed(token, "session", expires, signature))
-        .map(|token| Session { token, expires })
 }
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -114,56 +138,176 @@ fn page(title: &str, head: &str, body: &str) -> Html<String> {
     ))
 }
 
-pub(super) async fn login_form() -> Html<String> {
-    page(
-        "gitdispatch — sign in",
-        "",
-        "<h1>gitdispatch</h1><form method=post action=/ui/login>\
-         <label>API token <input id=token name=token type=password autocomplete=current-password required></label> \
-         <button id=sign-in type=submit>Sign in</button></form>",
+pub(super) async fn login_form() -> Response {
+    let csrf = random_token();
+    let mut response = unframed(
+        page(
+            "gitdispatch — sign in",
+            "",
+            &format!(
+                "<h1>gitdispatch</h1><form method=post action=/ui/login>\
+                 <input type=hidden name=csrf value={csrf}>\
+                 <label>API token <input id=token name=token type=password autocomplete=current-password required></label> \
+                 <button id=sign-in type=submit>Sign in</button></form>"
+            ),
+        )
+        .into_response(),
+    );
+    set_cookie(
+        &mut response,
+        &format!(
+            "{LOGIN_COOKIE}={csrf}; Path=/ui/login; Max-Age={LOGIN_FORM_SECS}; Secure; HttpOnly; SameSite=Strict"
+        ),
+    );
+    response
+}
+
+/// A short page saying why a form was refused.
+fn refused_page(status: StatusCode, words: &str) -> Response {
+    unframed(
+        (
+            status,
+            page(
+                "gitdispatch — sign in",
+                "",
+                &format!("<p>{}</p><a href=/ui/login>Sign in</a>", escape(words)),
+            ),
+        )
+            .into_response(),
     )
 }
 
-pub(super) async fn login(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+/// A form's fields (`application/x-www-form-urlencoded`), read under the budget of
+/// unverified bytes and a small cap of its own.
+async fn form(
+    state: &AppState,
+    client: std::net::IpAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<(String, String)>, Response> {
+    let mut held = state.bodies.claim(client);
+    let body = read_body(headers, body, FORM_BODY_LIMIT, &mut held)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(form_urlencoded::parse(&body).into_owned().collect())
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+pub(super) async fn login(
+    State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let live = state.live.load_full();
     let Some(source) = &live.manual else {
         return (StatusCode::NOT_FOUND, "the page needs [api] tokens").into_response();
     };
-    let offered = form_urlencoded::parse(&body)
-        .find(|(key, _)| key == "token")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
-    let Some(token) = source.matching(&offered) else {
-        tracing::warn!("A sign-in to the page with a token that is not one of api.tokens.");
-        return (
-            StatusCode::UNAUTHORIZED,
-            page(
-                "gitdispatch — sign in",
-                "",
-                "<p>That token is not one of api.tokens.</p><a href=/ui/login>Try again</a>",
-            ),
-        )
-            .into_response();
+    let fields = match form(&state, client, &headers, body).await {
+        Ok(fields) => fields,
+        Err(response) => return response,
     };
-    let expires = now_secs() + SESSION_SECS;
-    let value = format!(
-        "{COOKIE}={expires}.{}; Path=/; Max-Age={SESSION_SECS}; Secure; HttpOnly; SameSite=Strict",
-        sign(token, "session", expires)
-    );
-    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui")]).into_response();
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+    let form_csrf = field(&fields, "csrf").unwrap_or_default();
+    let cookie_csrf = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if form_csrf.is_empty() || !same(&cookie_csrf, form_csrf) {
+        return refused_page(
+            StatusCode::FORBIDDEN,
+            "The sign-in form expired, or did not come from this page: sign in again.",
+        );
     }
+    let offered = field(&fields, "token").unwrap_or_default();
+    let Some(token) = source.matching(offered) else {
+        tracing::warn!("A sign-in to the page with a token that is not one of api.tokens.");
+        return refused_page(
+            StatusCode::UNAUTHORIZED,
+            "That token is not one of api.tokens.",
+        );
+    };
+    let journal = match journal(&state) {
+        Ok(journal) => journal,
+        Err(response) => return response,
+    };
+    let id = random_token();
+    let lifetime = source.session_lifetime().as_secs() as i64;
+    let record = SessionRecord {
+        id_digest: digest(&id),
+        token_digest: digest(secrecy::ExposeSecret::expose_secret(token)),
+        csrf: random_token(),
+        expires_at: now_secs() + lifetime,
+    };
+    if let Err(error) = journal.open_session(&record).await {
+        tracing::warn!(error = %crate::error::Chain(&error), "Could not keep a session of the page.");
+        return refused_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The session could not be kept (the journal is unavailable): try again.",
+        );
+    }
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui")]).into_response();
+    set_cookie(
+        &mut response,
+        &format!("{COOKIE}={id}; Path=/; Max-Age={lifetime}; Secure; HttpOnly; SameSite=Strict"),
+    );
+    set_cookie(
+        &mut response,
+        &format!("{LOGIN_COOKIE}=; Path=/ui/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
+    );
     response
 }
 
-pub(super) async fn logout() -> Response {
+/// Signs out: the session ends in the journal (for every listener), with its CSRF
+/// token checked first, and the cookie is cleared.
+pub(super) async fn logout(
+    State(state): State<Arc<AppState>>,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = state.live.load_full();
+    if let Some(source) = &live.manual {
+        match session(&state, source, &headers).await {
+            Ok(Some(session)) => {
+                let fields = match form(&state, client, &headers, body).await {
+                    Ok(fields) => fields,
+                    Err(response) => return response,
+                };
+                let offered = field(&fields, "csrf")
+                    .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
+                if !session.csrf_matches(offered) {
+                    return refused_page(
+                        StatusCode::FORBIDDEN,
+                        "The sign-out did not come from this page.",
+                    );
+                }
+                if let Some(journal) = &state.journal
+                    && let Err(error) = journal.end_session(&session.record.id_digest).await
+                {
+                    tracing::warn!(error = %crate::error::Chain(&error), "Could not end a session of the page.");
+                    return refused_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The session could not be ended (the journal is unavailable): try again.",
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(error = %crate::error::Chain(&error), "Could not read a session of the page.");
+                return refused_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The session could not be read (the journal is unavailable): try again.",
+                );
+            }
+        }
+    }
     let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "gitdispatch_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
-        ),
+    set_cookie(
+        &mut response,
+        &format!("{COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
     );
     response
 }
@@ -217,8 +361,21 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
     let Some(source) = &live.manual else {
         return (StatusCode::NOT_FOUND, "the page needs [api] tokens").into_response();
     };
-    let Some(session) = session(source, &headers) else {
-        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
+    let session = match session(&state, source, &headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => {
+            return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
+        }
+        Err(error) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the journal is unavailable: {}",
+                    crate::error::Chain(&error)
+                ),
+            )
+                .into_response();
+        }
     };
     let journal = match journal(&state) {
         Ok(journal) => journal,
@@ -234,8 +391,9 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
     let lanes = lanes_view(journal.as_ref()).await.unwrap_or_default();
     let queue = queue_view(&state).await.unwrap_or_default();
 
-    let mut body = String::from(
-        "<h1>gitdispatch</h1><form method=post action=/ui/logout style=float:right><button>Sign out</button></form>",
+    let mut body = format!(
+        "<h1>gitdispatch</h1><form method=post action=/ui/logout style=float:right><input type=hidden name=csrf value=\"{}\"><button>Sign out</button></form>",
+        escape(&session.record.csrf)
     );
     body.push_str("<h2>Lanes</h2><table id=lanes><tr><th>Pipeline</th><th>Environment</th><th>State</th><th>Running</th><th>Waiting</th><th>Superseded</th><th>Action</th></tr>");
     let empty = Vec::new();
@@ -368,17 +526,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
     let head = format!(
         // A module script runs once the page is parsed.
         "<meta name=csrf-token content=\"{}\"><script type=module>{SCRIPT}</script>",
-        session.csrf()
+        escape(&session.record.csrf)
     );
-    let mut response = page("gitdispatch", &head, &body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
-    response
+    unframed(page("gitdispatch", &head, &body).into_response())
 }

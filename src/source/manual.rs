@@ -16,6 +16,8 @@ use crate::event::{CommitSha, DeliveryId, Event, EventKind, Manual, Occurrence, 
 /// Who may call the API.
 pub struct ManualSource {
     tokens: Vec<SecretString>,
+    /// How long a sign-in to the page lasts.
+    session_lifetime: std::time::Duration,
 }
 
 impl std::fmt::Debug for ManualSource {
@@ -31,12 +33,27 @@ impl ManualSource {
     pub fn from_config(config: &ApiConfig) -> Option<ManualSource> {
         config.enabled().then(|| ManualSource {
             tokens: config.tokens.clone(),
+            session_lifetime: std::time::Duration::from_secs(config.session_hours * 3600),
         })
     }
 
-    /// The configured tokens (the page's sessions are keyed by them).
-    pub fn tokens(&self) -> &[SecretString] {
-        &self.tokens
+    /// How long a sign-in to the page lasts.
+    pub fn session_lifetime(&self) -> std::time::Duration {
+        self.session_lifetime
+    }
+
+    /// Whether `digest` (SHA-256, hex) is a configured token's: a page's session holds
+    /// on only while the token it was opened with is configured.
+    pub fn holds_digest(&self, digest: &str) -> bool {
+        self.tokens.iter().fold(false, |found, token| {
+            let expected = hex::encode(Sha256::digest(token.expose_secret().as_bytes()));
+            let equal = aws_lc_rs::constant_time::verify_slices_are_equal(
+                expected.as_bytes(),
+                digest.as_bytes(),
+            )
+            .is_ok();
+            found | equal
+        })
     }
 
     /// The configured token `offered` is, compared with every one in constant time,
@@ -245,6 +262,7 @@ mod tests {
     fn only_a_configured_bearer_token_authenticates() {
         let source = ManualSource::from_config(&ApiConfig {
             tokens: vec![SecretString::from("token-one-0123456789")],
+            ..ApiConfig::default()
         })
         .unwrap();
         let headers = |value: Option<&str>| {

@@ -1,5 +1,6 @@
-//! SNS as gitdispatch meets it: an https server on 127.0.0.1 (its certificate issued by
-//! a test CA the daemon is told to trust) that serves the signing certificate and
+//! SNS as gitdispatch meets it: an https server on `localhost` (its certificate issued by
+//! a test CA the daemon is told to trust, and allowed by name and port in
+//! `codecommit.certificate_hosts`) that serves the signing certificate and
 //! takes subscription confirmations, and messages signed the way SNS signs them
 //! (RSA PKCS#1 v1.5 over the canonical string, SHA-1 for version 1, SHA-256 for 2;
 //! aws-lc-rs verifies SHA-1 signatures but makes none, so `openssl` signs those).
@@ -23,8 +24,10 @@ pub const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:codecommit-events";
 
 /// The fake SNS endpoint and the key it signs with.
 pub struct Sns {
-    /// `https://127.0.0.1:<port>`.
+    /// `https://localhost:<port>`.
     pub base: String,
+    /// `localhost:<port>`: what `codecommit.certificate_hosts` allows.
+    pub authority: String,
     /// The test CA's certificate, PEM: `codecommit.certificate_roots`.
     pub roots: PathBuf,
     key: RsaKeyPair,
@@ -38,14 +41,14 @@ pub struct Sns {
 impl Sns {
     pub async fn start() -> Sns {
         let directory = tempfile::tempdir().unwrap();
-        // The CA, and the server's certificate for 127.0.0.1 it issues.
+        // The CA, and the server's certificate for localhost it issues.
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let roots = directory.path().join("roots.pem");
         std::fs::write(&roots, ca.pem()).unwrap();
         let server_key = KeyPair::generate().unwrap();
-        let server_certificate = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        let server_certificate = CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
             .signed_by(&server_key, &ca)
             .unwrap();
@@ -74,7 +77,8 @@ impl Sns {
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("https://{}", listener.local_addr().unwrap());
+        let authority = format!("localhost:{}", listener.local_addr().unwrap().port());
+        let base = format!("https://{authority}");
         let certificate_fetches = Arc::new(AtomicUsize::new(0));
         let confirmations = Arc::new(AtomicUsize::new(0));
         let (fetches, confirmed) = (certificate_fetches.clone(), confirmations.clone());
@@ -120,6 +124,7 @@ impl Sns {
         });
         Sns {
             base,
+            authority,
             roots,
             key,
             key_file,
@@ -131,8 +136,19 @@ impl Sns {
 
     /// The `[codecommit]` section that trusts this endpoint, with `extra` lines.
     pub fn config_section(&self, extra: &str) -> String {
+        self.config_section_allowing("", extra)
+    }
+
+    /// [`Sns::config_section`], allowing `also` (a `host:port`) as well.
+    pub fn config_section_allowing(&self, also: &str, extra: &str) -> String {
+        let also = if also.is_empty() {
+            String::new()
+        } else {
+            format!(", \"{also}\"")
+        };
         format!(
-            "[codecommit]\ntopic_arns = [\"{TOPIC}\"]\ncertificate_hosts = [\"127.0.0.1\"]\ncertificate_roots = \"{}\"\n{extra}\n",
+            "[codecommit]\ntopic_arns = [\"{TOPIC}\"]\ncertificate_hosts = [\"{}\"{also}]\ncertificate_roots = \"{}\"\n{extra}\n",
+            self.authority,
             self.roots.display()
         )
     }

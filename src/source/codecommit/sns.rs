@@ -19,7 +19,6 @@ use serde::Deserialize;
 use super::https::{ClientError, FetchError, HttpsClient};
 
 use crate::config::CodecommitConfig;
-use crate::pattern::PatternList;
 use crate::source::SourceError;
 
 /// Certificates kept at most; SNS signs with a few at a time.
@@ -142,7 +141,8 @@ impl SignatureVerificationAlgorithm for RsaPkcs1Sha1 {
 /// Checks SNS messages; fetches and caches signing certificates.
 pub struct SnsVerifier {
     topics: Vec<String>,
-    hosts: PatternList,
+    /// Hosts allowed beyond AWS's own (`host` or `host:port`), lowercase.
+    hosts: Vec<String>,
     max_age: Duration,
     client: HttpsClient,
     /// DER certificates by URL: SNS signs with few, long-lived certificates.
@@ -157,12 +157,60 @@ impl std::fmt::Debug for SnsVerifier {
     }
 }
 
+/// Whether AWS's SNS serves from `host`: `sns.<region>.amazonaws.com`, or
+/// `sns.<region>.amazonaws.com.cn`, as AWS's own SNS message validators have it (the
+/// region letters, digits and dashes; no other label, no trailing dot).
+pub fn is_aws_sns_host(host: &str) -> bool {
+    let Some(rest) = host.strip_prefix("sns.") else {
+        return false;
+    };
+    let region = rest
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"));
+    region.is_some_and(|region| {
+        region.len() >= 3
+            && region
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+    })
+}
+
+/// Whether a URL SNS gave (a SigningCertURL, a SubscribeURL) may be fetched: https, no
+/// credentials, a host name (not an IP address), and either AWS's SNS host with no port
+/// or exactly one of `extra` (`host`, or `host:port`, lowercase). Says why not.
+pub fn sns_url_allowed(url: &Uri, extra: &[String]) -> Result<(), &'static str> {
+    if url.scheme_str() != Some("https") {
+        return Err("is not https");
+    }
+    let Some(authority) = url.authority() else {
+        return Err("has no host");
+    };
+    if authority.as_str().contains('@') {
+        return Err("carries credentials");
+    }
+    let host = authority.host().to_ascii_lowercase();
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return Err("names an IP address, not SNS's host");
+    }
+    let exact = authority.as_str().to_ascii_lowercase();
+    if extra.contains(&exact) {
+        return Ok(());
+    }
+    if authority.port().is_none() && is_aws_sns_host(&host) {
+        return Ok(());
+    }
+    Err("is not on SNS's host (sns.<region>.amazonaws.com) nor one of codecommit.certificate_hosts")
+}
+
 impl SnsVerifier {
     pub fn new(config: &CodecommitConfig) -> Result<SnsVerifier, ClientError> {
         Ok(SnsVerifier {
             topics: config.topic_arns.clone(),
-            hosts: PatternList::compile_repositories(&config.certificate_hosts)
-                .unwrap_or_else(|_| PatternList::compile(&[]).expect("an empty list compiles")),
+            hosts: config
+                .certificate_hosts
+                .iter()
+                .map(|host| host.to_ascii_lowercase())
+                .collect(),
             max_age: Duration::from_secs(config.max_message_age_secs),
             client: HttpsClient::new(config.certificate_roots.as_deref(), FETCH_TIMEOUT)?,
             certificates: Mutex::new(HashMap::new()),
@@ -224,26 +272,14 @@ impl SnsVerifier {
         Ok(())
     }
 
-    /// Checks that a URL SNS gave is https on an allowed host.
+    /// Checks that a URL SNS gave is one SNS serves from ([`sns_url_allowed`]).
     fn allowed_url(&self, url: &str, what: &str) -> Result<Uri, SourceError> {
         // A fragment, or anything else a URI cannot hold, is not a URL SNS sends.
         let parsed: Uri = url.parse().map_err(|_| {
             SourceError::Unauthenticated(format!("the SNS {what} {url:?} is not a URL"))
         })?;
-        let host = parsed.host().unwrap_or_default();
-        if parsed.scheme_str() != Some("https") || !self.hosts.matches(host) {
-            return Err(SourceError::Unauthenticated(format!(
-                "the SNS {what} {url:?} is not https on a host of codecommit.certificate_hosts"
-            )));
-        }
-        if parsed
-            .authority()
-            .is_some_and(|authority| authority.as_str().contains('@'))
-        {
-            return Err(SourceError::Unauthenticated(format!(
-                "the SNS {what} {url:?} carries credentials"
-            )));
-        }
+        sns_url_allowed(&parsed, &self.hosts)
+            .map_err(|why| SourceError::Unauthenticated(format!("the SNS {what} {url:?} {why}")))?;
         Ok(parsed)
     }
 
@@ -320,6 +356,44 @@ impl SnsVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sns_hosts_exactly_or_configured_ones_are_fetched_from() {
+        let extra = vec![
+            "sns.private.example.net".to_string(),
+            "localhost:8443".to_string(),
+        ];
+        let allowed = |url: &str| sns_url_allowed(&url.parse::<Uri>().unwrap(), &extra);
+        for url in [
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-a.pem",
+            "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-a.pem",
+            "https://SNS.EU-WEST-1.AMAZONAWS.COM/SimpleNotificationService-a.pem",
+            "https://sns.private.example.net/SimpleNotificationService-a.pem",
+            "https://localhost:8443/SimpleNotificationService-a.pem",
+        ] {
+            assert_eq!(allowed(url), Ok(()), "{url}");
+        }
+        for url in [
+            "http://sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.s3.amazonaws.com/x.pem",
+            "https://sns.evil.s3.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com.example.org/x.pem",
+            "https://sns.us-east-1.amazonaws.com./x.pem",
+            "https://xsns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.a.amazonaws.com/x.pem",
+            "https://sns.us_east_1.amazonaws.com/x.pem",
+            "https://user@sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com:443/x.pem",
+            "https://sns.us-east-1.amazonaws.com:8443/x.pem",
+            "https://52.94.1.1/x.pem",
+            "https://[::1]/x.pem",
+            "https://localhost/x.pem",
+            "https://localhost:8444/x.pem",
+            "https://sub.sns.private.example.net/x.pem",
+        ] {
+            assert!(allowed(url).is_err(), "{url}");
+        }
+    }
 
     fn notification() -> SnsMessage {
         SnsMessage {
