@@ -321,8 +321,15 @@ pub async fn open_journal(
         }
         crate::config::LedgerConfig::Dynamodb { table } => {
             let aws = aws.ok_or(AppError::NoAwsSettings("the DynamoDB journal"))?;
+            let client = aws_sdk_dynamodb::Client::new(aws);
+            crate::dynamo::check_table(&client, table)
+                .await
+                .map_err(|message| crate::journal::JournalError {
+                    message,
+                    source: None,
+                })?;
             Arc::new(crate::journal::dynamodb::DynamoJournal::new(
-                aws_sdk_dynamodb::Client::new(aws),
+                client,
                 table.clone(),
                 retention,
             ))

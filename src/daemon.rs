@@ -202,6 +202,33 @@ async fn reload_on_hangup(
     }
 }
 
+/// How often the journal's retention (`[history]`) is applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Applies the journal's retention at start and every PRUNE_EVERY until `shutdown`: its
+/// lists stay as long as `[history]` says, on either backend. A failure is logged and
+/// tried again next time; several workers pruning at once delete the same items.
+async fn prune_periodically(
+    journal: std::sync::Arc<dyn crate::journal::Journal>,
+    retention: crate::journal::Retention,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(PRUNE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match journal.prune(retention).await {
+            Ok(()) => tracing::debug!("Applied the journal's retention."),
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not apply the journal's retention; will try again.")
+            }
+        }
+    }
+}
+
 /// Reloads for every `POST /v1/reload`, answering each with what became of it.
 async fn reload_on_request(
     app: std::sync::Arc<App>,
@@ -340,6 +367,14 @@ pub async fn run(
                     .await
                     .map_err(Into::into),
             )
+        });
+    }
+    if role.works() {
+        let (journal, shutdown) = (app.journal.clone(), shutdown.clone());
+        let retention = app.compiled.config.history.retention();
+        parts.spawn(async move {
+            prune_periodically(journal, retention, shutdown).await;
+            ("journal retention", Ok(()))
         });
     }
     if role.works()

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dynamo;
 pub mod error;
 pub mod event;
 pub mod execution;

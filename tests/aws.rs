@@ -803,3 +803,123 @@ async fn the_sample_state_machine_takes_each_documented_path() {
     assert_eq!(*unknown.status(), ExecutionStatus::Failed);
     assert_eq!(unknown.error(), Some("UnknownAction"));
 }
+
+/// A push listing 2,000 commits, to a serial deploy route and a parallel build route,
+/// on SQS and with the ledger and journal on DynamoDB 5 ms away (a proxy in front of
+/// moto): its 4,000 claims and journal records go in transactions of up to 100, several
+/// at once, so it is answered 202 in tens of DynamoDB calls, not thousands (the daemon's
+/// request timeout is raised to 30 s here, GitHub Enterprise's, so that a loaded
+/// machine cannot make moto's own Python the failure). Prints how long it took, for
+/// BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_of_two_thousand_commits_is_answered_in_tens_of_dynamodb_calls() {
+    let sdk = moto::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let (queue_url, _) = moto::create_queue(&sqs, true, Duration::from_secs(30), 5).await;
+    let table = moto::ledger_table(&aws_sdk_dynamodb::Client::new(&sdk), "big-push").await;
+    let arn = create_sample_state_machine(&sfn).await;
+    let proxy = Proxy::start(moto::url(), |call| {
+        if call.operation.starts_with("DynamoDB_") {
+            Fault::Delay(Duration::from_millis(5))
+        } else {
+            Fault::Forward
+        }
+    })
+    .await;
+    let text = (aws_config_text(&queue_url, &arn)
+        + &format!(
+            r#"
+[[pipelines]]
+name = "build"
+state_machine_arn = "{arn}"
+
+[[routes]]
+pipeline = "build"
+repository = "acme/*"
+events = ["push"]
+environment = "ci"
+
+[api]
+tokens = ["a-token-that-opens-the-ledger-01"]
+
+[ledger]
+type = "dynamodb"
+table = "{table}"
+"#
+        ))
+        .replace("[server]\n", "[server]\nrequest_timeout_secs = 30\n");
+    let mut environment: Vec<(&str, String)> = moto::environment();
+    environment.push(("AWS_ENDPOINT_URL_DYNAMODB", proxy.url.clone()));
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = Daemon::start_as("listen", &text, &environment);
+
+    let commits: Vec<Value> = (0..2000)
+        .map(|n| {
+            serde_json::json!({
+                "id": format!("{:040x}", 0xb16_0000_u64 + n),
+                "message": format!("Commit {n}"),
+                "author": {"name": "Mary Doe", "username": "mary"},
+                "added": [], "removed": [], "modified": [format!("src/{n}.rs")],
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/hotfix/big",
+        "before": format!("{:040x}", 0xb15_0000_u64),
+        "after": commits.last().unwrap()["id"],
+        "created": false, "deleted": false, "forced": false,
+        "commits": commits,
+        "head_commit": commits.last().unwrap(),
+        "repository": {"full_name": "acme/project-api-v2", "pushed_at": 1_800_000_000},
+    }))
+    .unwrap();
+    let before = proxy.calls().len();
+    let started = std::time::Instant::now();
+    let answer = Delivery::new("push", body)
+        .post(&reqwest::Client::new(), &daemon.url())
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let timeline: Vec<String> = proxy
+        .calls()
+        .iter()
+        .skip(before)
+        .map(|call| {
+            format!(
+                "{} at {} ms",
+                call.operation,
+                call.at.duration_since(started).as_millis()
+            )
+        })
+        .collect();
+    assert_eq!(answer.status, 202, "{}\n{timeline:#?}", answer.body);
+    assert_eq!(executions(&answer).len(), 4000);
+    let calls = proxy.calls().len() - before;
+    println!(
+        "a push of 2,000 commits to two routes, DynamoDB 5 ms away: answered 202 in {} ms, {calls} DynamoDB calls",
+        elapsed.as_millis()
+    );
+    assert!(calls <= 120, "{calls} DynamoDB calls for one delivery");
+    // Every start is on the queue, and in the journal's lanes.
+    let lanes: Value = serde_json::from_str(
+        &reqwest::Client::new()
+            .get(format!("http://{}/v1/lanes", daemon.address))
+            .bearer_auth("a-token-that-opens-the-ledger-01")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let waiting: u64 = lanes["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|lane| lane["waiting"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(waiting, 4000, "{}", lanes["lanes"]);
+}

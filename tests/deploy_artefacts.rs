@@ -2,13 +2,21 @@
 //! and its sandbox rates 2.0 or better; every CloudFormation template is clean under
 //! cfn-lint with the informational checks on; the CodePipeline template embeds the
 //! safe-update state machine as its file has it, and every state of it can be reached
-//! and goes somewhere that exists. (The other templates are also deployed on moto and
-//! the sample state machine run there: `tests/aws.rs`. moto has no custom action types
-//! and runs no CloudFormation SDK tasks, so the CodePipeline template and its state
-//! machine are checked here, not run.)
+//! and goes somewhere that exists; the ECS service template deploys on moto after
+//! gitdispatch.yaml, with its load balancer, listeners, security groups and services.
+//! (The other templates are also deployed on moto and the sample state machine run
+//! there: `tests/aws.rs`. moto has no custom action types and runs no CloudFormation
+//! SDK tasks, so the CodePipeline template and its state machine are checked here, not
+//! run.)
 
+mod common;
+
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+
+use common::moto;
+use serde_json::{Value, json};
 
 fn repository(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -85,6 +93,7 @@ fn every_cloudformation_template_is_clean_under_cfn_lint() {
         "deploy/aws/gitdispatch.yaml",
         "deploy/aws/codecommit.yaml",
         "deploy/aws/codepipeline.yaml",
+        "deploy/aws/service.yaml",
     ] {
         let output = Command::new(&cfn_lint)
             .args(["--include-checks", "I", "--"])
@@ -199,4 +208,390 @@ fn the_safe_update_state_machine_is_embedded_verbatim_and_every_state_is_reachab
         );
     }
     assert_eq!(states["Rejected"]["Error"], "ChangeSetRejected");
+}
+
+/// One call of the query protocol (CloudFormation, EC2, Elastic Load Balancing) as moto
+/// takes it: a form POST, the service named by the credential scope. The answer's XML.
+async fn query(service: &str, version: &str, parameters: &[(&str, &str)]) -> String {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("Version", version)
+        .extend_pairs(parameters)
+        .finish();
+    let response = reqwest::Client::new()
+        .post(moto::url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let action = parameters.iter().find(|(key, _)| *key == "Action");
+    assert!(
+        status.is_success(),
+        "{service} {action:?}: {status}\n{text}"
+    );
+    text
+}
+
+/// One call of the JSON 1.1 protocol (ECS, ACM).
+async fn json_call(service: &str, target: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(moto::url())
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", target)
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{target}: {status}\n{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The text of every `<tag>` element of an XML answer, in order.
+fn elements(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(text, _)| text.to_string()))
+        .collect()
+}
+
+/// Deploys a template of deploy/aws on moto's CloudFormation with its parameters; the
+/// stack's name and outputs. (As `tests/aws.rs` does.)
+async fn deploy_stack(
+    template: &str,
+    parameters: &[(&str, &str)],
+) -> (String, HashMap<String, String>) {
+    let stack = moto::unique("stack");
+    let body = std::fs::read_to_string(repository(template)).unwrap();
+    let mut form = vec![
+        ("Action".to_string(), "CreateStack".to_string()),
+        ("StackName".to_string(), stack.clone()),
+        ("TemplateBody".to_string(), body),
+        (
+            "Capabilities.member.1".to_string(),
+            "CAPABILITY_IAM".to_string(),
+        ),
+    ];
+    for (index, (key, value)) in parameters.iter().enumerate() {
+        let n = index + 1;
+        form.push((
+            format!("Parameters.member.{n}.ParameterKey"),
+            key.to_string(),
+        ));
+        form.push((
+            format!("Parameters.member.{n}.ParameterValue"),
+            value.to_string(),
+        ));
+    }
+    let form: Vec<(&str, &str)> = form
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    query("cloudformation", "2010-05-15", &form).await;
+    let text = query(
+        "cloudformation",
+        "2010-05-15",
+        &[("Action", "DescribeStacks"), ("StackName", &stack)],
+    )
+    .await;
+    assert!(
+        elements(&text, "StackStatus") == ["CREATE_COMPLETE"],
+        "{template}: {text}"
+    );
+    let mut outputs = HashMap::new();
+    for output in text.split("<member>").skip(1) {
+        if let (Some(key), Some(value)) = (
+            elements(output, "OutputKey").first(),
+            elements(output, "OutputValue").first(),
+        ) {
+            outputs.insert(key.clone(), value.clone());
+        }
+    }
+    (stack, outputs)
+}
+
+/// The physical id of a stack's resource.
+async fn physical_id(stack: &str, logical_id: &str) -> String {
+    let text = query(
+        "cloudformation",
+        "2010-05-15",
+        &[("Action", "DescribeStackResources"), ("StackName", stack)],
+    )
+    .await;
+    text.split("<member>")
+        .find(|member| elements(member, "LogicalResourceId") == [logical_id])
+        .and_then(|member| elements(member, "PhysicalResourceId").into_iter().next())
+        .unwrap_or_else(|| panic!("no {logical_id} in {stack}: {text}"))
+}
+
+/// deploy/aws/service.yaml, deployed after gitdispatch.yaml as the README says, on
+/// moto's CloudFormation: the outputs name the webhook URL, the load balancer and the
+/// services; the load balancer serves HTTPS with the certificate and only redirects
+/// HTTP, only to AllowedCidrs; its target group probes /readyz on the container's port,
+/// which only the load balancer reaches; the services run `listen` and `work` with
+/// the config written where they read it, the secrets as variables, JSON logs and a
+/// stop timeout above the shutdown grace. moto's CloudFormation skips what it does not
+/// support (the Application Auto Scaling target and policies, the CloudWatch alarms),
+/// and keeps of a task definition only its containers, of a service only its name,
+/// task definition and count, of a role not its managed policies, of a target group
+/// not its attributes: those are left to cfn-lint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_template_deploys_the_listeners_behind_https_and_the_workers() {
+    let (_, core) = deploy_stack(
+        "deploy/aws/gitdispatch.yaml",
+        &[
+            ("Name", &moto::unique("gd")),
+            ("CreateSampleStateMachine", "false"),
+            ("CreateLedger", "true"),
+        ],
+    )
+    .await;
+
+    let ec2 = |parameters: Vec<(&'static str, String)>| async move {
+        let parameters: Vec<(&str, &str)> = parameters
+            .iter()
+            .map(|(key, value)| (*key, value.as_str()))
+            .collect();
+        query("ec2", "2016-11-15", &parameters).await
+    };
+    let created = ec2(vec![
+        ("Action", "CreateVpc".into()),
+        ("CidrBlock", "10.0.0.0/16".into()),
+    ])
+    .await;
+    let vpc = elements(&created, "vpcId").remove(0);
+    let mut subnets = Vec::new();
+    for (n, zone) in ["us-east-1a", "us-east-1b"].into_iter().enumerate() {
+        let created = ec2(vec![
+            ("Action", "CreateSubnet".into()),
+            ("VpcId", vpc.clone()),
+            ("CidrBlock", format!("10.0.{n}.0/24")),
+            ("AvailabilityZone", zone.into()),
+        ])
+        .await;
+        subnets.push(elements(&created, "subnetId").remove(0));
+    }
+    let subnets = subnets.join(",");
+    // An HTTPS listener needs a certificate that exists (moto checks, as AWS does).
+    let certificate = json_call(
+        "acm",
+        "CertificateManager.RequestCertificate",
+        json!({"DomainName": "gitdispatch.example.com"}),
+    )
+    .await["CertificateArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let name = moto::unique("gd");
+    // GitHub's hook ranges (three of them: the rest of the eight slots stay empty).
+    let cidrs = ["192.30.252.0/22", "185.199.108.0/22", "140.82.112.0/20"];
+    let webhook_secret =
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:gitdispatch/webhook-AbCdEf";
+    let api_token = "arn:aws:secretsmanager:us-east-1:123456789012:secret:gitdispatch/api-AbCdEf";
+    let (stack, outputs) = deploy_stack(
+        "deploy/aws/service.yaml",
+        &[
+            ("Name", &name),
+            (
+                "Image",
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com/gitdispatch:1.0.0",
+            ),
+            ("VpcId", &vpc),
+            ("LoadBalancerSubnets", &subnets),
+            ("TaskSubnets", &subnets),
+            ("AllowedCidrs", &cidrs.join(",")),
+            ("CertificateArn", &certificate),
+            ("DomainName", "gitdispatch.example.com"),
+            ("ListenerPolicyArn", &core["ListenerPolicyArn"]),
+            ("WorkerPolicyArn", &core["WorkerPolicyArn"]),
+            ("QueueUrl", &core["QueueUrl"]),
+            ("WebhookSecretArn", webhook_secret),
+            ("ApiTokenSecretArn", api_token),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outputs["WebhookUrl"],
+        "https://gitdispatch.example.com/webhooks/github"
+    );
+    assert_eq!(outputs["ClusterName"], name);
+    assert_eq!(outputs["ListenServiceName"], format!("{name}-listen"));
+    assert_eq!(outputs["WorkServiceName"], format!("{name}-work"));
+    assert_eq!(outputs["LogGroupName"], format!("/ecs/{name}"));
+
+    // The load balancer of the output: internet-facing, HTTPS with the certificate,
+    // HTTP that only redirects.
+    let balancer = physical_id(&stack, "LoadBalancer").await;
+    let elb = |action: &'static str, key: &'static str, value: String| async move {
+        query(
+            "elasticloadbalancing",
+            "2015-12-01",
+            &[("Action", action), (key, value.as_str())],
+        )
+        .await
+    };
+    let described = elb(
+        "DescribeLoadBalancers",
+        "LoadBalancerArns.member.1",
+        balancer.clone(),
+    )
+    .await;
+    assert_eq!(
+        elements(&described, "DNSName"),
+        [outputs["LoadBalancerDnsName"].clone()]
+    );
+    assert_eq!(elements(&described, "Scheme"), ["internet-facing"]);
+    let mut listeners: Vec<String> = elb("DescribeListeners", "LoadBalancerArn", balancer.clone())
+        .await
+        .split("<ListenerArn>")
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    listeners.sort_by_key(|listener| elements(listener, "Port")[0].parse::<u16>().unwrap());
+    let [http, https] = &listeners[..] else {
+        panic!("two listeners: {listeners:?}")
+    };
+    assert_eq!(elements(http, "Port")[0], "80");
+    assert_eq!(elements(http, "Type"), ["redirect"]);
+    assert_eq!(elements(http, "Protocol"), ["HTTP", "HTTPS"]);
+    assert_eq!(elements(http, "StatusCode"), ["HTTP_301"]);
+    assert_eq!(elements(https, "Port"), ["443"]);
+    assert_eq!(elements(https, "Protocol"), ["HTTPS"]);
+    assert_eq!(elements(https, "CertificateArn"), [certificate]);
+    assert_eq!(elements(https, "Type"), ["forward"]);
+    let groups = elb("DescribeTargetGroups", "LoadBalancerArn", balancer).await;
+    assert_eq!(
+        elements(https, "TargetGroupArn"),
+        elements(&groups, "TargetGroupArn")
+    );
+    assert_eq!(elements(&groups, "HealthCheckPath"), ["/readyz"]);
+    assert_eq!(elements(&groups, "Port"), ["8080"]);
+    assert_eq!(elements(&groups, "TargetType"), ["ip"]);
+
+    // Only AllowedCidrs reach the load balancer, on 443 and 80; only the load balancer
+    // reaches the listeners, on their port; nothing reaches the workers.
+    let ingress = |group: String| async move {
+        let text = ec2(vec![
+            ("Action", "DescribeSecurityGroups".into()),
+            ("GroupId.1", group),
+        ])
+        .await;
+        // The ingress rules only (the egress rules are ipPermissionsEgress); a group
+        // without any answers `<ipPermissions/>`.
+        match text.split_once("<ipPermissions>") {
+            Some((_, rest)) => rest
+                .split_once("</ipPermissions>")
+                .unwrap_or_else(|| panic!("{text}"))
+                .0
+                .to_string(),
+            None if text.contains("<ipPermissions/>") => String::new(),
+            None => panic!("{text}"),
+        }
+    };
+    let balancer_group = physical_id(&stack, "LoadBalancerSecurityGroup").await;
+    let from_internet = ingress(balancer_group.clone()).await;
+    let mut ports = elements(&from_internet, "fromPort");
+    ports.sort();
+    assert_eq!(ports, ["443", "80"]);
+    let mut allowed = elements(&from_internet, "cidrIp");
+    allowed.sort();
+    let mut expected: Vec<&str> = cidrs.iter().chain(&cidrs).copied().collect();
+    expected.sort();
+    assert_eq!(allowed, expected);
+    let to_listeners = ingress(physical_id(&stack, "ListenerSecurityGroup").await).await;
+    assert_eq!(elements(&to_listeners, "fromPort"), ["8080"]);
+    assert_eq!(elements(&to_listeners, "groupId"), [balancer_group]);
+    assert!(
+        elements(&to_listeners, "cidrIp").is_empty(),
+        "{to_listeners}"
+    );
+    let to_workers = ingress(physical_id(&stack, "WorkerSecurityGroup").await).await;
+    assert!(elements(&to_workers, "fromPort").is_empty(), "{to_workers}");
+
+    // The services and their containers.
+    let ecs = |action: &str, body: Value| {
+        let target = format!("AmazonEC2ContainerServiceV20141113.{action}");
+        async move { json_call("ecs", &target, body).await }
+    };
+    let services = ecs(
+        "DescribeServices",
+        json!({"cluster": name, "services": [outputs["ListenServiceName"], outputs["WorkServiceName"]]}),
+    )
+    .await;
+    let services = services["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{services:?}");
+    assert_eq!(services[0]["desiredCount"], 2, "ListenerTasks");
+    for (service, role) in services.iter().zip(["listen", "work"]) {
+        let definition = ecs(
+            "DescribeTaskDefinition",
+            json!({"taskDefinition": service["taskDefinition"]}),
+        )
+        .await;
+        let containers = definition["taskDefinition"]["containerDefinitions"]
+            .as_array()
+            .unwrap();
+        let [config, daemon] = &containers[..] else {
+            panic!("{role}: a config container and the daemon's: {containers:?}")
+        };
+        // The config container writes the parameter's text where the daemon reads it,
+        // and the daemon starts only once it has.
+        assert_eq!(config["essential"], false);
+        assert!(
+            config["command"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("> /etc/gitdispatch/gitdispatch.toml"),
+            "{config}"
+        );
+        assert_eq!(
+            config["secrets"][0]["valueFrom"],
+            "arn:aws:ssm:us-east-1:123456789012:parameter/gitdispatch/config"
+        );
+        assert_eq!(
+            daemon["dependsOn"],
+            json!([{"containerName": "config", "condition": "SUCCESS"}])
+        );
+        assert_eq!(daemon["name"], role);
+        assert_eq!(daemon["entryPoint"], json!(["gitdispatch"]));
+        assert_eq!(
+            daemon["command"],
+            json!(["--config", "/etc/gitdispatch/gitdispatch.toml", role])
+        );
+        assert_eq!(
+            daemon["secrets"],
+            json!([
+                {"name": "GITHUB_WEBHOOK_SECRET", "valueFrom": webhook_secret},
+                {"name": "GITDISPATCH_API_TOKEN", "valueFrom": api_token}
+            ])
+        );
+        assert!(
+            daemon["environment"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "GITDISPATCH_LOG_FORMAT", "value": "json"})),
+            "{daemon}"
+        );
+        // Above the default shutdown grace (30 s), within ECS's 120.
+        let stop = daemon["stopTimeout"].as_u64().unwrap();
+        assert!((31..=120).contains(&stop), "stopTimeout {stop}");
+        assert_eq!(daemon["logConfiguration"]["logDriver"], "awslogs");
+        assert_eq!(
+            daemon["logConfiguration"]["options"]["awslogs-group"],
+            format!("/ecs/{name}")
+        );
+    }
+    assert_eq!(services[0]["serviceName"], format!("{name}-listen"));
 }

@@ -235,30 +235,23 @@ async fn contract(journal: Arc<dyn Journal>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_sqlite_journal_keeps_the_contract() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("ledger.db");
-    contract(Arc::new(SqliteJournal::open(&path).unwrap())).await;
-    // Another process's view of the same file agrees.
-    let again = SqliteJournal::open(&path).unwrap();
-    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 43);
-    // Beyond its count, what ended goes; what waits stays.
-    again
+/// Beyond its count, what ended goes; what waits stays; one delivery is kept.
+async fn prunes_beyond_the_count(journal: Arc<dyn Journal>) {
+    journal
         .prune(Retention {
             keep_secs: 3600,
             keep_count: 1,
         })
         .await
         .unwrap();
-    let kept = again.lane_jobs(None).await.unwrap();
+    let kept = journal.lane_jobs(None).await.unwrap();
     assert!(
         kept.iter().all(|job| job.state == JobState::Waiting),
         "{kept:?}"
     );
     assert_eq!(kept.len(), 41, "{kept:?}");
     assert_eq!(
-        again
+        journal
             .deliveries(&DeliveryFilter {
                 limit: 1000,
                 ..DeliveryFilter::default()
@@ -270,14 +263,64 @@ async fn the_sqlite_journal_keeps_the_contract() {
     );
 }
 
+/// No path of the journal or the ledger scans a DynamoDB table: every read is a
+/// lookup by key or a query of one partition.
+#[test]
+fn no_dynamodb_scan_is_left_in_the_source() {
+    fn visit(directory: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                visit(&path, found);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if text.contains(".scan()") {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    visit(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    assert!(found.is_empty(), "a Scan in {found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_journal_keeps_the_contract() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.db");
+    contract(Arc::new(SqliteJournal::open(&path).unwrap())).await;
+    // Another process's view of the same file agrees.
+    let again = SqliteJournal::open(&path).unwrap();
+    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 43);
+    prunes_beyond_the_count(Arc::new(again)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dynamodb_journal_keeps_the_contract() {
     let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
     let table = moto::ledger_table(&client, "journal").await;
-    contract(Arc::new(DynamoJournal::new(
-        client,
-        table,
+    let journal: Arc<dyn Journal> = Arc::new(DynamoJournal::new(
+        client.clone(),
+        table.clone(),
         Retention::default(),
-    )))
-    .await;
+    ));
+    contract(journal.clone()).await;
+    prunes_beyond_the_count(journal).await;
+    // What was pruned is gone from the table, not merely from its lists.
+    let kept = client
+        .get_item()
+        .table_name(&table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("lanejob#{}", request(1).name)),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(kept.item().is_none(), "the ended job was deleted");
 }

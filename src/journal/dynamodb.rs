@@ -1,42 +1,47 @@
 //! The journal as items of the `[ledger]` DynamoDB table, shared by every instance on
-//! AWS, next to the ledger's own: `delivery#<source>#<id>`, `lanejob#<name>` and
-//! `pause#<pipeline>#<environment>` under the hash key `pk`. Each item carries
-//! `expires` for the table's TTL (and counts as absent once past it). Lists are scans
-//! of one prefix: the journal keeps days, not years, of a team's deliveries.
+//! AWS, next to the ledger's own. Every lookup is a GetItem of its key, every list a
+//! Query of one partition of the table's `lists` index (`crate::dynamo`); nothing
+//! scans. Each item carries `expires` for the table's TTL (and counts as absent once
+//! past it):
+//!
+//! | item | key (`pk`) | list (`lpk`), order (`lsk`) |
+//! |---|---|---|
+//! | a delivery | `delivery#<source>#<id>` | `deliveries#<day>`, time received |
+//! | the same, for its repository | `deliveryrepo#<repository>#<ms>#<source>#<id>` | `repository#<repository>`, time received |
+//! | a lane job (its body beside it, not listed) | `lanejob#<name>` | `lane#<pipeline>#<environment>`, queue order |
+//! | a lane that has jobs | `lane#<pipeline>#<environment>` | `lanes`, the lane |
+//! | a paused lane | `pause#<pipeline>#<environment>` | `pauses`, the lane |
+//! | a page's session | `session#<digest>` | — |
+//!
+//! A delivery and the jobs it queued are written in transactions of up to 100 items,
+//! several at once; a job already on record (the worker was quicker) keeps what it
+//! says.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::AttributeValue;
-
-use crate::ledger::dynamodb::{number, text};
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 
 use super::{
     DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
     Retention, SessionRecord, merged, now_ms,
 };
+use crate::dynamo::{Item, Write, delete_all, get_number, get_text, list, number, put_all, text};
 
 /// How long an item lives at most (SQS keeps a message 14 days at most; deliveries
 /// and ended jobs are pruned sooner by their retention).
 const MAX_LIFETIME_SECS: i64 = 14 * 24 * 3600;
 
-type Item = HashMap<String, AttributeValue>;
+/// Every source a delivery can come from: a delivery is looked up by id under each.
+const SOURCES: [&str; 4] = ["github", "codecommit", "manual", "codepipeline"];
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
 
 pub struct DynamoJournal {
     client: Client,
     table: String,
     retention: Retention,
-}
-
-fn get_text(item: &Item, key: &str) -> Option<String> {
-    item.get(key).and_then(|value| value.as_s().ok()).cloned()
-}
-
-fn get_number(item: &Item, key: &str) -> Option<i64> {
-    item.get(key)
-        .and_then(|value| value.as_n().ok())
-        .and_then(|value| value.parse().ok())
 }
 
 fn error(message: &str, source: impl Into<aws_sdk_dynamodb::Error>) -> JournalError {
@@ -47,8 +52,69 @@ fn job_key(name: &str) -> String {
     format!("lanejob#{name}")
 }
 
+fn lane_list(lane: &Lane) -> String {
+    format!("lane#{}#{}", lane.pipeline, lane.environment)
+}
+
 fn pause_key(lane: &Lane) -> String {
     format!("pause#{}#{}", lane.pipeline, lane.environment)
+}
+
+fn delivery_key(source: &str, id: &str) -> String {
+    format!("delivery#{source}#{id}")
+}
+
+fn day_list(at_ms: i64) -> String {
+    format!("deliveries#{}", at_ms.div_euclid(DAY_MS))
+}
+
+fn repository_list(repository: &str) -> String {
+    format!("repository#{}", repository.to_ascii_lowercase())
+}
+
+/// Where a delivery is in its lists: by time received, then by source and id.
+fn delivery_order(record: &DeliveryRecord) -> String {
+    format!(
+        "{:013}#{}#{}",
+        record.received_at_ms.max(0),
+        record.source,
+        record.id
+    )
+}
+
+fn repository_key(record: &DeliveryRecord) -> String {
+    format!(
+        "deliveryrepo#{}#{}",
+        record.repository.to_ascii_lowercase(),
+        delivery_order(record)
+    )
+}
+
+fn delivery_items(record: &DeliveryRecord, expires: i64) -> [Item; 2] {
+    let text_record = serde_json::to_string(record).expect("a delivery record renders");
+    let order = delivery_order(record);
+    [
+        HashMap::from([
+            (
+                "pk".to_string(),
+                text(&delivery_key(&record.source, &record.id)),
+            ),
+            ("record".to_string(), text(&text_record)),
+            ("expires".to_string(), number(expires)),
+            ("lpk".to_string(), text(&day_list(record.received_at_ms))),
+            ("lsk".to_string(), text(&order)),
+        ]),
+        HashMap::from([
+            ("pk".to_string(), text(&repository_key(record))),
+            ("record".to_string(), text(&text_record)),
+            ("expires".to_string(), number(expires)),
+            (
+                "lpk".to_string(),
+                text(&repository_list(&record.repository)),
+            ),
+            ("lsk".to_string(), text(&order)),
+        ]),
+    ]
 }
 
 fn job_item(job: &LaneJob, expires: i64) -> Item {
@@ -58,6 +124,23 @@ fn job_item(job: &LaneJob, expires: i64) -> Item {
         ("record".to_string(), text(&record)),
         ("job".to_string(), text(&job.job)),
         ("expires".to_string(), number(expires)),
+        ("lpk".to_string(), text(&lane_list(&job.lane))),
+        ("lsk".to_string(), text(&format!("{:020}", job.seq.max(0)))),
+    ])
+}
+
+/// The item that lists a lane among those with jobs.
+fn lane_item(lane: &Lane, expires: i64) -> Item {
+    let record = serde_json::to_string(lane).expect("a lane renders");
+    HashMap::from([
+        ("pk".to_string(), text(&lane_list(lane))),
+        ("record".to_string(), text(&record)),
+        ("expires".to_string(), number(expires)),
+        ("lpk".to_string(), text("lanes")),
+        (
+            "lsk".to_string(),
+            text(&format!("{}#{}", lane.pipeline, lane.environment)),
+        ),
     ])
 }
 
@@ -67,44 +150,21 @@ fn job_from(item: &Item) -> Option<LaneJob> {
     Some(job.read_back())
 }
 
+fn record_of<T: serde::de::DeserializeOwned>(item: &Item) -> Option<T> {
+    serde_json::from_str(&get_text(item, "record")?).ok()
+}
+
+/// Whether an item is still alive (its TTL may not have removed it yet).
+fn live(item: &Item) -> bool {
+    get_number(item, "expires").unwrap_or(0) > now_ms() / 1000
+}
+
 impl DynamoJournal {
     pub fn new(client: Client, table: String, retention: Retention) -> DynamoJournal {
         DynamoJournal {
             client,
             table,
             retention,
-        }
-    }
-
-    /// Every live item whose key starts with `prefix`, with every attribute, or with
-    /// `pk`, `record` and `expires` only when `records_only`.
-    async fn scan(&self, prefix: &str, records_only: bool) -> Result<Vec<Item>, JournalError> {
-        let now = now_ms() / 1000;
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(pk, :prefix) AND expires > :now")
-                .expression_attribute_values(":prefix", text(prefix))
-                .expression_attribute_values(":now", number(now))
-                .consistent_read(true)
-                .set_projection_expression(records_only.then(|| "pk, #record, expires".to_string()))
-                .set_expression_attribute_names(
-                    records_only
-                        .then(|| HashMap::from([("#record".to_string(), "record".to_string())])),
-                )
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|source| error("the journal could not be read", source))?;
-            items.extend(page.items().iter().cloned());
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(items),
-            }
         }
     }
 
@@ -118,10 +178,7 @@ impl DynamoJournal {
             .send()
             .await
             .map_err(|source| error("the journal could not be read", source))?;
-        Ok(item
-            .item()
-            .filter(|item| get_number(item, "expires").unwrap_or(0) > now_ms() / 1000)
-            .cloned())
+        Ok(item.item().filter(|item| live(item)).cloned())
     }
 
     async fn put(&self, item: Item) -> Result<(), JournalError> {
@@ -135,6 +192,22 @@ impl DynamoJournal {
         Ok(())
     }
 
+    /// The live items of one list, in order (newest first when not `forward`), at most
+    /// `limit` of those `keep` keeps.
+    async fn list(
+        &self,
+        name: &str,
+        forward: bool,
+        limit: usize,
+        keep: impl Fn(&Item) -> bool,
+    ) -> Result<Vec<Item>, JournalError> {
+        list(&self.client, &self.table, name, forward, limit, |item| {
+            live(item) && keep(item)
+        })
+        .await
+        .map_err(|source| error("the journal could not be read", source))
+    }
+
     fn job_expires(&self, job: &LaneJob) -> i64 {
         let now = now_ms() / 1000;
         if job.state == JobState::Waiting {
@@ -142,6 +215,46 @@ impl DynamoJournal {
         } else {
             now + self.retention.keep_secs.min(MAX_LIFETIME_SECS)
         }
+    }
+
+    /// The writes that record jobs just queued (each only if not on record already),
+    /// with their lanes'.
+    fn queued_writes(&self, jobs: &[LaneJob]) -> Vec<Write> {
+        let mut seen = BTreeSet::new();
+        let mut lanes = BTreeSet::new();
+        let mut writes = Vec::new();
+        let lane_expires = now_ms() / 1000 + MAX_LIFETIME_SECS;
+        for job in jobs {
+            if !seen.insert(job.name.clone()) {
+                continue;
+            }
+            if lanes.insert(job.lane.clone()) {
+                writes.push(Write::put(lane_item(&job.lane, lane_expires)));
+            }
+            writes.push(
+                Write::put(job_item(job, self.job_expires(job)))
+                    .when("attribute_not_exists(pk) OR expires < :now")
+                    .value(":now", number(now_ms() / 1000)),
+            );
+        }
+        writes
+    }
+
+    async fn write(&self, writes: Vec<Write>) -> Result<(), JournalError> {
+        put_all(&self.client, &self.table, writes)
+            .await
+            .map(|_| ())
+            .map_err(|source| JournalError::new("the journal could not be written", source))
+    }
+
+    /// Every lane with jobs on record.
+    async fn lanes(&self) -> Result<Vec<Lane>, JournalError> {
+        Ok(self
+            .list("lanes", true, usize::MAX, |_| true)
+            .await?
+            .iter()
+            .filter_map(record_of)
+            .collect())
     }
 }
 
@@ -152,77 +265,82 @@ impl Journal for DynamoJournal {
         record: &DeliveryRecord,
         queued: &[LaneJob],
     ) -> Result<(), JournalError> {
-        self.queued(queued).await?;
         let expires = record.received_at_ms / 1000 + self.retention.keep_secs;
-        self.put(HashMap::from([
-            (
-                "pk".to_string(),
-                text(&format!("delivery#{}#{}", record.source, record.id)),
-            ),
-            (
-                "record".to_string(),
-                text(&serde_json::to_string(record).expect("a delivery record renders")),
-            ),
-            ("expires".to_string(), number(expires)),
-        ]))
-        .await
+        let mut writes: Vec<Write> = delivery_items(record, expires)
+            .into_iter()
+            .map(Write::put)
+            .collect();
+        writes.extend(self.queued_writes(queued));
+        self.write(writes).await
     }
 
     async fn deliveries(
         &self,
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRecord>, JournalError> {
-        let mut records: Vec<DeliveryRecord> = self
-            .scan("delivery#", false)
-            .await?
-            .iter()
-            .filter_map(|item| serde_json::from_str(&get_text(item, "record")?).ok())
-            .filter(|record: &DeliveryRecord| {
-                filter
-                    .repository
-                    .as_ref()
-                    .is_none_or(|name| name.eq_ignore_ascii_case(&record.repository))
-                    && record.received_at_ms >= filter.since_ms.unwrap_or(0)
-            })
-            .collect();
+        let since = filter.since_ms.unwrap_or(0);
+        let limit = filter.limit.min(self.retention.keep_count);
+        let keep = |item: &Item| {
+            record_of::<DeliveryRecord>(item).is_some_and(|record| record.received_at_ms >= since)
+        };
+        let items = match &filter.repository {
+            Some(repository) => {
+                self.list(&repository_list(repository), false, limit, keep)
+                    .await?
+            }
+            None => {
+                // Day by day, from today back to `since` (or as far as deliveries are
+                // kept).
+                let now = now_ms();
+                let oldest = since.max(now - self.retention.keep_secs * 1000 - DAY_MS);
+                let mut items = Vec::new();
+                let mut day = now;
+                while items.len() < limit && day >= oldest - DAY_MS {
+                    let more = self
+                        .list(&day_list(day), false, limit - items.len(), keep)
+                        .await?;
+                    items.extend(more);
+                    day -= DAY_MS;
+                }
+                items
+            }
+        };
+        let mut records: Vec<DeliveryRecord> = items.iter().filter_map(record_of).collect();
         records.sort_by_key(|record| std::cmp::Reverse(record.received_at_ms));
-        records.truncate(filter.limit.min(self.retention.keep_count));
+        records.truncate(limit);
         Ok(records)
     }
 
     async fn delivery(&self, id: &str) -> Result<Vec<DeliveryRecord>, JournalError> {
-        let mut records: Vec<DeliveryRecord> = self
-            .scan("delivery#", false)
-            .await?
-            .iter()
-            .filter_map(|item| serde_json::from_str(&get_text(item, "record")?).ok())
-            .filter(|record: &DeliveryRecord| record.id == id)
+        let mut keys = KeysAndAttributes::builder().consistent_read(true);
+        for source in SOURCES {
+            keys = keys.keys(HashMap::from([(
+                "pk".to_string(),
+                text(&delivery_key(source, id)),
+            )]));
+        }
+        let keys = keys.build().expect("keys are given");
+        let output = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, keys)
+            .send()
+            .await
+            .map_err(|source| error("the journal could not be read", source))?;
+        let mut records: Vec<DeliveryRecord> = output
+            .responses()
+            .and_then(|responses| responses.get(&self.table))
+            .into_iter()
+            .flatten()
+            .filter(|item| live(item))
+            .filter_map(record_of)
             .collect();
         records.sort_by(|a, b| a.source.cmp(&b.source));
         Ok(records)
     }
 
     async fn queued(&self, jobs: &[LaneJob]) -> Result<(), JournalError> {
-        for job in jobs {
-            // Only if the worker has not recorded it first.
-            let put = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(job_item(job, self.job_expires(job))))
-                .condition_expression("attribute_not_exists(pk)")
-                .send()
-                .await;
-            if let Err(failure) = put {
-                let conditional = failure
-                    .as_service_error()
-                    .is_some_and(|service| service.is_conditional_check_failed_exception());
-                if !conditional {
-                    return Err(error("the journal could not be written", failure));
-                }
-            }
-        }
-        Ok(())
+        self.write(self.queued_writes(jobs)).await
     }
 
     async fn advance(
@@ -242,14 +360,20 @@ impl Journal for DynamoJournal {
     }
 
     async fn lane_jobs(&self, lane: Option<&Lane>) -> Result<Vec<LaneJob>, JournalError> {
-        let mut jobs: Vec<LaneJob> = self
-            // The jobs' bodies only a replay reads, by name.
-            .scan("lanejob#", true)
-            .await?
-            .iter()
-            .filter_map(job_from)
-            .filter(|job| lane.is_none_or(|lane| job.lane == *lane))
-            .collect();
+        let lanes = match lane {
+            Some(lane) => vec![lane.clone()],
+            None => self.lanes().await?,
+        };
+        let mut jobs = Vec::new();
+        for lane in &lanes {
+            // The index projects no job bodies: only a replay reads one, by name.
+            jobs.extend(
+                self.list(&lane_list(lane), true, usize::MAX, |_| true)
+                    .await?
+                    .iter()
+                    .filter_map(job_from),
+            );
+        }
         jobs.sort_by_key(|job| job.seq);
         Ok(jobs)
     }
@@ -266,12 +390,21 @@ impl Journal for DynamoJournal {
         };
         self.put(HashMap::from([
             ("pk".to_string(), text(&pause_key(lane))),
+            (
+                "record".to_string(),
+                text(&serde_json::to_string(&pause).expect("a pause renders")),
+            ),
             ("pipeline".to_string(), text(&lane.pipeline)),
             ("environment".to_string(), text(&lane.environment)),
             ("reason".to_string(), text(reason)),
             ("at".to_string(), number(pause.at_ms)),
             // A pause lasts until it is resumed.
             ("expires".to_string(), number(i64::MAX / 2)),
+            ("lpk".to_string(), text("pauses")),
+            (
+                "lsk".to_string(),
+                text(&format!("{}#{}", lane.pipeline, lane.environment)),
+            ),
         ]))
         .await?;
         Ok(pause)
@@ -292,27 +425,43 @@ impl Journal for DynamoJournal {
 
     async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {
         let mut pauses: Vec<Pause> = self
-            .scan("pause#", false)
+            .list("pauses", true, usize::MAX, |_| true)
             .await?
             .iter()
-            .filter_map(|item| {
-                Some(Pause {
-                    lane: Lane {
-                        pipeline: get_text(item, "pipeline")?,
-                        environment: get_text(item, "environment")?,
-                    },
-                    reason: get_text(item, "reason").unwrap_or_default(),
-                    at_ms: get_number(item, "at").unwrap_or_default(),
-                })
-            })
+            .filter_map(record_of)
             .collect();
         pauses.sort_by(|a, b| a.lane.cmp(&b.lane));
         Ok(pauses)
     }
 
-    /// Items expire by themselves (`expires`, the table's TTL); a count is not kept.
-    async fn prune(&self, _retention: Retention) -> Result<(), JournalError> {
-        Ok(())
+    /// Items older than the retention expire by themselves (`expires`, the table's
+    /// TTL); those beyond its count are deleted here: the oldest deliveries, and the
+    /// oldest jobs that do not wait.
+    async fn prune(&self, retention: Retention) -> Result<(), JournalError> {
+        let mut doomed = Vec::new();
+        let records = self
+            .deliveries(&DeliveryFilter {
+                limit: usize::MAX,
+                ..DeliveryFilter::default()
+            })
+            .await?;
+        for record in records.iter().skip(retention.keep_count) {
+            doomed.push(delivery_key(&record.source, &record.id));
+            doomed.push(repository_key(record));
+        }
+        // Beyond the newest `keep_count` jobs, those not waiting go (a waiting job is
+        // kept while a queue may still hold it).
+        let jobs = self.lane_jobs(None).await?;
+        doomed.extend(
+            jobs.iter()
+                .rev()
+                .skip(retention.keep_count)
+                .filter(|job| job.state != JobState::Waiting)
+                .map(|job| job_key(&job.name)),
+        );
+        delete_all(&self.client, &self.table, doomed)
+            .await
+            .map_err(|source| JournalError::new("the journal could not be pruned", source))
     }
 
     async fn open_session(&self, session: &SessionRecord) -> Result<(), JournalError> {
@@ -332,7 +481,8 @@ impl Journal for DynamoJournal {
         Ok(self
             .get(&format!("session#{id_digest}"))
             .await?
-            .and_then(|item| serde_json::from_str(&get_text(&item, "record")?).ok()))
+            .as_ref()
+            .and_then(record_of))
     }
 
     async fn end_session(&self, id_digest: &str) -> Result<(), JournalError> {

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::dynamo::{Write, number, put_all, text};
 
 use super::{
     CLAIM_LIFETIME_SECS, Claim, Claimant, IDEMPOTENCY_LIFETIME_SECS, Ledger, LedgerError, now_secs,
@@ -21,16 +22,6 @@ pub struct DynamoLedger {
     table: String,
 }
 
-/// A string attribute (the journal's items use it too).
-pub(crate) fn text(value: &str) -> AttributeValue {
-    AttributeValue::S(value.to_string())
-}
-
-/// A number attribute.
-pub(crate) fn number(value: i64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
 fn head_key(repository: &str, git_ref: &str) -> String {
     format!("head#{}#{git_ref}", repository.to_ascii_lowercase())
 }
@@ -40,76 +31,61 @@ impl DynamoLedger {
         DynamoLedger { client, table }
     }
 
-    /// Checks that the table answers (at start, so that a wrong name is said at once).
+    /// Checks that the table answers and has the index this release lists from (at
+    /// start, so that a wrong name or an old table is said at once).
     pub async fn check(&self) -> Result<(), LedgerError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
+        crate::dynamo::check_table(&self.client, &self.table)
             .await
-            .map(|_| ())
-            .map_err(|error| {
-                LedgerError::new(
-                    format!("cannot describe DynamoDB table {}", self.table),
-                    aws_sdk_dynamodb::Error::from(error),
-                )
+            .map_err(|message| LedgerError {
+                message,
+                source: None,
             })
     }
 }
 
 #[async_trait]
 impl Ledger for DynamoLedger {
+    /// Claims in transactions of up to 100 conditional puts, several at once: a push
+    /// of thousands of commits costs tens of calls, not thousands.
     async fn claim(&self, claims: &[Claim], by: Claimant) -> Result<Vec<bool>, LedgerError> {
         let now = now_secs();
-        let mut allowed = Vec::with_capacity(claims.len());
+        // One write per key (two routes of one lane and commit make one claim).
+        let mut keys: Vec<String> = Vec::new();
+        let mut writes = Vec::new();
+        let mut position = Vec::with_capacity(claims.len());
         for claim in claims {
-            let mut values = HashMap::from([
-                (":stale".to_string(), number(now - CLAIM_LIFETIME_SECS)),
-                (":by".to_string(), text(by.as_str())),
-            ]);
-            let condition = match by {
-                Claimant::Delivery => "attribute_not_exists(pk) OR #at < :stale OR claimant = :by",
-                Claimant::Reconcile => {
-                    values.insert(":name".to_string(), text(claim.name.as_str()));
-                    "attribute_not_exists(pk) OR #at < :stale OR (claimant = :by AND #name = :name)"
-                }
-            };
-            let put = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", text(&format!("claim#{}", claim.key())))
-                .item("claimant", text(by.as_str()))
-                .item("name", text(claim.name.as_str()))
-                .item("at", number(now))
-                .item("expires", number(now + CLAIM_LIFETIME_SECS))
-                .condition_expression(condition)
-                .expression_attribute_names("#at", "at")
-                .set_expression_attribute_values(Some(values));
-            let put = if by == Claimant::Reconcile {
-                put.expression_attribute_names("#name", "name")
-            } else {
-                put
-            };
-            match put.send().await {
-                Ok(_) => allowed.push(true),
-                Err(SdkError::ServiceError(service))
-                    if matches!(
-                        service.err(),
-                        PutItemError::ConditionalCheckFailedException(_)
-                    ) =>
-                {
-                    allowed.push(false)
-                }
-                Err(error) => {
-                    return Err(LedgerError::new(
-                        "a claim could not be written",
-                        aws_sdk_dynamodb::Error::from(error),
-                    ));
-                }
+            let key = claim.key();
+            if let Some(index) = keys.iter().position(|known| *known == key) {
+                position.push(index);
+                continue;
             }
+            position.push(keys.len());
+            keys.push(key.clone());
+            let item = HashMap::from([
+                ("pk".to_string(), text(&format!("claim#{key}"))),
+                ("claimant".to_string(), text(by.as_str())),
+                ("name".to_string(), text(claim.name.as_str())),
+                ("at".to_string(), number(now)),
+                ("expires".to_string(), number(now + CLAIM_LIFETIME_SECS)),
+            ]);
+            let write = Write::put(item)
+                .name("#at", "at")
+                .value(":stale", number(now - CLAIM_LIFETIME_SECS))
+                .value(":by", text(by.as_str()));
+            writes.push(match by {
+                Claimant::Delivery => {
+                    write.when("attribute_not_exists(pk) OR #at < :stale OR claimant = :by")
+                }
+                Claimant::Reconcile => write
+                    .when("attribute_not_exists(pk) OR #at < :stale OR (claimant = :by AND #name = :name)")
+                    .name("#name", "name")
+                    .value(":name", text(claim.name.as_str())),
+            });
         }
-        Ok(allowed)
+        let written = put_all(&self.client, &self.table, writes)
+            .await
+            .map_err(|error| LedgerError::new("claims could not be written", error))?;
+        Ok(position.into_iter().map(|index| written[index]).collect())
     }
 
     async fn peek(&self, claims: &[Claim], by: Claimant) -> Result<Vec<bool>, LedgerError> {
@@ -148,20 +124,29 @@ impl Ledger for DynamoLedger {
         Ok(allowed)
     }
 
+    /// Gives back claims, each a conditional delete (only ours, under its name),
+    /// sixteen at once.
     async fn release(&self, claims: &[Claim], by: Claimant) -> Result<(), LedgerError> {
-        for claim in claims {
-            let result = self
-                .client
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", text(&format!("claim#{}", claim.key())))
-                .condition_expression("claimant = :by AND #name = :name")
-                .expression_attribute_names("#name", "name")
-                .expression_attribute_values(":by", text(by.as_str()))
-                .expression_attribute_values(":name", text(claim.name.as_str()))
-                .send()
-                .await;
-            if let Err(error) = result {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut claims = claims.iter();
+        loop {
+            while tasks.len() < 16 {
+                let Some(claim) = claims.next() else { break };
+                let delete = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", text(&format!("claim#{}", claim.key())))
+                    .condition_expression("claimant = :by AND #name = :name")
+                    .expression_attribute_names("#name", "name")
+                    .expression_attribute_values(":by", text(by.as_str()))
+                    .expression_attribute_values(":name", text(claim.name.as_str()));
+                tasks.spawn(async move { delete.send().await });
+            }
+            let Some(done) = tasks.join_next().await else {
+                return Ok(());
+            };
+            if let Err(error) = done.expect("a delete does not panic") {
                 let error = aws_sdk_dynamodb::Error::from(error);
                 // Another claimant or name holds it now: it is not ours to give back.
                 if !matches!(
@@ -172,7 +157,6 @@ impl Ledger for DynamoLedger {
                 }
             }
         }
-        Ok(())
     }
 
     async fn remember(&self, key: &str, digest: &str) -> Result<Option<String>, LedgerError> {

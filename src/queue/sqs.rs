@@ -271,6 +271,31 @@ fn sqs_allows(character: char) -> bool {
     matches!(character, '\t' | '\n' | '\r' | ' '..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
 }
 
+/// Streams of a send going out at once.
+const SEND_CONCURRENCY: usize = 8;
+
+/// A stream's messages in batches of up to 10 entries and MAX_BATCH_BYTES, in order.
+fn batches<'a>(messages: &[&'a Message]) -> Vec<Vec<&'a Message>> {
+    let mut batches: Vec<Vec<&Message>> = Vec::new();
+    let mut bytes = 0;
+    for message in messages {
+        let size = SqsQueue::size(message);
+        let full = batches
+            .last()
+            .is_none_or(|batch| batch.len() == MAX_BATCH || bytes + size > MAX_BATCH_BYTES);
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        batches
+            .last_mut()
+            .expect("a batch was pushed")
+            .push(message);
+        bytes += size;
+    }
+    batches
+}
+
 /// SQS deduplication ids take 1 to 128 printable ASCII characters; execution names
 /// always fit, other ids are hashed.
 fn dedup_id(id: &str) -> String {
@@ -382,28 +407,37 @@ impl Queue for SqsQueue {
                 });
             }
         }
-        // Batches of up to 10 entries and MAX_BATCH_BYTES.
-        let mut batches: Vec<Vec<&Message>> = Vec::new();
-        let mut bytes = 0;
+        // Streams: each ordering group's messages, in order, go out one batch after
+        // the other; streams (and batches of messages of no group) go out several at
+        // once, so that a push of thousands of commits to several lanes is a few
+        // rounds of calls, not thousands in a row.
+        let mut streams: Vec<Vec<&Message>> = Vec::new();
+        let mut by_group: std::collections::HashMap<&str, usize> = Default::default();
+        let mut ungrouped: Vec<&Message> = Vec::new();
         for message in messages {
-            let size = Self::size(message);
-            let full = batches
-                .last()
-                .is_none_or(|batch| batch.len() == MAX_BATCH || bytes + size > MAX_BATCH_BYTES);
-            if full {
-                batches.push(Vec::new());
-                bytes = 0;
+            match message.group.as_deref() {
+                Some(group) => {
+                    let index = *by_group.entry(group).or_insert_with(|| {
+                        streams.push(Vec::new());
+                        streams.len() - 1
+                    });
+                    streams[index].push(message);
+                }
+                None => ungrouped.push(message),
             }
-            batches
-                .last_mut()
-                .expect("a batch was pushed")
-                .push(message);
-            bytes += size;
         }
-        let mut sent_any = false;
-        for batch in batches {
-            self.send_batch(&batch, &mut sent_any).await?;
-        }
+        streams.extend(ungrouped.chunks(MAX_BATCH).map(<[&Message]>::to_vec));
+        let sent_any = std::sync::atomic::AtomicBool::new(false);
+        let sent_any = &sent_any;
+        use futures_util::stream::TryStreamExt;
+        futures_util::stream::iter(streams.into_iter().map(Ok))
+            .try_for_each_concurrent(SEND_CONCURRENCY, |stream| async move {
+                for batch in batches(&stream) {
+                    self.send_batch(&batch, sent_any).await?;
+                }
+                Ok::<(), QueueError>(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -505,7 +539,12 @@ impl SqsQueue {
     /// whether an earlier entry of the same send went in: a refusal is then not the
     /// delivery's final answer (the queued part would run without the rest), but a
     /// failure to retry, which a redelivery completes (names make that safe).
-    async fn send_batch(&self, batch: &[&Message], sent_any: &mut bool) -> Result<(), QueueError> {
+    async fn send_batch(
+        &self,
+        batch: &[&Message],
+        sent_any: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), QueueError> {
+        use std::sync::atomic::Ordering;
         let mut pending: Vec<&Message> = batch.to_vec();
         for attempt in 1..=SEND_ATTEMPTS {
             let entries: Vec<SendMessageBatchRequestEntry> = pending
@@ -522,7 +561,7 @@ impl SqsQueue {
                 .await
                 .map_err(|error| unavailable("cannot send messages", error))?;
             if !output.successful().is_empty() {
-                *sent_any = true;
+                sent_any.store(true, Ordering::SeqCst);
             }
             let mut retry = Vec::new();
             for failed in output.failed() {
@@ -536,7 +575,7 @@ impl SqsQueue {
                         failed.code(),
                         failed.message().unwrap_or("refused by SQS")
                     );
-                    return Err(if *sent_any {
+                    return Err(if sent_any.load(Ordering::SeqCst) {
                         QueueError::unavailable(format!(
                             "SQS refused message {} after other messages of the same send went in: {reason}",
                             message.id

@@ -220,27 +220,48 @@ pub async fn dead_letter_ids(client: &aws_sdk_sqs::Client, dead_url: &str) -> Ve
     ids
 }
 
-/// Creates a table shaped as the ledger's (and the journal's): a string key `pk`, paid
-/// per request; its name.
+/// Creates a table shaped as the ledger's (and the journal's), as
+/// `deploy/aws/gitdispatch.yaml` makes it: a string key `pk`, the `lists` index
+/// (`lpk`, `lsk`, projecting `record` and `expires`), paid per request; its name.
 pub async fn ledger_table(client: &aws_sdk_dynamodb::Client, prefix: &str) -> String {
     use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        Projection, ProjectionType, ScalarAttributeType,
     };
     let table = unique(prefix);
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
     client
         .create_table()
         .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("lpk"))
+        .attribute_definitions(attribute("lsk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("lists")
+                .key_schema(key("lpk", KeyType::Hash))
+                .key_schema(key("lsk", KeyType::Range))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::Include)
+                        .non_key_attributes("record")
+                        .non_key_attributes("expires")
+                        .build(),
+                )
                 .build()
                 .unwrap(),
         )

@@ -1,6 +1,7 @@
 //! A fault-injecting proxy in front of moto: every call is forwarded unless a rule
 //! says to answer it with an error instead (before forwarding: the call never
-//! happened; or after: it happened and the answer is lost). It records the calls, so a
+//! happened; or after: it happened and the answer is lost), or to forward it late (a
+//! service's latency across a network). It records the calls, so a
 //! test can check what reached the service and in which order.
 
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ pub enum Fault {
     Answer(u16, String),
     /// Forward, then answer this instead of the service's answer.
     ForwardThenAnswer(u16, String),
+    /// Forward after this long: a service across a network, not on this machine.
+    Delay(std::time::Duration),
 }
 
 /// A JSON-protocol error answer.
@@ -97,6 +100,9 @@ impl Proxy {
                 }
                 call.forwarded = true;
                 calls.lock().unwrap().push(call);
+                if let Fault::Delay(delay) = &fault {
+                    tokio::time::sleep(*delay).await;
+                }
                 let mut forward =
                     client.request(parts.method.clone(), format!("{target}{}", parts.uri));
                 for (name, value) in &parts.headers {
