@@ -188,6 +188,7 @@ async fn drain(
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(1),
+        max_hold: Duration::from_secs(11 * 3600),
     };
     let lanes = journal.then(|| {
         let journal: Arc<dyn Journal> =

@@ -25,10 +25,10 @@ use crate::execution::ExecutionRequest;
 use crate::execution::name::ExecutionName;
 use crate::execution::report::Report;
 use crate::job::{Job, JobKind};
-use crate::journal::DeliveryRecord;
-use crate::lanes::{Lanes, waiting};
+use crate::journal::{DeliveryRecord, HoldEnd, Lane};
+use crate::lanes::{Lanes, RELEASE_BATCH, waiting};
 use crate::ledger::{Claim, Claimant, Ledger, LedgerError, claims_of};
-use crate::queue::{Queue, QueueError, enqueue};
+use crate::queue::{Message, Queue, QueueError, enqueue};
 use crate::telemetry::{Metrics, labels};
 
 /// Why planned work was not admitted; nothing of it is on the queue, no claim held.
@@ -38,6 +38,8 @@ pub enum AdmissionError {
     Ledger(#[from] LedgerError),
     #[error("could not queue the jobs: {0}")]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// The admission's task died (a panic): nothing is known to be queued.
     #[error("the admission of the jobs failed: {0}")]
     Failed(String),
@@ -328,6 +330,63 @@ impl Admission {
                 .inc();
         }
         Ok(admitted)
+    }
+}
+
+impl Admission {
+    /// Puts a held lane's parked jobs back on the queue, in queue order, a batch at a
+    /// time, and ends its hold once nothing holds it and nothing is parked; how many it
+    /// put back. Each batch is noted as being put back before it is sent (a copy
+    /// received meanwhile runs rather than being parked again) and unparked after (a
+    /// crash in between sends it again: the names start nothing twice). Stops, the
+    /// rest parked, when the lane is held again. What resume and the end of a long
+    /// execution call.
+    pub async fn release(&self, lane: &Lane) -> Result<usize, AdmissionError> {
+        let Some(lanes) = &self.lanes else {
+            return Ok(0);
+        };
+        let journal = lanes.journal();
+        let mut released = 0;
+        // A bound, so that a journal that contradicts itself cannot spin this for ever.
+        for _ in 0..(crate::journal::MAX_PARKED as usize / RELEASE_BATCH + 10) {
+            let parked = journal.parked(lane, RELEASE_BATCH).await?;
+            if parked.is_empty() {
+                match journal.end_hold(lane).await? {
+                    HoldEnd::Ended | HoldEnd::Held => return Ok(released),
+                    // One was parked meanwhile: put it back too.
+                    HoldEnd::Parked => continue,
+                }
+            }
+            if journal.hold(lane).await?.is_some_and(|hold| hold.holds()) {
+                return Ok(released);
+            }
+            journal.releasing(lane, &parked).await?;
+            let round = crate::clock::now_ms();
+            let messages: Vec<Message> = parked
+                .iter()
+                .filter_map(|job| match Job::read(&job.job) {
+                    crate::job::Read::Job(read) => {
+                        let mut message = Message::from_job(&read);
+                        // A deduplication id of its own: SQS FIFO drops an id sent
+                        // again within five minutes of its first send.
+                        message.id = format!("{}-u{round}", message.id);
+                        Some(message)
+                    }
+                    _ => {
+                        tracing::error!(job = %job.name, "A parked job cannot be read back: it is not put back.");
+                        None
+                    }
+                })
+                .collect();
+            self.queue.send(&messages).await?;
+            journal.unparked(lane, &parked).await?;
+            released += parked.len();
+            tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, jobs = parked.len(), "Put parked jobs back on the queue, in order.");
+        }
+        Err(AdmissionError::Failed(format!(
+            "the parked jobs of {}/{} could not all be put back",
+            lane.pipeline, lane.environment
+        )))
     }
 }
 

@@ -5,8 +5,8 @@
 //! The table (`deploy/aws/gitdispatch.yaml`): the hash key `pk` (a string), the TTL
 //! attribute `expires`, and one global secondary index, `lists`, keyed by `lpk` (the
 //! list an item belongs to: a day's deliveries, a lane's jobs, the paused lanes) and
-//! `lsk` (its order in the list), projecting `record` and `expires` only (a job's body
-//! stays out of listings).
+//! `lsk` (its order in the list), projecting `record` and `expires` and a lane hold's
+//! fields (a job's body stays out of listings).
 
 use std::collections::HashMap;
 use std::time::Duration;

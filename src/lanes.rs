@@ -3,8 +3,11 @@
 //! ended, or from waiting to superseded or rejected ([`JobState::may_become`]). The
 //! admission step records a job waiting; the worker records it started, ended or
 //! rejected, and asks here whether it may be skipped for a newer one (supersede) and
-//! whether its lane is paused. The journal keeps what is recorded here; nothing else
-//! writes a lane job's state.
+//! whether its lane is held: paused by an operator, or busy with an execution that ran
+//! past what a queue may hold its job. A held lane's jobs are parked in the journal,
+//! off the queue, and put back in queue order when the hold ends, however long it
+//! lasts. The journal keeps what is recorded here; nothing else writes a lane job's
+//! state.
 //!
 //! Invariant: supersede skips a job only when (a) its execution has not started (the
 //! journal has no start of it and the executor knows no execution of its name), and
@@ -23,7 +26,7 @@ use crate::error::Chain;
 use crate::event::Source;
 use crate::execution::{Action, ExecutionRequest};
 use crate::executor::{Executor, ExecutorError};
-use crate::journal::{DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob};
+use crate::journal::{DeliveryRecord, Hold, JobState, Journal, JournalError, Lane, LaneJob};
 
 /// How often the pauses are read again: a pause or a resume takes effect within this.
 pub const PAUSE_REFRESH: Duration = Duration::from_secs(1);
@@ -58,8 +61,9 @@ pub struct Lanes {
     journal: Arc<dyn Journal>,
     /// The pipelines with `supersede = true`; a reload replaces them.
     supersede: Arc<RwLock<HashSet<String>>>,
-    /// The lanes paused when last read, and when that was.
-    paused: Mutex<(Option<Instant>, HashSet<Lane>)>,
+    /// The lanes held (paused, or busy with a long execution) when last read, and when
+    /// that was.
+    held: Mutex<(Option<Instant>, HashSet<Lane>)>,
 }
 
 impl Lanes {
@@ -67,7 +71,7 @@ impl Lanes {
         Lanes {
             journal,
             supersede,
-            paused: Mutex::new((None, HashSet::new())),
+            held: Mutex::new((None, HashSet::new())),
         }
     }
 
@@ -209,24 +213,55 @@ impl Lanes {
         Ok(whole)
     }
 
-    /// The lanes paused as of at most PAUSE_REFRESH ago (nearly always none). A
+    /// The lanes held (paused by an operator, or busy with an execution that ran past
+    /// what a queue may hold) as of at most PAUSE_REFRESH ago; nearly always none. A
     /// journal that cannot be read keeps what was read last.
-    pub async fn paused(&self) -> HashSet<Lane> {
-        let mut paused = self.paused.lock().await;
-        if paused.0.is_none_or(|at| at.elapsed() >= PAUSE_REFRESH) {
-            match self.journal.pauses().await {
-                Ok(pauses) => {
-                    paused.1 = pauses.into_iter().map(|pause| pause.lane).collect();
+    pub async fn held(&self) -> HashSet<Lane> {
+        let mut held = self.held.lock().await;
+        if held.0.is_none_or(|at| at.elapsed() >= PAUSE_REFRESH) {
+            match self.journal.holds().await {
+                Ok(holds) => {
+                    held.1 = holds
+                        .into_iter()
+                        .filter(Hold::holds)
+                        .map(|hold| hold.lane)
+                        .collect();
                 }
                 Err(error) => {
-                    tracing::warn!(error = %Chain(&error), "Could not read the paused lanes; keeping what was read last.");
+                    tracing::warn!(error = %Chain(&error), "Could not read the held lanes; keeping what was read last.");
                 }
             }
-            paused.0 = Some(Instant::now());
+            held.0 = Some(Instant::now());
         }
-        paused.1.clone()
+        held.1.clone()
+    }
+
+    /// Whether the request's lane is held now: for a serial lane read from the journal
+    /// at once (its running execution may have just made it busy, and the next job must
+    /// not start beside it), for another from what was read last.
+    pub async fn is_held(&self, request: &ExecutionRequest) -> Result<bool, JournalError> {
+        let lane = Lane::of(request);
+        if request.group.is_some() {
+            return Ok(self
+                .journal
+                .hold(&lane)
+                .await?
+                .is_some_and(|hold| hold.holds()));
+        }
+        Ok(self.held().await.contains(&lane))
+    }
+
+    /// Parks a start job of a held lane in the journal, to be put back in queue order
+    /// when the hold ends: `true` when parked (acknowledge it), `false` when the lane
+    /// is not held any more, or the job was put back since the hold began, or the lane
+    /// has as many parked as it may keep (start it, or hold it in flight).
+    pub async fn park(&self, request: &ExecutionRequest) -> Result<bool, JournalError> {
+        self.journal.park(&LaneJob::queued(request, 0, None)).await
     }
 }
+
+/// The most jobs put back in one round of [`crate::admission::Admission::release`].
+pub const RELEASE_BATCH: usize = 100;
 
 /// The record of each request queued, waiting, in queue order.
 pub fn waiting(requests: &[(ExecutionRequest, Option<String>)]) -> Vec<LaneJob> {
@@ -259,6 +294,8 @@ mod tests {
             queued_at_ms: 0,
             updated_at_ms: 0,
             replay_of: None,
+            parked: false,
+            released_at_ms: None,
             job: String::new(),
         }
     }

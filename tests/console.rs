@@ -969,9 +969,10 @@ async fn the_page_in_a_real_browser_pauses_and_resumes_a_lane() {
 }
 
 /// On SQS, a paused lane's jobs outwait the redrive policy: with `maxReceiveCount = 2`
-/// and a 2-second visibility timeout, they are held for five timeouts by a worker that
-/// learns of the pause from the shared journal (DynamoDB) of another process, none is
-/// dead-lettered, and the resume starts them in commit order on Step Functions.
+/// and a 2-second visibility timeout, a worker that learns of the pause from the shared
+/// journal (DynamoDB) of another process parks them there, off the queue, for five
+/// timeouts; none is dead-lettered, none is in flight, and the resume puts them back
+/// and starts them in commit order on Step Functions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_order() {
     let sdk = moto::sdk_config().await;
@@ -1022,26 +1023,20 @@ async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_
             .collect();
     assert_eq!(planned.len(), 3, "{planned:?}");
 
-    // The worker has the lane's jobs in hand (invisible), and holds them for five
-    // visibility timeouts.
-    let in_flight = || async {
-        let attributes = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        attributes.attributes().unwrap()
-            [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
-            .parse::<u32>()
-            .unwrap()
+    // The worker parks the lane's jobs in the journal, off the queue: nothing of them
+    // is left for SQS to count receives of, however long the pause (here five
+    // visibility timeouts, with maxReceiveCount 2).
+    let parked = || async {
+        let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
+        lane_of(&lanes, "deploy", "acceptance")["waiting"]["parked"]
+            .as_u64()
+            .unwrap_or(0)
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while in_flight().await == 0 {
+    while parked().await < 3 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the worker never received the jobs: {}",
+            "the worker never parked the jobs: {}",
             worker.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1054,23 +1049,22 @@ async fn a_paused_lane_on_sqs_outwaits_the_redrive_policy_and_resumes_in_commit_
     );
     assert!(
         moto::dead_letter_ids(&sqs, &dead_url).await.is_empty(),
-        "a held job was dead-lettered: {}",
+        "a parked job was dead-lettered: {}",
         worker.log()
     );
     let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
     let lane = lane_of(&lanes, "deploy", "acceptance");
     assert_eq!(lane["state"], "paused", "{lanes}");
     assert_eq!(lane["waiting"]["count"], 3, "{lanes}");
-    // The queue's depth, as SQS counts it: the three held, none dead.
+    assert_eq!(lane["waiting"]["parked"], 3, "{lanes}");
+    // The queue's depth, as SQS counts it: nothing waits on it, nothing in flight,
+    // nothing dead.
     let (_, queue) = get_json(&client, &api("/v1/queue")).await;
     assert_eq!(queue["type"], "sqs", "{queue}");
     assert_eq!(queue["max_receives"], 2, "{queue}");
     let depth = &queue["depth"];
-    assert_eq!(
-        depth["visible"].as_u64().unwrap() + depth["in_flight"].as_u64().unwrap(),
-        3,
-        "{queue}"
-    );
+    assert_eq!(depth["visible"], 0, "{queue}");
+    assert_eq!(depth["in_flight"], 0, "{queue}");
     assert_eq!(depth["dead"], 0, "{queue}");
 
     let resumed = client
@@ -1308,4 +1302,108 @@ async fn each_surface_takes_requests_only_from_its_own_networks() {
             }
         }
     }
+}
+
+/// A serial lane's execution that runs longer than its job may be held in flight
+/// (`[worker] max_hold_secs`, 2 s here; SQS's limit is 12 hours) hands its lane over:
+/// the job leaves the queue, the lane shows busy, the next commits are parked in the
+/// journal; when the execution ends, they run, one at a time, in commit order, each
+/// handed over in turn, none beside another, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_longer_than_a_job_may_be_held_keeps_its_lane_in_order() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (queue_url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(3), 2).await;
+    let table = moto::ledger_table(&aws_sdk_dynamodb::Client::new(&sdk), "long").await;
+    let arn = sfn
+        .create_state_machine()
+        .name(moto::unique("long-deploy"))
+        .definition(r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Wait", "Seconds": 5, "End": true}}}"#)
+        .role_arn("arn:aws:iam::123456789012:role/gitdispatch-sample")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string();
+    let aws_text = aws::aws_config_text(&queue_url, &arn)
+        .replace("[worker]\n", "[worker]\nmax_hold_secs = 2\n");
+    let text = format!(
+        "{aws_text}\n[api]\ntokens = [\"${{GITDISPATCH_API_TOKEN}}\"]\n\n[ledger]\ntype = \"dynamodb\"\ntable = \"{table}\"\n"
+    );
+    let mut environment: Vec<(&str, String)> = moto::environment();
+    environment.push(("GITDISPATCH_API_TOKEN", TOKEN.to_string()));
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = Daemon::start(&text, &environment);
+    let client = reqwest::Client::new();
+    let delivery = Delivery::fixture("push", "push_branch_commits.json");
+    let answer = delivery.post(&client, &daemon.url()).await.unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let planned: Vec<String> =
+        aws::plan(&aws_text, "push", "push_branch_commits.json", &delivery.id)
+            .iter()
+            .map(|request| request.name.to_string())
+            .collect();
+    assert_eq!(planned.len(), 3);
+
+    // While the first runs past the hold: nothing of the lane is in flight on SQS, the
+    // lane is busy with it, the two after it parked.
+    let api = |path: &str| format!("http://{}{path}", daemon.address);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lane = loop {
+        let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
+        let lane = lane_of(&lanes, "deploy", "acceptance");
+        if lane["state"] == "busy" && lane["waiting"]["parked"] == 2 {
+            break lane;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lane was never handed over: {lanes}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lane["busy"], planned[0].as_str(), "{lane}");
+    // On the queue: at most the `release` job that looks at the execution, waiting for
+    // its next look; none of the lane's three starts.
+    let (_, queue) = get_json(&client, &api("/v1/queue")).await;
+    let depth = &queue["depth"];
+    assert!(
+        depth["visible"].as_u64().unwrap() + depth["in_flight"].as_u64().unwrap() <= 1,
+        "{queue}"
+    );
+
+    aws::wait_until_finished(&sfn, &arn, &planned).await;
+    aws::wait_until_drained(&sqs, &queue_url).await;
+    let mut runs: Vec<(i64, i64, String)> = sfn
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .iter()
+        .map(|execution| {
+            (
+                execution.start_date().as_nanos() as i64,
+                execution
+                    .stop_date()
+                    .map_or(i64::MAX, |date| date.as_nanos() as i64),
+                execution.name().to_string(),
+            )
+        })
+        .collect();
+    runs.sort();
+    let names: Vec<&str> = runs.iter().map(|(_, _, name)| name.as_str()).collect();
+    assert_eq!(names, planned, "in commit order: {}", daemon.log());
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "one at a time: {runs:?}");
+    }
+    assert!(moto::dead_letter_ids(&sqs, &dead_url).await.is_empty());
+    // The lane is free again.
+    let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
+    let lane = lane_of(&lanes, "deploy", "acceptance");
+    assert_eq!(lane["state"], "running", "{lane}");
+    assert_eq!(lane["waiting"]["count"], 0, "{lane}");
 }

@@ -15,7 +15,8 @@ use gitdispatch::execution::{Action, ExecutionRequest, Input, Origin};
 use gitdispatch::journal::dynamodb::DynamoJournal;
 use gitdispatch::journal::sqlite::SqliteJournal;
 use gitdispatch::journal::{
-    DeliveryFilter, DeliveryRecord, JobState, Journal, Lane, LaneJob, Retention, SessionRecord,
+    DeliveryFilter, DeliveryRecord, HoldEnd, JobState, Journal, Lane, LaneJob, Retention,
+    SessionRecord,
 };
 
 fn request(n: u32) -> ExecutionRequest {
@@ -181,6 +182,77 @@ async fn contract(journal: Arc<dyn Journal>) {
     assert!(!journal.resume(&lane()).await.unwrap(), "not any more");
     assert!(journal.pauses().await.unwrap().is_empty());
 
+    // Holds: a paused lane parks its jobs, with their bodies, in queue order; they are
+    // put back when it is resumed, and the hold ends only with none parked; a job put
+    // back since the hold began is not parked again; a busy lane parks as a paused one.
+    let held = Lane {
+        pipeline: "deploy".into(),
+        environment: "held".into(),
+    };
+    let held_job = |n: u32| {
+        let mut request = request(n);
+        request.environment = "held".into();
+        LaneJob::queued(&request, 0, None)
+    };
+    assert!(
+        !journal.park(&held_job(50)).await.unwrap(),
+        "not held: not parked"
+    );
+    journal.pause(&held, "incident 9").await.unwrap();
+    assert!(journal.park(&held_job(52)).await.unwrap());
+    assert!(journal.park(&held_job(51)).await.unwrap());
+    let hold = journal.hold(&held).await.unwrap().unwrap();
+    assert_eq!(hold.parked, 2);
+    assert_eq!(hold.pause.as_ref().unwrap().reason, "incident 9");
+    assert!(
+        journal
+            .holds()
+            .await
+            .unwrap()
+            .iter()
+            .any(|hold| hold.lane == held)
+    );
+    let parked = journal.parked(&held, 10).await.unwrap();
+    let names: Vec<&str> = parked.iter().map(|job| job.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [held_job(52).name.as_str(), held_job(51).name.as_str()],
+        "queue order (the order they were queued in)"
+    );
+    assert!(parked.iter().all(|job| job.parked && !job.job.is_empty()));
+    assert!(journal.resume(&held).await.unwrap());
+    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Parked);
+    journal.releasing(&held, &parked).await.unwrap();
+    assert!(
+        !journal.park(&held_job(52)).await.unwrap(),
+        "a job being put back is not parked again"
+    );
+    journal.unparked(&held, &parked).await.unwrap();
+    assert!(journal.parked(&held, 10).await.unwrap().is_empty());
+    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Ended);
+    assert!(journal.hold(&held).await.unwrap().is_none());
+    // Busy with a long execution.
+    journal.occupy(&held, "deploy-held-long").await.unwrap();
+    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Held);
+    assert!(journal.park(&held_job(53)).await.unwrap());
+    let hold = journal.hold(&held).await.unwrap().unwrap();
+    assert_eq!(hold.busy.as_deref(), Some("deploy-held-long"));
+    assert!(hold.pause.is_none());
+    assert!(
+        journal
+            .pauses()
+            .await
+            .unwrap()
+            .iter()
+            .all(|pause| pause.lane != held),
+        "busy is not paused"
+    );
+    journal.vacate(&held).await.unwrap();
+    let parked = journal.parked(&held, 10).await.unwrap();
+    journal.releasing(&held, &parked).await.unwrap();
+    journal.unparked(&held, &parked).await.unwrap();
+    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Ended);
+
     // Sessions of the page: kept until ended or expired, for every reader.
     let session = SessionRecord {
         id_digest: "a".repeat(64),
@@ -226,11 +298,11 @@ async fn contract(journal: Arc<dyn Journal>) {
         .await
         .unwrap();
     assert_eq!(all.len(), 42);
-    assert_eq!(journal.lane_jobs(None).await.unwrap().len(), 43);
+    assert_eq!(journal.lane_jobs(None).await.unwrap().len(), 46);
     journal.prune(Retention::default()).await.unwrap();
     assert_eq!(
         journal.lane_jobs(None).await.unwrap().len(),
-        43,
+        46,
         "nothing is old yet"
     );
 }
@@ -249,7 +321,7 @@ async fn prunes_beyond_the_count(journal: Arc<dyn Journal>) {
         kept.iter().all(|job| job.state == JobState::Waiting),
         "{kept:?}"
     );
-    assert_eq!(kept.len(), 41, "{kept:?}");
+    assert_eq!(kept.len(), 44, "{kept:?}");
     assert_eq!(
         journal
             .deliveries(&DeliveryFilter {
@@ -295,7 +367,7 @@ async fn the_sqlite_journal_keeps_the_contract() {
     contract(Arc::new(SqliteJournal::open(&path).unwrap())).await;
     // Another process's view of the same file agrees.
     let again = SqliteJournal::open(&path).unwrap();
-    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 43);
+    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 46);
     prunes_beyond_the_count(Arc::new(again)).await;
 }
 

@@ -4,6 +4,10 @@ use serde::Deserialize;
 
 use super::Problem;
 
+/// The longest hold in flight taken: under SQS's 12 hours, with room for a late
+/// heartbeat.
+const MAX_HOLD_SECS: u64 = 11 * 3600 + 1800;
+
 /// `[worker]`: how jobs are drained.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +34,11 @@ pub struct WorkerConfig {
     /// Where a `work`-only process serves `/metrics` and `/healthz` (a process that
     /// also listens serves them on its listener).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a serial lane's job is held in flight while its execution runs (on an
+    /// executor whose executions outlive the worker): past it, the job is acknowledged,
+    /// the lane marked busy in the journal (its next jobs parked there) until a
+    /// `release` job sees the execution end. Under SQS's 12 hours in flight.
+    pub max_hold_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -45,6 +54,7 @@ impl Default for WorkerConfig {
             retry_max_secs: 300,
             shutdown_grace_secs: 30,
             metrics_listen: None,
+            max_hold_secs: 11 * 3600,
         }
     }
 }
@@ -63,6 +73,14 @@ impl WorkerConfig {
             if value == 0 {
                 problems.push(Problem::new(format!("worker.{key}"), "must be above 0"));
             }
+        }
+        if !(1..=MAX_HOLD_SECS).contains(&self.max_hold_secs) {
+            problems.push(Problem::new(
+                "worker.max_hold_secs",
+                format!(
+                    "must be 1 to {MAX_HOLD_SECS} (SQS holds a message in flight 12 hours at most)"
+                ),
+            ));
         }
     }
 }

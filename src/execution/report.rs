@@ -191,6 +191,24 @@ impl Watch {
     }
 }
 
+/// A serial lane's execution that ran longer than its job may be held in flight: its
+/// lane is busy (its next jobs parked) until this job, looked at after growing delays
+/// as a watch is, sees it end; then it records and reports the end and puts the lane's
+/// parked jobs back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The start whose execution holds the lane.
+    pub request: super::ExecutionRequest,
+    pub look: u32,
+    pub not_before_ms: i64,
+}
+
+impl Release {
+    pub fn id(&self) -> String {
+        format!("release-{}-{}", self.request.name, self.look)
+    }
+}
+
 /// A CodePipeline job to pass or fail with its execution's outcome: looked at after
 /// growing delays, as a watch is, by a job of its own each time.
 #[derive(Debug, Clone, PartialEq, Eq)]

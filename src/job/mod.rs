@@ -6,7 +6,7 @@
 
 mod wire;
 
-use crate::execution::report::{Follow, Report, Watch};
+use crate::execution::report::{Follow, Release, Report, Watch};
 use crate::execution::{ExecutionRequest, Expansion};
 
 /// The message version this release writes.
@@ -31,6 +31,9 @@ pub enum JobKind {
     Watch { watch: Watch },
     /// Look at the execution of a CodePipeline job; pass or fail the job at its end.
     Follow { follow: Follow },
+    /// Look at the execution that holds a busy lane; at its end, put the lane's
+    /// parked jobs back.
+    Release { release: Release },
 }
 
 /// What a message body turned out to be.
@@ -75,6 +78,12 @@ impl Job {
         }
     }
 
+    pub fn release(release: Release) -> Job {
+        Job {
+            kind: JobKind::Release { release },
+        }
+    }
+
     /// The id the queue deduplicates on: the execution name, which is already a
     /// deterministic function of everything that makes the job distinct.
     pub fn id(&self) -> String {
@@ -84,6 +93,7 @@ impl Job {
             JobKind::Report { report } => report.id(),
             JobKind::Watch { watch } => watch.id(),
             JobKind::Follow { follow } => follow.id(),
+            JobKind::Release { release } => release.id(),
         }
     }
 
@@ -93,7 +103,7 @@ impl Job {
             JobKind::Start { request } => request.group.clone(),
             JobKind::Expand { expansion } => Some(expansion.group()),
             JobKind::Report { report } => Some(report.group()),
-            JobKind::Watch { .. } | JobKind::Follow { .. } => None,
+            JobKind::Watch { .. } | JobKind::Follow { .. } | JobKind::Release { .. } => None,
         }
     }
 

@@ -27,6 +27,14 @@ enum WireKind {
     Report { report: WireReport },
     Watch { watch: WireWatch },
     Follow { follow: WireFollow },
+    Release { release: WireRelease },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRelease {
+    request: WireRequest,
+    look: u32,
+    not_before_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -168,7 +176,7 @@ struct Header {
 }
 
 /// The job types this release reads.
-const KNOWN_TYPES: &[&str] = &["start", "expand", "report", "watch", "follow"];
+const KNOWN_TYPES: &[&str] = &["start", "expand", "report", "watch", "follow", "release"];
 
 pub(super) fn write(job: &Job) -> String {
     let kind = match &job.kind {
@@ -185,21 +193,13 @@ pub(super) fn write(job: &Job) -> String {
             },
         },
         JobKind::Start { request } => WireKind::Start {
-            request: WireRequest {
-                pipeline: request.pipeline.clone(),
-                name: request.name.to_string(),
-                group: request.group.clone(),
-                environment: request.environment.clone(),
-                action: request.action.as_str().to_string(),
-                input: request.input.as_str().to_string(),
-                origin: WireOrigin {
-                    source: request.origin.source.as_str().to_string(),
-                    delivery: request.origin.delivery.to_string(),
-                    repository: request.origin.repository.clone(),
-                    git_ref: request.origin.git_ref.to_string(),
-                    commit: request.origin.commit.to_string(),
-                },
-                report: request.report.as_ref().map(WireTarget::write),
+            request: WireRequest::write(request),
+        },
+        JobKind::Release { release } => WireKind::Release {
+            release: WireRelease {
+                request: WireRequest::write(&release.request),
+                look: release.look,
+                not_before_ms: release.not_before_ms,
             },
         },
         JobKind::Report { report } => WireKind::Report {
@@ -290,6 +290,14 @@ pub(super) fn read(body: &str) -> Read {
             Ok(follow) => Read::Job(Box::new(Job::follow(follow))),
             Err(reason) => Read::Invalid(format!("job of type follow is invalid: {reason}")),
         },
+        WireKind::Release { release } => match release.request.parse() {
+            Ok(request) => Read::Job(Box::new(Job::release(crate::execution::report::Release {
+                request,
+                look: release.look,
+                not_before_ms: release.not_before_ms,
+            }))),
+            Err(reason) => Read::Invalid(format!("job of type release is invalid: {reason}")),
+        },
     }
 }
 
@@ -379,6 +387,25 @@ impl WireExpansion {
 }
 
 impl WireRequest {
+    fn write(request: &ExecutionRequest) -> WireRequest {
+        WireRequest {
+            pipeline: request.pipeline.clone(),
+            name: request.name.to_string(),
+            group: request.group.clone(),
+            environment: request.environment.clone(),
+            action: request.action.as_str().to_string(),
+            input: request.input.as_str().to_string(),
+            origin: WireOrigin {
+                source: request.origin.source.as_str().to_string(),
+                delivery: request.origin.delivery.to_string(),
+                repository: request.origin.repository.clone(),
+                git_ref: request.origin.git_ref.to_string(),
+                commit: request.origin.commit.to_string(),
+            },
+            report: request.report.as_ref().map(WireTarget::write),
+        }
+    }
+
     fn parse(self) -> Result<ExecutionRequest, String> {
         let origin = self.origin;
         Ok(ExecutionRequest {

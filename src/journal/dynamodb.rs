@@ -24,8 +24,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::KeysAndAttributes;
 
 use super::{
-    DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
-    Retention, SessionRecord, merged, now_ms,
+    DeliveryFilter, DeliveryRecord, Hold, HoldEnd, JobState, Journal, JournalError, Lane, LaneJob,
+    Pause, Retention, SessionRecord, merged, now_ms,
 };
 use crate::dynamo::{Item, Write, delete_all, get_number, get_text, list, number, put_all, text};
 
@@ -119,14 +119,19 @@ fn delivery_items(record: &DeliveryRecord, expires: i64) -> [Item; 2] {
 
 fn job_item(job: &LaneJob, expires: i64) -> Item {
     let record = serde_json::to_string(job).expect("a lane job renders");
-    HashMap::from([
+    let mut item = HashMap::from([
         ("pk".to_string(), text(&job_key(&job.name))),
         ("record".to_string(), text(&record)),
         ("job".to_string(), text(&job.job)),
         ("expires".to_string(), number(expires)),
         ("lpk".to_string(), text(&lane_list(&job.lane))),
         ("lsk".to_string(), text(&format!("{:020}", job.seq.max(0)))),
-    ])
+    ]);
+    if let Some(at) = job.released_at_ms {
+        // Parking compares it with a hold's beginning.
+        item.insert("released_at".to_string(), number(at));
+    }
+    item
 }
 
 /// The item that lists a lane among those with jobs.
@@ -148,6 +153,26 @@ fn job_from(item: &Item) -> Option<LaneJob> {
     let mut job: LaneJob = serde_json::from_str(&get_text(item, "record")?).ok()?;
     job.job = get_text(item, "job").unwrap_or_default();
     Some(job.read_back())
+}
+
+/// A hold as its item has it.
+fn hold_from(item: &Item) -> Option<Hold> {
+    let lane = Lane {
+        pipeline: get_text(item, "pipeline")?,
+        environment: get_text(item, "environment")?,
+    };
+    let pause = (get_number(item, "paused").unwrap_or(0) == 1).then(|| Pause {
+        lane: lane.clone(),
+        reason: get_text(item, "reason").unwrap_or_default(),
+        at_ms: get_number(item, "at").unwrap_or_default(),
+    });
+    Some(Hold {
+        pause,
+        busy: get_text(item, "busy"),
+        parked: get_number(item, "parked").unwrap_or(0).max(0) as u64,
+        since_ms: get_number(item, "since").unwrap_or(0),
+        lane,
+    })
 }
 
 fn record_of<T: serde::de::DeserializeOwned>(item: &Item) -> Option<T> {
@@ -245,6 +270,62 @@ impl DynamoJournal {
             .await
             .map(|_| ())
             .map_err(|source| JournalError::new("the journal could not be written", source))
+    }
+
+    /// Updates a lane's hold with `set` (an UpdateExpression's SET clause and its
+    /// values), beginning it if there is none.
+    async fn update_hold(
+        &self,
+        lane: &Lane,
+        set: &str,
+        mut values: HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    ) -> Result<(), JournalError> {
+        let now = now_ms();
+        values.extend([
+            (":pipeline".to_string(), text(&lane.pipeline)),
+            (":environment".to_string(), text(&lane.environment)),
+            (":now".to_string(), number(now)),
+            (":zero".to_string(), number(0)),
+            // A hold lasts until it ends.
+            (":forever".to_string(), number(i64::MAX / 2)),
+            (":list".to_string(), text("pauses")),
+            (
+                ":order".to_string(),
+                text(&format!("{}#{}", lane.pipeline, lane.environment)),
+            ),
+        ]);
+        // What `set` does not set keeps its value, or starts as a new hold's.
+        let defaults = [
+            "since = if_not_exists(since, :now)",
+            "parked = if_not_exists(parked, :zero)",
+            "paused = if_not_exists(paused, :zero)",
+        ]
+        .into_iter()
+        .filter(|default| {
+            let attribute = default.split(' ').next().unwrap_or_default();
+            !set.contains(&format!("{attribute} ="))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+        let expression = format!(
+            "{set}, pipeline = :pipeline, environment = :environment, {defaults}, \
+             expires = :forever, lpk = :list, lsk = :order"
+        );
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", text(&pause_key(lane)))
+            .update_expression(expression)
+            .set_expression_attribute_values(Some(values));
+        if set.contains("#at") {
+            update = update.expression_attribute_names("#at", "at");
+        }
+        update
+            .send()
+            .await
+            .map_err(|source| error("the journal could not be written", source))?;
+        Ok(())
     }
 
     /// Every lane with jobs on record.
@@ -388,50 +469,289 @@ impl Journal for DynamoJournal {
             reason: reason.to_string(),
             at_ms: now_ms(),
         };
-        self.put(HashMap::from([
-            ("pk".to_string(), text(&pause_key(lane))),
-            (
-                "record".to_string(),
-                text(&serde_json::to_string(&pause).expect("a pause renders")),
-            ),
-            ("pipeline".to_string(), text(&lane.pipeline)),
-            ("environment".to_string(), text(&lane.environment)),
-            ("reason".to_string(), text(reason)),
-            ("at".to_string(), number(pause.at_ms)),
-            // A pause lasts until it is resumed.
-            ("expires".to_string(), number(i64::MAX / 2)),
-            ("lpk".to_string(), text("pauses")),
-            (
-                "lsk".to_string(),
-                text(&format!("{}#{}", lane.pipeline, lane.environment)),
-            ),
-        ]))
+        self.update_hold(
+            lane,
+            "SET paused = :one, reason = :reason, #at = :at",
+            HashMap::from([
+                (":one".to_string(), number(1)),
+                (":reason".to_string(), text(reason)),
+                (":at".to_string(), number(pause.at_ms)),
+            ]),
+        )
         .await?;
         Ok(pause)
     }
 
     async fn resume(&self, lane: &Lane) -> Result<bool, JournalError> {
-        let deleted = self
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", text(&pause_key(lane)))
+            .update_expression("SET paused = :zero")
+            .condition_expression("paused = :one")
+            .expression_attribute_values(":zero", number(0))
+            .expression_attribute_values(":one", number(1))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(failure)
+                if failure
+                    .as_service_error()
+                    .is_some_and(|service| service.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(failure) => Err(error("the journal could not be written", failure)),
+        }
+    }
+
+    async fn occupy(&self, lane: &Lane, execution: &str) -> Result<(), JournalError> {
+        self.update_hold(
+            lane,
+            "SET busy = :busy",
+            HashMap::from([(":busy".to_string(), text(execution))]),
+        )
+        .await
+    }
+
+    async fn vacate(&self, lane: &Lane) -> Result<(), JournalError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", text(&pause_key(lane)))
+            .update_expression("REMOVE busy")
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(failure)
+                if failure
+                    .as_service_error()
+                    .is_some_and(|service| service.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(failure) => Err(error("the journal could not be written", failure)),
+        }
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>, JournalError> {
+        let mut holds: Vec<Hold> = self
+            .list("pauses", true, usize::MAX, |_| true)
+            .await?
+            .iter()
+            .filter_map(hold_from)
+            .filter(|hold| hold.holds() || hold.parked > 0)
+            .collect();
+        holds.sort_by(|a, b| a.lane.cmp(&b.lane));
+        Ok(holds)
+    }
+
+    async fn hold(&self, lane: &Lane) -> Result<Option<Hold>, JournalError> {
+        Ok(self
+            .get(&pause_key(lane))
+            .await?
+            .as_ref()
+            .and_then(hold_from))
+    }
+
+    async fn park(&self, job: &LaneJob) -> Result<bool, JournalError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        for _ in 0..3 {
+            let Some(hold) = self.hold(&job.lane).await? else {
+                return Ok(false);
+            };
+            if !hold.holds() || hold.parked >= super::MAX_PARKED {
+                return Ok(false);
+            }
+            let known = self.job(&job.name).await?;
+            let mut parked = match known {
+                Some(known)
+                    if known.state != JobState::Waiting
+                        || known.released_at_ms.is_some_and(|at| at >= hold.since_ms) =>
+                {
+                    return Ok(false);
+                }
+                Some(mut known) => {
+                    if known.job.is_empty() {
+                        known.job = job.job.clone();
+                    }
+                    known
+                }
+                None => job.clone(),
+            };
+            parked.parked = true;
+            parked.updated_at_ms = now_ms();
+            let count = Update::builder()
+                .table_name(&self.table)
+                .key("pk", text(&pause_key(&job.lane)))
+                .update_expression("SET parked = parked + :one ADD parked_names :name")
+                .condition_expression(
+                    "since = :since AND (paused = :one OR attribute_exists(busy))",
+                )
+                .expression_attribute_values(":one", number(1))
+                .expression_attribute_values(":since", number(hold.since_ms))
+                .expression_attribute_values(
+                    ":name",
+                    aws_sdk_dynamodb::types::AttributeValue::Ss(vec![job.name.clone()]),
+                )
+                .build()
+                .expect("an update has its table, key and expression");
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(job_item(&parked, self.job_expires(&parked))))
+                .condition_expression("attribute_not_exists(released_at) OR released_at < :since")
+                .expression_attribute_values(":since", number(hold.since_ms))
+                .build()
+                .expect("a put has its table and item");
+            // Its lane is among those with jobs (a job parked before any was recorded
+            // queued, by a worker quicker than the listener).
+            let listed = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(lane_item(
+                    &job.lane,
+                    now_ms() / 1000 + MAX_LIFETIME_SECS,
+                )))
+                .build()
+                .expect("a put has its table and item");
+            let written = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(count).build())
+                .transact_items(TransactWriteItem::builder().put(put).build())
+                .transact_items(TransactWriteItem::builder().put(listed).build())
+                .send()
+                .await;
+            match written {
+                Ok(_) => return Ok(true),
+                Err(failure)
+                    if matches!(
+                        failure.as_service_error(),
+                        Some(TransactWriteItemsError::TransactionCanceledException(_))
+                    ) =>
+                {
+                    // The hold or the job changed meanwhile: look again.
+                    continue;
+                }
+                Err(failure) => return Err(error("the journal could not be written", failure)),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn parked(&self, lane: &Lane, limit: usize) -> Result<Vec<LaneJob>, JournalError> {
+        let Some(item) = self.get(&pause_key(lane)).await? else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<String> = item
+            .get("parked_names")
+            .and_then(|value| value.as_ss().ok())
+            .cloned()
+            .unwrap_or_default();
+        let mut jobs = Vec::with_capacity(names.len());
+        for chunk in names.chunks(100) {
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
+            for name in chunk {
+                keys = keys.keys(HashMap::from([("pk".to_string(), text(&job_key(name)))]));
+            }
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys.build().expect("keys are given"))
+                .send()
+                .await
+                .map_err(|source| error("the journal could not be read", source))?;
+            jobs.extend(
+                output
+                    .responses()
+                    .and_then(|responses| responses.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(job_from),
+            );
+        }
+        jobs.sort_by_key(|job| job.seq);
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    async fn releasing(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        let now = now_ms();
+        let writes = jobs
+            .iter()
+            .map(|job| {
+                let mut job = job.clone();
+                job.released_at_ms = Some(now);
+                Write::put(job_item(&job, self.job_expires(&job)))
+            })
+            .collect();
+        self.write(writes).await
+    }
+
+    async fn unparked(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let writes = jobs
+            .iter()
+            .map(|job| {
+                let mut job = job.clone();
+                job.parked = false;
+                Write::put(job_item(&job, self.job_expires(&job)))
+            })
+            .collect();
+        self.write(writes).await?;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", text(&pause_key(lane)))
+            .update_expression("SET parked = parked - :count DELETE parked_names :names")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":count", number(jobs.len() as i64))
+            .expression_attribute_values(
+                ":names",
+                aws_sdk_dynamodb::types::AttributeValue::Ss(
+                    jobs.iter().map(|job| job.name.clone()).collect(),
+                ),
+            )
+            .send()
+            .await
+            .map_err(|source| error("the journal could not be written", source))?;
+        Ok(())
+    }
+
+    async fn end_hold(&self, lane: &Lane) -> Result<HoldEnd, JournalError> {
+        let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", text(&pause_key(lane)))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .condition_expression(
+                "attribute_not_exists(pk) OR (paused = :zero AND attribute_not_exists(busy) AND attribute_not_exists(parked_names))",
+            )
+            .expression_attribute_values(":zero", number(0))
             .send()
-            .await
-            .map_err(|source| error("the journal could not be written", source))?;
-        Ok(deleted.attributes().is_some_and(|old| !old.is_empty()))
-    }
-
-    async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {
-        let mut pauses: Vec<Pause> = self
-            .list("pauses", true, usize::MAX, |_| true)
-            .await?
-            .iter()
-            .filter_map(record_of)
-            .collect();
-        pauses.sort_by(|a, b| a.lane.cmp(&b.lane));
-        Ok(pauses)
+            .await;
+        match result {
+            Ok(_) => Ok(HoldEnd::Ended),
+            Err(failure)
+                if failure
+                    .as_service_error()
+                    .is_some_and(|service| service.is_conditional_check_failed_exception()) =>
+            {
+                Ok(match self.hold(lane).await? {
+                    None => HoldEnd::Ended,
+                    Some(hold) if hold.holds() => HoldEnd::Held,
+                    Some(_) => HoldEnd::Parked,
+                })
+            }
+            Err(failure) => Err(error("the journal could not be written", failure)),
+        }
     }
 
     /// Items older than the retention expire by themselves (`expires`, the table's

@@ -116,6 +116,45 @@ pub struct Pause {
     pub at_ms: i64,
 }
 
+/// A held lane: paused by an operator, or busy with an execution that ran longer than
+/// a queue may hold its job, or both. Its start jobs received meanwhile are parked in
+/// the journal (acknowledged off the queue), and put back on the queue, in queue order,
+/// when nothing holds it any more: a hold may last any time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    #[serde(flatten)]
+    pub lane: Lane,
+    /// An operator's pause, while there is one.
+    pub pause: Option<Pause>,
+    /// The execution that holds the lane, while it runs.
+    pub busy: Option<String>,
+    /// How many jobs are parked.
+    pub parked: u64,
+    /// When the hold began: a job put back since is not parked again by it.
+    pub since_ms: i64,
+}
+
+impl Hold {
+    /// Whether the lane starts nothing now.
+    pub fn holds(&self) -> bool {
+        self.pause.is_some() || self.busy.is_some()
+    }
+}
+
+/// What ending a hold found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// The lane is free (or was).
+    Ended,
+    /// Something still holds it (a pause, a long execution): its jobs stay parked.
+    Held,
+    /// Jobs are parked still: put them back first.
+    Parked,
+}
+
+/// The most jobs one lane parks; beyond it, a held lane's jobs wait on the queue.
+pub const MAX_PARKED: u64 = 5000;
+
 /// The `status` an earlier release wrote, with `ended`, for a job that was
 /// dead-lettered instead of started: read as [`JobState::Rejected`].
 const DEAD_LETTERED: &str = "dead_lettered";
@@ -215,6 +254,12 @@ pub struct LaneJob {
     pub updated_at_ms: i64,
     /// The execution this one runs again (a replay).
     pub replay_of: Option<String>,
+    /// Parked in the journal, off the queue, while its lane is held.
+    #[serde(default)]
+    pub parked: bool,
+    /// When it was last put back on the queue from a hold.
+    #[serde(default)]
+    pub released_at_ms: Option<i64>,
     /// The start job as queued (its wire form), to run it again.
     #[serde(skip_serializing, default)]
     pub job: String,
@@ -242,6 +287,8 @@ impl LaneJob {
             queued_at_ms: now,
             updated_at_ms: now,
             replay_of,
+            parked: false,
+            released_at_ms: None,
             job: crate::job::Job::start(request.clone()).to_body(),
         }
     }
@@ -342,12 +389,53 @@ pub trait Journal: Send + Sync {
 
     async fn job(&self, name: &str) -> Result<Option<LaneJob>, JournalError>;
 
+    /// Pauses a lane (a hold, kept or begun).
     async fn pause(&self, lane: &Lane, reason: &str) -> Result<Pause, JournalError>;
 
-    /// Whether the lane was paused.
+    /// Ends a lane's pause; whether it was paused. Its hold ends when nothing else
+    /// holds it and no job is parked ([`Journal::end_hold`]).
     async fn resume(&self, lane: &Lane) -> Result<bool, JournalError>;
 
-    async fn pauses(&self) -> Result<Vec<Pause>, JournalError>;
+    /// Marks a lane busy with `execution` (a hold, kept or begun).
+    async fn occupy(&self, lane: &Lane, execution: &str) -> Result<(), JournalError>;
+
+    /// The lane is not busy any more.
+    async fn vacate(&self, lane: &Lane) -> Result<(), JournalError>;
+
+    /// Every held lane.
+    async fn holds(&self) -> Result<Vec<Hold>, JournalError>;
+
+    /// One lane's hold, as it is now (read consistently).
+    async fn hold(&self, lane: &Lane) -> Result<Option<Hold>, JournalError>;
+
+    /// Parks a start job of a held lane: kept with its body, counted on the hold. Only
+    /// while the lane is held, and not a job put back since the hold began (which runs);
+    /// `false` then, and when the lane has MAX_PARKED jobs parked already.
+    async fn park(&self, job: &LaneJob) -> Result<bool, JournalError>;
+
+    /// The lane's parked jobs, whole (with their bodies), in queue order, at most
+    /// `limit`.
+    async fn parked(&self, lane: &Lane, limit: usize) -> Result<Vec<LaneJob>, JournalError>;
+
+    /// Notes that these parked jobs are being put back (before they are sent: a copy
+    /// received meanwhile runs instead of being parked again).
+    async fn releasing(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError>;
+
+    /// These jobs are back on the queue: not parked any more.
+    async fn unparked(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError>;
+
+    /// Ends the lane's hold if nothing holds it and nothing is parked.
+    async fn end_hold(&self, lane: &Lane) -> Result<HoldEnd, JournalError>;
+
+    /// The paused lanes (a view of [`Journal::holds`]).
+    async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {
+        Ok(self
+            .holds()
+            .await?
+            .into_iter()
+            .filter_map(|hold| hold.pause)
+            .collect())
+    }
 
     /// Forgets what is older than the retention, or beyond its count (and sessions
     /// that expired).

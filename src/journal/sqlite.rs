@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    DeliveryFilter, DeliveryRecord, JobState, Journal, JournalError, Lane, LaneJob, Pause,
-    Retention, SessionRecord, merged, now_ms,
+    DeliveryFilter, DeliveryRecord, Hold, HoldEnd, JobState, Journal, JournalError, Lane, LaneJob,
+    Pause, Retention, SessionRecord, merged, now_ms,
 };
 
 pub struct SqliteJournal {
@@ -68,12 +68,12 @@ async fn writer(connection: crate::sqlite::Shared, mut writes: mpsc::Receiver<Pe
 }
 
 const JOB_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
-     state, status, queued_at, updated_at, replay_of, job, source, action";
+     state, status, queued_at, updated_at, replay_of, job, source, action, parked, released_at";
 
 /// The columns of a listing: everything but the job's body (up to the queue's message
 /// size each), which only a replay reads, by name.
 const LISTED_COLUMNS: &str = "name, pipeline, environment, repository, git_ref, commit_sha, seq, \
-     state, status, queued_at, updated_at, replay_of, '', source, action";
+     state, status, queued_at, updated_at, replay_of, '', source, action, parked, released_at";
 
 fn lane_job(row: &Row<'_>) -> rusqlite::Result<LaneJob> {
     let state: String = row.get(7)?;
@@ -96,6 +96,8 @@ fn lane_job(row: &Row<'_>) -> rusqlite::Result<LaneJob> {
         updated_at_ms: row.get(10)?,
         replay_of: row.get(11)?,
         job: row.get(12)?,
+        parked: row.get(15)?,
+        released_at_ms: row.get(16)?,
     })
 }
 
@@ -110,7 +112,7 @@ fn write_job(connection: &Connection, job: &LaneJob) -> rusqlite::Result<()> {
     connection
         .prepare_cached(&format!(
             "INSERT OR REPLACE INTO lane_jobs ({JOB_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ))?
         .execute(params![
             job.name,
@@ -128,6 +130,8 @@ fn write_job(connection: &Connection, job: &LaneJob) -> rusqlite::Result<()> {
             job.job,
             job.source,
             job.action,
+            job.parked,
+            job.released_at_ms,
         ])?;
     Ok(())
 }
@@ -154,18 +158,74 @@ fn insert_queued(connection: &Connection, jobs: &[LaneJob]) -> rusqlite::Result<
 /// Adds the columns a file of an earlier release lacks: where a job came from and
 /// what it does, which supersede compares.
 fn add_columns(connection: &Connection) -> rusqlite::Result<()> {
-    let mut columns = Vec::new();
-    connection
-        .prepare("SELECT name FROM pragma_table_info('lane_jobs')")?
-        .query_map([], |row| row.get::<_, String>(0))?
-        .try_for_each(|name| name.map(|name| columns.push(name)))?;
-    for (column, default) in [("source", "''"), ("action", "'deploy'")] {
+    for (table, column, definition) in [
+        ("lane_jobs", "source", "TEXT NOT NULL DEFAULT ''"),
+        ("lane_jobs", "action", "TEXT NOT NULL DEFAULT 'deploy'"),
+        ("lane_jobs", "parked", "INTEGER NOT NULL DEFAULT 0"),
+        ("lane_jobs", "released_at", "INTEGER"),
+        // A pause of an earlier release is an operator's pause, since its time.
+        ("pauses", "paused", "INTEGER NOT NULL DEFAULT 1"),
+        ("pauses", "busy", "TEXT"),
+        ("pauses", "since", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let mut columns = Vec::new();
+        connection
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |row| row.get::<_, String>(0))?
+            .try_for_each(|name| name.map(|name| columns.push(name)))?;
         if !columns.iter().any(|known| known == column) {
             connection.execute_batch(&format!(
-                "ALTER TABLE lane_jobs ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}"
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
             ))?;
         }
     }
+    connection.execute_batch(
+        "CREATE INDEX IF NOT EXISTS lane_jobs_parked ON lane_jobs (pipeline, environment, parked, seq)",
+    )?;
+    Ok(())
+}
+
+/// A lane's hold, as the file has it.
+fn read_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<Option<Hold>> {
+    let hold = connection
+        .prepare_cached(
+            "SELECT paused, reason, at, busy, since FROM pauses WHERE pipeline = ?1 AND environment = ?2",
+        )?
+        .query_row(params![lane.pipeline, lane.environment], |row| {
+            let paused: bool = row.get(0)?;
+            Ok(Hold {
+                lane: lane.clone(),
+                pause: paused.then(|| Pause {
+                    lane: lane.clone(),
+                    reason: row.get(1).unwrap_or_default(),
+                    at_ms: row.get(2).unwrap_or_default(),
+                }),
+                busy: row.get(3)?,
+                parked: 0,
+                since_ms: row.get(4)?,
+            })
+        })
+        .optional()?;
+    let Some(mut hold) = hold else {
+        return Ok(None);
+    };
+    hold.parked = connection
+        .prepare_cached(
+            "SELECT COUNT(*) FROM lane_jobs WHERE pipeline = ?1 AND environment = ?2 AND parked = 1",
+        )?
+        .query_row(params![lane.pipeline, lane.environment], |row| row.get::<_, i64>(0))?
+        as u64;
+    Ok(Some(hold))
+}
+
+/// Begins a lane's hold, unless it is held already.
+fn begin_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT OR IGNORE INTO pauses (pipeline, environment, reason, at, paused, busy, since)
+             VALUES (?1, ?2, '', ?3, 0, NULL, ?3)",
+        )?
+        .execute(params![lane.pipeline, lane.environment, now_ms()])?;
     Ok(())
 }
 
@@ -380,8 +440,10 @@ impl Journal for SqliteJournal {
         };
         let written = pause.clone();
         self.with(move |connection| {
-            connection.execute(
-                "INSERT OR REPLACE INTO pauses (pipeline, environment, reason, at) VALUES (?1, ?2, ?3, ?4)",
+            let transaction = connection.transaction()?;
+            begin_hold(&transaction, &written.lane)?;
+            transaction.execute(
+                "UPDATE pauses SET paused = 1, reason = ?3, at = ?4 WHERE pipeline = ?1 AND environment = ?2",
                 params![
                     written.lane.pipeline,
                     written.lane.environment,
@@ -389,7 +451,7 @@ impl Journal for SqliteJournal {
                     written.at_ms
                 ],
             )?;
-            Ok(())
+            transaction.commit()
         })
         .await?;
         Ok(pause)
@@ -399,30 +461,169 @@ impl Journal for SqliteJournal {
         let lane = lane.clone();
         self.with(move |connection| {
             Ok(connection.execute(
-                "DELETE FROM pauses WHERE pipeline = ?1 AND environment = ?2",
+                "UPDATE pauses SET paused = 0 WHERE pipeline = ?1 AND environment = ?2 AND paused = 1",
                 params![lane.pipeline, lane.environment],
             )? > 0)
         })
         .await
     }
 
-    async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {
+    async fn occupy(&self, lane: &Lane, execution: &str) -> Result<(), JournalError> {
+        let (lane, execution) = (lane.clone(), execution.to_string());
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            begin_hold(&transaction, &lane)?;
+            transaction.execute(
+                "UPDATE pauses SET busy = ?3 WHERE pipeline = ?1 AND environment = ?2",
+                params![lane.pipeline, lane.environment, execution],
+            )?;
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn vacate(&self, lane: &Lane) -> Result<(), JournalError> {
+        let lane = lane.clone();
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE pauses SET busy = NULL WHERE pipeline = ?1 AND environment = ?2",
+                params![lane.pipeline, lane.environment],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>, JournalError> {
         self.with(|connection| {
-            connection
+            let lanes: Vec<Lane> = connection
                 .prepare_cached(
-                    "SELECT pipeline, environment, reason, at FROM pauses ORDER BY pipeline, environment",
+                    "SELECT pipeline, environment FROM pauses ORDER BY pipeline, environment",
                 )?
                 .query_map([], |row| {
-                    Ok(Pause {
-                        lane: Lane {
-                            pipeline: row.get(0)?,
-                            environment: row.get(1)?,
-                        },
-                        reason: row.get(2)?,
-                        at_ms: row.get(3)?,
+                    Ok(Lane {
+                        pipeline: row.get(0)?,
+                        environment: row.get(1)?,
                     })
                 })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut holds = Vec::with_capacity(lanes.len());
+            for lane in &lanes {
+                holds.extend(read_hold(connection, lane)?);
+            }
+            Ok(holds)
+        })
+        .await
+    }
+
+    async fn hold(&self, lane: &Lane) -> Result<Option<Hold>, JournalError> {
+        let lane = lane.clone();
+        self.with(move |connection| read_hold(connection, &lane))
+            .await
+    }
+
+    async fn park(&self, job: &LaneJob) -> Result<bool, JournalError> {
+        let job = job.clone();
+        self.with(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let Some(hold) = read_hold(&transaction, &job.lane)? else {
+                return Ok(false);
+            };
+            let known = read_job(&transaction, &job.name)?;
+            let released = known
+                .as_ref()
+                .and_then(|known| known.released_at_ms)
+                .is_some_and(|at| at >= hold.since_ms);
+            if !hold.holds() || released || hold.parked >= super::MAX_PARKED {
+                return Ok(false);
+            }
+            let mut parked = match known {
+                Some(known) if known.state != JobState::Waiting => return Ok(false),
+                Some(mut known) => {
+                    if known.job.is_empty() {
+                        known.job = job.job.clone();
+                    }
+                    known
+                }
+                None => job,
+            };
+            parked.parked = true;
+            parked.updated_at_ms = now_ms();
+            write_job(&transaction, &parked)?;
+            transaction.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn parked(&self, lane: &Lane, limit: usize) -> Result<Vec<LaneJob>, JournalError> {
+        let lane = lane.clone();
+        self.with(move |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM lane_jobs
+                     WHERE pipeline = ?1 AND environment = ?2 AND parked = 1 ORDER BY seq LIMIT ?3"
+                ))?
+                .query_map(
+                    params![lane.pipeline, lane.environment, limit as i64],
+                    lane_job,
+                )?
                 .collect()
+        })
+        .await
+    }
+
+    async fn releasing(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let now = now_ms();
+            for name in &names {
+                transaction.execute(
+                    "UPDATE lane_jobs SET released_at = ?2 WHERE name = ?1",
+                    params![name, now],
+                )?;
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn unparked(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for name in &names {
+                transaction.execute(
+                    "UPDATE lane_jobs SET parked = 0 WHERE name = ?1",
+                    params![name],
+                )?;
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn end_hold(&self, lane: &Lane) -> Result<HoldEnd, JournalError> {
+        let lane = lane.clone();
+        self.with(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let end = match read_hold(&transaction, &lane)? {
+                None => HoldEnd::Ended,
+                Some(hold) if hold.holds() => HoldEnd::Held,
+                Some(hold) if hold.parked > 0 => HoldEnd::Parked,
+                Some(_) => {
+                    transaction.execute(
+                        "DELETE FROM pauses WHERE pipeline = ?1 AND environment = ?2",
+                        params![lane.pipeline, lane.environment],
+                    )?;
+                    HoldEnd::Ended
+                }
+            };
+            transaction.commit()?;
+            Ok(end)
         })
         .await
     }

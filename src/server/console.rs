@@ -217,19 +217,21 @@ pub(super) async fn delivery(
 pub(super) async fn lanes_view(
     journal: &dyn Journal,
 ) -> Result<Value, crate::journal::JournalError> {
-    let pauses = journal.pauses().await?;
+    let holds = journal.holds().await?;
     let jobs = journal.lane_jobs(None).await?;
     let mut lanes: std::collections::BTreeMap<Lane, Vec<&LaneJob>> = Default::default();
     for job in &jobs {
         lanes.entry(job.lane.clone()).or_default().push(job);
     }
-    for pause in &pauses {
-        lanes.entry(pause.lane.clone()).or_default();
+    for hold in &holds {
+        lanes.entry(hold.lane.clone()).or_default();
     }
     let view: Vec<Value> = lanes
         .iter()
         .map(|(lane, jobs)| {
-            let pause = pauses.iter().find(|pause| pause.lane == *lane);
+            let hold = holds.iter().find(|hold| hold.lane == *lane);
+            let pause = hold.and_then(|hold| hold.pause.as_ref());
+            let busy = hold.and_then(|hold| hold.busy.as_ref());
             let waiting: Vec<&&LaneJob> = jobs
                 .iter()
                 .filter(|job| job.state == JobState::Waiting)
@@ -239,14 +241,21 @@ pub(super) async fn lanes_view(
                 .filter(|job| job.state == JobState::Started)
                 .map(|job| job.name.as_str())
                 .collect();
+            let state = match (pause, busy) {
+                (Some(_), _) => "paused",
+                (None, Some(_)) => "busy",
+                (None, None) => "running",
+            };
             json!({
                 "pipeline": lane.pipeline,
                 "environment": lane.environment,
-                "state": if pause.is_some() { "paused" } else { "running" },
+                "state": state,
                 "paused": pause.map(|pause| json!({"reason": pause.reason, "at_ms": pause.at_ms})),
+                "busy": busy,
                 "running": running,
                 "waiting": {
                     "count": waiting.len(),
+                    "parked": waiting.iter().filter(|job| job.parked).count(),
                     "oldest": waiting.first().map(|job| json!({"name": job.name, "commit": job.commit})),
                     "newest": waiting.last().map(|job| json!({"name": job.name, "commit": job.commit})),
                 },
@@ -306,13 +315,21 @@ pub(super) async fn lane_action(
                 Err(error) => journal_error(error),
             }
         }
-        "resume" => match journal.resume(&lane).await {
-            Ok(was_paused) => {
-                tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, was_paused, "Resumed a lane.");
-                Json(json!({"pipeline": lane.pipeline, "environment": lane.environment, "state": "running", "was_paused": was_paused})).into_response()
-            }
-            Err(error) => journal_error(error),
-        },
+        "resume" => {
+            let was_paused = match journal.resume(&lane).await {
+                Ok(was_paused) => was_paused,
+                Err(error) => return journal_error(error),
+            };
+            // Its parked jobs go back on the queue, in order (unless a long execution
+            // still holds the lane: its end puts them back). A resume that fails half
+            // way is asked again: it puts back the rest.
+            let released = match state.admission.release(&lane).await {
+                Ok(released) => released,
+                Err(error) => return ApiError::from(error).into_response(),
+            };
+            tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, was_paused, released, "Resumed a lane.");
+            Json(json!({"pipeline": lane.pipeline, "environment": lane.environment, "state": "running", "was_paused": was_paused, "released": released})).into_response()
+        }
         other => refuse(
             StatusCode::NOT_FOUND,
             format!("a lane can be paused or resumed, not {other:?}"),

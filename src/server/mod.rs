@@ -273,6 +273,9 @@ impl From<crate::admission::AdmissionError> for ApiError {
             crate::admission::AdmissionError::Failed(reason) => {
                 ApiError::Queue(QueueError::unavailable(reason))
             }
+            crate::admission::AdmissionError::Journal(error) => {
+                ApiError::Queue(QueueError::unavailable_from("the journal", error))
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
-//! What operators decide about lanes, as the worker honours it: a paused lane starts
-//! nothing (its jobs are held, invisible, their receive counts untouched, and start in
-//! order on resume), and with `supersede = true` a serial lane's job is not started
-//! when `crate::lanes` says a newer one carries it. The states themselves are
+//! What holds a lane, as the worker honours it: a held lane (paused by an operator, or
+//! busy with an execution that ran past what the queue may hold) starts nothing: its
+//! jobs are parked in the journal, off the queue, and put back in order when the hold
+//! ends; with `supersede = true` a serial lane's job is not started when
+//! `crate::lanes` says a newer one carries it. The states themselves are
 //! `crate::lanes`'s to move.
 
 use std::sync::Arc;
@@ -21,6 +22,15 @@ use crate::lanes::PAUSE_REFRESH;
 use crate::queue::Received;
 use crate::telemetry::labels;
 
+/// What becomes of a received job, as [`Worker::parking`] decides.
+pub(super) enum Parking {
+    Run,
+    /// Parked in the journal: acknowledge it.
+    Parked,
+    /// Its lane is held and it could not be parked: hold it in flight.
+    Hold(Lane),
+}
+
 impl Worker {
     /// Has the worker queue what it plans (`expand`, CodePipeline jobs) through the
     /// admission step, and keep, honour and report its lanes' states through that
@@ -31,45 +41,75 @@ impl Worker {
         self
     }
 
-    /// The lane of a start job that is paused now, if `received` is one. With no lane
-    /// paused (nearly always), the job is not read here.
-    pub(super) async fn paused_lane(&self, received: &Received) -> Option<Lane> {
-        let paused = self.lanes.as_ref()?.paused().await;
-        if paused.is_empty() {
-            return None;
-        }
+    /// What becomes of a received job whose lane may be held (paused, or busy with a
+    /// long execution): run it, or park it in the journal (it is acknowledged off the
+    /// queue, and put back in order when the hold ends), or, when it cannot be parked
+    /// (the journal cannot be written, the lane has as many parked as it may keep),
+    /// hold it in flight.
+    pub(super) async fn parking(&self, received: &Received) -> Parking {
+        let Some(lanes) = &self.lanes else {
+            return Parking::Run;
+        };
         let Read::Job(job) = Job::read(&received.message.body) else {
-            return None;
+            return Parking::Run;
         };
         let JobKind::Start { request } = job.kind else {
-            return None;
+            return Parking::Run;
         };
         let lane = Lane::of(&request);
-        paused.contains(&lane).then_some(lane)
+        let held = match lanes.is_held(&request).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not read whether the lane is held; going by what was read last.");
+                lanes.held().await.contains(&lane)
+            }
+        };
+        if !held {
+            return Parking::Run;
+        }
+        match lanes.park(&request).await {
+            Ok(true) => {
+                tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, execution = %request.name, "Parked a job of a held lane; it is put back in order when the hold ends.");
+                Parking::Parked
+            }
+            Ok(false) => Parking::Run,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not park a job of a held lane; holding it on the queue instead.");
+                Parking::Hold(lane)
+            }
+        }
     }
 
-    /// Holds a paused lane's job until its lane is resumed: invisible (the chain's
-    /// heartbeat keeps it so, and its receive count does not grow) and without a
-    /// permit, so that other lanes go on. The permit to go on with, once resumed;
-    /// `None` when the worker is stopping first.
-    pub(super) async fn hold_while_paused(
+    /// Whether a lane is held now, as last read.
+    async fn lane_held(&self, lane: &Lane) -> bool {
+        match &self.lanes {
+            Some(lanes) => lanes.held().await.contains(lane),
+            None => false,
+        }
+    }
+
+    /// Holds a job of a held lane that could not be parked until the hold ends:
+    /// invisible (the chain's heartbeat keeps it so, and its receive count does not
+    /// grow) and without a permit, so that other lanes go on. The permit to go on
+    /// with; `None` when the worker is stopping first.
+    pub(super) async fn hold_while_held(
         &self,
         lane: &Lane,
         received: &Received,
         permits: &Arc<Semaphore>,
         hard_stop: &CancellationToken,
     ) -> Option<OwnedSemaphorePermit> {
-        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, job = %received.message.id, "Holding a job of a paused lane.");
+        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, job = %received.message.id, "Holding a job of a held lane.");
         loop {
             tokio::select! {
                 _ = hard_stop.cancelled() => return None,
                 _ = tokio::time::sleep(PAUSE_REFRESH) => {}
             }
-            if self.paused_lane(received).await.is_none() {
+            if !self.lane_held(lane).await {
                 break;
             }
         }
-        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The lane was resumed.");
+        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The lane is not held any more.");
         tokio::select! {
             _ = hard_stop.cancelled() => None,
             permit = permits.clone().acquire_owned() => permit.ok(),

@@ -14,6 +14,7 @@
 pub mod codepipeline;
 mod expand;
 mod lanes;
+mod release;
 mod report;
 mod start;
 mod watch;
@@ -73,6 +74,9 @@ pub struct WorkerSettings {
     pub retry_max: Duration,
     /// How long shutdown lets jobs in progress finish before releasing them.
     pub shutdown_grace: Duration,
+    /// How long a serial lane's job is held in flight before its lane is marked busy
+    /// and the job acknowledged (executions that outlive the worker only).
+    pub max_hold: Duration,
 }
 
 impl WorkerSettings {
@@ -88,6 +92,7 @@ impl WorkerSettings {
             retry_initial: Duration::from_millis(config.retry_initial_ms),
             retry_max: Duration::from_secs(config.retry_max_secs),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            max_hold: Duration::from_secs(config.max_hold_secs),
         }
     }
 }
@@ -432,18 +437,24 @@ impl Worker {
                 waiting.retain(|receipt| *receipt != received.receipt);
             }
         };
+        // The chain's jobs were all received now: none may be held in flight past
+        // max_hold from here (SQS lets a message be in flight 12 hours at most).
+        let held_since = tokio::time::Instant::now();
         let mut jobs = chain.into_iter();
         while let Some(received) = jobs.next() {
-            if let Some(lane) = self.paused_lane(&received).await {
+            let parking = self.parking(&received).await;
+            if let lanes::Parking::Hold(lane) = &parking {
                 drop(permit.take());
                 permit = self
-                    .hold_while_paused(&lane, &received, &permits, &hard_stop)
+                    .hold_while_held(lane, &received, &permits, &hard_stop)
                     .await;
             }
             let settle = if hard_stop.is_cancelled() {
                 Settle::Release(Duration::ZERO)
+            } else if let lanes::Parking::Parked = parking {
+                Settle::Ack
             } else {
-                self.handle(&received, &hard_stop).await
+                self.handle(&received, held_since, &hard_stop).await
             };
             let for_good = settle.is_for_good();
             settle_and_forget(received, settle).await;
@@ -498,7 +509,12 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, received: &Received, hard_stop: &CancellationToken) -> Settle {
+    async fn handle(
+        &self,
+        received: &Received,
+        held_since: tokio::time::Instant,
+        hard_stop: &CancellationToken,
+    ) -> Settle {
         let job = match Job::read(&received.message.body) {
             Read::Job(job) => job,
             Read::Newer(reason) => {
@@ -519,7 +535,7 @@ impl Worker {
                     commit = %request.origin.commit,
                     receive_count = received.receive_count,
                 );
-                self.start(received, &request, hard_stop)
+                self.start(received, &request, held_since, hard_stop)
                     .instrument(span)
                     .await
             }
@@ -557,6 +573,18 @@ impl Worker {
                     look = watch.look,
                 );
                 self.watch(&watch, received.receive_count)
+                    .instrument(span)
+                    .await
+            }
+            JobKind::Release { release } => {
+                let span = tracing::info_span!(
+                    "job",
+                    kind = "release",
+                    execution = %release.request.name,
+                    pipeline = %release.request.pipeline,
+                    look = release.look,
+                );
+                self.release(&release, received.receive_count)
                     .instrument(span)
                     .await
             }
@@ -619,6 +647,8 @@ pub(crate) enum End {
     Stopped,
     /// It could not be described for DESCRIBE_PATIENCE.
     Unknown(String),
+    /// It still runs, and its job has been held as long as it may be.
+    HeldTooLong,
 }
 
 /// What becomes of a handled message.

@@ -29,9 +29,12 @@ impl Worker {
         &self,
         received: &Received,
         request: &ExecutionRequest,
+        held_since: tokio::time::Instant,
         hard_stop: &CancellationToken,
     ) -> Settle {
-        let settle = self.run_start(received, request, hard_stop).await;
+        let settle = self
+            .run_start(received, request, held_since, hard_stop)
+            .await;
         if let Settle::DeadLetter(reason) = &settle {
             // Not waiting any more: it must not supersede an older job run later.
             if let Some(lanes) = &self.lanes {
@@ -54,6 +57,7 @@ impl Worker {
         &self,
         received: &Received,
         request: &ExecutionRequest,
+        held_since: tokio::time::Instant,
         hard_stop: &CancellationToken,
     ) -> Settle {
         if self.superseded(request).await {
@@ -162,7 +166,14 @@ impl Worker {
                 self.queue_reports(vec![started_report(request, target, details_url.clone())])
                     .await;
             }
-            match self.wait_for_end(request, hard_stop).await {
+            // A serial lane's job on an executor whose executions outlive the worker is
+            // held only so long: then its lane is marked busy (its next jobs parked)
+            // and a `release` job follows the execution instead.
+            let hand_over = (request.group.is_some()
+                && self.executor.outlives_this_process()
+                && self.lanes.is_some())
+            .then_some(held_since + self.settings.max_hold);
+            match self.wait_for_end(request, hand_over, hard_stop).await {
                 End::Finished(execution) => {
                     if let Some(lanes) = &self.lanes {
                         lanes.ended(request, execution.status.as_str()).await;
@@ -200,6 +211,7 @@ impl Worker {
                     continue;
                 }
                 End::Stopped => return Settle::Release(Duration::ZERO),
+                End::HeldTooLong => return self.hand_over(request, received).await,
                 End::Unknown(error) => {
                     let delay = backoff(
                         received.receive_count,
@@ -213,12 +225,62 @@ impl Worker {
         }
     }
 
+    /// Hands a long execution's lane over from its held job to a `release` job: the lane
+    /// is marked busy in the journal (its next jobs are parked there, however long it
+    /// runs), the release job queued, and the start job acknowledged. A failure keeps
+    /// holding the job (it is released to be taken up again: the start finds the
+    /// execution by name, and tries again).
+    async fn hand_over(&self, request: &ExecutionRequest, received: &Received) -> Settle {
+        let Some(lanes) = &self.lanes else {
+            return Settle::Release(Duration::ZERO);
+        };
+        let lane = crate::journal::Lane::of(request);
+        let retry = || {
+            backoff(
+                received.receive_count,
+                self.settings.retry_initial,
+                self.settings.retry_max,
+            )
+        };
+        if let Err(error) = lanes.journal().occupy(&lane, request.name.as_str()).await {
+            tracing::warn!(error = %Chain(&error), "Could not mark the lane busy; its job goes back to the queue, to be held again.");
+            return Settle::Release(retry());
+        }
+        let release = crate::execution::report::Release {
+            request: request.clone(),
+            look: 0,
+            not_before_ms: self.clock.now_ms() + self.settings.poll_interval.as_millis() as i64,
+        };
+        match enqueue(self.queue.as_ref(), &[Job::release(release)]).await {
+            Ok(()) => {
+                tracing::info!(
+                    max_hold_secs = self.settings.max_hold.as_secs(),
+                    "The execution runs longer than its job may be held: the lane is busy, its next jobs are parked until it ends."
+                );
+                Settle::Ack
+            }
+            Err(error) => {
+                // Busy with nothing to end it would park the lane for good: undone.
+                if let Err(vacate) = lanes.journal().vacate(&lane).await {
+                    tracing::error!(error = %Chain(&vacate), "Could not undo a lane's busy mark; it stays held until a resume of it.");
+                }
+                tracing::warn!(error = %Chain(&error), "Could not queue the job that follows a long execution; its job goes back to the queue.");
+                Settle::Release(retry())
+            }
+        }
+    }
+
     /// Follows a started execution until it ends. Look soon at first (most executions
     /// of a quick pipeline are over in a moment), then every poll_interval. A failure
     /// to describe it is never taken for its end: the execution was started, so it is
     /// looked at again (Step Functions' reads are eventually consistent, and an
     /// expired credential gets renewed) for up to DESCRIBE_PATIENCE.
-    async fn wait_for_end(&self, request: &ExecutionRequest, hard_stop: &CancellationToken) -> End {
+    async fn wait_for_end(
+        &self,
+        request: &ExecutionRequest,
+        hand_over: Option<tokio::time::Instant>,
+        hard_stop: &CancellationToken,
+    ) -> End {
         let mut wait = Duration::from_millis(100);
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
@@ -249,6 +311,9 @@ impl Worker {
                 Ok(execution) if execution.status == ExecutionStatus::Interrupted => {
                     return End::Interrupted;
                 }
+                Ok(_) if hand_over.is_some_and(|at| tokio::time::Instant::now() >= at) => {
+                    return End::HeldTooLong;
+                }
                 Ok(_) => failing_since = None,
                 Err(error) => {
                     let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
@@ -258,9 +323,13 @@ impl Worker {
                     tracing::warn!(error = %Chain(&error), "Could not describe the execution; will look again.");
                 }
             }
+            let until_hand_over = hand_over.map_or(wait, |at| {
+                at.saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_millis(10))
+            });
             tokio::select! {
                 _ = hard_stop.cancelled() => return End::Stopped,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait.min(until_hand_over)) => {}
             }
             wait = (wait * 2).min(self.settings.poll_interval);
         }

@@ -132,6 +132,7 @@ fn settings() -> WorkerSettings {
         retry_initial: Duration::from_secs(2),
         retry_max: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(5),
+        max_hold: Duration::from_secs(11 * 3600),
     }
 }
 

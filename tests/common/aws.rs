@@ -171,5 +171,6 @@ pub fn settings() -> WorkerSettings {
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(5),
+        max_hold: Duration::from_secs(11 * 3600),
     }
 }

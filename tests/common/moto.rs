@@ -258,8 +258,22 @@ pub async fn ledger_table(client: &aws_sdk_dynamodb::Client, prefix: &str) -> St
                 .projection(
                     Projection::builder()
                         .projection_type(ProjectionType::Include)
-                        .non_key_attributes("record")
-                        .non_key_attributes("expires")
+                        .set_non_key_attributes(Some(
+                            [
+                                "record",
+                                "expires",
+                                "pipeline",
+                                "environment",
+                                "paused",
+                                "reason",
+                                "at",
+                                "busy",
+                                "since",
+                                "parked",
+                            ]
+                            .map(str::to_string)
+                            .to_vec(),
+                        ))
                         .build(),
                 )
                 .build()
