@@ -256,9 +256,24 @@ impl Lanes {
     /// is not held any more, or the job was put back since the hold began, or the lane
     /// has as many parked as it may keep (start it, or hold it in flight).
     pub async fn park(&self, request: &ExecutionRequest) -> Result<bool, JournalError> {
+        // The admission step records a job once it is queued; a worker may receive it
+        // a moment before. Its place in the lane (the order it is put back in, and
+        // what it may supersede) is that record's: wait a little for it rather than
+        // record a place of our own.
+        for _ in 0..RECORD_WAIT_TRIES {
+            if self.journal.job(request.name.as_str()).await?.is_some() {
+                break;
+            }
+            tokio::time::sleep(RECORD_WAIT).await;
+        }
         self.journal.park(&LaneJob::queued(request, 0, None)).await
     }
 }
+
+/// How long a job waits, at most, for the admission step's record of it before it is
+/// parked under a record of its own.
+const RECORD_WAIT: Duration = Duration::from_millis(100);
+const RECORD_WAIT_TRIES: usize = 30;
 
 /// The most jobs put back in one round of [`crate::admission::Admission::release`].
 pub const RELEASE_BATCH: usize = 100;

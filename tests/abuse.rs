@@ -343,8 +343,10 @@ async fn operator_routes_refuse_before_reading_a_body() {
         "32 unauthenticated 2 MB bodies to /v1/replays: RSS idle {} KiB, peak {} KiB",
         idle, peak
     );
+    // A few MiB at most (the daemon's own threads and buffers), where bodies read
+    // before the token was checked made it 60 MiB.
     assert!(
-        peak < idle + 8 * 1024,
+        peak < idle + 10 * 1024,
         "RSS grew from {idle} KiB to a peak of {peak} KiB"
     );
 
@@ -442,9 +444,10 @@ async fn operator_routes_refuse_before_reading_a_body() {
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 408"), "{route}: {answer:?}");
     }
+    // Every route's refusals and the authorized bodies (64 KiB at most each) on top.
     let (_, peak) = daemon.memory_kib();
     assert!(
-        peak < idle + 8 * 1024,
+        peak < idle + 16 * 1024,
         "RSS peaked at {peak} KiB (idle {idle})"
     );
     // The daemon still serves its operators.

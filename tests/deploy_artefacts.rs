@@ -3,7 +3,9 @@
 //! cfn-lint with the informational checks on; the CodePipeline template embeds the
 //! safe-update state machine as its file has it, and every state of it can be reached
 //! and goes somewhere that exists; the ECS service template deploys on moto after
-//! gitdispatch.yaml, with its load balancer, listeners, security groups and services.
+//! gitdispatch.yaml, with its load balancer, listeners, security groups and services;
+//! the container image builds with buildah on a Debian base made from Debian's packages
+//! (no registry), runs as uid 10001, answers its probe and stops on SIGTERM.
 //! (The other templates are also deployed on moto and the sample state machine run
 //! there: `tests/aws.rs`. moto has no custom action types and runs no CloudFormation
 //! SDK tasks, so the CodePipeline template and its state machine are checked here, not
@@ -109,24 +111,74 @@ fn every_cloudformation_template_is_clean_under_cfn_lint() {
     }
 }
 
+/// A Containerfile's instructions, one string each: continuation lines joined, runs of
+/// blanks made one, comments and empty lines left out.
+fn instructions(containerfile: &str) -> Vec<String> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in containerfile.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (part, continues) = match line.strip_suffix('\\') {
+            Some(part) => (part, true),
+            None => (line, false),
+        };
+        current.push(' ');
+        current.push_str(part);
+        if !continues {
+            instructions.push(current.split_whitespace().collect::<Vec<_>>().join(" "));
+            current.clear();
+        }
+    }
+    instructions
+}
+
+/// From the last FROM on: the stage the image is made of.
+fn runtime_stage(instructions: &[String]) -> &[String] {
+    let from = instructions
+        .iter()
+        .rposition(|instruction| instruction.starts_with("FROM "))
+        .expect("a FROM");
+    &instructions[from..]
+}
+
 #[test]
 fn the_container_image_probes_itself_and_sends_no_build_output() {
-    let containerfile =
-        std::fs::read_to_string(repository("deploy/container/Containerfile")).unwrap();
-    assert!(containerfile.contains("CMD [\"gitdispatch\", \"health\"]"));
-    assert!(containerfile.contains("USER 10001:10001"));
-    for line in containerfile
-        .lines()
-        .filter(|line| line.starts_with("FROM "))
-    {
-        let image = line.split_whitespace().nth(1).unwrap();
-        let tag = image.rsplit(':').next().unwrap();
-        assert!(
-            tag.chars()
-                .next()
-                .is_some_and(|first| first.is_ascii_digit()),
-            "{image} floats: pin a version"
-        );
+    for file in [
+        "deploy/container/Containerfile",
+        "deploy/container/Containerfile.prebuilt",
+    ] {
+        let containerfile = std::fs::read_to_string(repository(file)).unwrap();
+        assert!(containerfile.contains("CMD [\"gitdispatch\", \"health\"]"));
+        assert!(containerfile.contains("USER 10001:10001"));
+        let instructions = instructions(&containerfile);
+        for instruction in instructions
+            .iter()
+            .filter(|instruction| instruction.starts_with("FROM "))
+        {
+            let mut image = instruction.split_whitespace().nth(1).unwrap().to_string();
+            // FROM ${BASE}: the default the ARG gives.
+            if let Some(name) = image
+                .strip_prefix("${")
+                .and_then(|rest| rest.strip_suffix('}'))
+            {
+                let prefix = format!("ARG {name}=");
+                image = instructions
+                    .iter()
+                    .find_map(|instruction| instruction.strip_prefix(&prefix))
+                    .unwrap_or_else(|| panic!("{file}: {name} has no default"))
+                    .to_string();
+            }
+            let tag = image.rsplit(':').next().unwrap();
+            assert!(
+                tag.chars()
+                    .next()
+                    .is_some_and(|first| first.is_ascii_digit()),
+                "{file}: {image} floats: pin a version"
+            );
+        }
     }
     let ignore = std::fs::read_to_string(repository(".dockerignore")).unwrap();
     assert!(
@@ -141,6 +193,386 @@ fn the_container_image_probes_itself_and_sends_no_build_output() {
         "deploy/local/",
     ] {
         assert!(ignore.contains(&format!("!{copied}")), "{copied} is sent");
+    }
+}
+
+/// Containerfile.prebuilt is the production image's runtime stage with the binary from
+/// the build context: the same base, user, directories, configuration, probe, signal
+/// and command, so that what the image test below runs is what `docker build` makes.
+#[test]
+fn the_prebuilt_containerfile_repeats_the_runtime_stage() {
+    let production = instructions(
+        &std::fs::read_to_string(repository("deploy/container/Containerfile")).unwrap(),
+    );
+    let prebuilt = instructions(
+        &std::fs::read_to_string(repository("deploy/container/Containerfile.prebuilt")).unwrap(),
+    );
+    let base = |instructions: &[String]| -> Vec<String> {
+        instructions
+            .iter()
+            .filter(|instruction| instruction.starts_with("ARG BASE="))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(base(&production).len(), 1, "Containerfile: one ARG BASE");
+    assert_eq!(base(&production), base(&prebuilt), "the same default base");
+    let binary_from_build =
+        "COPY --from=build /src/target/release/gitdispatch /usr/local/bin/gitdispatch";
+    let binary_from_context = "COPY gitdispatch /usr/local/bin/gitdispatch";
+    assert!(runtime_stage(&production).contains(&binary_from_build.to_string()));
+    assert!(runtime_stage(&prebuilt).contains(&binary_from_context.to_string()));
+    let prebuilt_as_production: Vec<String> = runtime_stage(&prebuilt)
+        .iter()
+        .map(|instruction| {
+            if instruction == binary_from_context {
+                binary_from_build.to_string()
+            } else {
+                instruction.clone()
+            }
+        })
+        .collect();
+    assert_eq!(
+        runtime_stage(&production),
+        prebuilt_as_production.as_slice(),
+        "the runtime stages differ: change Containerfile and Containerfile.prebuilt together"
+    );
+    assert_eq!(runtime_stage(&production)[0], "FROM ${BASE}");
+    // Only the runtime stage: nothing built in it.
+    assert_eq!(
+        prebuilt
+            .iter()
+            .filter(|instruction| instruction.starts_with("FROM "))
+            .count(),
+        1
+    );
+}
+
+/// The base image scripts/container.sh commits: a Debian bookworm from Debian's packages.
+const CONTAINER_BASE: &str = "localhost/gitdispatch-base:bookworm";
+
+fn buildah(arguments: &[&str]) -> std::process::Output {
+    Command::new("buildah")
+        .args(arguments)
+        .output()
+        .expect("buildah runs: scripts/test installs it (scripts/container.sh)")
+}
+
+/// buildah's standard output; a failure panics with what it said.
+fn buildah_ok(arguments: &[&str]) -> String {
+    let output = buildah(arguments);
+    assert!(
+        output.status.success(),
+        "buildah {}: {}\n{}{}",
+        arguments.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Removes the working container and the image the test made, however it ends.
+struct BuildahCleanup {
+    containers: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Drop for BuildahCleanup {
+    fn drop(&mut self) {
+        for container in self.containers.drain(..) {
+            let _ = buildah(&["rm", &container]);
+        }
+        for image in self.images.drain(..) {
+            let _ = buildah(&["rmi", "--force", &image]);
+        }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// What runs inside the container, as the image's user: the probe before anything
+/// listens, the image's command in the background, the probe until it answers, the
+/// process's user, then SIGTERM and how long it takes to stop. Prints key=value lines,
+/// then the daemon's log. {SERVE} and {HEALTH} are the image's own commands.
+const CONTAINER_PROBE: &str = r#"
+log=/tmp/gitdispatch-serve.log
+echo "uid=$(id -u)"
+echo "gid=$(id -g)"
+echo "workdir=$(pwd)"
+if {HEALTH} 2>/dev/null; then echo "health_before=0"; else echo "health_before=$?"; fi
+{SERVE} >"$log" 2>&1 &
+pid=$!
+health=none
+tries=0
+while [ "$tries" -lt 150 ]; do
+  if {HEALTH} 2>>"$log"; then health=0; break; else health=$?; fi
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.2
+  tries=$((tries + 1))
+done
+echo "health=$health"
+echo "process_uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)"
+echo "process_exe=$(readlink "/proc/$pid/exe" 2>/dev/null)"
+started=$(date +%s%N)
+kill -TERM "$pid"
+# Until it has exited (gone, or a zombie waiting for `wait`), at most 20 s; then KILL.
+waited=0
+while [ -e "/proc/$pid" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+  if [ "$waited" -ge 200 ]; then kill -KILL "$pid"; break; fi
+  sleep 0.1
+  waited=$((waited + 1))
+done
+stop_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+wait "$pid"
+echo "exit=$?"
+echo "stop_ms=$stop_ms"
+echo "files=$(ls var 2>&1 | tr '\n' ' ')"
+echo "--- the daemon's log"
+cat "$log"
+"#;
+
+/// The image, built here with no registry: Containerfile.prebuilt on the Debian base
+/// scripts/container.sh makes from Debian's packages, with this build's binary. Run as
+/// its USER with its own ENTRYPOINT and CMD (and a configuration mounted in, as in
+/// production): its HEALTHCHECK command answers once it is ready, the daemon runs as
+/// uid 10001, and SIGTERM stops it cleanly within the grace.
+#[test]
+fn the_image_builds_without_a_registry_and_runs_as_10001_until_sigterm() {
+    let version = Command::new("buildah").arg("--version").output();
+    assert!(
+        version.is_ok_and(|output| output.status.success()),
+        "buildah is not installed: run scripts/test, which installs it (scripts/container.sh)"
+    );
+    assert!(
+        buildah(&["inspect", "--type", "image", CONTAINER_BASE])
+            .status
+            .success(),
+        "no {CONTAINER_BASE}: run scripts/test, which makes it from Debian's packages \
+         (scripts/container.sh)"
+    );
+
+    // The build context: the binary, and what the image ships beside it. The binary is
+    // this build's (a debug build; the suite builds no release): the same program the
+    // release build puts in the image.
+    let context = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_gitdispatch"),
+        context.path().join("gitdispatch"),
+    )
+    .unwrap();
+    copy_tree(&repository("config"), &context.path().join("config"));
+    copy_tree(
+        &repository("deploy/local"),
+        &context.path().join("deploy/local"),
+    );
+
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let image = format!("localhost/gitdispatch-test:{unique}");
+    let mut cleanup = BuildahCleanup {
+        containers: Vec::new(),
+        images: vec![image.clone()],
+    };
+    let containerfile = repository("deploy/container/Containerfile.prebuilt");
+    buildah_ok(&[
+        "bud",
+        "--isolation",
+        "chroot",
+        // Docker's format: OCI images have no field for the HEALTHCHECK.
+        "--format",
+        "docker",
+        "--pull=never",
+        "--build-arg",
+        &format!("BASE={CONTAINER_BASE}"),
+        "--file",
+        containerfile.to_str().unwrap(),
+        "--tag",
+        &image,
+        context.path().to_str().unwrap(),
+    ]);
+
+    // What the image says of itself.
+    let inspected: Value =
+        serde_json::from_str(&buildah_ok(&["inspect", "--type", "image", &image])).unwrap();
+    let config = &inspected["Docker"]["config"];
+    assert_eq!(config["User"], "10001:10001", "{config:#}");
+    assert_eq!(config["WorkingDir"], "/var/lib/gitdispatch", "{config:#}");
+    assert_eq!(config["StopSignal"], "SIGTERM", "{config:#}");
+    assert_eq!(config["Entrypoint"], json!(["gitdispatch"]), "{config:#}");
+    assert_eq!(config["Cmd"], json!(["serve"]), "{config:#}");
+    assert_eq!(
+        config["Healthcheck"]["Test"],
+        json!(["CMD", "gitdispatch", "health"]),
+        "{config:#}"
+    );
+    assert!(
+        config["ExposedPorts"].get("8080/tcp").is_some(),
+        "{config:#}"
+    );
+    // The image's commands, as the probe script runs them (plain words only).
+    let words = |value: &Value| -> String {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|word| {
+                let word = word.as_str().unwrap();
+                assert!(
+                    word.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c)),
+                    "{word}"
+                );
+                word
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let serve = format!("{} {}", words(&config["Entrypoint"]), words(&config["Cmd"]));
+    let health = words(&Value::from(
+        config["Healthcheck"]["Test"].as_array().unwrap()[1..].to_vec(),
+    ));
+
+    // Chroot isolation shares the host's network: the daemon listens on a free port of
+    // 127.0.0.1, with the embedded queue and the local executor (nothing outside), in
+    // the image's working directory.
+    let grace_secs = 2;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mounted = tempfile::tempdir().unwrap();
+    let config_file = mounted.path().join("gitdispatch.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+
+[github]
+webhook_secrets = ["${{GITHUB_WEBHOOK_SECRET}}"]
+
+[queue]
+type = "embedded"
+path = "var/gitdispatch.db"
+
+[worker]
+shutdown_grace_secs = {grace_secs}
+
+[executor]
+type = "local"
+log_dir = "var/log"
+path = "var/executions.db"
+
+[[pipelines]]
+name = "build"
+command = ["sh", "deploy/local/deploy.sh"]
+concurrency = "parallel"
+
+[[routes]]
+name = "build-every-commit"
+pipeline = "build"
+repository = "acme/*"
+events = ["push"]
+branches = ["**"]
+environment = "ci"
+"#
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    let container = format!("gitdispatch-test-{unique}");
+    buildah_ok(&["from", "--pull=never", "--name", &container, &image]);
+    cleanup.containers.push(container.clone());
+    let script = CONTAINER_PROBE
+        .replace("{SERVE}", &serve)
+        .replace("{HEALTH}", &health);
+    // No --user: the image's USER is what is tested.
+    let run = buildah(&[
+        "run",
+        "--isolation",
+        "chroot",
+        "--volume",
+        &format!(
+            "{}:/etc/gitdispatch/test.toml:ro",
+            config_file.to_str().unwrap()
+        ),
+        "--env",
+        "GITDISPATCH_CONFIG=/etc/gitdispatch/test.toml",
+        "--env",
+        "GITHUB_WEBHOOK_SECRET=a-secret-for-the-container-test",
+        &container,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "buildah run: {}\n{said}", run.status);
+    let results: HashMap<&str, &str> = said
+        .lines()
+        .take_while(|line| !line.starts_with("--- "))
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    let result = |key: &str| results.get(key).copied().unwrap_or("(missing)");
+    assert_eq!(result("uid"), "10001", "the image's user\n{said}");
+    assert_eq!(result("gid"), "10001", "the image's group\n{said}");
+    assert_eq!(result("workdir"), "/var/lib/gitdispatch", "{said}");
+    assert_ne!(
+        result("health_before"),
+        "0",
+        "the probe answers with nothing listening\n{said}"
+    );
+    assert_eq!(result("health"), "0", "the probe never answered\n{said}");
+    assert_eq!(result("process_uid"), "10001", "the daemon's user\n{said}");
+    assert_eq!(
+        result("process_exe"),
+        "/usr/local/bin/gitdispatch",
+        "{said}"
+    );
+    assert_eq!(result("exit"), "0", "SIGTERM's exit status\n{said}");
+    let stop_ms: u64 = result("stop_ms")
+        .parse()
+        .unwrap_or_else(|_| panic!("no stop time\n{said}"));
+    assert!(
+        stop_ms < grace_secs * 1000,
+        "stopped {stop_ms} ms after SIGTERM, the grace is {grace_secs} s\n{said}"
+    );
+    // Its state went where the image's working directory (its own) lets it write.
+    assert!(result("files").contains("gitdispatch.db"), "{said}");
+    assert!(said.contains("Stopped."), "{said}");
+
+    drop(cleanup);
+    for (kind, name) in [("container", &container), ("image", &image)] {
+        assert!(
+            !buildah(&["inspect", "--type", kind, name]).status.success(),
+            "{kind} {name} is left behind"
+        );
     }
 }
 

@@ -429,16 +429,37 @@ impl Queue for SqsQueue {
         streams.extend(ungrouped.chunks(MAX_BATCH).map(<[&Message]>::to_vec));
         let sent_any = std::sync::atomic::AtomicBool::new(false);
         let sent_any = &sent_any;
-        use futures_util::stream::TryStreamExt;
-        futures_util::stream::iter(streams.into_iter().map(Ok))
-            .try_for_each_concurrent(SEND_CONCURRENCY, |stream| async move {
+        // Every stream runs to its end or its first error: whether a refusal is the
+        // delivery's answer (422: nothing went in) or a failure to retry (503: part of
+        // it went in) is known only once all of them are done.
+        let failures = std::sync::Mutex::new(Vec::new());
+        let failures = &failures;
+        use futures_util::stream::StreamExt;
+        futures_util::stream::iter(streams)
+            .for_each_concurrent(SEND_CONCURRENCY, |stream| async move {
                 for batch in batches(&stream) {
-                    self.send_batch(&batch, sent_any).await?;
+                    if let Err(error) = self.send_batch(&batch, sent_any).await {
+                        failures.lock().expect("failures lock").push(error);
+                        return;
+                    }
                 }
-                Ok::<(), QueueError>(())
             })
-            .await?;
-        Ok(())
+            .await;
+        let mut failures = failures.lock().expect("failures lock");
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let first = failures.remove(0);
+        Err(match first {
+            QueueError::Refused { id, reason }
+                if sent_any.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                QueueError::unavailable(format!(
+                    "SQS refused message {id} after other messages of the same send went in: {reason}"
+                ))
+            }
+            other => other,
+        })
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
