@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the page's browser test needs: Chromium's headless shell from Debian's packages
 # and playwright-core from npm (tests/browser/package-lock.json). Sourced by
-# scripts/test; run it once by hand before `cargo test --test console`.
+# scripts/test; run it once by hand before `cargo test --test daemon console::`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if ! command -v chromium-headless-shell >/dev/null; then

@@ -23,9 +23,9 @@ use crate::error::Chain;
 use crate::event::{CommitSha, RefName};
 use crate::execution::ExecutionRequest;
 use crate::execution::name::ExecutionName;
-use crate::execution::report::Report;
+use crate::execution::report::{Report, Unpark};
 use crate::job::{Job, JobKind};
-use crate::journal::{DeliveryRecord, HoldEnd, Lane};
+use crate::journal::{DeliveryRecord, FENCE_STALE, HoldEnd, Lane};
 use crate::lanes::{Lanes, RELEASE_BATCH, waiting};
 use crate::ledger::{Claim, Claimant, Ledger, LedgerError, claims_of};
 use crate::queue::{Message, Queue, QueueError, enqueue};
@@ -334,14 +334,68 @@ impl Admission {
 }
 
 impl Admission {
-    /// Puts a held lane's parked jobs back on the queue, in queue order, a batch at a
-    /// time, and ends its hold once nothing holds it and nothing is parked; how many it
-    /// put back. Each batch is noted as being put back before it is sent (a copy
-    /// received meanwhile runs rather than being parked again) and unparked after (a
-    /// crash in between sends it again: the names start nothing twice). Stops, the
-    /// rest parked, when the lane is held again. What resume and the end of a long
-    /// execution call.
+    /// Ends a lane's hold once nothing holds it (what resume and the end of a long
+    /// execution call): its parked jobs go back on the queue in queue order. A serial
+    /// lane's are put back by a chain of `unpark` rounds sent into its ordering group,
+    /// behind every job of the lane already on the queue (see [`Unpark`]): put back at
+    /// once, they would land behind jobs queued after them and not yet received. Another
+    /// lane's are put back at once. How many were parked. A chain already at it is left
+    /// to it, unless it has been quiet for [`FENCE_STALE`] (its round was lost).
     pub async fn release(&self, lane: &Lane) -> Result<usize, AdmissionError> {
+        let Some(lanes) = &self.lanes else {
+            return Ok(0);
+        };
+        let journal = lanes.journal();
+        let Some(hold) = journal.hold(lane).await? else {
+            return Ok(0);
+        };
+        if hold.holds() {
+            return Ok(0);
+        }
+        let stale_before = crate::clock::now_ms() - FENCE_STALE.as_millis() as i64;
+        if hold.fence.is_some() && hold.fence_at_ms >= stale_before {
+            return Ok(hold.parked as usize);
+        }
+        let first = journal.parked(lane, 1).await?;
+        let group = first
+            .first()
+            .and_then(|job| job.request())
+            .and_then(|request| request.group);
+        let Some(group) = group else {
+            // Nothing parked, or a lane whose jobs run in any order: put back at once.
+            let mut released = 0;
+            for _ in 0..10 {
+                released += self.put_back(lane).await?;
+                match journal.end_hold(lane, hold.fence.as_deref()).await? {
+                    HoldEnd::Parked => continue,
+                    HoldEnd::Ended | HoldEnd::Held | HoldEnd::Fenced => break,
+                }
+            }
+            return Ok(released);
+        };
+        let fence = uuid::Uuid::new_v4().to_string();
+        if !journal.fence(lane, &fence, stale_before).await? {
+            // Held again, or another chain began meanwhile.
+            return Ok(hold.parked as usize);
+        }
+        let unpark = Unpark {
+            pipeline: lane.pipeline.clone(),
+            environment: lane.environment.clone(),
+            group,
+            fence,
+            round: 0,
+        };
+        enqueue(self.queue.as_ref(), &[Job::unpark(unpark)]).await?;
+        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, parked = hold.parked, "The lane's hold ended: its parked jobs go back on the queue behind its queued ones.");
+        Ok(hold.parked as usize)
+    }
+
+    /// Puts a lane's parked jobs back on the queue, in queue order, a batch at a time,
+    /// until none is parked; how many it put back. Each batch is noted as being put back
+    /// before it is sent (a copy received meanwhile runs rather than being parked again)
+    /// and unparked after (a crash in between sends it again: the names start nothing
+    /// twice). Stops, the rest parked, when the lane is held again.
+    pub async fn put_back(&self, lane: &Lane) -> Result<usize, AdmissionError> {
         let Some(lanes) = &self.lanes else {
             return Ok(0);
         };
@@ -349,19 +403,18 @@ impl Admission {
         let mut released = 0;
         // A bound, so that a journal that contradicts itself cannot spin this for ever.
         for _ in 0..(crate::journal::MAX_PARKED as usize / RELEASE_BATCH + 10) {
-            let parked = journal.parked(lane, RELEASE_BATCH).await?;
+            let mut parked = journal.parked(lane, RELEASE_BATCH).await?;
             if parked.is_empty() {
-                match journal.end_hold(lane).await? {
-                    HoldEnd::Ended | HoldEnd::Held => return Ok(released),
-                    // One was parked meanwhile: put it back too.
-                    HoldEnd::Parked => continue,
-                }
+                return Ok(released);
             }
             if journal.hold(lane).await?.is_some_and(|hold| hold.holds()) {
                 return Ok(released);
             }
-            journal.releasing(lane, &parked).await?;
             let round = crate::clock::now_ms();
+            for job in &mut parked {
+                job.released_at_ms = Some(round);
+            }
+            journal.releasing(lane, &parked).await?;
             let messages: Vec<Message> = parked
                 .iter()
                 .filter_map(|job| match Job::read(&job.job) {

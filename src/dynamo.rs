@@ -367,3 +367,14 @@ pub async fn list(
         }
     }
 }
+
+/// Whether a call failed because its condition did not hold.
+pub fn conditional_check_failed<E, R>(failure: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    failure
+        .as_service_error()
+        .and_then(|service| service.code())
+        == Some("ConditionalCheckFailedException")
+}

@@ -238,15 +238,12 @@ impl Lanes {
 
     /// Whether the request's lane is held now: for a serial lane read from the journal
     /// at once (its running execution may have just made it busy, and the next job must
-    /// not start beside it), for another from what was read last.
+    /// not start beside it), and held until its parked jobs are all put back (the next
+    /// job must not overtake them); for another from what was read last.
     pub async fn is_held(&self, request: &ExecutionRequest) -> Result<bool, JournalError> {
         let lane = Lane::of(request);
         if request.group.is_some() {
-            return Ok(self
-                .journal
-                .hold(&lane)
-                .await?
-                .is_some_and(|hold| hold.holds()));
+            return Ok(self.journal.hold(&lane).await?.is_some());
         }
         Ok(self.held().await.contains(&lane))
     }
@@ -266,7 +263,9 @@ impl Lanes {
             }
             tokio::time::sleep(RECORD_WAIT).await;
         }
-        self.journal.park(&LaneJob::queued(request, 0, None)).await
+        self.journal
+            .park(&LaneJob::queued(request, 0, None), request.group.is_some())
+            .await
     }
 }
 

@@ -209,6 +209,29 @@ impl Release {
     }
 }
 
+/// A serial lane's parked jobs to put back on the queue, sent into the lane's own
+/// ordering group when its hold ends, so that it is received only after every job of
+/// the lane queued before it: those are parked first, and all of them put back behind
+/// what is already on the queue, in order. A round that put some back sends the next
+/// round behind them; a round that finds nothing parked ends the hold. Only the round
+/// of the hold's current `fence` acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpark {
+    pub pipeline: String,
+    pub environment: String,
+    /// The lane's ordering group.
+    pub group: String,
+    /// The chain of rounds this one belongs to, as the hold names it.
+    pub fence: String,
+    pub round: u32,
+}
+
+impl Unpark {
+    pub fn id(&self) -> String {
+        format!("unpark-{}-{}", self.fence, self.round)
+    }
+}
+
 /// A CodePipeline job to pass or fail with its execution's outcome: looked at after
 /// growing delays, as a watch is, by a job of its own each time.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 
 mod wire;
 
-use crate::execution::report::{Follow, Release, Report, Watch};
+use crate::execution::report::{Follow, Release, Report, Unpark, Watch};
 use crate::execution::{ExecutionRequest, Expansion};
 
 /// The message version this release writes.
@@ -34,6 +34,9 @@ pub enum JobKind {
     /// Look at the execution that holds a busy lane; at its end, put the lane's
     /// parked jobs back.
     Release { release: Release },
+    /// Put a serial lane's parked jobs back on the queue, in order, behind every job of
+    /// the lane queued before; end its hold when none is left.
+    Unpark { unpark: Unpark },
 }
 
 /// What a message body turned out to be.
@@ -84,6 +87,12 @@ impl Job {
         }
     }
 
+    pub fn unpark(unpark: Unpark) -> Job {
+        Job {
+            kind: JobKind::Unpark { unpark },
+        }
+    }
+
     /// The id the queue deduplicates on: the execution name, which is already a
     /// deterministic function of everything that makes the job distinct.
     pub fn id(&self) -> String {
@@ -94,6 +103,7 @@ impl Job {
             JobKind::Watch { watch } => watch.id(),
             JobKind::Follow { follow } => follow.id(),
             JobKind::Release { release } => release.id(),
+            JobKind::Unpark { unpark } => unpark.id(),
         }
     }
 
@@ -103,6 +113,7 @@ impl Job {
             JobKind::Start { request } => request.group.clone(),
             JobKind::Expand { expansion } => Some(expansion.group()),
             JobKind::Report { report } => Some(report.group()),
+            JobKind::Unpark { unpark } => Some(unpark.group.clone()),
             JobKind::Watch { .. } | JobKind::Follow { .. } | JobKind::Release { .. } => None,
         }
     }
@@ -224,6 +235,17 @@ mod tests {
             Job::read(&bodies[0].replace("\"started\"", "\"later\"")),
             Read::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn unparks_round_trip_through_their_json_in_their_lane_s_group() {
+        let body = r#"{"v":1,"type":"unpark","unpark":{"pipeline":"deploy","environment":"production","group":"deploy/production","fence":"f0","round":2}}"#;
+        let Read::Job(job) = Job::read(body) else {
+            panic!("not read");
+        };
+        assert_eq!(job.id(), "unpark-f0-2");
+        assert_eq!(job.group().as_deref(), Some("deploy/production"));
+        assert_eq!(job.to_body(), body);
     }
 
     #[test]

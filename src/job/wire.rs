@@ -8,7 +8,7 @@ use super::{CURRENT_VERSION, Job, JobKind, Read};
 use crate::event::{CommitSha, DeliveryId, Occurrence, RefName, Source};
 use crate::execution::name::ExecutionName;
 use crate::execution::report::{
-    DeploymentTarget, Follow, Report, ReportState, ReportTarget, Stage, Watch,
+    DeploymentTarget, Follow, Report, ReportState, ReportTarget, Stage, Unpark, Watch,
 };
 use crate::execution::{Action, ExecutionRequest, Expansion, Input, Origin};
 
@@ -28,6 +28,16 @@ enum WireKind {
     Watch { watch: WireWatch },
     Follow { follow: WireFollow },
     Release { release: WireRelease },
+    Unpark { unpark: WireUnpark },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireUnpark {
+    pipeline: String,
+    environment: String,
+    group: String,
+    fence: String,
+    round: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -176,7 +186,9 @@ struct Header {
 }
 
 /// The job types this release reads.
-const KNOWN_TYPES: &[&str] = &["start", "expand", "report", "watch", "follow", "release"];
+const KNOWN_TYPES: &[&str] = &[
+    "start", "expand", "report", "watch", "follow", "release", "unpark",
+];
 
 pub(super) fn write(job: &Job) -> String {
     let kind = match &job.kind {
@@ -200,6 +212,15 @@ pub(super) fn write(job: &Job) -> String {
                 request: WireRequest::write(&release.request),
                 look: release.look,
                 not_before_ms: release.not_before_ms,
+            },
+        },
+        JobKind::Unpark { unpark } => WireKind::Unpark {
+            unpark: WireUnpark {
+                pipeline: unpark.pipeline.clone(),
+                environment: unpark.environment.clone(),
+                group: unpark.group.clone(),
+                fence: unpark.fence.clone(),
+                round: unpark.round,
             },
         },
         JobKind::Report { report } => WireKind::Report {
@@ -298,6 +319,13 @@ pub(super) fn read(body: &str) -> Read {
             }))),
             Err(reason) => Read::Invalid(format!("job of type release is invalid: {reason}")),
         },
+        WireKind::Unpark { unpark } => Read::Job(Box::new(Job::unpark(Unpark {
+            pipeline: unpark.pipeline,
+            environment: unpark.environment,
+            group: unpark.group,
+            fence: unpark.fence,
+            round: unpark.round,
+        }))),
     }
 }
 

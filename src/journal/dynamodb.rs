@@ -171,6 +171,8 @@ fn hold_from(item: &Item) -> Option<Hold> {
         busy: get_text(item, "busy"),
         parked: get_number(item, "parked").unwrap_or(0).max(0) as u64,
         since_ms: get_number(item, "since").unwrap_or(0),
+        fence: get_text(item, "fence"),
+        fence_at_ms: get_number(item, "fence_at").unwrap_or(0),
         lane,
     })
 }
@@ -270,6 +272,29 @@ impl DynamoJournal {
             .await
             .map(|_| ())
             .map_err(|source| JournalError::new("the journal could not be written", source))
+    }
+
+    /// A hold that was only putting its jobs back begins again (now), and the chain
+    /// putting them back stops: what a pause or a long execution does to it.
+    async fn restart_releasing(&self, lane: &Lane) -> Result<(), JournalError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", text(&pause_key(lane)))
+            .update_expression("SET since = :now REMOVE fence, fence_at")
+            .condition_expression(
+                "attribute_exists(pk) AND paused = :zero AND attribute_not_exists(busy)",
+            )
+            .expression_attribute_values(":now", number(now_ms()))
+            .expression_attribute_values(":zero", number(0))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(failure) if crate::dynamo::conditional_check_failed(&failure) => Ok(()),
+            Err(failure) => Err(error("the journal could not be written", failure)),
+        }
     }
 
     /// Updates a lane's hold with `set` (an UpdateExpression's SET clause and its
@@ -469,6 +494,7 @@ impl Journal for DynamoJournal {
             reason: reason.to_string(),
             at_ms: now_ms(),
         };
+        self.restart_releasing(lane).await?;
         self.update_hold(
             lane,
             "SET paused = :one, reason = :reason, #at = :at",
@@ -508,6 +534,7 @@ impl Journal for DynamoJournal {
     }
 
     async fn occupy(&self, lane: &Lane, execution: &str) -> Result<(), JournalError> {
+        self.restart_releasing(lane).await?;
         self.update_hold(
             lane,
             "SET busy = :busy",
@@ -545,7 +572,7 @@ impl Journal for DynamoJournal {
             .await?
             .iter()
             .filter_map(hold_from)
-            .filter(|hold| hold.holds() || hold.parked > 0)
+            .filter(|hold| hold.holds() || hold.parked > 0 || hold.fence.is_some())
             .collect();
         holds.sort_by(|a, b| a.lane.cmp(&b.lane));
         Ok(holds)
@@ -559,14 +586,14 @@ impl Journal for DynamoJournal {
             .and_then(hold_from))
     }
 
-    async fn park(&self, job: &LaneJob) -> Result<bool, JournalError> {
+    async fn park(&self, job: &LaneJob, ordered: bool) -> Result<bool, JournalError> {
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
         use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
         for _ in 0..3 {
             let Some(hold) = self.hold(&job.lane).await? else {
                 return Ok(false);
             };
-            if !hold.holds() || hold.parked >= super::MAX_PARKED {
+            if !(hold.holds() || ordered) || hold.parked >= super::MAX_PARKED {
                 return Ok(false);
             }
             let known = self.job(&job.name).await?;
@@ -591,9 +618,12 @@ impl Journal for DynamoJournal {
                 .table_name(&self.table)
                 .key("pk", text(&pause_key(&job.lane)))
                 .update_expression("SET parked = parked + :one ADD parked_names :name")
-                .condition_expression(
-                    "since = :since AND (paused = :one OR attribute_exists(busy))",
-                )
+                .condition_expression(if ordered {
+                    // A serial lane's job is parked behind those being put back too.
+                    "since = :since"
+                } else {
+                    "since = :since AND (paused = :one OR attribute_exists(busy))"
+                })
                 .expression_attribute_values(":one", number(1))
                 .expression_attribute_values(":since", number(hold.since_ms))
                 .expression_attribute_values(
@@ -686,7 +716,7 @@ impl Journal for DynamoJournal {
             .iter()
             .map(|job| {
                 let mut job = job.clone();
-                job.released_at_ms = Some(now);
+                job.released_at_ms = job.released_at_ms.or(Some(now));
                 Write::put(job_item(&job, self.job_expires(&job)))
             })
             .collect();
@@ -702,6 +732,9 @@ impl Journal for DynamoJournal {
             .map(|job| {
                 let mut job = job.clone();
                 job.parked = false;
+                // Back on the queue: put back since its hold began, whatever the copy
+                // given says (its item is written whole).
+                job.released_at_ms = job.released_at_ms.or(Some(now_ms()));
                 Write::put(job_item(&job, self.job_expires(&job)))
             })
             .collect();
@@ -725,16 +758,49 @@ impl Journal for DynamoJournal {
         Ok(())
     }
 
-    async fn end_hold(&self, lane: &Lane) -> Result<HoldEnd, JournalError> {
+    async fn fence(
+        &self,
+        lane: &Lane,
+        fence: &str,
+        stale_before_ms: i64,
+    ) -> Result<bool, JournalError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", text(&pause_key(lane)))
+            .update_expression("SET fence = :fence, fence_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND paused = :zero AND attribute_not_exists(busy) \
+                 AND (attribute_not_exists(fence) OR fence = :fence OR fence_at < :stale)",
+            )
+            .expression_attribute_values(":fence", text(fence))
+            .expression_attribute_values(":now", number(now_ms()))
+            .expression_attribute_values(":zero", number(0))
+            .expression_attribute_values(":stale", number(stale_before_ms))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(failure) if crate::dynamo::conditional_check_failed(&failure) => Ok(false),
+            Err(failure) => Err(error("the journal could not be written", failure)),
+        }
+    }
+
+    async fn end_hold(&self, lane: &Lane, fence: Option<&str>) -> Result<HoldEnd, JournalError> {
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", text(&pause_key(lane)))
             .condition_expression(
-                "attribute_not_exists(pk) OR (paused = :zero AND attribute_not_exists(busy) AND attribute_not_exists(parked_names))",
+                "attribute_not_exists(pk) OR (paused = :zero AND attribute_not_exists(busy) \
+                 AND attribute_not_exists(parked_names) \
+                 AND (attribute_not_exists(fence) OR fence = :fence))",
             )
             .expression_attribute_values(":zero", number(0))
+            // No chain is named "none" (chains are named by UUIDs).
+            .expression_attribute_values(":fence", text(fence.unwrap_or("none")))
             .send()
             .await;
         match result {
@@ -747,7 +813,8 @@ impl Journal for DynamoJournal {
                 Ok(match self.hold(lane).await? {
                     None => HoldEnd::Ended,
                     Some(hold) if hold.holds() => HoldEnd::Held,
-                    Some(_) => HoldEnd::Parked,
+                    Some(hold) if hold.parked > 0 => HoldEnd::Parked,
+                    Some(_) => HoldEnd::Fenced,
                 })
             }
             Err(failure) => Err(error("the journal could not be written", failure)),

@@ -132,12 +132,36 @@ pub struct Hold {
     pub parked: u64,
     /// When the hold began: a job put back since is not parked again by it.
     pub since_ms: i64,
+    /// The chain of `unpark` rounds putting a serial lane's parked jobs back, once
+    /// nothing holds it: only that chain's rounds act, and only that chain ends the
+    /// hold. `None` until the hold ends (or when a pause or a long execution holds the
+    /// lane again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
+    /// When that chain last went on (milliseconds since the epoch): a chain quiet for
+    /// [`FENCE_STALE`] may be replaced by a new one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fence_at_ms: i64,
 }
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// How long a chain of `unpark` rounds may be quiet before a resume starts another
+/// (its round was lost: a send that failed, a message dead-lettered).
+pub const FENCE_STALE: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Hold {
     /// Whether the lane starts nothing now.
     pub fn holds(&self) -> bool {
         self.pause.is_some() || self.busy.is_some()
+    }
+
+    /// Nothing holds the lane any more, but its parked jobs are still being put back
+    /// (a serial lane's jobs received meanwhile are parked behind them).
+    pub fn releasing(&self) -> bool {
+        !self.holds()
     }
 }
 
@@ -150,6 +174,9 @@ pub enum HoldEnd {
     Held,
     /// Jobs are parked still: put them back first.
     Parked,
+    /// Another chain of `unpark` rounds is putting the lane's jobs back: it ends the
+    /// hold.
+    Fenced,
 }
 
 /// The most jobs one lane parks; beyond it, a held lane's jobs wait on the queue.
@@ -389,14 +416,16 @@ pub trait Journal: Send + Sync {
 
     async fn job(&self, name: &str) -> Result<Option<LaneJob>, JournalError>;
 
-    /// Pauses a lane (a hold, kept or begun).
+    /// Pauses a lane (a hold, kept or begun). A hold that was only putting its jobs back
+    /// begins again: the jobs put back so far are parked again as they come, and the
+    /// chain putting them back stops.
     async fn pause(&self, lane: &Lane, reason: &str) -> Result<Pause, JournalError>;
 
     /// Ends a lane's pause; whether it was paused. Its hold ends when nothing else
     /// holds it and no job is parked ([`Journal::end_hold`]).
     async fn resume(&self, lane: &Lane) -> Result<bool, JournalError>;
 
-    /// Marks a lane busy with `execution` (a hold, kept or begun).
+    /// Marks a lane busy with `execution` (a hold, kept or begun, as a pause is).
     async fn occupy(&self, lane: &Lane, execution: &str) -> Result<(), JournalError>;
 
     /// The lane is not busy any more.
@@ -409,23 +438,37 @@ pub trait Journal: Send + Sync {
     async fn hold(&self, lane: &Lane) -> Result<Option<Hold>, JournalError>;
 
     /// Parks a start job of a held lane: kept with its body, counted on the hold. Only
-    /// while the lane is held, and not a job put back since the hold began (which runs);
-    /// `false` then, and when the lane has MAX_PARKED jobs parked already.
-    async fn park(&self, job: &LaneJob) -> Result<bool, JournalError>;
+    /// while the lane is held (for an `ordered` job, a serial lane's, also while its
+    /// parked jobs are being put back: it must not overtake them), and not a job put
+    /// back since the hold began (which runs); `false` then, and when the lane has
+    /// MAX_PARKED jobs parked already.
+    async fn park(&self, job: &LaneJob, ordered: bool) -> Result<bool, JournalError>;
+
+    /// Names the chain of `unpark` rounds that puts a serial lane's parked jobs back:
+    /// only while nothing holds the lane, and only when no other chain has gone on
+    /// since `stale_before_ms` (or it is this one, going on). Whether it is this one's.
+    async fn fence(
+        &self,
+        lane: &Lane,
+        fence: &str,
+        stale_before_ms: i64,
+    ) -> Result<bool, JournalError>;
 
     /// The lane's parked jobs, whole (with their bodies), in queue order, at most
     /// `limit`.
     async fn parked(&self, lane: &Lane, limit: usize) -> Result<Vec<LaneJob>, JournalError>;
 
-    /// Notes that these parked jobs are being put back (before they are sent: a copy
-    /// received meanwhile runs instead of being parked again).
+    /// Notes that these parked jobs are being put back, at their `released_at_ms`
+    /// (before they are sent: a copy received meanwhile runs instead of being parked
+    /// again).
     async fn releasing(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError>;
 
     /// These jobs are back on the queue: not parked any more.
     async fn unparked(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError>;
 
-    /// Ends the lane's hold if nothing holds it and nothing is parked.
-    async fn end_hold(&self, lane: &Lane) -> Result<HoldEnd, JournalError>;
+    /// Ends the lane's hold if nothing holds it, nothing is parked, and no chain of
+    /// `unpark` rounds but `fence`'s is putting its jobs back.
+    async fn end_hold(&self, lane: &Lane, fence: Option<&str>) -> Result<HoldEnd, JournalError>;
 
     /// The paused lanes (a view of [`Journal::holds`]).
     async fn pauses(&self) -> Result<Vec<Pause>, JournalError> {

@@ -167,6 +167,8 @@ fn add_columns(connection: &Connection) -> rusqlite::Result<()> {
         ("pauses", "paused", "INTEGER NOT NULL DEFAULT 1"),
         ("pauses", "busy", "TEXT"),
         ("pauses", "since", "INTEGER NOT NULL DEFAULT 0"),
+        ("pauses", "fence", "TEXT"),
+        ("pauses", "fence_at", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let mut columns = Vec::new();
         connection
@@ -189,7 +191,7 @@ fn add_columns(connection: &Connection) -> rusqlite::Result<()> {
 fn read_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<Option<Hold>> {
     let hold = connection
         .prepare_cached(
-            "SELECT paused, reason, at, busy, since FROM pauses WHERE pipeline = ?1 AND environment = ?2",
+            "SELECT paused, reason, at, busy, since, fence, fence_at FROM pauses WHERE pipeline = ?1 AND environment = ?2",
         )?
         .query_row(params![lane.pipeline, lane.environment], |row| {
             let paused: bool = row.get(0)?;
@@ -203,6 +205,8 @@ fn read_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<Option<Ho
                 busy: row.get(3)?,
                 parked: 0,
                 since_ms: row.get(4)?,
+                fence: row.get(5)?,
+                fence_at_ms: row.get(6)?,
             })
         })
         .optional()?;
@@ -218,14 +222,22 @@ fn read_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<Option<Ho
     Ok(Some(hold))
 }
 
-/// Begins a lane's hold, unless it is held already.
+/// Begins a lane's hold, unless it is held already; a hold that was only putting its
+/// jobs back begins again (now), and the chain putting them back stops.
 fn begin_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<()> {
+    let now = now_ms();
     connection
         .prepare_cached(
             "INSERT OR IGNORE INTO pauses (pipeline, environment, reason, at, paused, busy, since)
              VALUES (?1, ?2, '', ?3, 0, NULL, ?3)",
         )?
-        .execute(params![lane.pipeline, lane.environment, now_ms()])?;
+        .execute(params![lane.pipeline, lane.environment, now])?;
+    connection
+        .prepare_cached(
+            "UPDATE pauses SET since = ?3, fence = NULL, fence_at = 0
+             WHERE pipeline = ?1 AND environment = ?2 AND paused = 0 AND busy IS NULL",
+        )?
+        .execute(params![lane.pipeline, lane.environment, now])?;
     Ok(())
 }
 
@@ -522,7 +534,7 @@ impl Journal for SqliteJournal {
             .await
     }
 
-    async fn park(&self, job: &LaneJob) -> Result<bool, JournalError> {
+    async fn park(&self, job: &LaneJob, ordered: bool) -> Result<bool, JournalError> {
         let job = job.clone();
         self.with(move |connection| {
             let transaction =
@@ -535,7 +547,7 @@ impl Journal for SqliteJournal {
                 .as_ref()
                 .and_then(|known| known.released_at_ms)
                 .is_some_and(|at| at >= hold.since_ms);
-            if !hold.holds() || released || hold.parked >= super::MAX_PARKED {
+            if !(hold.holds() || ordered) || released || hold.parked >= super::MAX_PARKED {
                 return Ok(false);
             }
             let mut parked = match known {
@@ -575,14 +587,16 @@ impl Journal for SqliteJournal {
     }
 
     async fn releasing(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
-        let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
+        let released: Vec<(String, Option<i64>)> = jobs
+            .iter()
+            .map(|job| (job.name.clone(), job.released_at_ms))
+            .collect();
         self.with(move |connection| {
             let transaction = connection.transaction()?;
-            let now = now_ms();
-            for name in &names {
+            for (name, at) in &released {
                 transaction.execute(
                     "UPDATE lane_jobs SET released_at = ?2 WHERE name = ?1",
-                    params![name, now],
+                    params![name, at.unwrap_or_else(now_ms)],
                 )?;
             }
             transaction.commit()
@@ -605,8 +619,32 @@ impl Journal for SqliteJournal {
         .await
     }
 
-    async fn end_hold(&self, lane: &Lane) -> Result<HoldEnd, JournalError> {
-        let lane = lane.clone();
+    async fn fence(
+        &self,
+        lane: &Lane,
+        fence: &str,
+        stale_before_ms: i64,
+    ) -> Result<bool, JournalError> {
+        let (lane, fence) = (lane.clone(), fence.to_string());
+        self.with(move |connection| {
+            Ok(connection.execute(
+                "UPDATE pauses SET fence = ?3, fence_at = ?4
+                 WHERE pipeline = ?1 AND environment = ?2 AND paused = 0 AND busy IS NULL
+                   AND (fence IS NULL OR fence = ?3 OR fence_at < ?5)",
+                params![
+                    lane.pipeline,
+                    lane.environment,
+                    fence,
+                    now_ms(),
+                    stale_before_ms
+                ],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn end_hold(&self, lane: &Lane, fence: Option<&str>) -> Result<HoldEnd, JournalError> {
+        let (lane, fence) = (lane.clone(), fence.map(str::to_string));
         self.with(move |connection| {
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -614,6 +652,7 @@ impl Journal for SqliteJournal {
                 None => HoldEnd::Ended,
                 Some(hold) if hold.holds() => HoldEnd::Held,
                 Some(hold) if hold.parked > 0 => HoldEnd::Parked,
+                Some(hold) if hold.fence.is_some() && hold.fence != fence => HoldEnd::Fenced,
                 Some(_) => {
                     transaction.execute(
                         "DELETE FROM pauses WHERE pipeline = ?1 AND environment = ?2",

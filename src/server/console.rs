@@ -241,10 +241,12 @@ pub(super) async fn lanes_view(
                 .filter(|job| job.state == JobState::Started)
                 .map(|job| job.name.as_str())
                 .collect();
-            let state = match (pause, busy) {
-                (Some(_), _) => "paused",
-                (None, Some(_)) => "busy",
-                (None, None) => "running",
+            let state = match (hold, pause, busy) {
+                (_, Some(_), _) => "paused",
+                (_, None, Some(_)) => "busy",
+                // Its parked jobs are going back on the queue.
+                (Some(_), None, None) => "releasing",
+                (None, None, None) => "running",
             };
             json!({
                 "pipeline": lane.pipeline,

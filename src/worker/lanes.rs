@@ -70,6 +70,12 @@ impl Worker {
         match lanes.park(&request).await {
             Ok(true) => {
                 tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, execution = %request.name, "Parked a job of a held lane; it is put back in order when the hold ends.");
+                // A serial lane whose hold ended and whose parked jobs are going back:
+                // this one follows them. Should the chain putting them back have been
+                // lost, a new one begins.
+                if let Err(error) = self.admission.release(&lane).await {
+                    tracing::warn!(error = %Chain(&error), "Could not see to the lane's parked jobs going back; its next resume does.");
+                }
                 Parking::Parked
             }
             Ok(false) => Parking::Run,
@@ -80,40 +86,35 @@ impl Worker {
         }
     }
 
-    /// Whether a lane is held now, as last read.
-    async fn lane_held(&self, lane: &Lane) -> bool {
-        match &self.lanes {
-            Some(lanes) => lanes.held().await.contains(lane),
-            None => false,
-        }
-    }
-
-    /// Holds a job of a held lane that could not be parked until the hold ends:
-    /// invisible (the chain's heartbeat keeps it so, and its receive count does not
-    /// grow) and without a permit, so that other lanes go on. The permit to go on
-    /// with; `None` when the worker is stopping first.
+    /// Holds a job of a held lane that could not be parked until it can be, or its
+    /// lane is not held any more: invisible (the chain's heartbeat keeps it so, and its
+    /// receive count does not grow) and without a permit, so that other lanes go on.
+    /// The permit to go on with (`None` when the worker is stopping first), and what
+    /// became of the job.
     pub(super) async fn hold_while_held(
         &self,
         lane: &Lane,
         received: &Received,
         permits: &Arc<Semaphore>,
         hard_stop: &CancellationToken,
-    ) -> Option<OwnedSemaphorePermit> {
+    ) -> (Option<OwnedSemaphorePermit>, Parking) {
         tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, job = %received.message.id, "Holding a job of a held lane.");
-        loop {
+        let parking = loop {
             tokio::select! {
-                _ = hard_stop.cancelled() => return None,
+                _ = hard_stop.cancelled() => return (None, Parking::Hold(lane.clone())),
                 _ = tokio::time::sleep(PAUSE_REFRESH) => {}
             }
-            if !self.lane_held(lane).await {
-                break;
+            match self.parking(received).await {
+                Parking::Hold(_) => continue,
+                decided => break decided,
             }
-        }
-        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The lane is not held any more.");
-        tokio::select! {
+        };
+        tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, "The held job is parked, or its lane is not held any more.");
+        let permit = tokio::select! {
             _ = hard_stop.cancelled() => None,
             permit = permits.clone().acquire_owned() => permit.ok(),
-        }
+        };
+        (permit, parking)
     }
 
     /// Whether a newer job of the request's lane carries it (see `crate::lanes`): then

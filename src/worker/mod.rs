@@ -17,6 +17,7 @@ mod lanes;
 mod release;
 mod report;
 mod start;
+mod unpark;
 mod watch;
 
 use std::collections::HashMap;
@@ -442,10 +443,10 @@ impl Worker {
         let held_since = tokio::time::Instant::now();
         let mut jobs = chain.into_iter();
         while let Some(received) = jobs.next() {
-            let parking = self.parking(&received).await;
+            let mut parking = self.parking(&received).await;
             if let lanes::Parking::Hold(lane) = &parking {
                 drop(permit.take());
-                permit = self
+                (permit, parking) = self
                     .hold_while_held(lane, &received, &permits, &hard_stop)
                     .await;
             }
@@ -585,6 +586,19 @@ impl Worker {
                     look = release.look,
                 );
                 self.release(&release, received.receive_count)
+                    .instrument(span)
+                    .await
+            }
+            JobKind::Unpark { unpark } => {
+                let span = tracing::info_span!(
+                    "job",
+                    kind = "unpark",
+                    pipeline = %unpark.pipeline,
+                    environment = %unpark.environment,
+                    fence = %unpark.fence,
+                    round = unpark.round,
+                );
+                self.unpark(&unpark, received.receive_count)
                     .instrument(span)
                     .await
             }

@@ -1,7 +1,7 @@
 //! The `Queue` contract suite against the embedded SQLite queue, on real files, with
 //! paused tokio time for everything timed.
 
-mod queue_contract;
+use crate::queue_contract;
 
 use std::sync::Arc;
 use std::time::Duration;

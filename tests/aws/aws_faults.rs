@@ -5,7 +5,7 @@
 //! a failure to retry, not as bad input; a lane waiting on a long deploy does not
 //! starve the builds.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! or a kill -9 during a serial deployment neither losing it nor letting the next one
 //! of its lane overlap it.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

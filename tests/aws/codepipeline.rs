@@ -5,7 +5,7 @@
 //! fails its job with the cause; a job offered twice starts one execution; a worker
 //! killed while the execution runs picks the job up again and it is passed once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

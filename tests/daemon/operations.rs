@@ -2,7 +2,7 @@
 //! `work`-only process serving its own `/metrics` with the start latency; and JSON
 //! log lines carrying each span's fields.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

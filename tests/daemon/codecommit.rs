@@ -3,7 +3,7 @@
 //! destinations by key; every CodeCommit event shape planned; a push's commits read
 //! from a CodeCommit API served by wiremock, and run one by one by the real binary.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

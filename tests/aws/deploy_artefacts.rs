@@ -11,7 +11,7 @@
 //! SDK tasks, so the CodePipeline template and its state machine are checked here, not
 //! run.)
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! HTTPS on the listener: a generated certificate served, plain HTTP refused, and a
 //! renewed certificate taken on SIGHUP without a restart.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! once and no request fails; an invalid one is refused whole, every problem logged, and
 //! the running one goes on; a setting only a restart can change is said, not taken.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! before or after it, a branch seen for the first time not at all, a head younger than
 //! the grace period later, and nothing twice when two instances reconcile at once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

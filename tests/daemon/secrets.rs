@@ -3,7 +3,7 @@
 //! error path it can reach at every log level; nothing it printed or answered holds a
 //! secret. A file holding secrets that others may read is warned about.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! connections that trickle, idle or crowd are closed; one address cannot hold more
 //! than its share of connections or unverified bytes.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! when a delivery or a message comes twice; and every job ending in exactly one
 //! execution while a stand-in between us and Step Functions throttles and fails calls.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

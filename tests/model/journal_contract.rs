@@ -4,7 +4,7 @@
 //! job's body out and a job read by name has it whole; pauses shared; many concurrent
 //! deliveries all recorded.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -195,12 +195,12 @@ async fn contract(journal: Arc<dyn Journal>) {
         LaneJob::queued(&request, 0, None)
     };
     assert!(
-        !journal.park(&held_job(50)).await.unwrap(),
+        !journal.park(&held_job(50), true).await.unwrap(),
         "not held: not parked"
     );
     journal.pause(&held, "incident 9").await.unwrap();
-    assert!(journal.park(&held_job(52)).await.unwrap());
-    assert!(journal.park(&held_job(51)).await.unwrap());
+    assert!(journal.park(&held_job(52), false).await.unwrap());
+    assert!(journal.park(&held_job(51), true).await.unwrap());
     let hold = journal.hold(&held).await.unwrap().unwrap();
     assert_eq!(hold.parked, 2);
     assert_eq!(hold.pause.as_ref().unwrap().reason, "incident 9");
@@ -220,21 +220,73 @@ async fn contract(journal: Arc<dyn Journal>) {
         "queue order (the order they were queued in)"
     );
     assert!(parked.iter().all(|job| job.parked && !job.job.is_empty()));
+    let stale_before = gitdispatch::clock::now_ms() - 600_000;
+    assert!(
+        !journal.fence(&held, "chain-a", stale_before).await.unwrap(),
+        "no chain while the lane is paused"
+    );
     assert!(journal.resume(&held).await.unwrap());
-    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Parked);
+    assert_eq!(
+        journal.end_hold(&held, None).await.unwrap(),
+        HoldEnd::Parked
+    );
+    // Resumed, its parked jobs not back yet: a serial lane's next job is parked behind
+    // them, another lane's is not.
+    assert!(journal.park(&held_job(54), true).await.unwrap());
+    assert!(!journal.park(&held_job(55), false).await.unwrap());
+    // One chain of rounds puts them back; another may not begin while it goes on.
+    assert!(journal.fence(&held, "chain-a", stale_before).await.unwrap());
+    assert!(!journal.fence(&held, "chain-b", stale_before).await.unwrap());
+    assert!(
+        journal.fence(&held, "chain-a", i64::MIN).await.unwrap(),
+        "the chain goes on"
+    );
+    let hold = journal.hold(&held).await.unwrap().unwrap();
+    assert_eq!(hold.fence.as_deref(), Some("chain-a"));
+    assert!(hold.releasing());
+    let parked = journal.parked(&held, 10).await.unwrap();
+    assert_eq!(parked.len(), 3);
     journal.releasing(&held, &parked).await.unwrap();
     assert!(
-        !journal.park(&held_job(52)).await.unwrap(),
+        !journal.park(&held_job(52), true).await.unwrap(),
         "a job being put back is not parked again"
     );
     journal.unparked(&held, &parked).await.unwrap();
     assert!(journal.parked(&held, 10).await.unwrap().is_empty());
-    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Ended);
+    assert!(
+        !journal.park(&held_job(51), true).await.unwrap(),
+        "a job put back is not parked again when it comes"
+    );
+    assert_eq!(
+        journal.end_hold(&held, None).await.unwrap(),
+        HoldEnd::Fenced,
+        "only the chain ends the hold"
+    );
+    assert_eq!(
+        journal.end_hold(&held, Some("chain-b")).await.unwrap(),
+        HoldEnd::Fenced
+    );
+    // A pause meanwhile stops the chain and begins the hold again: what was put back
+    // is parked again as it comes.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    journal.pause(&held, "incident 10").await.unwrap();
+    let hold = journal.hold(&held).await.unwrap().unwrap();
+    assert_eq!(hold.fence, None);
+    assert!(journal.park(&held_job(52), true).await.unwrap());
+    assert!(journal.resume(&held).await.unwrap());
+    assert!(journal.fence(&held, "chain-c", stale_before).await.unwrap());
+    let parked = journal.parked(&held, 10).await.unwrap();
+    journal.releasing(&held, &parked).await.unwrap();
+    journal.unparked(&held, &parked).await.unwrap();
+    assert_eq!(
+        journal.end_hold(&held, Some("chain-c")).await.unwrap(),
+        HoldEnd::Ended
+    );
     assert!(journal.hold(&held).await.unwrap().is_none());
     // Busy with a long execution.
     journal.occupy(&held, "deploy-held-long").await.unwrap();
-    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Held);
-    assert!(journal.park(&held_job(53)).await.unwrap());
+    assert_eq!(journal.end_hold(&held, None).await.unwrap(), HoldEnd::Held);
+    assert!(journal.park(&held_job(53), false).await.unwrap());
     let hold = journal.hold(&held).await.unwrap().unwrap();
     assert_eq!(hold.busy.as_deref(), Some("deploy-held-long"));
     assert!(hold.pause.is_none());
@@ -251,7 +303,7 @@ async fn contract(journal: Arc<dyn Journal>) {
     let parked = journal.parked(&held, 10).await.unwrap();
     journal.releasing(&held, &parked).await.unwrap();
     journal.unparked(&held, &parked).await.unwrap();
-    assert_eq!(journal.end_hold(&held).await.unwrap(), HoldEnd::Ended);
+    assert_eq!(journal.end_hold(&held, None).await.unwrap(), HoldEnd::Ended);
 
     // Sessions of the page: kept until ended or expired, for every reader.
     let session = SessionRecord {
@@ -298,11 +350,11 @@ async fn contract(journal: Arc<dyn Journal>) {
         .await
         .unwrap();
     assert_eq!(all.len(), 42);
-    assert_eq!(journal.lane_jobs(None).await.unwrap().len(), 46);
+    assert_eq!(journal.lane_jobs(None).await.unwrap().len(), 47);
     journal.prune(Retention::default()).await.unwrap();
     assert_eq!(
         journal.lane_jobs(None).await.unwrap().len(),
-        46,
+        47,
         "nothing is old yet"
     );
 }
@@ -321,7 +373,7 @@ async fn prunes_beyond_the_count(journal: Arc<dyn Journal>) {
         kept.iter().all(|job| job.state == JobState::Waiting),
         "{kept:?}"
     );
-    assert_eq!(kept.len(), 44, "{kept:?}");
+    assert_eq!(kept.len(), 45, "{kept:?}");
     assert_eq!(
         journal
             .deliveries(&DeliveryFilter {
@@ -367,7 +419,7 @@ async fn the_sqlite_journal_keeps_the_contract() {
     contract(Arc::new(SqliteJournal::open(&path).unwrap())).await;
     // Another process's view of the same file agrees.
     let again = SqliteJournal::open(&path).unwrap();
-    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 46);
+    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 47);
     prunes_beyond_the_count(Arc::new(again)).await;
 }
 

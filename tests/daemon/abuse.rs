@@ -5,7 +5,7 @@
 //! measured (latency of valid deliveries during the attack, memory), for
 //! RELIABILITY.md.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -22,6 +22,7 @@
 //! `CHAOS_SECONDS` (default 20) is how long deliveries and faults go on in each mode;
 //! `CHAOS_MODES` picks `embedded`, `aws` or both (default). `scripts/chaos` runs long.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -4,7 +4,7 @@
 //! request's preview deployment from open to close, GitHub failing and rate-limiting
 //! without any execution lost or held back, and authentication as a GitHub App.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -8,11 +8,12 @@
 //! - never two executions of the lane at once, and no execution started twice;
 //! - every queued job runs, or is superseded by a job that runs and deploys the same
 //!   project (repository) from the same ref, queued after it;
+//! - the lane starts its jobs in the order they were queued;
 //! - no commit shows success that no successful execution carried;
 //! - a replay supersedes nothing and is superseded by nothing: the newest push of each
 //!   repository and ref always runs.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -83,7 +84,12 @@ fn script(control: &Path, log: &Path) -> String {
     )
 }
 
-fn config(directory: &Path, server: &wiremock::MockServer, supersede: bool) -> String {
+fn config(
+    directory: &Path,
+    server: &wiremock::MockServer,
+    supersede: bool,
+    worker: &str,
+) -> String {
     let dir = directory.display();
     let script = script(&directory.join("control"), &directory.join("runs.log"));
     format!(
@@ -114,6 +120,7 @@ poll_interval_secs = 1
 retry_initial_ms = 50
 retry_max_secs = 1
 shutdown_grace_secs = 0
+{worker}
 
 [executor]
 type = "local"
@@ -435,6 +442,17 @@ impl Lab {
                 outcome.insert(name.clone(), code.unwrap_or(-1));
             }
         }
+        // In queue order.
+        let first_starts: Vec<usize> = runs
+            .iter()
+            .filter(|(what, _, _)| what == "start")
+            .filter_map(|(_, name, _)| self.queued.iter().position(|known| known.name == *name))
+            .collect();
+        prop_assert!(
+            first_starts.windows(2).all(|pair| pair[0] < pair[1]),
+            "started out of queue order: {:?}",
+            runs
+        );
         // Every queued job ran, or a newer job of its repository and ref that ran
         // carries it.
         let journal = self.app.journal.clone();
@@ -534,12 +552,13 @@ impl Lab {
     }
 }
 
-async fn run_case(ops: Vec<Op>, supersede: bool) -> Result<(), TestCaseError> {
-    let directory = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(directory.path().join("control")).unwrap();
+/// The listener on a socket and the application, on the lane's configuration; no
+/// worker yet.
+async fn open_lab(directory: &Path, supersede: bool, worker: &str) -> Lab {
+    std::fs::create_dir_all(directory.join("control")).unwrap();
     let github = Arc::new(Mutex::new(FakeGithub::default()));
     let server = github::serve(github.clone()).await;
-    let text = config(directory.path(), &server, supersede);
+    let text = config(directory, &server, supersede, worker);
     let compiled = gitdispatch::app::from_toml_str(&text, &|name| {
         (name == "GITHUB_WEBHOOK_SECRET").then(|| SECRET.to_string())
     })
@@ -553,18 +572,23 @@ async fn run_case(ops: Vec<Op>, supersede: bool) -> Result<(), TestCaseError> {
         app.listener_state(shutdown.clone()).unwrap(),
         shutdown.clone(),
     ));
-    let mut lab = Lab {
+    Lab {
         app,
         url,
         client: reqwest::Client::new(),
-        directory: directory.path().to_path_buf(),
+        directory: directory.to_path_buf(),
         github,
         worker: None,
         shutdown,
         queued: Vec::new(),
         pushes: 0,
         heads: HashMap::new(),
-    };
+    }
+}
+
+async fn run_case(ops: Vec<Op>, supersede: bool) -> Result<(), TestCaseError> {
+    let directory = tempfile::tempdir().unwrap();
+    let mut lab = open_lab(directory.path(), supersede, "").await;
     lab.start_worker();
     for op in &ops {
         lab.apply(op).await;
@@ -577,6 +601,43 @@ async fn run_case(ops: Vec<Op>, supersede: bool) -> Result<(), TestCaseError> {
     }
     lab.shutdown.cancel();
     checked
+}
+
+/// A lane resumed while some of its jobs are parked and the rest still wait on the
+/// queue: the parked ones must not be put back behind the others. The worker takes one
+/// job at a time here, so that the first is parked while two wait behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_resumed_with_jobs_still_queued_keeps_its_order() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut lab = open_lab(directory.path(), false, "batch_size = 1").await;
+    lab.apply(&Op::Pause).await;
+    lab.push(0, 0, 3).await;
+    let worker = lab.app.worker().unwrap();
+    assert_eq!(worker.run_once().await.unwrap(), 1, "one job taken: parked");
+    let lane = Lane {
+        pipeline: "deploy".into(),
+        environment: "production".into(),
+    };
+    let parked = lab.app.journal.parked(&lane, 10).await.unwrap();
+    assert_eq!(parked.len(), 1, "the first job is parked");
+    assert_eq!(parked[0].name, lab.queued[0].name);
+    lab.start_worker();
+    lab.push(1, 0, 1).await;
+    lab.run_dry().await;
+    lab.check(false).await.unwrap();
+    let starts: Vec<String> = lab
+        .runs()
+        .into_iter()
+        .filter(|(what, _, _)| what == "start")
+        .map(|(_, name, _)| name)
+        .collect();
+    let queued: Vec<String> = lab.queued.iter().map(|known| known.name.clone()).collect();
+    assert_eq!(starts, queued);
+    if let Some((stop, handle)) = lab.worker.take() {
+        stop.cancel();
+        let _ = handle.await;
+    }
+    lab.shutdown.cancel();
 }
 
 proptest! {

@@ -1,6 +1,6 @@
 //! The real binary: `plan`, `check-config`, `serve` and `send`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

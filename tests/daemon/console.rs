@@ -4,7 +4,7 @@
 //! and record four; replays of a window, failed-only and dry-run; and the checks that
 //! keep all of it behind a token (or the page's session and its CSRF token).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -962,10 +962,12 @@ async fn the_page_in_a_real_browser_pauses_and_resumes_a_lane() {
         })
         .await;
     assert_eq!(console.started()[1..], planned, "in commit order");
-    assert_eq!(
-        console.lane("deploy", "production").await["state"],
-        "running"
-    );
+    // Its hold ends with the round of putting back that follows them.
+    console
+        .wait_for("the lane's hold to end", async |console| {
+            console.lane("deploy", "production").await["state"] == "running"
+        })
+        .await;
 }
 
 /// On SQS, a paused lane's jobs outwait the redrive policy: with `maxReceiveCount = 2`

@@ -1,8 +1,8 @@
 //! The `Queue` contract suite, unchanged, against SQS on moto: once on standard queues,
 //! once on FIFO queues, every test on queues of its own. Time passes for real here.
 
-mod common;
-mod queue_contract;
+use crate::common;
+use crate::queue_contract;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! failed, to be redelivered); nothing it acknowledged before is lost, and it is ready
 //! again as soon as the disk is.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

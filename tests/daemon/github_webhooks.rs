@@ -2,7 +2,7 @@
 //! checked for their status, their plan and what was queued; every bad input refused
 //! with nothing queued.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

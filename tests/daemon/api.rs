@@ -4,7 +4,7 @@
 //! webhook would give; retries with an Idempotency-Key starting nothing twice; and
 //! `gitdispatch trigger --wait` following a run to its end.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

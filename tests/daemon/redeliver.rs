@@ -3,7 +3,7 @@
 //! successful attempt since, pages by GitHub's cursor, stops at the look-back window,
 //! and with `--dry-run` asks for nothing and prints the same lines.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

@@ -3,7 +3,7 @@
 //! may take what deliveries took, reconcile only what nobody took or what it took under
 //! the same name; concurrent claims of one commit leave exactly one winner.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! have given them. Against a stand-in for GitHub's API (wiremock), through the app as
 //! the daemon assembles it, with the embedded queue.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 
