@@ -292,7 +292,7 @@ pub struct App {
     /// Deliveries, lane jobs and pauses, for operators.
     pub journal: Arc<dyn crate::journal::Journal>,
     /// The pipelines with `supersede = true`; a reload replaces them.
-    supersede: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    lane_rules: Arc<std::sync::RwLock<crate::lanes::LaneRules>>,
     /// How every producer's planned starts get on the queue: the listener's
     /// deliveries, the API, replays, the worker's expansions and CodePipeline jobs,
     /// reconcile.
@@ -405,7 +405,9 @@ impl App {
         };
         let ledger = open_ledger(&compiled.config, aws.as_ref()).await?;
         let journal = open_journal(&compiled.config, aws.as_ref()).await?;
-        let supersede = Arc::new(std::sync::RwLock::new(supersede_set(&compiled.config)));
+        let lane_rules = Arc::new(std::sync::RwLock::new(
+            crate::lanes::LaneRules::from_config(&compiled.config),
+        ));
         let github = GithubClient::from_config(&compiled.config.github)?.map(Arc::new);
         let reporter: Option<Arc<dyn Reporter>> = match (&github, work) {
             (Some(client), true) => {
@@ -444,7 +446,10 @@ impl App {
         };
         let compiled_planner = compiled.planner.clone();
         let metrics = Arc::new(Metrics::default());
-        let lanes = Arc::new(crate::lanes::Lanes::new(journal.clone(), supersede.clone()));
+        let lanes = Arc::new(crate::lanes::Lanes::new(
+            journal.clone(),
+            lane_rules.clone(),
+        ));
         let admission = Arc::new(crate::admission::Admission::new(
             queue.queue(),
             ledger.clone(),
@@ -464,7 +469,7 @@ impl App {
             github,
             ledger,
             journal,
-            supersede,
+            lane_rules,
             describer,
             planner: Arc::new(ArcSwap::new(compiled_planner)),
             state: std::sync::Mutex::new(None),
@@ -495,7 +500,31 @@ impl App {
         }
         let state = Arc::new(state);
         *self.state.lock().expect("listener state lock") = Some(state.clone());
+        self.end_revoked_sessions(&self.compiled.config);
         Ok(state)
+    }
+
+    /// Ends, in the background, the page's sessions opened with a token `config` does
+    /// not have (any more): removing a token ends its sessions for good.
+    fn end_revoked_sessions(&self, config: &Config) {
+        let digests = crate::source::manual::ManualSource::from_config(&config.api)
+            .map(|source| source.digests())
+            .unwrap_or_default();
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            match journal.end_sessions_except(&digests).await {
+                Ok(0) => {}
+                Ok(ended) => {
+                    tracing::info!(
+                        ended,
+                        "Ended the page's sessions of tokens no longer configured."
+                    )
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::error::Chain(&error), "Could not end the page's sessions of tokens no longer configured; they are refused while their token is not configured.")
+                }
+            }
+        });
     }
 
     /// Takes a reloaded configuration: its routes, pipelines, webhook secrets, API
@@ -531,7 +560,11 @@ impl App {
         if let Some(executor) = &self.executor {
             executor.reload(new);
         }
-        *self.supersede.write().expect("supersede lock") = supersede_set(new);
+        *self.lane_rules.write().expect("lane rules lock") =
+            crate::lanes::LaneRules::from_config(new);
+        if self.state.lock().expect("listener state lock").is_some() {
+            self.end_revoked_sessions(new);
+        }
         Ok(restart_only_changes(&self.compiled.config, new))
     }
 
@@ -587,16 +620,6 @@ impl App {
             planner: self.planner.clone(),
         })
     }
-}
-
-/// The pipelines whose waiting jobs supersede older ones.
-pub fn supersede_set(config: &Config) -> std::collections::HashSet<String> {
-    config
-        .pipelines
-        .iter()
-        .filter(|pipeline| pipeline.supersede)
-        .map(|pipeline| pipeline.name.clone())
-        .collect()
 }
 
 /// The settings a reload cannot change that differ between `old` and `new`, by key.

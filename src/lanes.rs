@@ -15,7 +15,7 @@
 //! queued after it ([`supersedes`]). Every other job runs. A replay, a manual run and a
 //! CodePipeline job neither supersede nor are superseded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -55,28 +55,118 @@ pub fn supersedes(newer: &LaneJob, older: &LaneJob) -> bool {
         && newer.git_ref == older.git_ref
 }
 
+/// Whether `newer`, a deploy queued after `older` in their lane that ran, runs or
+/// waits to, deploys over it: both deploys of the same source's repository and ref (a
+/// replay counts as its original's).
+pub fn overwrites(newer: &LaneJob, older: &LaneJob) -> bool {
+    let pushed = |job: &LaneJob| {
+        job.action == Action::Deploy.as_str()
+            && (job.source == Source::Github.as_str() || job.source == Source::Codecommit.as_str())
+    };
+    newer.lane == older.lane
+        && newer.name != older.name
+        && matches!(
+            newer.state,
+            JobState::Waiting | JobState::Started | JobState::Ended
+        )
+        && newer.seq > older.seq
+        && newer.replay_of.is_none()
+        && pushed(newer)
+        && pushed(older)
+        && newer.source == older.source
+        && newer.repository.eq_ignore_ascii_case(&older.repository)
+        && newer.git_ref == older.git_ref
+}
+
+/// What the configuration says of lanes; a reload replaces it.
+#[derive(Debug, Clone, Default)]
+pub struct LaneRules {
+    /// The pipelines with `supersede = true`.
+    pub supersede: HashSet<String>,
+    /// Each pipeline's projects' skip flags (`skip_flag`): the input keys set `true`
+    /// when an event leaves that project alone.
+    pub skip_flags: HashMap<String, Vec<String>>,
+}
+
+impl LaneRules {
+    pub fn from_config(config: &crate::config::Config) -> LaneRules {
+        LaneRules {
+            supersede: config
+                .pipelines
+                .iter()
+                .filter(|pipeline| pipeline.supersede)
+                .map(|pipeline| pipeline.name.clone())
+                .collect(),
+            skip_flags: config
+                .pipelines
+                .iter()
+                .map(|pipeline| {
+                    (
+                        pipeline.name.clone(),
+                        pipeline
+                            .projects
+                            .iter()
+                            .filter_map(|project| project.skip_flag.clone())
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `newer` deploys every project `older` deploys (both of one pipeline): it
+    /// sets none of the pipeline's skip flags that `older` leaves unset. A pipeline
+    /// without skip flags deploys all its projects every time.
+    pub fn deploys_all_of(&self, newer: &ExecutionRequest, older: &ExecutionRequest) -> bool {
+        let Some(flags) = self.skip_flags.get(&older.pipeline) else {
+            return true;
+        };
+        let input = |request: &ExecutionRequest| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                request.input.as_str(),
+            )
+            .unwrap_or_default()
+        };
+        let (newer, older) = (input(newer), input(older));
+        let skips = |input: &serde_json::Map<String, serde_json::Value>, flag: &String| {
+            input.get(flag) == Some(&serde_json::Value::Bool(true))
+        };
+        flags
+            .iter()
+            .all(|flag| !skips(&newer, flag) || skips(&older, flag))
+    }
+}
+
 /// The owner of lane jobs' states: the journal they are kept in, and which pipelines
 /// supersede.
 pub struct Lanes {
     journal: Arc<dyn Journal>,
-    /// The pipelines with `supersede = true`; a reload replaces them.
-    supersede: Arc<RwLock<HashSet<String>>>,
+    /// Which pipelines supersede, and their projects' skip flags; a reload replaces them.
+    rules: Arc<RwLock<LaneRules>>,
     /// The lanes held (paused, or busy with a long execution) when last read, and when
     /// that was.
     held: Mutex<(Option<Instant>, HashSet<Lane>)>,
 }
 
 impl Lanes {
-    pub fn new(journal: Arc<dyn Journal>, supersede: Arc<RwLock<HashSet<String>>>) -> Lanes {
+    pub fn new(journal: Arc<dyn Journal>, rules: Arc<RwLock<LaneRules>>) -> Lanes {
         Lanes {
             journal,
-            supersede,
+            rules,
             held: Mutex::new((None, HashSet::new())),
         }
     }
 
     pub fn journal(&self) -> &Arc<dyn Journal> {
         &self.journal
+    }
+
+    /// See [`LaneRules::deploys_all_of`].
+    pub fn deploys_all_of(&self, newer: &ExecutionRequest, older: &ExecutionRequest) -> bool {
+        self.rules
+            .read()
+            .expect("lane rules lock")
+            .deploys_all_of(newer, older)
     }
 
     /// Records jobs just queued as waiting (one on record keeps what it says), with
@@ -129,9 +219,10 @@ impl Lanes {
     ) -> Option<LaneJob> {
         if request.group.is_none()
             || !self
-                .supersede
+                .rules
                 .read()
-                .expect("supersede lock")
+                .expect("lane rules lock")
+                .supersede
                 .contains(&request.pipeline)
         {
             return None;
@@ -143,12 +234,28 @@ impl Lanes {
             if me.state != JobState::Waiting {
                 return Ok(None);
             }
-            let jobs = self.journal.lane_jobs(Some(&me.lane)).await?;
-            Ok::<_, JournalError>(
-                jobs.into_iter()
-                    .filter(|newer| supersedes(newer, &me))
-                    .max_by_key(|newer| newer.seq),
-            )
+            let mut candidates: Vec<LaneJob> = self
+                .journal
+                .lane_jobs(Some(&me.lane))
+                .await?
+                .into_iter()
+                .filter(|newer| supersedes(newer, &me))
+                .collect();
+            candidates.sort_by_key(|newer| std::cmp::Reverse(newer.seq));
+            // The newest that deploys every project this one deploys (a monorepo's
+            // pipeline skips the projects a commit's paths leave alone): read whole.
+            for newer in candidates {
+                let covers = self
+                    .journal
+                    .job(&newer.name)
+                    .await?
+                    .and_then(|whole| whole.request())
+                    .is_some_and(|carrier| self.deploys_all_of(&carrier, request));
+                if covers {
+                    return Ok(Some(newer));
+                }
+            }
+            Ok::<_, JournalError>(None)
         };
         let newer = match lookup.await {
             Ok(Some(newer)) => newer,
@@ -369,7 +476,10 @@ mod tests {
         );
         let lanes = Lanes::new(
             journal.clone(),
-            Arc::new(RwLock::new(HashSet::from(["deploy".to_string()]))),
+            Arc::new(RwLock::new(LaneRules {
+                supersede: HashSet::from(["deploy".to_string()]),
+                ..LaneRules::default()
+            })),
         );
         let executor = LocalExecutor::open(LocalSettings {
             path: directory.path().join("executions.db"),
@@ -432,6 +542,38 @@ mod tests {
             },
             report: None,
         }
+    }
+
+    #[test]
+    fn a_newer_commit_carries_an_older_one_only_if_it_deploys_its_projects() {
+        let with_input = |n: u8, input: &str| {
+            let mut request = request(n);
+            request.input = crate::execution::Input::from_json(input.into()).unwrap();
+            request
+        };
+        let api_only = with_input(1, r#"{"skip_api":false,"skip_web":true}"#);
+        let web_only = with_input(2, r#"{"skip_api":true,"skip_web":false}"#);
+        let both = with_input(3, r#"{"skip_api":false,"skip_web":false}"#);
+        let web_again = with_input(4, r#"{"skip_web":false,"skip_api":true}"#);
+        let rules = LaneRules {
+            supersede: HashSet::from(["deploy".to_string()]),
+            skip_flags: HashMap::from([(
+                "deploy".to_string(),
+                vec!["skip_api".to_string(), "skip_web".to_string()],
+            )]),
+        };
+        assert!(
+            !rules.deploys_all_of(&web_only, &api_only),
+            "the API's change would be lost"
+        );
+        assert!(rules.deploys_all_of(&both, &api_only));
+        assert!(rules.deploys_all_of(&both, &web_only));
+        assert!(rules.deploys_all_of(&web_again, &web_only));
+        assert!(!rules.deploys_all_of(&web_again, &both));
+        assert!(
+            LaneRules::default().deploys_all_of(&web_only, &api_only),
+            "a pipeline without skip flags deploys all its projects every time"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | a lane job (its body beside it, not listed) | `lanejob#<name>` | `lane#<pipeline>#<environment>`, queue order |
 //! | a lane that has jobs | `lane#<pipeline>#<environment>` | `lanes`, the lane |
 //! | a paused lane | `pause#<pipeline>#<environment>` | `pauses`, the lane |
-//! | a page's session | `session#<digest>` | — |
+//! | a page's session | `session#<digest>` | `sessions`, its digest |
 //!
 //! A delivery and the jobs it queued are written in transactions of up to 100 items,
 //! several at once; a job already on record (the worker was quicker) keeps what it
@@ -860,6 +860,8 @@ impl Journal for DynamoJournal {
             ),
             ("record".to_string(), text(&record)),
             ("expires".to_string(), number(session.expires_at)),
+            ("lpk".to_string(), text("sessions")),
+            ("lsk".to_string(), text(&session.id_digest)),
         ]))
         .await
     }
@@ -870,6 +872,22 @@ impl Journal for DynamoJournal {
             .await?
             .as_ref()
             .and_then(record_of))
+    }
+
+    async fn end_sessions_except(&self, token_digests: &[String]) -> Result<usize, JournalError> {
+        let doomed: Vec<String> = self
+            .list("sessions", true, usize::MAX, |_| true)
+            .await?
+            .iter()
+            .filter_map(record_of::<SessionRecord>)
+            .filter(|session| !token_digests.contains(&session.token_digest))
+            .map(|session| format!("session#{}", session.id_digest))
+            .collect();
+        let ended = doomed.len();
+        delete_all(&self.client, &self.table, doomed)
+            .await
+            .map_err(|source| JournalError::new("the journal could not be written", source))?;
+        Ok(ended)
     }
 
     async fn end_session(&self, id_digest: &str) -> Result<(), JournalError> {

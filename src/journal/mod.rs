@@ -490,6 +490,11 @@ pub trait Journal: Send + Sync {
     async fn session(&self, id_digest: &str) -> Result<Option<SessionRecord>, JournalError>;
 
     async fn end_session(&self, id_digest: &str) -> Result<(), JournalError>;
+
+    /// Ends every session opened with a token whose digest is not in `token_digests`
+    /// (the tokens configured now); how many. Run at start and on every reload, so that
+    /// a token removed ends its sessions for good, even if it comes back later.
+    async fn end_sessions_except(&self, token_digests: &[String]) -> Result<usize, JournalError>;
 }
 
 /// Merges a job's new state into what is on record: states only move forward.

@@ -741,4 +741,25 @@ impl Journal for SqliteJournal {
         })
         .await
     }
+
+    async fn end_sessions_except(&self, token_digests: &[String]) -> Result<usize, JournalError> {
+        let keep = token_digests.to_vec();
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let opened: Vec<(String, String)> = transaction
+                .prepare("SELECT id_digest, token_digest FROM sessions")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut ended = 0;
+            for (id_digest, token_digest) in opened {
+                if !keep.contains(&token_digest) {
+                    ended += transaction
+                        .execute("DELETE FROM sessions WHERE id_digest = ?1", [id_digest])?;
+                }
+            }
+            transaction.commit()?;
+            Ok(ended)
+        })
+        .await
+    }
 }

@@ -92,7 +92,11 @@ async fn handle_trigger(
             .cloned()
             .expect("a manual trigger plans one execution or refuses");
         if let Some(key) = &key {
-            let digest = hex::encode(Sha256::digest(&body));
+            // What the body asks for, not how it is spelled: the same fields in another
+            // order, or spaced otherwise, are the same request.
+            let digest = hex::encode(Sha256::digest(
+                format!("{}\n{}", request.pipeline, request.input.as_str()).as_bytes(),
+            ));
             // The ledger is opened at start whenever the API is on; a reload cannot
             // turn the API on without it (it is refused as restart-only).
             let ledger = state.admission.ledger().ok_or_else(|| {

@@ -75,6 +75,15 @@ pub fn replay(body: &[u8]) -> Result<Replay, Refusal> {
         Some(until) => time("until", until)?,
         None => i64::MAX,
     };
+    if until_ms < since_ms {
+        return Err(Refusal::new(
+            422,
+            format!(
+                "until: {:?} is before since",
+                body.until.unwrap_or_default()
+            ),
+        ));
+    }
     Ok(Replay {
         pipeline: body.pipeline,
         environment: body.environment,
@@ -119,5 +128,11 @@ mod tests {
             super::replay(br#"{"pipeline": "deploy", "since": "yesterday"}"#).unwrap_err();
         assert_eq!(refused.status, 400);
         assert!(refused.reason.starts_with("since:"), "{refused:?}");
+        let backwards = super::replay(
+            br#"{"pipeline": "deploy", "since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(backwards.status, 422);
+        assert!(backwards.reason.starts_with("until:"), "{backwards:?}");
     }
 }

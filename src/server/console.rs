@@ -391,6 +391,39 @@ pub(super) async fn replays(
         }
         chosen.push(job);
     }
+    // One replay per original: an earlier replay of it in the window is the same
+    // commit (the latest attempt stands for them).
+    let original_of = |job: &LaneJob| job.replay_of.clone().unwrap_or_else(|| job.name.clone());
+    let mut latest: std::collections::HashMap<String, &LaneJob> = std::collections::HashMap::new();
+    for job in chosen {
+        let entry = latest.entry(original_of(job)).or_insert(job);
+        if job.seq > entry.seq {
+            *entry = job;
+        }
+    }
+    let mut chosen: Vec<&LaneJob> = latest.into_values().collect();
+    chosen.sort_by_key(|job| job.seq);
+    // A serial lane's deploy is not replayed over a newer deploy of the same projects
+    // from the same ref, queued since and not replayed with it: the lane would end on
+    // the older commit.
+    let mut skipped = Vec::new();
+    let mut kept = Vec::new();
+    for job in &chosen {
+        match overtaken(
+            state.admission.lanes().map(|lanes| lanes.as_ref()),
+            journal.as_ref(),
+            &jobs,
+            &chosen,
+            job,
+        )
+        .await
+        {
+            Ok(Some(newer)) => skipped.push(json!({"original": original_of(job), "commit": job.commit, "deployed_since_by": newer})),
+            Ok(None) => kept.push(*job),
+            Err(error) => return journal_error(error),
+        }
+    }
+    let chosen = kept;
     // Replays are numbered per original (those on record, then those made now) for
     // people to read; their names are unique to this request whatever the count says.
     let mut replays_of: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
@@ -425,7 +458,7 @@ pub(super) async fn replays(
     if body.dry_run {
         return (
             StatusCode::OK,
-            Json(json!({"dry_run": true, "replays": planned})),
+            Json(json!({"dry_run": true, "replays": planned, "skipped": skipped})),
         )
             .into_response();
     }
@@ -447,9 +480,49 @@ pub(super) async fn replays(
     tracing::info!(pipeline = %body.pipeline, replays = count, "Queued replays.");
     (
         StatusCode::ACCEPTED,
-        Json(json!({"dry_run": false, "replays": planned})),
+        Json(json!({"dry_run": false, "replays": planned, "skipped": skipped})),
     )
         .into_response()
+}
+
+/// The newer deploy, queued since and not among those replayed, that a replay of
+/// `job` would undo (it ran, or runs first): same serial lane, source, repository and
+/// ref, deploying every project `job` deploys.
+async fn overtaken(
+    lanes: Option<&crate::lanes::Lanes>,
+    journal: &dyn Journal,
+    jobs: &[LaneJob],
+    chosen: &[&LaneJob],
+    job: &LaneJob,
+) -> Result<Option<String>, crate::journal::JournalError> {
+    let Some(request) = journal
+        .job(&job.name)
+        .await?
+        .and_then(|whole| whole.request())
+    else {
+        return Ok(None);
+    };
+    if request.group.is_none() {
+        return Ok(None);
+    }
+    for newer in jobs.iter().filter(|newer| {
+        crate::lanes::overwrites(newer, job)
+            && !chosen.iter().any(|replayed| {
+                replayed.name == newer.name || replayed.replay_of.as_deref() == Some(&newer.name)
+            })
+    }) {
+        let covers = journal
+            .job(&newer.name)
+            .await?
+            .and_then(|whole| whole.request())
+            .is_some_and(|carrier| {
+                lanes.is_none_or(|lanes| lanes.deploys_all_of(&carrier, &request))
+            });
+        if covers {
+            return Ok(Some(newer.name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether a job's execution failed, timed out or was aborted: as recorded when a

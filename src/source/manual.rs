@@ -42,6 +42,14 @@ impl ManualSource {
         self.session_lifetime
     }
 
+    /// The digests (SHA-256, hex) of the configured tokens, as sessions keep them.
+    pub fn digests(&self) -> Vec<String> {
+        self.tokens
+            .iter()
+            .map(|token| hex::encode(Sha256::digest(token.expose_secret().as_bytes())))
+            .collect()
+    }
+
     /// Whether `digest` (SHA-256, hex) is a configured token's: a page's session holds
     /// on only while the token it was opened with is configured.
     pub fn holds_digest(&self, digest: &str) -> bool {

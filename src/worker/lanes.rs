@@ -117,6 +117,71 @@ impl Worker {
         (permit, parking)
     }
 
+    /// Before a serial lane's job starts: waits while another job of its lane has an
+    /// execution that runs (the journal says it started; the executor that it has not
+    /// ended). The queue's ordering group keeps a lane to one job at a time; this keeps
+    /// it so should a queue hand a group to two workers at once. An execution found
+    /// ended is recorded so. `false` when the worker is stopping first.
+    pub(super) async fn wait_for_lane(
+        &self,
+        request: &ExecutionRequest,
+        hard_stop: &CancellationToken,
+    ) -> bool {
+        let Some(lanes) = self.lanes.as_ref().filter(|_| request.group.is_some()) else {
+            return true;
+        };
+        let lane = Lane::of(request);
+        let mut said = false;
+        loop {
+            let others: Vec<crate::journal::LaneJob> =
+                match lanes.journal().lane_jobs(Some(&lane)).await {
+                    Ok(jobs) => jobs
+                        .into_iter()
+                        .filter(|job| {
+                            job.state == crate::journal::JobState::Started
+                                && job.name != request.name.as_str()
+                        })
+                        .collect(),
+                    // Not knowing must not keep a lane from deploying: the queue's group
+                    // still holds it to one at a time.
+                    Err(_) => return true,
+                };
+            let mut running = None;
+            for other in others {
+                let Ok(name) = crate::execution::name::ExecutionName::parse(&other.name) else {
+                    continue;
+                };
+                match self.executor.describe(&other.lane.pipeline, &name).await {
+                    Ok(execution) if execution.status.is_finished() => {
+                        let _ = lanes
+                            .journal()
+                            .advance(
+                                &other,
+                                crate::journal::JobState::Ended,
+                                Some(execution.status.as_str()),
+                            )
+                            .await;
+                    }
+                    Ok(execution)
+                        if execution.status == crate::executor::ExecutionStatus::Interrupted => {}
+                    Ok(_) => running = Some(other.name),
+                    Err(_) => {}
+                }
+            }
+            let Some(running) = running else {
+                return true;
+            };
+            if !said {
+                tracing::warn!(running = %running, "Another execution of the lane runs: this one waits for its end.");
+                said = true;
+            }
+            tokio::select! {
+                _ = hard_stop.cancelled() => return false,
+                _ = tokio::time::sleep(self.settings.poll_interval.min(std::time::Duration::from_secs(5))) => {}
+            }
+        }
+    }
+
     /// Whether a newer job of the request's lane carries it (see `crate::lanes`): then
     /// it is recorded superseded, counted and (with reporting on) shown pending until
     /// its carrier ends, and the caller acknowledges it.

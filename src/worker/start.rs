@@ -63,6 +63,9 @@ impl Worker {
         if self.superseded(request).await {
             return Settle::Ack;
         }
+        if !self.wait_for_lane(request, hard_stop).await {
+            return Settle::Release(Duration::ZERO);
+        }
         let hold = request.group.is_some() || !self.executor.outlives_this_process();
         // A lane's job retries in place rather than going back to the queue: the later
         // jobs of the lane, handed out with it, would otherwise be received again with

@@ -545,6 +545,100 @@ async fn supersede_runs_another_repositorys_commit_and_a_manual_run_and_skips_an
     );
 }
 
+/// In a pipeline of one repository's several projects (a monorepo, each project its
+/// paths), a newer commit supersedes an older one only when it deploys every project the
+/// older one does: a commit that changed only the web does not carry one that changed
+/// the API, which runs; of two web commits, the newer carries the older.
+#[tokio::test(flavor = "multi_thread")]
+async fn supersede_never_drops_a_project_the_newer_commit_does_not_deploy() {
+    let directory = tempfile::tempdir().unwrap();
+    let text = config(directory.path(), true).replace(
+        "supersede = true\n",
+        "supersede = true\n\n[[pipelines.projects]]\nname = \"api\"\nrepository = \"acme/mono\"\nskip_flag = \"skip_api\"\npaths = [\"api/**\"]\n\n[[pipelines.projects]]\nname = \"web\"\nrepository = \"acme/mono\"\nskip_flag = \"skip_web\"\npaths = [\"web/**\"]\n",
+    );
+    let console = Console {
+        daemon: Daemon::start(&text, &[("GITDISPATCH_API_TOKEN", TOKEN)]),
+        started: directory.path().join("started.txt"),
+        _directory: directory,
+        client: reqwest::Client::new(),
+    };
+    let (status, _) = console
+        .post(
+            "/v1/lanes/deploy/production/pause",
+            json!({"reason": "let them queue"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let push = |n: u64, path: &str| {
+        let before = format!("{:040x}", 0xbe00 + n - 1);
+        let after = format!("{:040x}", 0xbe00 + n);
+        let commit = json!({"id": after, "message": format!("Change {n}"),
+            "author": {"name": "Mary Doe", "username": "mary"},
+            "added": [], "removed": [], "modified": [path]});
+        let body = serde_json::to_vec(&json!({
+            "ref": "refs/heads/hotfix/mono", "before": before, "after": after,
+            "created": false, "deleted": false, "forced": false,
+            "commits": [commit.clone()], "head_commit": commit,
+            "repository": {"full_name": "acme/mono", "pushed_at": 1_800_000_000 + n},
+        }))
+        .unwrap();
+        let request = console
+            .client
+            .post(console.url("/webhooks/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", format!("mono-{n}-{}", uuid_like(n)))
+            .header(
+                "x-hub-signature-256",
+                gitdispatch::source::github::sign(SECRET.as_bytes(), &body),
+            )
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 202);
+            let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            answer["executions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|name| name.as_str().unwrap().to_string())
+                .find(|name| name.starts_with("deploy-"))
+                .unwrap()
+        }
+    };
+    let api = push(1, "api/src/main.rs").await;
+    let web_1 = push(2, "web/index.html").await;
+    let web_2 = push(3, "web/app.js").await;
+    let (status, _) = console
+        .post("/v1/lanes/deploy/production/resume", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    console
+        .wait_for("two deploys to end", async |console| {
+            console.lane("deploy", "production").await["recent"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().filter(|job| job["state"] == "ended").count() == 2)
+        })
+        .await;
+    assert_eq!(
+        console.started(),
+        vec![api.clone(), web_2.clone()],
+        "the API's change runs; the newer web change carries the older"
+    );
+    let lane = console.lane("deploy", "production").await;
+    let job = |name: &str| {
+        lane["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|job| job["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(job(&web_1)["state"], "superseded");
+    assert_eq!(job(&web_1)["status"], web_2.as_str());
+}
+
 /// Two replays made at once never share a name, and a replay of a window in which
 /// nothing ran is refused with the reason, queueing nothing.
 #[tokio::test(flavor = "multi_thread")]
@@ -781,10 +875,38 @@ async fn nothing_of_it_answers_without_a_token_or_a_session_with_its_csrf_token(
             console.daemon.log().contains("Reloaded the configuration.")
         })
         .await;
+    let ended_again = ended.clone();
     assert_eq!(lanes(ended).await, 401, "the removed token's session ended");
     assert_eq!(lanes(kept).await, 401);
     let (other, _, _) = sign_in(&client, &console, second).await;
     assert_eq!(lanes(other).await, 200, "the token kept signs in");
+    // Put back, the token signs in again, but what it opened before stays ended.
+    let original = daemon_config.replace(
+        &format!("tokens = [\"{second}\"]"),
+        &format!("tokens = [\"${{GITDISPATCH_API_TOKEN}}\", \"{second}\"]"),
+    );
+    std::fs::write(&console.daemon.config, &original).unwrap();
+    // SAFETY: kill(2) touches no memory of ours.
+    unsafe {
+        libc::kill(console.daemon.pid() as libc::pid_t, libc::SIGHUP);
+    }
+    console
+        .wait_for("the second reload", async |console| {
+            console
+                .daemon
+                .log()
+                .matches("Reloaded the configuration.")
+                .count()
+                == 2
+        })
+        .await;
+    let (fresh, _, _) = sign_in(&client, &console, TOKEN).await;
+    assert_eq!(lanes(fresh).await, 200, "the token is back");
+    assert_eq!(
+        lanes(ended_again).await,
+        401,
+        "a session its removal ended does not come back with it"
+    );
 }
 
 /// The sign-in form's CSRF cookie and token.

@@ -523,6 +523,35 @@ impl Lab {
                 newest.name
             );
         }
+        // A replay does not change which commit a lane deploys last: of each
+        // repository and ref, the last execution to start deploys its newest push.
+        let pushed_of = |queued: &Queued| match &queued.replay_of {
+            Some(original) => self
+                .queued
+                .iter()
+                .find(|known| known.name == *original)
+                .and_then(|known| known.pushed.clone()),
+            None => queued.pushed.clone(),
+        };
+        for ((repository, branch), head) in &self.heads {
+            let wanted = Some((
+                REPOSITORIES[*repository].to_string(),
+                format!("refs/heads/{}", BRANCHES[*branch]),
+            ));
+            let last = runs
+                .iter()
+                .filter(|(what, _, _)| what == "start")
+                .filter_map(|(_, name, _)| self.queued.iter().find(|known| known.name == *name))
+                .rfind(|queued| pushed_of(queued) == wanted);
+            let last_commit = last.and_then(|queued| queued.commit.clone());
+            prop_assert_eq!(
+                last_commit.as_ref(),
+                Some(head),
+                "{:?} ends on another commit than its newest: {:?}",
+                wanted,
+                runs
+            );
+        }
         // No success shown for a commit that no successful execution carried.
         let mut succeeded_commits: HashSet<String> = HashSet::new();
         for queued in &self.queued {
