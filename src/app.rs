@@ -85,7 +85,7 @@ pub enum AppError {
     #[error("{0} needs AWS settings, and none were loaded")]
     NoAwsSettings(&'static str),
     #[error("cannot set up CodeCommit deliveries")]
-    Codecommit(#[from] crate::source::codecommit::https::ClientError),
+    CodeCommit(#[from] crate::source::codecommit::https::ClientError),
     #[error("cannot set up calls to GitHub")]
     Github(#[from] GithubError),
     #[error(transparent)]
@@ -103,11 +103,11 @@ pub enum AppError {
 pub async fn aws_settings(config: &Config) -> Option<SdkConfig> {
     // CodeCommit pushes' commits are read from its API.
     let needed = matches!(config.queue, QueueConfig::Sqs { .. })
-        || matches!(config.executor, ExecutorConfig::Stepfunctions {})
+        || matches!(config.executor, ExecutorConfig::StepFunctions {})
         || config.codecommit.is_some()
         || config.codepipeline.is_some()
         || (needs_ledger(config)
-            && matches!(config.ledger, crate::config::LedgerConfig::Dynamodb { .. }));
+            && matches!(config.ledger, crate::config::LedgerConfig::DynamoDb { .. }));
     if !needed {
         return None;
     }
@@ -262,7 +262,7 @@ pub async fn open_executor(
             .await?;
             Ok(OpenedExecutor::Local(Arc::new(executor)))
         }
-        ExecutorConfig::Stepfunctions {} => {
+        ExecutorConfig::StepFunctions {} => {
             let aws = aws.ok_or(AppError::NoAwsSettings("the Step Functions executor"))?;
             Ok(OpenedExecutor::StepFunctions(Arc::new(
                 StepFunctionsExecutor::new(aws_sdk_sfn::Client::new(aws), state_machines(config)),
@@ -303,7 +303,7 @@ pub struct App {
     planner: Arc<ArcSwap<Planner>>,
     /// The custom action's job calls, when `[codepipeline]` is configured and this
     /// process works.
-    codepipeline: Option<Arc<crate::source::codepipeline::Codepipeline>>,
+    codepipeline: Option<Arc<crate::source::codepipeline::CodePipeline>>,
     /// The listener's state, once made: a reload replaces what it holds.
     state: std::sync::Mutex<Option<Arc<AppState>>>,
 }
@@ -319,7 +319,7 @@ pub async fn open_journal(
         crate::config::LedgerConfig::Sqlite { path } => {
             Arc::new(crate::journal::sqlite::SqliteJournal::open(path)?)
         }
-        crate::config::LedgerConfig::Dynamodb { table } => {
+        crate::config::LedgerConfig::DynamoDb { table } => {
             let aws = aws.ok_or(AppError::NoAwsSettings("the DynamoDB journal"))?;
             let client = aws_sdk_dynamodb::Client::new(aws);
             crate::dynamo::check_table(&client, table)
@@ -355,7 +355,7 @@ pub async fn open_ledger(
         crate::config::LedgerConfig::Sqlite { path } => {
             Arc::new(crate::ledger::sqlite::SqliteLedger::open(path)?)
         }
-        crate::config::LedgerConfig::Dynamodb { table } => {
+        crate::config::LedgerConfig::DynamoDb { table } => {
             let aws = aws.ok_or(AppError::NoAwsSettings("the DynamoDB ledger"))?;
             let ledger = crate::ledger::dynamodb::DynamoLedger::new(
                 aws_sdk_dynamodb::Client::new(aws),
@@ -398,7 +398,7 @@ impl App {
         let codecommit = match &compiled.config.codecommit {
             Some(config) => {
                 let aws = aws.clone().ok_or(AppError::NoAwsSettings("CodeCommit"))?;
-                histories.insert(Source::Codecommit, Arc::new(CodeCommitHistory::new(aws)));
+                histories.insert(Source::CodeCommit, Arc::new(CodeCommitHistory::new(aws)));
                 Some(Arc::new(CodeCommitSource::new(config)?))
             }
             None => None,
@@ -437,7 +437,7 @@ impl App {
                     version = %config.version,
                     "Serving a CodePipeline custom action."
                 );
-                Some(Arc::new(crate::source::codepipeline::Codepipeline::new(
+                Some(Arc::new(crate::source::codepipeline::CodePipeline::new(
                     aws_sdk_codepipeline::Client::new(&aws),
                     config,
                 )))
@@ -587,7 +587,7 @@ impl App {
         let config = &self.compiled.config;
         let mut max_commits = HashMap::from([(Source::Github, config.github.max_expanded_commits)]);
         if let Some(codecommit) = &config.codecommit {
-            max_commits.insert(Source::Codecommit, codecommit.max_commits);
+            max_commits.insert(Source::CodeCommit, codecommit.max_commits);
         }
         Some(Arc::new(
             Worker::new(

@@ -62,7 +62,7 @@ pub enum CliError {
     #[error(transparent)]
     GithubSetup(#[from] crate::github::SetupError),
     #[error("GitHub refused")]
-    Github(#[from] crate::github::ApiError),
+    Github(#[from] crate::github::CallError),
     #[error("reconcile failed")]
     Reconcile(#[from] crate::reconcile::ReconcileError),
 }

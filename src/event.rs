@@ -12,27 +12,27 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Github,
-    Codecommit,
+    CodeCommit,
     Manual,
-    Codepipeline,
+    CodePipeline,
 }
 
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Github => "github",
-            Source::Codecommit => "codecommit",
+            Source::CodeCommit => "codecommit",
             Source::Manual => "manual",
-            Source::Codepipeline => "codepipeline",
+            Source::CodePipeline => "codepipeline",
         }
     }
 
     pub fn parse(text: &str) -> Option<Source> {
         match text {
             "github" => Some(Source::Github),
-            "codecommit" => Some(Source::Codecommit),
+            "codecommit" => Some(Source::CodeCommit),
             "manual" => Some(Source::Manual),
-            "codepipeline" => Some(Source::Codepipeline),
+            "codepipeline" => Some(Source::CodePipeline),
             _ => None,
         }
     }

@@ -52,7 +52,7 @@ pub enum SetupError {
 
 /// Why a call did not give what was asked.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum CallError {
     /// GitHub is failing, limiting us or unreachable: try again, not before
     /// `retry_after` when it said so.
     #[error("{message}")]
@@ -75,9 +75,9 @@ pub enum ApiError {
     },
 }
 
-impl ApiError {
-    fn retryable(message: impl Into<String>, retry_after: Option<Duration>) -> ApiError {
-        ApiError::Retryable {
+impl CallError {
+    fn retryable(message: impl Into<String>, retry_after: Option<Duration>) -> CallError {
+        CallError::Retryable {
             message: message.into(),
             retry_after,
             source: None,
@@ -86,7 +86,7 @@ impl ApiError {
 
     /// The HTTP status GitHub answered, when the error is a refusal of its own.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ApiError::Permanent { message, .. } if message.contains(" 404 "))
+        matches!(self, CallError::Permanent { message, .. } if message.contains(" 404 "))
     }
 }
 
@@ -116,8 +116,8 @@ pub struct Answer {
 
 impl Answer {
     /// The body, read as GitHub documents it.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, ApiError> {
-        serde_json::from_str(&self.body).map_err(|error| ApiError::Retryable {
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, CallError> {
+        serde_json::from_str(&self.body).map_err(|error| CallError::Retryable {
             message: format!("{what}: GitHub's answer is not what it documents"),
             retry_after: None,
             source: Some(Box::new(error)),
@@ -241,10 +241,10 @@ impl GithubClient {
     }
 
     /// Refuses at once while GitHub asked us to wait.
-    fn check_paused(&self) -> Result<(), ApiError> {
+    fn check_paused(&self) -> Result<(), CallError> {
         let paused = self.paused_until.lock().expect("pause lock");
         match *paused {
-            Some(until) if until > Instant::now() => Err(ApiError::Busy {
+            Some(until) if until > Instant::now() => Err(CallError::Busy {
                 retry_after: until - Instant::now(),
             }),
             _ => Ok(()),
@@ -260,8 +260,8 @@ impl GithubClient {
     }
 
     /// Takes one write from the rate limit, or says how long to wait for it.
-    fn take_write(&self) -> Result<(), ApiError> {
-        self.writes.check().map_err(|not_until| ApiError::Busy {
+    fn take_write(&self) -> Result<(), CallError> {
+        self.writes.check().map_err(|not_until| CallError::Busy {
             retry_after: not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             )),
@@ -269,13 +269,13 @@ impl GithubClient {
     }
 
     /// The client that may act on `repository` (`owner/name`).
-    pub async fn for_repository(&self, repository: &str) -> Result<RepositoryClient, ApiError> {
+    pub async fn for_repository(&self, repository: &str) -> Result<RepositoryClient, CallError> {
         let valid = repository.split('/').count() == 2
             && repository
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || b"-_./".contains(&byte));
         if !valid {
-            return Err(ApiError::Permanent {
+            return Err(CallError::Permanent {
                 message: format!("{repository:?} is not a GitHub repository name"),
                 source: None,
             });
@@ -288,13 +288,16 @@ impl GithubClient {
     }
 
     /// The client that may act on an organisation's own resources (its hooks).
-    pub async fn for_organization(&self, organization: &str) -> Result<RepositoryClient, ApiError> {
+    pub async fn for_organization(
+        &self,
+        organization: &str,
+    ) -> Result<RepositoryClient, CallError> {
         if organization.is_empty()
             || !organization
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
         {
-            return Err(ApiError::Permanent {
+            return Err(CallError::Permanent {
                 message: format!("{organization:?} is not a GitHub organisation name"),
                 source: None,
             });
@@ -312,7 +315,7 @@ impl GithubClient {
         &self,
         key: &str,
         lookup: &str,
-    ) -> Result<RepositoryClient, ApiError> {
+    ) -> Result<RepositoryClient, CallError> {
         match &self.auth {
             Auth::Token(client) => Ok(client.clone()),
             Auth::App {
@@ -345,7 +348,7 @@ impl GithubClient {
                     return Ok(client.clone());
                 }
                 let client = Arc::new(app.installation(InstallationId(id)).map_err(|error| {
-                    ApiError::Permanent {
+                    CallError::Permanent {
                         message: format!("cannot act as installation {id}"),
                         source: Some(Box::new(error)),
                     }
@@ -357,7 +360,7 @@ impl GithubClient {
     }
 
     /// A read.
-    pub async fn get(&self, client: &Octocrab, path: &str) -> Result<Answer, ApiError> {
+    pub async fn get(&self, client: &Octocrab, path: &str) -> Result<Answer, CallError> {
         self.call(client, "GET", path, None).await
     }
 
@@ -368,7 +371,7 @@ impl GithubClient {
         method: &str,
         path: &str,
         body: &Value,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, CallError> {
         self.take_write()?;
         self.call(client, method, path, Some(body)).await
     }
@@ -389,7 +392,7 @@ impl GithubClient {
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, CallError> {
         self.check_paused()?;
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let sent = match method {
@@ -398,7 +401,7 @@ impl GithubClient {
             "PATCH" => client._patch(path, body).await,
             other => unreachable!("no {other} call is made"),
         };
-        let response = sent.map_err(|error| ApiError::Retryable {
+        let response = sent.map_err(|error| CallError::Retryable {
             message: format!("{what} failed"),
             retry_after: None,
             source: Some(Box::new(error)),
@@ -408,7 +411,7 @@ impl GithubClient {
         let body = client
             .body_to_string(response)
             .await
-            .map_err(|error| ApiError::Retryable {
+            .map_err(|error| CallError::Retryable {
                 message: format!("{what}: reading the answer failed"),
                 retry_after: None,
                 source: Some(Box::new(error)),
@@ -428,13 +431,13 @@ impl GithubClient {
         let shown = format!("{what}: GitHub answered {status}: {}", cut(&message, 200));
         if let Some(wait) = rate_limit_wait(&answer, &message) {
             self.pause(wait);
-            return Err(ApiError::retryable(shown, Some(wait)));
+            return Err(CallError::retryable(shown, Some(wait)));
         }
         if status.is_server_error() || status == StatusCode::UNAUTHORIZED {
             // A failing service, or credentials an operator can renew.
-            return Err(ApiError::retryable(shown, None));
+            return Err(CallError::retryable(shown, None));
         }
-        Err(ApiError::Permanent {
+        Err(CallError::Permanent {
             message: shown,
             source: None,
         })

@@ -42,7 +42,7 @@ pub fn supersedes(newer: &LaneJob, older: &LaneJob) -> bool {
     let pushed = |job: &LaneJob| {
         job.replay_of.is_none()
             && job.action == Action::Deploy.as_str()
-            && (job.source == Source::Github.as_str() || job.source == Source::Codecommit.as_str())
+            && (job.source == Source::Github.as_str() || job.source == Source::CodeCommit.as_str())
     };
     newer.lane == older.lane
         && newer.name != older.name
@@ -61,7 +61,7 @@ pub fn supersedes(newer: &LaneJob, older: &LaneJob) -> bool {
 pub fn overwrites(newer: &LaneJob, older: &LaneJob) -> bool {
     let pushed = |job: &LaneJob| {
         job.action == Action::Deploy.as_str()
-            && (job.source == Source::Github.as_str() || job.source == Source::Codecommit.as_str())
+            && (job.source == Source::Github.as_str() || job.source == Source::CodeCommit.as_str())
     };
     newer.lane == older.lane
         && newer.name != older.name

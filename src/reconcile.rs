@@ -21,7 +21,7 @@ use crate::config::ReconcileConfig;
 use crate::error::Chain;
 use crate::event::{CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, RefName, Source};
 use crate::execution::name::ExecutionName;
-use crate::github::{ApiError, GithubClient};
+use crate::github::{CallError, GithubClient};
 use crate::ledger::{Claimant, Ledger, LedgerError, claims_of};
 use crate::plan::{PlanError, Planner};
 use crate::source::github::history::GithubHistory;
@@ -33,7 +33,7 @@ const PER_PAGE: usize = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("GitHub refused")]
-    Github(#[from] ApiError),
+    Github(#[from] CallError),
     #[error("cannot read a branch's commits")]
     History(#[from] HistoryError),
     #[error(transparent)]

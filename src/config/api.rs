@@ -73,7 +73,7 @@ pub enum LedgerConfig {
         path: PathBuf,
     },
     /// A DynamoDB table (hash key `pk`, a string): every instance on AWS.
-    Dynamodb { table: String },
+    DynamoDb { table: String },
 }
 
 fn default_ledger_path() -> PathBuf {
@@ -90,7 +90,7 @@ impl Default for LedgerConfig {
 
 impl LedgerConfig {
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
-        if let LedgerConfig::Dynamodb { table } = self
+        if let LedgerConfig::DynamoDb { table } = self
             && table.is_empty()
         {
             problems.push(Problem::new("ledger.table", "is empty"));

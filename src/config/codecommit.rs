@@ -11,7 +11,7 @@ use super::Problem;
 /// `[codecommit]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CodecommitConfig {
+pub struct CodeCommitConfig {
     /// SNS topics whose notifications are taken; others are refused (403).
     #[serde(default)]
     pub topic_arns: Vec<String>,
@@ -82,7 +82,7 @@ fn check_certificate_host(entry: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl CodecommitConfig {
+impl CodeCommitConfig {
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
         super::server::check_networks(
             "codecommit.allowed_networks",

@@ -7,7 +7,7 @@ use super::Problem;
 /// `[codepipeline]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CodepipelineConfig {
+pub struct CodePipelineConfig {
     /// The custom action type's category: Source, Build, Deploy, Test, Invoke,
     /// Approval or Compute.
     #[serde(default = "default_category")]
@@ -66,7 +66,7 @@ const CATEGORIES: [&str; 7] = [
     "Source", "Build", "Deploy", "Test", "Invoke", "Approval", "Compute",
 ];
 
-impl CodepipelineConfig {
+impl CodePipelineConfig {
     pub(super) fn validate(&self, configured: &[String], problems: &mut Vec<Problem>) {
         for (index, name) in self.pipelines.iter().enumerate() {
             if !configured.contains(name) {

@@ -26,7 +26,7 @@ pub enum ExecutorConfig {
         details_url: Option<String>,
     },
     /// AWS Step Functions: each pipeline's `state_machine_arn` (standard workflows).
-    Stepfunctions {},
+    StepFunctions {},
 }
 
 fn default_log_dir() -> PathBuf {
@@ -56,7 +56,7 @@ impl ExecutorConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             ExecutorConfig::Local { .. } => "local",
-            ExecutorConfig::Stepfunctions {} => "stepfunctions",
+            ExecutorConfig::StepFunctions {} => "stepfunctions",
         }
     }
 }

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use api::{ApiConfig, HistoryConfig, LedgerConfig};
-pub use codecommit::CodecommitConfig;
-pub use codepipeline::CodepipelineConfig;
+pub use codecommit::CodeCommitConfig;
+pub use codepipeline::CodePipelineConfig;
 pub use executor::ExecutorConfig;
 pub use github::{
     GithubConfig, HookConfig, MAX_LOOK_BACK_SECS, ReconcileConfig, RedeliverConfig,
@@ -107,9 +107,9 @@ pub struct Config {
     #[serde(default)]
     pub github: GithubConfig,
     #[serde(default)]
-    pub codecommit: Option<CodecommitConfig>,
+    pub codecommit: Option<CodeCommitConfig>,
     #[serde(default)]
-    pub codepipeline: Option<CodepipelineConfig>,
+    pub codepipeline: Option<CodePipelineConfig>,
     #[serde(default)]
     pub queue: QueueConfig,
     #[serde(default)]

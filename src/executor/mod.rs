@@ -11,7 +11,7 @@ use crate::error::BoxError;
 pub fn check(config: &Config) -> Vec<Problem> {
     match &config.executor {
         ExecutorConfig::Local { .. } => local::check(config),
-        ExecutorConfig::Stepfunctions {} => stepfunctions::check(config),
+        ExecutorConfig::StepFunctions {} => stepfunctions::check(config),
     }
 }
 

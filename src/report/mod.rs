@@ -64,11 +64,11 @@ impl ReportError {
     }
 }
 
-impl From<crate::github::ApiError> for ReportError {
-    fn from(error: crate::github::ApiError) -> ReportError {
-        use crate::github::ApiError;
+impl From<crate::github::CallError> for ReportError {
+    fn from(error: crate::github::CallError) -> ReportError {
+        use crate::github::CallError;
         match error {
-            ApiError::Retryable {
+            CallError::Retryable {
                 message,
                 retry_after,
                 source,
@@ -77,8 +77,8 @@ impl From<crate::github::ApiError> for ReportError {
                 retry_after,
                 source,
             },
-            ApiError::Busy { retry_after } => ReportError::Busy { retry_after },
-            ApiError::Permanent { message, source } => ReportError::Permanent { message, source },
+            CallError::Busy { retry_after } => ReportError::Busy { retry_after },
+            CallError::Permanent { message, source } => ReportError::Permanent { message, source },
         }
     }
 }

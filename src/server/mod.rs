@@ -118,7 +118,7 @@ pub struct SurfaceNetworks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Surface {
     Github,
-    Codecommit,
+    CodeCommit,
     Operator,
 }
 
@@ -126,7 +126,7 @@ impl Surface {
     fn of(path: &str) -> Surface {
         match path {
             "/webhooks/github" => Surface::Github,
-            "/webhooks/codecommit" => Surface::Codecommit,
+            "/webhooks/codecommit" => Surface::CodeCommit,
             _ => Surface::Operator,
         }
     }
@@ -135,7 +135,7 @@ impl Surface {
     fn label(self) -> &'static str {
         match self {
             Surface::Github => "github",
-            Surface::Codecommit => "codecommit",
+            Surface::CodeCommit => "codecommit",
             Surface::Operator => "manual",
         }
     }
@@ -143,7 +143,7 @@ impl Surface {
     fn networks(self, networks: &SurfaceNetworks) -> &[IpNet] {
         match self {
             Surface::Github => &networks.github,
-            Surface::Codecommit => &networks.codecommit,
+            Surface::CodeCommit => &networks.codecommit,
             Surface::Operator => &networks.operator,
         }
     }

@@ -19,7 +19,7 @@ use aws_sdk_codepipeline::types::{
 };
 use serde_json::{Map, Value};
 
-use crate::config::CodepipelineConfig;
+use crate::config::CodePipelineConfig;
 use crate::error::BoxError;
 use crate::event::{CommitSha, Event, EventKind, Occurrence, PipelineJob, Source};
 
@@ -29,7 +29,7 @@ const MAX_SUMMARY: usize = 2048;
 const MAX_FAILURE_MESSAGE: usize = 5000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CodepipelineError {
+pub enum CodePipelineError {
     /// Throttling, a 5xx, a network failure: try again later.
     #[error("{message}")]
     Retryable {
@@ -49,18 +49,18 @@ pub enum CodepipelineError {
     NotInProgress { message: String },
 }
 
-fn classify<E>(what: &str, error: aws_sdk_codepipeline::error::SdkError<E>) -> CodepipelineError
+fn classify<E>(what: &str, error: aws_sdk_codepipeline::error::SdkError<E>) -> CodePipelineError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = error.code().unwrap_or_default().to_string();
     let message = || format!("{what}: {code}: {}", error.message().unwrap_or_default());
     match code.as_str() {
-        "InvalidJobStateException" => CodepipelineError::NotInProgress { message: message() },
+        "InvalidJobStateException" => CodePipelineError::NotInProgress { message: message() },
         "JobNotFoundException" | "InvalidNonceException" => {
-            CodepipelineError::Gone { message: message() }
+            CodePipelineError::Gone { message: message() }
         }
-        _ => CodepipelineError::Retryable {
+        _ => CodePipelineError::Retryable {
             message: format!("{what} failed"),
             source: Some(Box::new(error)),
         },
@@ -186,7 +186,7 @@ fn trigger(
     }
     let mut event =
         super::manual::decode_fields(body, Some(id)).map_err(|error| error.to_string())?;
-    event.source = Source::Codepipeline;
+    event.source = Source::CodePipeline;
     // The job id names the execution: a job polled twice, or by two workers, plans
     // the same name.
     event.occurrence = Occurrence::from_parts(&["codepipeline", id]);
@@ -197,14 +197,14 @@ fn trigger(
 }
 
 /// The custom action's job calls.
-pub struct Codepipeline {
+pub struct CodePipeline {
     client: Client,
     action: ActionTypeId,
     batch: i32,
 }
 
-impl Codepipeline {
-    pub fn new(client: Client, config: &CodepipelineConfig) -> Codepipeline {
+impl CodePipeline {
+    pub fn new(client: Client, config: &CodePipelineConfig) -> CodePipeline {
         let action = ActionTypeId::builder()
             .category(ActionCategory::from(config.category.as_str()))
             .owner(ActionOwner::Custom)
@@ -212,7 +212,7 @@ impl Codepipeline {
             .version(&config.version)
             .build()
             .expect("category, owner, provider and version are all set");
-        Codepipeline {
+        CodePipeline {
             client,
             action,
             batch: config.max_batch_size,
@@ -220,7 +220,7 @@ impl Codepipeline {
     }
 
     /// The jobs waiting for the action type (none when there are none).
-    pub async fn poll(&self) -> Result<Vec<PolledJob>, CodepipelineError> {
+    pub async fn poll(&self) -> Result<Vec<PolledJob>, CodePipelineError> {
         let output = self
             .client
             .poll_for_jobs()
@@ -240,7 +240,7 @@ impl Codepipeline {
         &self,
         pipeline: &str,
         artifact: &str,
-    ) -> Result<Option<(String, String)>, CodepipelineError> {
+    ) -> Result<Option<(String, String)>, CodePipelineError> {
         let output = self
             .client
             .get_pipeline()
@@ -274,7 +274,7 @@ impl Codepipeline {
     }
 
     /// Takes a job for this worker; `Gone` when another worker took it first.
-    pub async fn acknowledge(&self, job: &PolledJob) -> Result<(), CodepipelineError> {
+    pub async fn acknowledge(&self, job: &PolledJob) -> Result<(), CodePipelineError> {
         self.client
             .acknowledge_job()
             .job_id(&job.id)
@@ -293,7 +293,7 @@ impl Codepipeline {
         summary: &str,
         external_id: Option<&str>,
         continuation: Option<&str>,
-    ) -> Result<(), CodepipelineError> {
+    ) -> Result<(), CodePipelineError> {
         let details = ExecutionDetails::builder()
             .summary(crate::text::one_line(summary, MAX_SUMMARY))
             .set_external_execution_id(external_id.map(str::to_string))
@@ -317,7 +317,7 @@ impl Codepipeline {
         kind: FailureType,
         message: &str,
         external_id: Option<&str>,
-    ) -> Result<(), CodepipelineError> {
+    ) -> Result<(), CodePipelineError> {
         let details = FailureDetails::builder()
             .r#type(kind)
             .message(crate::text::one_line(message, MAX_FAILURE_MESSAGE))
@@ -388,7 +388,7 @@ mod tests {
         let Polled::Start { event } = polled.polled else {
             panic!("a start: {polled:?}");
         };
-        assert_eq!(event.source, Source::Codepipeline);
+        assert_eq!(event.source, Source::CodePipeline);
         let EventKind::Manual(manual) = &event.kind else {
             panic!("a trigger");
         };

@@ -29,14 +29,14 @@ use crate::job::Job;
 use crate::journal::{DeliveryRecord, JobState};
 use crate::queue::enqueue;
 use crate::retry::backoff;
-use crate::source::codepipeline::{Codepipeline, CodepipelineError, Polled, PolledJob};
+use crate::source::codepipeline::{CodePipeline, CodePipelineError, Polled, PolledJob};
 
 /// The longest wait between two looks at a followed execution.
 const MAX_FOLLOW_DELAY: Duration = Duration::from_secs(60);
 
 /// What the worker needs to serve a custom action.
 pub struct Following {
-    pub codepipeline: Arc<Codepipeline>,
+    pub codepipeline: Arc<CodePipeline>,
     pub poll_interval: Duration,
     pub continue_after: Duration,
     pub start_timeout: Duration,
@@ -113,7 +113,7 @@ impl Worker {
         match following.codepipeline.acknowledge(&job).await {
             Ok(()) => {}
             Err(
-                CodepipelineError::Gone { message } | CodepipelineError::NotInProgress { message },
+                CodePipelineError::Gone { message } | CodePipelineError::NotInProgress { message },
             ) => {
                 tracing::info!(%message, "Another worker took the CodePipeline job.");
                 return;
@@ -359,11 +359,11 @@ impl Worker {
                 self.mark_result(&follow.job_id).await;
                 Settle::Ack
             }
-            Err(CodepipelineError::Gone { message }) => {
+            Err(CodePipelineError::Gone { message }) => {
                 tracing::info!(job = %follow.job_id, %message, "The CodePipeline job is gone.");
                 Settle::Ack
             }
-            Err(CodepipelineError::NotInProgress { message }) => {
+            Err(CodePipelineError::NotInProgress { message }) => {
                 // Either another follow of the job gave its result (it says so in the
                 // ledger), or the job is not acknowledged yet: its acknowledgement was
                 // lost and CodePipeline offers it again, to be taken and followed.

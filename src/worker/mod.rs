@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::config::WorkerConfig;
 use crate::error::Chain;
 use crate::event::Source;
@@ -132,28 +133,6 @@ impl Default for WorkerMetrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.01, 4.0, 12),
             ),
         }
-    }
-}
-
-/// Wall-clock milliseconds, read from tokio's clock after a wall-clock start, so that
-/// tests with paused time see due times move with it.
-struct Clock {
-    wall_base_ms: i64,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            wall_base_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_millis() as i64),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> i64 {
-        self.wall_base_ms + self.start.elapsed().as_millis() as i64
     }
 }
 

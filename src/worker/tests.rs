@@ -423,7 +423,7 @@ impl crate::source::CommitHistory for ScriptedHistory {
 
 fn expansion_of(after: u32) -> crate::execution::Expansion {
     crate::execution::Expansion {
-        source: Source::Codecommit,
+        source: Source::CodeCommit,
         delivery: DeliveryId::parse("delivery-e").unwrap(),
         occurrence: Occurrence::from_parts(&["expand", &after.to_string()]),
         repository: "us-east-1/demo".to_string(),
@@ -445,7 +445,7 @@ async fn expanding_harness(
     let config = Config::from_toml_str(text, &|_| None).unwrap();
     let mut histories: HashMap<Source, Arc<dyn crate::source::CommitHistory>> = HashMap::new();
     if let Some(history) = history {
-        histories.insert(Source::Codecommit, history);
+        histories.insert(Source::CodeCommit, history);
     }
     harness.worker = Arc::new(
         Worker::new(
@@ -459,7 +459,7 @@ async fn expanding_harness(
                 Planner::new(&config).unwrap(),
             )),
             histories,
-            HashMap::from([(Source::Codecommit, max_commits)]),
+            HashMap::from([(Source::CodeCommit, max_commits)]),
         ),
     );
     harness

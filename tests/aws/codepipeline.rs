@@ -10,7 +10,7 @@ use crate::common;
 use std::time::Duration;
 
 use aws_sdk_sfn::types::ExecutionStatus;
-use common::codepipeline::FakeCodepipeline;
+use common::codepipeline::FakeCodePipeline;
 use common::daemon::Daemon;
 use common::{aws, moto};
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ const FAIL: &str = r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Fail"
 const SLOW: &str = r#"{"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 6, "Next": "Deploy"}, "Deploy": {"Type": "Pass", "End": true}}}"#;
 
 struct Setup {
-    fake: FakeCodepipeline,
+    fake: FakeCodePipeline,
     sfn: aws_sdk_sfn::Client,
     /// The state machine of the `deploy` pipeline, and of `broken`.
     deploy: String,
@@ -51,7 +51,7 @@ async fn setup(deploy_definition: &str, continue_after_secs: u64) -> Setup {
     let (queue, _dead) = moto::create_queue(&sqs, true, Duration::from_secs(3), 5).await;
     let deploy = state_machine(&sfn, deploy_definition).await;
     let broken = state_machine(&sfn, FAIL).await;
-    let fake = FakeCodepipeline::start().await;
+    let fake = FakeCodePipeline::start().await;
     let text = format!(
         r#"
 [server]

@@ -50,7 +50,7 @@ struct State {
 }
 
 #[derive(Clone)]
-pub struct FakeCodepipeline {
+pub struct FakeCodePipeline {
     state: Arc<Mutex<State>>,
     pub server: Arc<MockServer>,
 }
@@ -210,15 +210,15 @@ fn release_pipeline() -> Value {
     })
 }
 
-impl FakeCodepipeline {
-    pub async fn start() -> FakeCodepipeline {
+impl FakeCodePipeline {
+    pub async fn start() -> FakeCodePipeline {
         let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State::default()));
         Mock::given(wiremock::matchers::method("POST"))
             .respond_with(Responder(state.clone()))
             .mount(&server)
             .await;
-        FakeCodepipeline {
+        FakeCodePipeline {
             state,
             server: Arc::new(server),
         }

@@ -391,7 +391,7 @@ fn a_push_that_lists_no_commits_is_planned_once_they_are_fetched() {
         push.before = sha(1);
         push.after = sha(9);
         edit(push);
-        event.source = Source::Codecommit;
+        event.source = Source::CodeCommit;
         event
     };
     let moved = unlisted(&|_| {});
@@ -408,7 +408,7 @@ fn a_push_that_lists_no_commits_is_planned_once_they_are_fetched() {
     assert_eq!(expansion.git_ref.as_str(), "refs/heads/main");
     assert_eq!(expansion.repository, "acme/project-api-v2");
     assert_eq!(expansion.occurrence, moved.occurrence);
-    assert_eq!(expansion.source, Source::Codecommit);
+    assert_eq!(expansion.source, Source::CodeCommit);
     assert!(!expansion.paths, "no route or project filters by path");
 
     // A GitHub push that may not list every commit is expanded only when GitHub can be

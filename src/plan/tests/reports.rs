@@ -126,7 +126,7 @@ fn a_pull_request_preview_is_a_deployment_and_other_sources_are_not_reported() {
 
     // CodeCommit is not reported to (there is nowhere to report to).
     let mut event = push("refs/heads/main", vec![commit(2, "x", &["src/a.rs"])]);
-    event.source = Source::Codecommit;
+    event.source = Source::CodeCommit;
     let plan = planner.plan(&event).unwrap();
     assert!(!plan.requests.is_empty());
     assert!(plan.requests.iter().all(|request| request.report.is_none()));

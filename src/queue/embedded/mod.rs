@@ -14,13 +14,14 @@ mod writer;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Capabilities, Message, Queue, QueueError, Receipt, Received};
+use crate::clock::Clock;
 use crate::config::{Config, Problem, QueueConfig};
 use store::open_connection;
 use writer::{Command, Reply, WriterHealth, writer};
@@ -74,36 +75,6 @@ pub struct DeadLetter {
 }
 
 pub use super::Depth;
-
-/// Wall-clock milliseconds that follow tokio's clock, so that tests with paused time
-/// move the queue's clock too.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    wall_base_ms: i64,
-    instant_base: Instant,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
-        Clock {
-            wall_base_ms: wall,
-            instant_base: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> i64 {
-        self.wall_base_ms + self.instant_base.elapsed().as_millis() as i64
-    }
-
-    fn instant_at(&self, ms: i64) -> Instant {
-        let offset = (ms - self.wall_base_ms).max(0) as u64;
-        self.instant_base + Duration::from_millis(offset)
-    }
-}
 
 fn millis(duration: Duration) -> i64 {
     duration.as_millis().min(i64::MAX as u128) as i64

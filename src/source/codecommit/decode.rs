@@ -206,7 +206,7 @@ fn reference_event(
         time,
     ]);
     Ok(Decoded::Events(vec![Event {
-        source: Source::Codecommit,
+        source: Source::CodeCommit,
         delivery,
         occurrence,
         repository,
@@ -293,7 +293,7 @@ fn pull_request_event(
         &updated,
     ]);
     Ok(Decoded::Events(vec![Event {
-        source: Source::Codecommit,
+        source: Source::CodeCommit,
         delivery,
         occurrence,
         repository,
@@ -338,7 +338,7 @@ fn triggers_to_events(
                 &record.event_time,
             ]);
             events.push(Event {
-                source: Source::Codecommit,
+                source: Source::CodeCommit,
                 delivery: delivery.clone(),
                 occurrence,
                 repository: repository.clone(),

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::SourceError;
-use crate::config::CodecommitConfig;
+use crate::config::CodeCommitConfig;
 use crate::event::DeliveryId;
 pub use decode::Decoded;
 use sns::{SnsMessage, SnsVerifier};
@@ -38,7 +38,7 @@ pub enum Verified<'a> {
 }
 
 impl CodeCommitSource {
-    pub fn new(config: &CodecommitConfig) -> Result<CodeCommitSource, https::ClientError> {
+    pub fn new(config: &CodeCommitConfig) -> Result<CodeCommitSource, https::ClientError> {
         Ok(CodeCommitSource {
             api_keys: config.api_keys.clone(),
             api_key_header: HeaderName::from_bytes(config.api_key_header.as_bytes())

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::https::{ClientError, FetchError, HttpsClient};
 
-use crate::config::CodecommitConfig;
+use crate::config::CodeCommitConfig;
 use crate::source::SourceError;
 
 /// Certificates kept at most; SNS signs with a few at a time.
@@ -203,7 +203,7 @@ pub fn sns_url_allowed(url: &Uri, extra: &[String]) -> Result<(), &'static str> 
 }
 
 impl SnsVerifier {
-    pub fn new(config: &CodecommitConfig) -> Result<SnsVerifier, ClientError> {
+    pub fn new(config: &CodeCommitConfig) -> Result<SnsVerifier, ClientError> {
         Ok(SnsVerifier {
             topics: config.topic_arns.clone(),
             hosts: config

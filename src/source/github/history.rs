@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::event::{Commit, CommitSha};
-use crate::github::{ApiError, GithubClient, RepositoryClient};
+use crate::github::{CallError, GithubClient, RepositoryClient};
 use crate::source::{CommitHistory, HistoryError, Walk, WalkEnd};
 
 /// Commits per page of the compare API (its maximum).
@@ -33,7 +33,7 @@ impl GithubHistory {
         before: &CommitSha,
         after: &CommitSha,
         page: usize,
-    ) -> Result<Compare, ApiError> {
+    ) -> Result<Compare, CallError> {
         self.client
             .get(
                 client,
@@ -51,7 +51,7 @@ impl GithubHistory {
         client: &RepositoryClient,
         repository: &str,
         sha: &str,
-    ) -> Result<CompareCommit, ApiError> {
+    ) -> Result<CompareCommit, CallError> {
         self.client
             .get(client, &format!("/repos/{repository}/commits/{sha}"))
             .await?
@@ -59,16 +59,16 @@ impl GithubHistory {
     }
 }
 
-fn history_error(error: ApiError) -> HistoryError {
+fn history_error(error: CallError) -> HistoryError {
     match error {
-        ApiError::Retryable {
+        CallError::Retryable {
             message, source, ..
         } => HistoryError::Retryable { message, source },
-        ApiError::Busy { .. } => HistoryError::Retryable {
+        CallError::Busy { .. } => HistoryError::Retryable {
             message: error.to_string(),
             source: None,
         },
-        ApiError::Permanent { message, source } => HistoryError::Permanent { message, source },
+        CallError::Permanent { message, source } => HistoryError::Permanent { message, source },
     }
 }
 

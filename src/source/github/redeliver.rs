@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::HookConfig;
-use crate::github::{ApiError, GithubClient, RepositoryClient};
+use crate::github::{CallError, GithubClient, RepositoryClient};
 
 /// Deliveries per page (GitHub's maximum).
 const PER_PAGE: usize = 100;
@@ -78,9 +78,9 @@ fn retry_can_mend(status_code: u16) -> bool {
 async fn client_for(
     client: &GithubClient,
     hook: &HookConfig,
-) -> Result<RepositoryClient, ApiError> {
+) -> Result<RepositoryClient, CallError> {
     if hook.app {
-        return client.app().ok_or_else(|| ApiError::Permanent {
+        return client.app().ok_or_else(|| CallError::Permanent {
             message: "the App's hook is read as the App: set github.app_id".into(),
             source: None,
         });
@@ -88,7 +88,7 @@ async fn client_for(
     match (&hook.repository, &hook.organization) {
         (Some(repository), _) => client.for_repository(repository).await,
         (None, Some(organization)) => client.for_organization(organization).await,
-        (None, None) => Err(ApiError::Permanent {
+        (None, None) => Err(CallError::Permanent {
             message: "a hook names neither a repository nor an organisation".into(),
             source: None,
         }),
@@ -102,7 +102,7 @@ pub async fn redeliver_failed(
     hooks: &[HookConfig],
     since: SystemTime,
     dry_run: bool,
-) -> Result<Vec<Redelivery>, ApiError> {
+) -> Result<Vec<Redelivery>, CallError> {
     let mut found = Vec::new();
     for hook in hooks {
         let Some(path) = hook.deliveries_path() else {
