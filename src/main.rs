@@ -231,186 +231,104 @@ fn main() -> ExitCode {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
-    let (config, planner) = (&compiled.config, &compiled.planner);
-    match args.command {
-        Command::CheckConfig => {
-            println!("{} is valid", args.config.display());
-            if let Some(warning) = config.exposed_secrets(&args.config) {
-                println!("warning: {warning}");
-            }
-            for deprecation in config.deprecations() {
-                println!("warning: {deprecation}");
-            }
-            print!("{}", cli::summary(config, planner));
-            match runtime().block_on(cli::check_queue(config)) {
-                Ok(lines) => {
-                    for line in lines {
-                        println!("{line}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(error) => finish(Err(error)),
-            }
-        }
-        Command::Plan {
-            event,
-            payload,
-            delivery,
-            explain,
-        } => {
-            let result = cli::plan(
-                planner,
+    args.command.run(compiled, &args.config)
+}
+
+impl Command {
+    /// Runs the command: one function each.
+    fn run(self, compiled: Compiled, path: &std::path::Path) -> ExitCode {
+        let config = &compiled.config;
+        match self {
+            Command::CheckConfig => check_config(&compiled, path),
+            Command::Plan {
+                event,
+                payload,
+                delivery,
+                explain,
+            } => finish(cli::plan(
+                &compiled.planner,
                 event,
                 &payload,
                 &delivery,
                 explain,
                 &mut std::io::stdout().lock(),
                 &mut std::io::stderr().lock(),
-            );
-            finish(result)
-        }
-        Command::Send {
-            event,
-            payload,
-            url,
-            delivery,
-        } => {
-            let runtime = runtime();
-            match runtime.block_on(cli::send(
-                config,
+            )),
+            Command::Send {
                 event,
-                &payload,
-                url.as_deref(),
-                delivery.as_deref(),
-            )) {
-                Ok((status, body)) => {
-                    println!("{status} {body}");
-                    if (200..300).contains(&status) {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(error) => finish(Err(error)),
+                payload,
+                url,
+                delivery,
+            } => send(config, event, &payload, url, delivery),
+            Command::Serve => serve(compiled, Role::Serve, path),
+            Command::Listen => serve(compiled, Role::Listen, path),
+            Command::Work => serve(compiled, Role::Work, path),
+            Command::Health { url } => {
+                succeeded(runtime().block_on(cli::health(config, url.as_deref())))
             }
-        }
-        Command::Serve | Command::Listen | Command::Work => {
-            let role = match args.command {
-                Command::Listen => Role::Listen,
-                Command::Work => Role::Work,
-                _ => Role::Serve,
-            };
-            gitdispatch::telemetry::init();
-            if let Some(warning) = config.exposed_secrets(&args.config) {
-                tracing::warn!("{warning}");
-            }
-            for deprecation in config.deprecations() {
-                tracing::warn!("{deprecation}");
-            }
-            let runtime = runtime();
-            let result = runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
-                gitdispatch::daemon::run(compiled, role, shutdown, Some(args.config.clone())).await
-            });
-            finish(result)
-        }
-        Command::Health { url } => match runtime().block_on(cli::health(config, url.as_deref())) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(error) => finish(Err(error)),
-        },
-        Command::Deliveries {
-            repository,
-            since,
-            limit,
-            url,
-        } => operate(
-            config,
-            url,
-            cli::Operate::Deliveries {
+            Command::Deliveries {
                 repository,
                 since,
                 limit,
-            },
-        ),
-        Command::Lanes { url } => operate(config, url, cli::Operate::Lanes),
-        Command::Pause {
-            pipeline,
-            environment,
-            reason,
-            url,
-        } => operate(
-            config,
-            url,
-            cli::Operate::Pause {
+                url,
+            } => operate(
+                config,
+                url,
+                cli::Operate::Deliveries {
+                    repository,
+                    since,
+                    limit,
+                },
+            ),
+            Command::Lanes { url } => operate(config, url, cli::Operate::Lanes),
+            Command::Pause {
                 pipeline,
                 environment,
                 reason,
-            },
-        ),
-        Command::Resume {
-            pipeline,
-            environment,
-            url,
-        } => operate(
-            config,
-            url,
-            cli::Operate::Resume {
+                url,
+            } => operate(
+                config,
+                url,
+                cli::Operate::Pause {
+                    pipeline,
+                    environment,
+                    reason,
+                },
+            ),
+            Command::Resume {
                 pipeline,
                 environment,
-            },
-        ),
-        Command::Replay {
-            pipeline,
-            environment,
-            since,
-            until,
-            failed_only,
-            dry_run,
-            url,
-        } => operate(
-            config,
-            url,
-            cli::Operate::Replay {
+                url,
+            } => operate(
+                config,
+                url,
+                cli::Operate::Resume {
+                    pipeline,
+                    environment,
+                },
+            ),
+            Command::Replay {
                 pipeline,
                 environment,
                 since,
                 until,
                 failed_only,
                 dry_run,
-            },
-        ),
-        Command::Reload { url } => {
-            let Some(token) = api_token() else {
-                return ExitCode::from(2);
-            };
-            match runtime().block_on(cli::reload(
+                url,
+            } => operate(
                 config,
-                url.as_deref(),
-                &token,
-                &mut std::io::stdout().lock(),
-            )) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => finish(Err(error)),
-            }
-        }
-        Command::Trigger {
-            pipeline,
-            environment,
-            branches,
-            skips,
-            commit,
-            idempotency_key,
-            url,
-            wait,
-            timeout,
-        } => {
-            let Some(token) = api_token() else {
-                return ExitCode::from(2);
-            };
-            let args = cli::TriggerArgs {
+                url,
+                cli::Operate::Replay {
+                    pipeline,
+                    environment,
+                    since,
+                    until,
+                    failed_only,
+                    dry_run,
+                },
+            ),
+            Command::Reload { url } => reload(config, url),
+            Command::Trigger {
                 pipeline,
                 environment,
                 branches,
@@ -418,64 +336,163 @@ fn main() -> ExitCode {
                 commit,
                 idempotency_key,
                 url,
-                wait: wait.then_some(timeout),
-            };
-            match runtime().block_on(cli::trigger(
+                wait,
+                timeout,
+            } => trigger(
                 config,
-                &args,
-                &token,
-                &mut std::io::stdout().lock(),
-            )) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => finish(Err(error)),
-            }
-        }
-        Command::Reconcile {
-            dry_run,
-            repository,
-        } => {
-            gitdispatch::telemetry::init();
-            let result = runtime().block_on(cli::reconcile(
-                compiled,
+                cli::TriggerArgs {
+                    pipeline,
+                    environment,
+                    branches,
+                    skips,
+                    commit,
+                    idempotency_key,
+                    url,
+                    wait: wait.then_some(timeout),
+                },
+            ),
+            Command::Reconcile {
                 dry_run,
-                repository.as_deref(),
-                &mut std::io::stdout().lock(),
-            ));
-            finish(result)
-        }
-        Command::Redeliver { since, dry_run } => {
-            let result = runtime().block_on(cli::redeliver(
+                repository,
+            } => {
+                gitdispatch::telemetry::init();
+                finish(runtime().block_on(cli::reconcile(
+                    compiled,
+                    dry_run,
+                    repository.as_deref(),
+                    &mut std::io::stdout().lock(),
+                )))
+            }
+            Command::Redeliver { since, dry_run } => finish(runtime().block_on(cli::redeliver(
                 config,
                 since,
                 dry_run,
                 &mut std::io::stdout().lock(),
-            ));
-            finish(result)
-        }
-        Command::Executions { limit, json } => {
-            let result = runtime().block_on(cli::executions(
+            ))),
+            Command::Executions { limit, json } => finish(runtime().block_on(cli::executions(
                 config,
                 limit,
                 json,
                 &mut std::io::stdout().lock(),
-            ));
-            finish(result)
+            ))),
+            Command::Dlq { command } => dlq(config, command),
         }
-        Command::Dlq { command } => {
-            let result = runtime().block_on(async {
-                match command {
-                    DlqCommand::List => cli::dlq_list(config, &mut std::io::stdout().lock()).await,
-                    DlqCommand::Redrive { seqs } => {
-                        let seqs = (!seqs.is_empty()).then_some(seqs);
-                        let moved = cli::dlq_redrive(config, seqs).await?;
-                        println!("{moved} job(s) put back on the queue");
-                        Ok(())
-                    }
-                }
-            });
-            finish(result)
+    }
+}
+
+/// `check-config`: the file is valid; what it configures, and whether its queue answers.
+fn check_config(compiled: &Compiled, path: &std::path::Path) -> ExitCode {
+    let config = &compiled.config;
+    println!("{} is valid", path.display());
+    if let Some(warning) = config.exposed_secrets(path) {
+        println!("warning: {warning}");
+    }
+    for deprecation in config.deprecations() {
+        println!("warning: {deprecation}");
+    }
+    print!("{}", cli::summary(config, &compiled.planner));
+    match runtime().block_on(cli::check_queue(config)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
         }
+        Err(error) => finish(Err(error)),
+    }
+}
+
+/// `send`: a signed payload to the listener; succeeds on a 2xx.
+fn send(
+    config: &gitdispatch::config::Config,
+    event: EventArg,
+    payload: &std::path::Path,
+    url: Option<String>,
+    delivery: Option<String>,
+) -> ExitCode {
+    match runtime().block_on(cli::send(
+        config,
+        event,
+        payload,
+        url.as_deref(),
+        delivery.as_deref(),
+    )) {
+        Ok((status, body)) => {
+            println!("{status} {body}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => finish(Err(error)),
+    }
+}
+
+/// `serve`, `listen`, `work`: the daemon, until a signal stops it.
+fn serve(compiled: Compiled, role: Role, path: &std::path::Path) -> ExitCode {
+    gitdispatch::telemetry::init();
+    if let Some(warning) = compiled.config.exposed_secrets(path) {
+        tracing::warn!("{warning}");
+    }
+    for deprecation in compiled.config.deprecations() {
+        tracing::warn!("{deprecation}");
+    }
+    let path = path.to_path_buf();
+    finish(runtime().block_on(async {
+        let shutdown = CancellationToken::new();
+        gitdispatch::daemon::spawn_signal_handler(shutdown.clone());
+        gitdispatch::daemon::run(compiled, role, shutdown, Some(path)).await
+    }))
+}
+
+/// `reload`: asks the daemon to reload; succeeds when it took the file.
+fn reload(config: &gitdispatch::config::Config, url: Option<String>) -> ExitCode {
+    let Some(token) = api_token() else {
+        return ExitCode::from(2);
+    };
+    succeeded(runtime().block_on(cli::reload(
+        config,
+        url.as_deref(),
+        &token,
+        &mut std::io::stdout().lock(),
+    )))
+}
+
+/// `trigger`: a run through the API; with `--wait`, succeeds when the run did.
+fn trigger(config: &gitdispatch::config::Config, args: cli::TriggerArgs) -> ExitCode {
+    let Some(token) = api_token() else {
+        return ExitCode::from(2);
+    };
+    succeeded(runtime().block_on(cli::trigger(
+        config,
+        &args,
+        &token,
+        &mut std::io::stdout().lock(),
+    )))
+}
+
+/// `dlq list` and `dlq redrive`, on the embedded queue.
+fn dlq(config: &gitdispatch::config::Config, command: DlqCommand) -> ExitCode {
+    finish(runtime().block_on(async {
+        match command {
+            DlqCommand::List => cli::dlq_list(config, &mut std::io::stdout().lock()).await,
+            DlqCommand::Redrive { seqs } => {
+                let seqs = (!seqs.is_empty()).then_some(seqs);
+                let moved = cli::dlq_redrive(config, seqs).await?;
+                println!("{moved} job(s) put back on the queue");
+                Ok(())
+            }
+        }
+    }))
+}
+
+/// A command that says yes (exit 0) or no (exit 1), or fails.
+fn succeeded<E: Into<anyhow::Error>>(result: Result<bool, E>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => finish(Err(error)),
     }
 }
 
