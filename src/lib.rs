@@ -23,6 +23,7 @@ pub mod job;
 pub mod journal;
 pub mod lanes;
 pub mod ledger;
+pub mod operator;
 pub mod pattern;
 pub mod plan;
 pub mod process;

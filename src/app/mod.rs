@@ -265,10 +265,7 @@ impl App {
         );
         state.admission = self.admission.clone();
         state.journal = Some(self.journal.clone());
-        match &self.queue {
-            OpenedQueue::Embedded(embedded) => state.embedded = Some(embedded.clone()),
-            OpenedQueue::Sqs(sqs) => state.sqs = Some(sqs.clone()),
-        }
+        state.queue_admin = Some(self.queue.admin());
         state.executor = self.describer.clone();
         if let Some(tls) = &self.compiled.config.server.tls {
             state

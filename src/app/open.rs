@@ -37,6 +37,14 @@ pub enum OpenedQueue {
 }
 
 impl OpenedQueue {
+    /// What operators ask of it.
+    pub fn admin(&self) -> Arc<dyn crate::queue::QueueAdmin> {
+        match self {
+            OpenedQueue::Embedded(queue) => queue.clone(),
+            OpenedQueue::Sqs(queue) => queue.clone(),
+        }
+    }
+
     pub fn queue(&self) -> Arc<dyn Queue> {
         match self {
             OpenedQueue::Embedded(queue) => queue.clone(),

@@ -112,10 +112,14 @@ async fn call(
 
 /// An API answer that is not a success, as the command's error.
 fn refused(status: reqwest::StatusCode, answer: &serde_json::Value) -> CliError {
-    CliError::Usage(format!(
-        "the API answered {status}: {}",
-        answer["error"].as_str().unwrap_or("no reason given")
-    ))
+    CliError::Usage(format!("the API answered {status}: {}", reason(answer)))
+}
+
+/// A refusal's reason, as the API gives it.
+fn reason(answer: &serde_json::Value) -> String {
+    serde_json::from_value::<crate::operator::Refusal>(answer.clone())
+        .map(|refusal| refusal.error)
+        .unwrap_or_else(|_| "no reason given".into())
 }
 
 /// `reload`: asks the running daemon to reload its configuration (`POST /v1/reload`,
@@ -130,13 +134,12 @@ pub async fn reload(
     let (status, answer) = call(&url, reqwest::Client::new().post(&url).bearer_auth(token)).await?;
     let success = status.is_success();
     if success {
-        writeln!(out, "{}", answer["status"].as_str().unwrap_or("reloaded"))?;
+        let reloaded = serde_json::from_value::<crate::operator::Reloaded>(answer)
+            .map(|reloaded| reloaded.status)
+            .unwrap_or_else(|_| "reloaded".into());
+        writeln!(out, "{reloaded}")?;
     } else {
-        writeln!(
-            out,
-            "refused: {}",
-            answer["error"].as_str().unwrap_or("no reason given")
-        )?;
+        writeln!(out, "refused: {}", reason(&answer))?;
     }
     Ok(success)
 }

@@ -67,7 +67,12 @@ pub async fn trigger(
     if status.as_u16() != 202 {
         return Err(refused(status, &answer));
     }
-    let name = answer["execution"].as_str().unwrap_or_default().to_string();
+    let queued: crate::operator::Queued = serde_json::from_value(answer).map_err(|error| {
+        CliError::Usage(format!(
+            "the daemon's answer to a trigger is not one this release reads: {error}"
+        ))
+    })?;
+    let name = queued.execution;
     writeln!(out, "queued {name}")?;
     let Some(wait) = args.wait else {
         return Ok(true);
@@ -77,17 +82,16 @@ pub async fn trigger(
     loop {
         let (status, execution) =
             call(&url, client.get(format!("{url}/{name}")).bearer_auth(token)).await?;
-        if status.is_success() {
-            let shown = execution["status"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_string();
-            if shown != last {
-                writeln!(out, "{shown} {name}")?;
-                last = shown.clone();
+        if status.is_success()
+            && let Ok(execution) =
+                serde_json::from_value::<crate::operator::ExecutionView>(execution)
+        {
+            if execution.status != last {
+                writeln!(out, "{} {name}", execution.status)?;
+                last = execution.status.clone();
             }
-            if execution["finished"].as_bool() == Some(true) {
-                return Ok(shown == "succeeded");
+            if execution.finished {
+                return Ok(execution.status == "succeeded");
             }
         }
         if tokio::time::Instant::now() >= deadline {
@@ -257,65 +261,75 @@ pub async fn operate(
     if !status.is_success() {
         return Err(refused(status, &answer));
     }
-    let empty = Vec::new();
+    let typed = |error: serde_json::Error| {
+        CliError::Usage(format!(
+            "the daemon answered {path} with what this release does not read: {error}"
+        ))
+    };
     match command {
         Operate::Deliveries { .. } => {
-            for delivery in answer["deliveries"].as_array().unwrap_or(&empty) {
+            let answer: crate::operator::Deliveries =
+                serde_json::from_value(answer).map_err(typed)?;
+            for delivery in answer.deliveries {
                 writeln!(
                     out,
                     "{}  {} {} {} {}  {} {}  {}",
-                    delivery["id"].as_str().unwrap_or_default(),
-                    delivery["source"].as_str().unwrap_or_default(),
-                    delivery["event"].as_str().unwrap_or_default(),
-                    delivery["repository"].as_str().unwrap_or_default(),
-                    delivery["ref"].as_str().unwrap_or_default(),
-                    delivery["status"],
-                    delivery["outcome"].as_str().unwrap_or_default(),
-                    delivery["executions"]
-                        .as_array()
-                        .unwrap_or(&empty)
-                        .iter()
-                        .filter_map(|name| name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    delivery.id,
+                    delivery.source,
+                    delivery.event,
+                    delivery.repository,
+                    delivery.git_ref,
+                    delivery.status,
+                    delivery.outcome,
+                    delivery.executions.join(","),
                 )?;
             }
         }
         Operate::Lanes => {
-            for lane in answer["lanes"].as_array().unwrap_or(&empty) {
+            let answer: crate::operator::Lanes = serde_json::from_value(answer).map_err(typed)?;
+            for lane in answer.lanes {
                 writeln!(
                     out,
                     "{}/{}  {}{}  waiting {}  running {}",
-                    lane["pipeline"].as_str().unwrap_or_default(),
-                    lane["environment"].as_str().unwrap_or_default(),
-                    lane["state"].as_str().unwrap_or_default(),
-                    lane["paused"]["reason"]
-                        .as_str()
-                        .map(|reason| format!(" ({reason})"))
+                    lane.pipeline,
+                    lane.environment,
+                    lane.state.as_str(),
+                    lane.paused
+                        .map(|pause| format!(" ({})", pause.reason))
                         .unwrap_or_default(),
-                    lane["waiting"]["count"],
-                    lane["running"].as_array().map_or(0, Vec::len),
+                    lane.waiting.count,
+                    lane.running.len(),
                 )?;
             }
         }
         Operate::Pause { .. } | Operate::Resume { .. } => {
+            let answer: crate::operator::LaneChanged =
+                serde_json::from_value(answer).map_err(typed)?;
             writeln!(
                 out,
                 "{}/{} {}",
-                answer["pipeline"].as_str().unwrap_or_default(),
-                answer["environment"].as_str().unwrap_or_default(),
-                answer["state"].as_str().unwrap_or_default()
+                answer.pipeline,
+                answer.environment,
+                answer.state.as_str()
             )?;
         }
         Operate::Replay { dry_run, .. } => {
-            for replay in answer["replays"].as_array().unwrap_or(&empty) {
+            let answer: crate::operator::Replays = serde_json::from_value(answer).map_err(typed)?;
+            for replay in answer.replays {
                 writeln!(
                     out,
                     "{} {} (replay {} of {})",
                     if dry_run { "would queue" } else { "queued" },
-                    replay["name"].as_str().unwrap_or_default(),
-                    replay["replay"],
-                    replay["original"].as_str().unwrap_or_default(),
+                    replay.name,
+                    replay.replay,
+                    replay.original,
+                )?;
+            }
+            for skipped in answer.skipped {
+                writeln!(
+                    out,
+                    "skipped {} (a newer deploy carries it: {})",
+                    skipped.original, skipped.deployed_since_by,
                 )?;
             }
         }

@@ -164,6 +164,17 @@ pub trait Queue: Send + Sync {
     }
 }
 
+/// What an operator asks of the queue, whichever it is: the listener never asks which.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync {
+    /// Its kind, depth and dead letters.
+    async fn view(&self) -> Result<crate::operator::QueueView, QueueError>;
+
+    /// Puts every dead letter back on the queue, with a fresh receive count; how many.
+    /// `None` where the queue's own console does it (SQS: StartMessageMoveTask).
+    async fn redrive_all(&self) -> Result<Option<usize>, QueueError>;
+}
+
 /// How many messages are where: waiting to be received, received and not yet
 /// acknowledged, dead-lettered. (SQS's figures are its approximate counts.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

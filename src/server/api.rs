@@ -12,7 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -124,12 +123,13 @@ async fn handle_trigger(
         Ok((
             StatusCode::ACCEPTED,
             "queued",
-            json!({
-                "delivery": event.delivery.as_str(),
-                "status": "queued",
-                "execution": request.name.as_str(),
-                "executions": [request.name.as_str()],
-            }),
+            serde_json::to_value(crate::operator::Queued {
+                delivery: event.delivery.to_string(),
+                status: "queued".into(),
+                execution: request.name.to_string(),
+                executions: vec![request.name.to_string()],
+            })
+            .expect("an answer renders"),
         ))
     }
     .instrument(span)
@@ -142,8 +142,8 @@ pub(super) async fn status(
     headers: HeaderMap,
 ) -> Response {
     // A token, or the page's session (its links lead here).
-    if let Err(response) = super::console::authenticate(&state, &headers, &Method::GET).await {
-        return response;
+    if let Err(error) = super::console::authenticate(&state, &headers, &Method::GET).await {
+        return error.into_response();
     }
     match handle_status(&state, &name).await {
         Ok(response) => response,
@@ -166,18 +166,15 @@ async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiErro
         }
         match executor.describe(pipeline, &name).await {
             Ok(execution) => {
-                return Ok((
-                    StatusCode::OK,
-                    Json(json!({
-                        "name": name.as_str(),
-                        "pipeline": pipeline,
-                        "id": execution.id,
-                        "status": execution.status.as_str(),
-                        "finished": execution.status.is_finished(),
-                        "detail": execution.detail,
-                    })),
-                )
-                    .into_response());
+                return Ok(Json(crate::operator::ExecutionView {
+                    name: name.to_string(),
+                    pipeline: pipeline.to_string(),
+                    id: execution.id.clone(),
+                    status: execution.status.as_str().to_string(),
+                    finished: execution.status.is_finished(),
+                    detail: execution.detail.clone(),
+                })
+                .into_response());
             }
             Err(crate::executor::ExecutorError::NotFound { .. }) => {}
             Err(error) => unavailable = Some(Chain(&error).to_string()),
@@ -185,19 +182,13 @@ async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiErro
     }
     if let Some(text) = unavailable {
         tracing::warn!(execution = %name, error = %text, "Could not describe an execution for the API.");
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "the executor cannot be asked now; try again"})),
-        )
-            .into_response());
+        return Err(ApiError::Unavailable(
+            "the executor cannot be asked now; try again".into(),
+        ));
     }
-    Ok((
-        StatusCode::NOT_FOUND,
-        Json(json!({
-            "error": format!("no execution named {name} has started (it may still be queued)"),
-        })),
-    )
-        .into_response())
+    Err(ApiError::NotFound(format!(
+        "no execution named {name} has started (it may still be queued)"
+    )))
 }
 
 /// `POST /v1/reload`: the same reload as SIGHUP; `200` with what became of it, `422`
@@ -211,10 +202,7 @@ pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMa
         return ApiError::from(error).into_response();
     }
     let Some(reloads) = state.reloads.get() else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "this process was not started from a configuration file"})),
-        )
+        return ApiError::NotFound("this process was not started from a configuration file".into())
             .into_response();
     };
     let (answer, outcome) = tokio::sync::oneshot::channel();
@@ -222,12 +210,8 @@ pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMa
         return ApiError::Busy.into_response();
     }
     match outcome.await {
-        Ok(Ok(message)) => (StatusCode::OK, Json(json!({"status": message}))).into_response(),
-        Ok(Err(problems)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error": problems})),
-        )
-            .into_response(),
+        Ok(Ok(status)) => Json(crate::operator::Reloaded { status }).into_response(),
+        Ok(Err(problems)) => ApiError::Unprocessable(problems).into_response(),
         Err(_) => ApiError::Busy.into_response(),
     }
 }

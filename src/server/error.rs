@@ -27,6 +27,31 @@ pub enum ApiError {
     NotConfigured(&'static str),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// An operator call about something there is none of (a pipeline, a delivery, an
+    /// action).
+    #[error("{0}")]
+    NotFound(String),
+    /// A well-formed operator call that cannot be done as asked.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// What the call needs (the journal, the executor, the queue) failed or is not here.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<crate::journal::JournalError> for ApiError {
+    fn from(error: crate::journal::JournalError) -> ApiError {
+        ApiError::Unavailable(crate::error::Chain(&error).to_string())
+    }
+}
+
+impl From<super::bodies::Refusal> for ApiError {
+    fn from(refusal: super::bodies::Refusal) -> ApiError {
+        match refusal.status {
+            422 => ApiError::Unprocessable(refusal.reason),
+            _ => ApiError::Source(SourceError::Malformed(refusal.reason)),
+        }
+    }
 }
 
 impl ApiError {
@@ -52,7 +77,9 @@ impl ApiError {
             | ApiError::Source(SourceError::Unavailable(_))
             | ApiError::Ledger(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
+            ApiError::NotConfigured(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(..) | ApiError::AddressBudget(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -75,7 +102,13 @@ impl From<crate::admission::AdmissionError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut response = (status, axum::Json(json!({"error": self.to_string()}))).into_response();
+        let mut response = (
+            status,
+            axum::Json(crate::operator::Refusal {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
         if let ApiError::RateLimited(_, wait) = &self {
             let seconds = wait.as_secs().max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {

@@ -80,10 +80,8 @@ pub struct AppState {
     /// Deliveries, lane jobs and pauses: what `/v1/deliveries`, `/v1/lanes` and the
     /// page show.
     pub journal: Option<Arc<dyn crate::journal::Journal>>,
-    /// The embedded queue, when it is the one: its depth and dead letters are shown.
-    pub embedded: Option<Arc<crate::queue::embedded::EmbeddedQueue>>,
-    /// The SQS queue, when it is the one: its approximate depth is shown.
-    pub sqs: Option<Arc<crate::queue::sqs::SqsQueue>>,
+    /// What operators see of the queue and ask of it (depth, dead letters, redrive).
+    pub queue_admin: Option<Arc<dyn crate::queue::QueueAdmin>>,
     /// What `GET /v1/executions/{name}` asks.
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
     /// The TLS acceptor when `[server.tls]` is set; a reload replaces it with one for
@@ -225,8 +223,7 @@ impl AppState {
             ),
             shutdown,
             journal: None,
-            embedded: None,
-            sqs: None,
+            queue_admin: None,
             executor: None,
             reloads: std::sync::OnceLock::new(),
             tls: arc_swap::ArcSwapOption::empty(),

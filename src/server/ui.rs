@@ -13,15 +13,17 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use rand::Rng;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::body::read_body;
 use super::console::{journal, lanes_view, queue_view};
-use super::{AppState, ClientAddress};
+use super::{ApiError, AppState, ClientAddress};
 use crate::clock::now_secs;
-use crate::journal::{DeliveryFilter, JournalError, SessionRecord};
+use crate::journal::{DeliveryFilter, DeliveryRecord, JournalError, SessionRecord};
+use crate::operator::{LaneState, LaneView, QueueView};
+use crate::source::SourceError;
 use crate::source::manual::ManualSource;
 
 const COOKIE: &str = "gitdispatch_session";
@@ -117,42 +119,38 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 th{background:#f3f3f3}.paused{color:#b00;font-weight:bold}.running{color:#070}code{font-size:12px}\
 details summary{cursor:pointer}input[type=text]{width:14em}";
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            other => out.push(other),
+/// A whole page: its title, what goes in its head, its body; every value escaped by
+/// the template.
+fn page(title: &str, head: Markup, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { (title) }
+                    (head)
+                    style { (PreEscaped(STYLE)) }
+                }
+                body { (body) }
+            }
         }
-    }
-    out
-}
-
-fn page(title: &str, head: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title>{head}<style>{STYLE}</style></head><body>{body}</body></html>"
-    ))
+        .into_string(),
+    )
 }
 
 pub(super) async fn login_form() -> Response {
     let csrf = random_token();
-    let mut response = unframed(
-        page(
-            "gitdispatch — sign in",
-            "",
-            &format!(
-                "<h1>gitdispatch</h1><form method=post action=/ui/login>\
-                 <input type=hidden name=csrf value={csrf}>\
-                 <label>API token <input id=token name=token type=password autocomplete=current-password required></label> \
-                 <button id=sign-in type=submit>Sign in</button></form>"
-            ),
-        )
-        .into_response(),
-    );
+    let body = html! {
+        h1 { "gitdispatch" }
+        form method="post" action="/ui/login" {
+            input type="hidden" name="csrf" value=(csrf);
+            label { "API token " input id="token" name="token" type="password" autocomplete="current-password" required; }
+            " "
+            button id="sign-in" type="submit" { "Sign in" }
+        }
+    };
+    let mut response = unframed(page("gitdispatch — sign in", html! {}, body).into_response());
     set_cookie(
         &mut response,
         &format!(
@@ -162,16 +160,16 @@ pub(super) async fn login_form() -> Response {
     response
 }
 
-/// A short page saying why a form was refused.
-fn refused_page(status: StatusCode, words: &str) -> Response {
+/// A short page saying why a form was refused, with the refusal's status.
+fn refused_page(refusal: ApiError) -> Response {
+    let body = html! {
+        p { (refusal.to_string()) }
+        a href="/ui/login" { "Sign in" }
+    };
     unframed(
         (
-            status,
-            page(
-                "gitdispatch — sign in",
-                "",
-                &format!("<p>{}</p><a href=/ui/login>Sign in</a>", escape(words)),
-            ),
+            refusal.status(),
+            page("gitdispatch — sign in", html! {}, body),
         )
             .into_response(),
     )
@@ -207,7 +205,7 @@ pub(super) async fn login(
 ) -> Response {
     let live = state.live.load_full();
     let Some(source) = &live.manual else {
-        return (StatusCode::NOT_FOUND, "the page needs [api] tokens").into_response();
+        return refused_page(ApiError::NotConfigured("api"));
     };
     let fields = match form(&state, client, &headers, body).await {
         Ok(fields) => fields,
@@ -217,21 +215,22 @@ pub(super) async fn login(
     let cookie_csrf = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if form_csrf.is_empty() || !same(&cookie_csrf, form_csrf) {
         return refused_page(
-            StatusCode::FORBIDDEN,
-            "The sign-in form expired, or did not come from this page: sign in again.",
+            SourceError::Forbidden(
+                "The sign-in form expired, or did not come from this page: sign in again.".into(),
+            )
+            .into(),
         );
     }
     let offered = field(&fields, "token").unwrap_or_default();
     let Some(token) = source.matching(offered) else {
         tracing::warn!("A sign-in to the page with a token that is not one of api.tokens.");
         return refused_page(
-            StatusCode::UNAUTHORIZED,
-            "That token is not one of api.tokens.",
+            SourceError::Unauthenticated("That token is not one of api.tokens.".into()).into(),
         );
     };
     let journal = match journal(&state) {
         Ok(journal) => journal,
-        Err(response) => return response,
+        Err(refusal) => return refused_page(refusal),
     };
     let id = random_token();
     let lifetime = source.session_lifetime().as_secs() as i64;
@@ -243,10 +242,9 @@ pub(super) async fn login(
     };
     if let Err(error) = journal.open_session(&record).await {
         tracing::warn!(error = %crate::error::Chain(&error), "Could not keep a session of the page.");
-        return refused_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The session could not be kept (the journal is unavailable): try again.",
-        );
+        return refused_page(ApiError::Unavailable(
+            "The session could not be kept (the journal is unavailable): try again.".into(),
+        ));
     }
     let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui")]).into_response();
     set_cookie(
@@ -280,27 +278,26 @@ pub(super) async fn logout(
                     .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
                 if !session.csrf_matches(offered) {
                     return refused_page(
-                        StatusCode::FORBIDDEN,
-                        "The sign-out did not come from this page.",
+                        SourceError::Forbidden("The sign-out did not come from this page.".into())
+                            .into(),
                     );
                 }
                 if let Some(journal) = &state.journal
                     && let Err(error) = journal.end_session(&session.record.id_digest).await
                 {
                     tracing::warn!(error = %crate::error::Chain(&error), "Could not end a session of the page.");
-                    return refused_page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "The session could not be ended (the journal is unavailable): try again.",
-                    );
+                    return refused_page(ApiError::Unavailable(
+                        "The session could not be ended (the journal is unavailable): try again."
+                            .into(),
+                    ));
                 }
             }
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(error = %crate::error::Chain(&error), "Could not read a session of the page.");
-                return refused_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The session could not be read (the journal is unavailable): try again.",
-                );
+                return refused_page(ApiError::Unavailable(
+                    "The session could not be read (the journal is unavailable): try again.".into(),
+                ));
             }
         }
     }
@@ -343,43 +340,26 @@ let refresh = setTimeout(() => location.reload(), 5000);
 document.addEventListener('input', () => { clearTimeout(refresh); refresh = setTimeout(() => location.reload(), 30000); });
 "#;
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(text) => escape(text),
-        Value::Null => String::new(),
-        other => escape(&other.to_string()),
-    }
-}
-
-fn short(commit: &Value) -> String {
-    let commit = commit.as_str().unwrap_or_default();
-    escape(&commit[..commit.len().min(7)])
+/// The first seven characters of a commit.
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(7)]
 }
 
 pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let live = state.live.load_full();
     let Some(source) = &live.manual else {
-        return (StatusCode::NOT_FOUND, "the page needs [api] tokens").into_response();
+        return refused_page(ApiError::NotConfigured("api"));
     };
     let session = match session(&state, source, &headers).await {
         Ok(Some(session)) => session,
         Ok(None) => {
             return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
         }
-        Err(error) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the journal is unavailable: {}",
-                    crate::error::Chain(&error)
-                ),
-            )
-                .into_response();
-        }
+        Err(error) => return ApiError::from(error).into_response(),
     };
     let journal = match journal(&state) {
         Ok(journal) => journal,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let deliveries = journal
         .deliveries(&DeliveryFilter {
@@ -388,145 +368,153 @@ pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap
         })
         .await
         .unwrap_or_default();
-    let lanes = lanes_view(journal.as_ref()).await.unwrap_or_default();
+    let lanes = lanes_view(journal.as_ref())
+        .await
+        .map(|view| view.lanes)
+        .unwrap_or_default();
     let queue = queue_view(&state).await.unwrap_or_default();
-
-    let mut body = format!(
-        "<h1>gitdispatch</h1><form method=post action=/ui/logout style=float:right><input type=hidden name=csrf value=\"{}\"><button>Sign out</button></form>",
-        escape(&session.record.csrf)
-    );
-    body.push_str("<h2>Lanes</h2><table id=lanes><tr><th>Pipeline</th><th>Environment</th><th>State</th><th>Running</th><th>Waiting</th><th>Superseded</th><th>Action</th></tr>");
-    let empty = Vec::new();
-    for (index, lane) in lanes["lanes"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .enumerate()
-    {
-        let paused = lane["state"] == "paused";
-        let state_cell = if paused {
-            format!(
-                "<span class=paused>paused</span>: {}",
-                text(&lane["paused"]["reason"])
-            )
-        } else {
-            "<span class=running>running</span>".to_string()
-        };
-        let waiting = &lane["waiting"];
-        let waiting_cell = if waiting["count"].as_u64().unwrap_or(0) == 0 {
-            "none".to_string()
-        } else {
-            format!(
-                "{} (oldest {}, newest {})",
-                waiting["count"],
-                short(&waiting["oldest"]["commit"]),
-                short(&waiting["newest"]["commit"])
-            )
-        };
-        let running: Vec<String> = lane["running"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(text)
-            .collect();
-        let pipeline = text(&lane["pipeline"]);
-        let environment = text(&lane["environment"]);
-        let action = if paused {
-            format!(
-                "<button data-action=resume data-pipeline=\"{pipeline}\" data-environment=\"{environment}\">Resume</button>"
-            )
-        } else {
-            format!(
-                "<input type=text id=reason-{index} placeholder=\"why (required)\"> <button data-action=pause data-key={index} data-pipeline=\"{pipeline}\" data-environment=\"{environment}\">Pause</button>"
-            )
-        };
-        body.push_str(&format!(
-            "<tr data-lane=\"{pipeline}/{environment}\"><td>{pipeline}</td><td>{environment}</td><td class=lane-state>{state_cell}</td><td>{}</td><td>{waiting_cell}</td><td>{}</td><td>{action}</td></tr>",
-            running.join("<br>"),
-            lane["superseded"],
-        ));
-    }
-    body.push_str("</table>");
-
-    body.push_str("<h2>Recent executions</h2><table id=executions><tr><th>Execution</th><th>Lane</th><th>Commit</th><th>State</th><th>Status</th></tr>");
-    let mut recent: Vec<&Value> = lanes["lanes"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .flat_map(|lane| lane["recent"].as_array().unwrap_or(&empty).iter())
-        .collect();
-    recent.sort_by_key(|job| std::cmp::Reverse(job["seq"].as_i64().unwrap_or(0)));
-    for job in recent.iter().take(30) {
-        let name = text(&job["name"]);
-        body.push_str(&format!(
-            "<tr><td><a href=\"/v1/executions/{name}\"><code>{name}</code></a></td><td>{}/{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-            text(&job["pipeline"]),
-            text(&job["environment"]),
-            short(&job["commit"]),
-            text(&job["state"]),
-            text(&job["status"]),
-        ));
-    }
-    body.push_str("</table>");
-
-    body.push_str("<h2>Deliveries</h2><table id=deliveries><tr><th>Delivery</th><th>Event</th><th>Repository</th><th>Ref</th><th>Answer</th><th>Executions planned</th><th>Explanation</th></tr>");
-    for delivery in &deliveries {
-        let explanation: String = delivery
-            .explanation
-            .iter()
-            .map(|line| format!("{}<br>", escape(line)))
-            .collect();
-        let executions: String = delivery
-            .executions
-            .iter()
-            .map(|name| format!("<code>{}</code><br>", escape(name)))
-            .collect();
-        body.push_str(&format!(
-            "<tr class=delivery data-id=\"{id}\"><td><code>{id}</code><br>{source}</td><td>{event}</td><td>{repository}</td><td>{git_ref}</td><td>{status} {outcome}<br>{reason}</td><td>{executions}</td><td><details open><summary>plan --explain</summary>{explanation}</details></td></tr>",
-            id = escape(&delivery.id),
-            source = escape(&delivery.source),
-            event = escape(&delivery.event),
-            repository = escape(&delivery.repository),
-            git_ref = escape(&delivery.git_ref),
-            status = delivery.status,
-            outcome = escape(&delivery.outcome),
-            reason = escape(delivery.reason.as_deref().unwrap_or_default()),
-        ));
-    }
-    body.push_str("</table>");
-
-    body.push_str("<h2>Queue</h2>");
-    if queue["type"] == "embedded" {
-        body.push_str(&format!(
-            "<p id=depth>{} waiting, {} in flight, {} dead-lettered</p>",
-            queue["depth"]["visible"], queue["depth"]["in_flight"], queue["depth"]["dead"]
-        ));
-        body.push_str("<table id=dead-letters><tr><th>#</th><th>Job</th><th>Receives</th><th>Reason</th></tr>");
-        for dead in queue["dead_letters"].as_array().unwrap_or(&empty) {
-            body.push_str(&format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                dead["seq"],
-                text(&dead["id"]),
-                dead["receive_count"],
-                text(&dead["reason"])
-            ));
-        }
-        body.push_str("</table><button data-action=redrive data-pipeline='' data-environment=''>Redrive every dead letter</button>");
-    } else if queue["type"] == "sqs" {
-        body.push_str(&format!(
-            "<p id=depth>SQS <code>{}</code>: about {} waiting, {} in flight, {} dead-lettered (dead-letter queue <code>{}</code>, after {} receives). Its dead letters are listed and redriven in SQS's console (StartMessageMoveTask).</p>",
-            text(&queue["url"]),
-            queue["depth"]["visible"],
-            queue["depth"]["in_flight"],
-            queue["depth"]["dead"],
-            text(&queue["dead_letter_queue"]),
-            text(&queue["max_receives"]),
-        ));
-    }
-    let head = format!(
+    let csrf = &session.record.csrf;
+    let head = html! {
+        meta name="csrf-token" content=(csrf);
         // A module script runs once the page is parsed.
-        "<meta name=csrf-token content=\"{}\"><script type=module>{SCRIPT}</script>",
-        escape(&session.record.csrf)
-    );
-    unframed(page("gitdispatch", &head, &body).into_response())
+        script type="module" { (PreEscaped(SCRIPT)) }
+    };
+    let body = html! {
+        h1 { "gitdispatch" }
+        form method="post" action="/ui/logout" style="float:right" {
+            input type="hidden" name="csrf" value=(csrf);
+            button { "Sign out" }
+        }
+        h2 { "Lanes" }
+        (lanes_table(&lanes))
+        h2 { "Recent executions" }
+        (executions_table(&lanes))
+        h2 { "Deliveries" }
+        (deliveries_table(&deliveries))
+        h2 { "Queue" }
+        (queue_section(&queue))
+    };
+    unframed(page("gitdispatch", head, body).into_response())
+}
+
+fn lanes_table(lanes: &[LaneView]) -> Markup {
+    html! {
+        table id="lanes" {
+            tr { th { "Pipeline" } th { "Environment" } th { "State" } th { "Running" } th { "Waiting" } th { "Superseded" } th { "Action" } }
+            @for (index, lane) in lanes.iter().enumerate() {
+                tr data-lane=(format!("{}/{}", lane.pipeline, lane.environment)) {
+                    td { (lane.pipeline) }
+                    td { (lane.environment) }
+                    td class="lane-state" {
+                        @match lane.state {
+                            LaneState::Paused => {
+                                span class="paused" { "paused" }
+                                ": " (lane.paused.as_ref().map(|pause| pause.reason.as_str()).unwrap_or_default())
+                            }
+                            LaneState::Running => span class="running" { "running" },
+                            other => span { (other.as_str()) },
+                        }
+                    }
+                    td {
+                        @for (n, name) in lane.running.iter().enumerate() {
+                            @if n > 0 { br; }
+                            (name)
+                        }
+                    }
+                    td {
+                        @if lane.waiting.count == 0 {
+                            "none"
+                        } @else {
+                            (lane.waiting.count) " (oldest "
+                            (lane.waiting.oldest.as_ref().map(|job| short(&job.commit)).unwrap_or_default())
+                            ", newest "
+                            (lane.waiting.newest.as_ref().map(|job| short(&job.commit)).unwrap_or_default())
+                            ")"
+                        }
+                    }
+                    td { (lane.superseded) }
+                    td {
+                        @if lane.state == LaneState::Paused {
+                            button data-action="resume" data-pipeline=(lane.pipeline) data-environment=(lane.environment) { "Resume" }
+                        } @else {
+                            input type="text" id=(format!("reason-{index}")) placeholder="why (required)";
+                            " "
+                            button data-action="pause" data-key=(index) data-pipeline=(lane.pipeline) data-environment=(lane.environment) { "Pause" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn executions_table(lanes: &[LaneView]) -> Markup {
+    let mut recent: Vec<&crate::journal::LaneJob> =
+        lanes.iter().flat_map(|lane| lane.recent.iter()).collect();
+    recent.sort_by_key(|job| std::cmp::Reverse(job.seq));
+    html! {
+        table id="executions" {
+            tr { th { "Execution" } th { "Lane" } th { "Commit" } th { "State" } th { "Status" } }
+            @for job in recent.iter().take(30) {
+                tr {
+                    td { a href=(format!("/v1/executions/{}", job.name)) { code { (job.name) } } }
+                    td { (job.lane.pipeline) "/" (job.lane.environment) }
+                    td { code { (short(&job.commit)) } }
+                    td { (job.state.as_str()) }
+                    td { (job.status.as_deref().unwrap_or_default()) }
+                }
+            }
+        }
+    }
+}
+
+fn deliveries_table(deliveries: &[DeliveryRecord]) -> Markup {
+    html! {
+        table id="deliveries" {
+            tr { th { "Delivery" } th { "Event" } th { "Repository" } th { "Ref" } th { "Answer" } th { "Executions planned" } th { "Explanation" } }
+            @for delivery in deliveries {
+                tr class="delivery" data-id=(delivery.id) {
+                    td { code { (delivery.id) } br; (delivery.source) }
+                    td { (delivery.event) }
+                    td { (delivery.repository) }
+                    td { (delivery.git_ref) }
+                    td { (delivery.status) " " (delivery.outcome) br; (delivery.reason.as_deref().unwrap_or_default()) }
+                    td { @for name in &delivery.executions { code { (name) } br; } }
+                    td { details open { summary { "plan --explain" } @for line in &delivery.explanation { (line) br; } } }
+                }
+            }
+        }
+    }
+}
+
+fn queue_section(queue: &QueueView) -> Markup {
+    let depth = queue.depth.unwrap_or(crate::operator::DepthView {
+        visible: 0,
+        in_flight: 0,
+        dead: 0,
+    });
+    html! {
+        @match queue.kind.as_deref() {
+            Some("embedded") => {
+                p id="depth" { (depth.visible) " waiting, " (depth.in_flight) " in flight, " (depth.dead) " dead-lettered" }
+                table id="dead-letters" {
+                    tr { th { "#" } th { "Job" } th { "Receives" } th { "Reason" } }
+                    @for dead in &queue.dead_letters {
+                        tr { td { (dead.seq) } td { code { (dead.id) } } td { (dead.receive_count) } td { (dead.reason) } }
+                    }
+                }
+                button data-action="redrive" data-pipeline="" data-environment="" { "Redrive every dead letter" }
+            }
+            Some("sqs") => {
+                p id="depth" {
+                    "SQS " code { (queue.url.as_deref().unwrap_or_default()) } ": about "
+                    (depth.visible) " waiting, " (depth.in_flight) " in flight, " (depth.dead) " dead-lettered (dead-letter queue "
+                    code { (queue.dead_letter_queue.as_deref().unwrap_or_default()) }
+                    ", after " (queue.max_receives.map(|max| max.to_string()).unwrap_or_default())
+                    " receives). Its dead letters are listed and redriven in SQS's console (StartMessageMoveTask)."
+                }
+            }
+            _ => {}
+        }
+    }
 }

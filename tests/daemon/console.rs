@@ -921,10 +921,10 @@ async fn login_form(client: &reqwest::Client, console: &Console) -> (String, Str
         .to_string();
     let html = form.text().await.unwrap();
     let csrf = html
-        .split("name=csrf value=")
+        .split("name=\"csrf\" value=\"")
         .nth(1)
         .unwrap()
-        .split('>')
+        .split('"')
         .next()
         .unwrap()
         .to_string();
@@ -966,7 +966,7 @@ async fn sign_in(
     assert_eq!(page.status().as_u16(), 200);
     let html = page.text().await.unwrap();
     let csrf = html
-        .split("name=csrf-token content=\"")
+        .split("name=\"csrf-token\" content=\"")
         .nth(1)
         .unwrap()
         .split('"')

@@ -288,6 +288,32 @@ impl Queue for EmbeddedQueue {
     }
 }
 
+#[async_trait]
+impl super::QueueAdmin for EmbeddedQueue {
+    async fn view(&self) -> Result<crate::operator::QueueView, QueueError> {
+        let dead = self.dead_letters().await?;
+        Ok(crate::operator::QueueView {
+            kind: Some("embedded".into()),
+            depth: Some(self.depth().await?.into()),
+            dead_letters: dead
+                .into_iter()
+                .map(|dead| crate::operator::DeadLetterView {
+                    seq: dead.seq,
+                    id: dead.message.id,
+                    reason: dead.reason,
+                    receive_count: dead.receive_count,
+                    dead_at_ms: dead.dead_at_ms,
+                })
+                .collect(),
+            ..crate::operator::QueueView::default()
+        })
+    }
+
+    async fn redrive_all(&self) -> Result<Option<usize>, QueueError> {
+        self.redrive(None).await.map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -663,5 +663,26 @@ impl SqsQueue {
     }
 }
 
+#[async_trait]
+impl super::QueueAdmin for SqsQueue {
+    /// SQS's dead letters are read off the dead-letter queue by taking them: they are
+    /// counted here, listed and redriven in SQS's console.
+    async fn view(&self) -> Result<crate::operator::QueueView, QueueError> {
+        let facts = self.facts();
+        Ok(crate::operator::QueueView {
+            kind: Some("sqs".into()),
+            url: Some(facts.url.clone()),
+            depth: Some(self.depth().await?.into()),
+            dead_letter_queue: facts.dead_letter.as_ref().map(|(url, _)| url.clone()),
+            max_receives: facts.dead_letter.as_ref().map(|(_, max)| *max),
+            dead_letters: Vec::new(),
+        })
+    }
+
+    async fn redrive_all(&self) -> Result<Option<usize>, QueueError> {
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests;
