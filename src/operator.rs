@@ -162,16 +162,6 @@ pub struct DepthView {
     pub dead: u64,
 }
 
-impl From<crate::queue::Depth> for DepthView {
-    fn from(depth: crate::queue::Depth) -> DepthView {
-        DepthView {
-            visible: depth.visible,
-            in_flight: depth.in_flight,
-            dead: depth.dead,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterView {
     pub seq: i64,

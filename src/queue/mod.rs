@@ -184,6 +184,16 @@ pub struct Depth {
     pub dead: u64,
 }
 
+impl From<Depth> for crate::operator::DepthView {
+    fn from(depth: Depth) -> crate::operator::DepthView {
+        crate::operator::DepthView {
+            visible: depth.visible,
+            in_flight: depth.in_flight,
+            dead: depth.dead,
+        }
+    }
+}
+
 /// Puts jobs on a queue: the listener's one use of it.
 pub async fn enqueue(queue: &dyn Queue, jobs: &[Job]) -> Result<(), QueueError> {
     let messages: Vec<Message> = jobs.iter().map(Message::from_job).collect();

@@ -36,7 +36,7 @@ pub(super) async fn authenticate(
     if headers.contains_key("authorization") {
         return Ok(source.authenticate(headers)?);
     }
-    let Some(session) = super::ui::session(state, source, headers).await? else {
+    let Some(session) = super::session::session(state, source, headers).await? else {
         return Err(SourceError::Unauthenticated(
             "a bearer token of api.tokens, or a session of the page, is needed".into(),
         )

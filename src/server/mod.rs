@@ -30,6 +30,7 @@ mod body;
 mod console;
 mod error;
 mod listener;
+mod session;
 pub mod tls;
 mod ui;
 mod webhooks;

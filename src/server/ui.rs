@@ -14,85 +14,18 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use rand::Rng;
-use sha2::{Digest, Sha256};
 
 use super::body::read_body;
 use super::console::{journal, lanes_view, queue_view};
+use super::session::{
+    COOKIE, FORM_BODY_LIMIT, LOGIN_COOKIE, LOGIN_FORM_SECS, cookie, digest, random_token, same,
+    session,
+};
 use super::{ApiError, AppState, ClientAddress};
 use crate::clock::now_secs;
-use crate::journal::{DeliveryFilter, DeliveryRecord, JournalError, SessionRecord};
+use crate::journal::{DeliveryFilter, DeliveryRecord, SessionRecord};
 use crate::operator::{LaneState, LaneView, QueueView};
 use crate::source::SourceError;
-use crate::source::manual::ManualSource;
-
-const COOKIE: &str = "gitdispatch_session";
-/// The sign-in form's own CSRF cookie.
-const LOGIN_COOKIE: &str = "gitdispatch_login";
-/// How long a sign-in form may be filled in.
-const LOGIN_FORM_SECS: i64 = 600;
-/// A sign-in or sign-out form's body at most: a token and a CSRF token.
-const FORM_BODY_LIMIT: usize = 4 * 1024;
-
-/// A digest, hex, of what must not be kept as it is (a session id, a token).
-pub(super) fn digest(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// 256 random bits, hex: a session id, a CSRF token.
-fn random_token() -> String {
-    hex::encode(rand::rng().random::<[u8; 32]>())
-}
-
-/// Whether two secrets are equal, compared in constant time.
-fn same(expected: &str, offered: &str) -> bool {
-    aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), offered.as_bytes())
-        .is_ok()
-}
-
-/// A signed-in session of the page.
-pub(super) struct Session {
-    record: SessionRecord,
-}
-
-impl Session {
-    /// Whether `offered` is this session's CSRF token, which every change the page asks
-    /// for must carry.
-    pub(super) fn csrf_matches(&self, offered: Option<&str>) -> bool {
-        offered.is_some_and(|offered| same(&self.record.csrf, offered))
-    }
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_string())
-}
-
-/// The session the request's cookie names: open (not signed out), not expired, and
-/// opened with a token that is still one of `api.tokens`.
-pub(super) async fn session(
-    state: &AppState,
-    source: &ManualSource,
-    headers: &HeaderMap,
-) -> Result<Option<Session>, JournalError> {
-    let Some(id) = cookie(headers, COOKIE).filter(|id| !id.is_empty()) else {
-        return Ok(None);
-    };
-    let Some(journal) = state.journal.as_ref() else {
-        return Ok(None);
-    };
-    let Some(record) = journal.session(&digest(&id)).await? else {
-        return Ok(None);
-    };
-    let current = record.expires_at > now_secs() && source.holds_digest(&record.token_digest);
-    Ok(current.then_some(Session { record }))
-}
 
 /// What no page of ours may be: framed (clickjacking), or kept in a cache.
 fn unframed(mut response: Response) -> Response {
