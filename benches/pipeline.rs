@@ -80,7 +80,7 @@ fn ingest(secrets: &GithubSecrets, compiled: &Compiled, headers: &HeaderMap, bod
 
 fn deliveries(c: &mut Criterion) {
     let compiled = compiled();
-    let secrets = GithubSecrets::from_config(&compiled.config.github);
+    let secrets = GithubSecrets::from_config(&compiled.config);
     let pull_request = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/github/pull_request_opened.json"

@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::GithubConfig;
+use crate::config::{AppKey, GithubAuth, GithubConfig};
 use crate::error::BoxError;
 use crate::text::cut;
 
@@ -165,7 +165,12 @@ pub type RepositoryClient = Arc<Octocrab>;
 impl GithubClient {
     /// The client `[github]` asks for; `None` when it gives neither a token nor an App
     /// (nothing calls GitHub back).
-    pub fn from_config(config: &GithubConfig) -> Result<Option<GithubClient>, SetupError> {
+    /// The client `[github]` configures (`None` when it calls GitHub by neither a token
+    /// nor an App), authenticated as `auth` says.
+    pub fn from_config(
+        config: &GithubConfig,
+        auth: &GithubAuth,
+    ) -> Result<Option<GithubClient>, SetupError> {
         let builder = || {
             Octocrab::builder()
                 .base_uri(config.api_url.as_str())
@@ -177,38 +182,40 @@ impl GithubClient {
                         .set_write_timeout(Some(CALL_TIMEOUT))
                 })
         };
-        let auth = if let Some(token) = &config.token {
-            Auth::Token(Arc::new(
+        let auth = match auth {
+            GithubAuth::None => return Ok(None),
+            GithubAuth::Token(token) => Auth::Token(Arc::new(
                 builder()?
                     .personal_token(token.expose_secret().to_string())
                     .build()
                     .map_err(SetupError::Client)?,
-            ))
-        } else if let Some(app_id) = config.app_id {
-            let pem = match (&config.private_key, &config.private_key_path) {
-                (Some(key), _) => key.expose_secret().as_bytes().to_vec(),
-                (None, Some(path)) => {
-                    std::fs::read(path).map_err(|source| SetupError::KeyFile {
-                        path: path.display().to_string(),
-                        source,
-                    })?
+            )),
+            GithubAuth::App {
+                app_id,
+                installation_id,
+                key,
+            } => {
+                let pem = match key {
+                    AppKey::Inline(key) => key.expose_secret().as_bytes().to_vec(),
+                    AppKey::File(path) => {
+                        std::fs::read(path).map_err(|source| SetupError::KeyFile {
+                            path: path.display().to_string(),
+                            source,
+                        })?
+                    }
+                };
+                let app = builder()?
+                    .app_from_rsa_pem(AppId(*app_id), pem)
+                    .map_err(SetupError::Key)?
+                    .build()
+                    .map_err(SetupError::Client)?;
+                Auth::App {
+                    app: Arc::new(app),
+                    installation: *installation_id,
+                    by_repository: Mutex::new(HashMap::new()),
+                    by_installation: Mutex::new(HashMap::new()),
                 }
-                // Configuration validation requires a key with an App.
-                (None, None) => return Ok(None),
-            };
-            let app = builder()?
-                .app_from_rsa_pem(AppId(app_id), pem)
-                .map_err(SetupError::Key)?
-                .build()
-                .map_err(SetupError::Client)?;
-            Auth::App {
-                app: Arc::new(app),
-                installation: config.installation_id,
-                by_repository: Mutex::new(HashMap::new()),
-                by_installation: Mutex::new(HashMap::new()),
             }
-        } else {
-            return Ok(None);
         };
         let per_minute = NonZeroU32::new(config.reports_per_minute).unwrap_or(NonZeroU32::MIN);
         let burst =

@@ -51,8 +51,9 @@ pub struct Compiled {
 
 /// Checks a decoded configuration whole (each section, the configured backends, the
 /// routes and pipelines) and compiles its routes; every problem is reported at once.
-pub fn compile(config: Config) -> Result<Compiled, Vec<Problem>> {
+pub fn compile(mut config: Config) -> Result<Compiled, Vec<Problem>> {
     let mut problems = config.validate();
+    config.typed = config.typed(&mut problems);
     problems.extend(crate::queue::check(&config));
     problems.extend(crate::executor::check(&config));
     let planner = Planner::new(&config).map_err(|more| problems.extend(more));
@@ -185,7 +186,9 @@ impl App {
         let lane_rules = Arc::new(std::sync::RwLock::new(
             crate::lanes::LaneRules::from_config(&compiled.config),
         ));
-        let github = GithubClient::from_config(&compiled.config.github)?.map(Arc::new);
+        let github =
+            GithubClient::from_config(&compiled.config.github, &compiled.config.typed.github_auth)?
+                .map(Arc::new);
         let reporter: Option<Arc<dyn Reporter>> = match (&github, work) {
             (Some(client), true) => {
                 tracing::info!(
@@ -398,73 +401,47 @@ impl App {
 
 /// The settings a reload cannot change that differ between `old` and `new`, by key.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut changed = Vec::new();
-    let mut compare = |key: &str, before: String, after: String| {
-        if before != after {
-            changed.push(key.to_string());
-        }
-    };
     // Certificates are reread on reload; HTTPS is turned on or off by a restart.
     // GitHub's allow-list (still spelled in [server] by earlier files) is taken on
     // reload, with every surface's.
-    let without_tls = |server: &crate::config::ServerConfig| {
-        let mut server = server.clone();
-        server.tls = None;
-        server.allowed_networks.clear();
-        format!("{server:?}")
+    let server = |config: &Config| crate::config::ServerConfig {
+        tls: None,
+        allowed_networks: Vec::new(),
+        ..config.server.clone()
     };
-    compare(
-        "server (listen, limits, proxies, networks)",
-        without_tls(&old.server),
-        without_tls(&new.server),
-    );
-    compare(
-        "server.tls (on or off)",
-        old.server.tls.is_some().to_string(),
-        new.server.tls.is_some().to_string(),
-    );
-    compare(
-        "queue",
-        format!("{:?}", old.queue),
-        format!("{:?}", new.queue),
-    );
-    compare(
-        "worker",
-        format!("{:?}", old.worker),
-        format!("{:?}", new.worker),
-    );
-    compare(
-        "executor",
-        format!("{:?}", old.executor),
-        format!("{:?}", new.executor),
-    );
-    compare(
-        "ledger",
-        format!("{:?}", old.ledger),
-        format!("{:?}", new.ledger),
-    );
-    compare(
-        "github (token, App, api_url, redeliver, reconcile)",
-        format!(
-            "{:?}{:?}{:?}{:?}{}{:?}{:?}",
-            old.github.token.as_ref().map(|_| ()),
-            old.github.app_id,
-            old.github.installation_id,
-            old.github.api_url,
-            old.github.reports_per_minute,
-            old.github.redeliver,
-            old.github.reconcile
+    // How GitHub is called: the client is made at start.
+    let github = |config: &Config| {
+        let github = &config.github;
+        (
+            github.token.is_some(),
+            github.app_id,
+            github.installation_id,
+            github.api_url.clone(),
+            github.reports_per_minute,
+            github.redeliver.clone(),
+            github.reconcile.clone(),
+        )
+    };
+    [
+        (
+            "server (listen, limits, proxies, networks)",
+            server(old) != server(new),
         ),
-        format!(
-            "{:?}{:?}{:?}{:?}{}{:?}{:?}",
-            new.github.token.as_ref().map(|_| ()),
-            new.github.app_id,
-            new.github.installation_id,
-            new.github.api_url,
-            new.github.reports_per_minute,
-            new.github.redeliver,
-            new.github.reconcile
+        (
+            "server.tls (on or off)",
+            old.server.tls.is_some() != new.server.tls.is_some(),
         ),
-    );
-    changed
+        ("queue", old.queue != new.queue),
+        ("worker", old.worker != new.worker),
+        ("executor", old.executor != new.executor),
+        ("ledger", old.ledger != new.ledger),
+        (
+            "github (token, App, api_url, redeliver, reconcile)",
+            github(old) != github(new),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(key, _)| key.to_string())
+    .collect()
 }

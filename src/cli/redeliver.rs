@@ -51,7 +51,9 @@ pub async fn redeliver(
             "--since goes further back than GitHub keeps deliveries (3 days)".into(),
         ));
     }
-    let Some(client) = crate::github::GithubClient::from_config(&config.github)? else {
+    let Some(client) =
+        crate::github::GithubClient::from_config(&config.github, &config.typed.github_auth)?
+    else {
         return Err(CliError::Usage(
             "redeliver needs github.token or a GitHub App to call GitHub".into(),
         ));

@@ -53,7 +53,6 @@ impl ApiConfig {
                 ));
             }
         }
-        super::server::check_networks("api.allowed_networks", &self.allowed_networks, problems);
         if !(1..=24 * 30).contains(&self.session_hours) {
             problems.push(Problem::new(
                 "api.session_hours",
@@ -64,7 +63,7 @@ impl ApiConfig {
 }
 
 /// `[ledger]`: a SQLite file on one machine, a DynamoDB table on AWS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LedgerConfig {
     /// A SQLite file: every process on one machine.

@@ -84,11 +84,6 @@ fn check_certificate_host(entry: &str) -> Result<(), String> {
 
 impl CodeCommitConfig {
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
-        super::server::check_networks(
-            "codecommit.allowed_networks",
-            &self.allowed_networks,
-            problems,
-        );
         if self.topic_arns.is_empty() && self.api_keys.is_empty() {
             problems.push(Problem::new(
                 "codecommit",

@@ -17,6 +17,7 @@ mod pipeline;
 mod queue;
 mod route;
 mod server;
+mod typed;
 mod worker;
 
 use std::fmt;
@@ -35,7 +36,8 @@ pub use github::{
 pub use pipeline::{Concurrency, PipelineConfig, ProjectConfig};
 pub use queue::QueueConfig;
 pub use route::{CommitsMode, EventName, RouteConfig};
-pub use server::{RateLimitConfig, ServerConfig, TlsConfig, networks, parse_network};
+pub use server::{RateLimitConfig, ServerConfig, TlsConfig, parse_network};
+pub use typed::{AppKey, GithubAuth, ScopedSecret, SurfaceNetworks, Typed};
 pub use worker::WorkerConfig;
 
 use crate::event::Source;
@@ -129,6 +131,10 @@ pub struct Config {
     /// Keys whose secrets are written in the file itself, not taken from `${ENV}`.
     #[serde(skip)]
     pub literal_secrets: Vec<String>,
+    /// What its texts mean (networks, scopes, GitHub's authentication), parsed once
+    /// when the whole is compiled (`crate::app::compile`).
+    #[serde(skip)]
+    pub typed: Typed,
 }
 
 impl Config {
@@ -157,8 +163,9 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, LoadError> {
-        let config = Config::parse(text, env)?;
-        let problems = config.validate();
+        let mut config = Config::parse(text, env)?;
+        let mut problems = config.validate();
+        config.typed = config.typed(&mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::Problem;
 
 /// `[server]`: the HTTP listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -80,7 +80,7 @@ impl ServerConfig {
 }
 
 /// Per-client-address request rate limit (`[server.rate_limit]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Sustained requests per second from one address.
@@ -99,22 +99,6 @@ impl Default for RateLimitConfig {
 }
 
 /// Parses `10.0.0.0/8` or a single address.
-/// Checks an allow-list of networks, each problem under `key[index]`.
-pub(super) fn check_networks(key: &str, list: &[String], problems: &mut Vec<Problem>) {
-    for (index, network) in list.iter().enumerate() {
-        if let Err(message) = parse_network(network) {
-            problems.push(Problem::new(format!("{key}[{index}]"), message));
-        }
-    }
-}
-
-/// The networks of a list that passed [`check_networks`].
-pub fn networks(list: &[String]) -> Vec<IpNet> {
-    list.iter()
-        .filter_map(|text| parse_network(text).ok())
-        .collect()
-}
-
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -154,12 +138,6 @@ impl ServerConfig {
                 "server.max_unverified_bytes",
                 "must be at least server.max_unverified_bytes_per_address",
             ));
-        }
-        for (key, list) in [
-            ("trusted_proxies", &self.trusted_proxies),
-            ("allowed_networks", &self.allowed_networks),
-        ] {
-            check_networks(&format!("server.{key}"), list, problems);
         }
     }
 }

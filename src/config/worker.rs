@@ -9,7 +9,7 @@ use super::Problem;
 const MAX_HOLD_SECS: u64 = 11 * 3600 + 1800;
 
 /// `[worker]`: how jobs are drained.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Jobs in progress at once in one worker process.

@@ -107,14 +107,7 @@ pub struct Live {
     pub networks: SurfaceNetworks,
 }
 
-/// The allow-list of each surface: none applies to another.
-#[derive(Debug, Clone, Default)]
-pub struct SurfaceNetworks {
-    pub github: Vec<IpNet>,
-    pub codecommit: Vec<IpNet>,
-    /// The operator API and the page.
-    pub operator: Vec<IpNet>,
-}
+pub use crate::config::SurfaceNetworks;
 
 /// What a request is to: each has its own allow-list, and its refusals their own
 /// label in the metrics.
@@ -158,21 +151,12 @@ impl Live {
         planner: Arc<Planner>,
         codecommit: Option<Arc<CodeCommitSource>>,
     ) -> Live {
-        use crate::config::networks;
         Live {
             planner,
-            github: GithubSecrets::from_config(&config.github),
+            github: GithubSecrets::from_config(config),
             codecommit,
             manual: crate::source::manual::ManualSource::from_config(&config.api),
-            networks: SurfaceNetworks {
-                github: networks(config.github_networks()),
-                codecommit: config
-                    .codecommit
-                    .as_ref()
-                    .map(|codecommit| networks(&codecommit.allowed_networks))
-                    .unwrap_or_default(),
-                operator: networks(&config.api.allowed_networks),
-            },
+            networks: config.typed.networks.clone(),
         }
     }
 }
@@ -196,7 +180,6 @@ impl AppState {
         let rate = &config.server.rate_limit;
         let quota = Quota::per_second(NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN));
-        use crate::config::networks;
         AppState {
             live: ArcSwap::from_pointee(Live::new(config, planner, codecommit)),
             admission: Arc::new(crate::admission::Admission::new(
@@ -208,7 +191,7 @@ impl AppState {
             queue,
             metrics,
             limiter: RateLimiter::keyed(quota),
-            trusted_proxies: networks(&config.server.trusted_proxies),
+            trusted_proxies: config.typed.trusted_proxies.clone(),
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout(),
             header_timeout: Duration::from_secs(config.server.header_timeout_secs),
@@ -216,7 +199,7 @@ impl AppState {
             connections: Arc::new(ConnectionLimits::new(
                 config.server.max_connections,
                 config.server.max_connections_per_address,
-                networks(&config.server.trusted_proxies),
+                config.typed.trusted_proxies.clone(),
             )),
             bodies: BodyBudget::new(
                 config.server.max_unverified_bytes,

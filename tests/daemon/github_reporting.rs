@@ -444,7 +444,7 @@ async fn github_failing_and_rate_limiting_holds_back_no_execution_and_loses_no_r
 /// renewed before they expire, and check runs created and then updated.
 #[tokio::test]
 async fn as_an_app_it_signs_a_jwt_finds_the_installation_renews_tokens_and_writes_check_runs() {
-    use gitdispatch::config::GithubConfig;
+    use gitdispatch::config::{GithubAuth, GithubConfig};
     use gitdispatch::event::CommitSha;
     use gitdispatch::execution::Action;
     use gitdispatch::execution::name::ExecutionName;
@@ -471,7 +471,9 @@ async fn as_an_app_it_signs_a_jwt_finds_the_installation_renews_tokens_and_write
         api_url: server.uri(),
         ..GithubConfig::default()
     };
-    let client = GithubClient::from_config(&config).unwrap().unwrap();
+    let client = GithubClient::from_config(&config, &GithubAuth::from_config(&config))
+        .unwrap()
+        .unwrap();
     assert!(client.uses_check_runs());
     let reporter = GithubReporter::new(Arc::new(client));
 
@@ -588,15 +590,16 @@ async fn as_an_app_it_signs_a_jwt_finds_the_installation_renews_tokens_and_write
         ..FakeGithub::default()
     }));
     let server = github::serve(github.clone()).await;
-    let reporter = GithubReporter::new(Arc::new(
-        GithubClient::from_config(&GithubConfig {
+    let reporter = GithubReporter::new(Arc::new({
+        let config = GithubConfig {
             api_url: server.uri(),
             installation_id: Some(7),
             ..config.clone()
-        })
-        .unwrap()
-        .unwrap(),
-    ));
+        };
+        GithubClient::from_config(&config, &GithubAuth::from_config(&config))
+            .unwrap()
+            .unwrap()
+    }));
     for stage in [Stage::Queued, Stage::Started] {
         reporter
             .report(&report(stage, ReportState::Pending, "Queued"))

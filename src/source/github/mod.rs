@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::SourceError;
-use crate::config::GithubConfig;
+use crate::config::{Config, ScopedSecret};
 use crate::event::{
     Commit, CommitSha, DeliveryId, Event, EventKind, Occurrence, PullRequest, PullRequestAction,
     Push, RefName, Source,
@@ -42,21 +42,22 @@ struct SecretEntry {
 }
 
 impl GithubSecrets {
-    /// Builds from a validated configuration (scopes were checked by validation).
-    pub fn from_config(config: &GithubConfig) -> GithubSecrets {
-        let entries = config
-            .webhook_secrets
-            .iter()
-            .map(|entry| SecretEntry {
-                secret: entry.secret().clone(),
-                scope: entry
-                    .repositories()
-                    .and_then(|globs| PatternList::compile_repositories(globs).ok()),
-            })
-            .collect();
+    /// Builds from a compiled configuration: its secrets with their scopes, parsed
+    /// once (a scope that did not parse refused the whole configuration).
+    pub fn from_config(config: &Config) -> GithubSecrets {
+        GithubSecrets::new(&config.typed.secrets, config.github.max_commits_per_push)
+    }
+
+    pub fn new(secrets: &[ScopedSecret], max_commits: usize) -> GithubSecrets {
         GithubSecrets {
-            entries,
-            max_commits: config.max_commits_per_push,
+            entries: secrets
+                .iter()
+                .map(|entry| SecretEntry {
+                    secret: entry.secret.clone(),
+                    scope: entry.scope.clone(),
+                })
+                .collect(),
+            max_commits,
         }
     }
 }
@@ -541,11 +542,16 @@ mod tests {
     }
 
     fn secrets(entries: Vec<WebhookSecretConfig>) -> GithubSecrets {
-        GithubSecrets::from_config(&GithubConfig {
-            webhook_secrets: entries,
-            max_commits_per_push: MAX_LISTED_COMMITS,
-            ..GithubConfig::default()
-        })
+        let secrets: Vec<ScopedSecret> = entries
+            .iter()
+            .map(|entry| ScopedSecret {
+                secret: entry.secret().clone(),
+                scope: entry
+                    .repositories()
+                    .map(|globs| PatternList::compile_repositories(globs).unwrap()),
+            })
+            .collect();
+        GithubSecrets::new(&secrets, MAX_LISTED_COMMITS)
     }
 
     fn plain(secret: &str) -> WebhookSecretConfig {
