@@ -26,7 +26,7 @@ use gitdispatch::plan::Planner;
 use gitdispatch::queue::embedded::{EmbeddedQueue, EmbeddedSettings};
 use gitdispatch::queue::{Queue, enqueue};
 use gitdispatch::telemetry::Metrics;
-use gitdispatch::worker::{Worker, WorkerSettings};
+use gitdispatch::worker::{Worker, WorkerParts, WorkerSettings};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
@@ -193,12 +193,18 @@ async fn drain(
     let lanes = journal.then(|| {
         let journal: Arc<dyn Journal> =
             Arc::new(SqliteJournal::open(&directory.path().join("ledger.db")).unwrap());
-        Arc::new(Lanes::new(journal, Default::default()))
+        Arc::new(Lanes::new(journal))
     });
     let metrics = Arc::new(Metrics::default());
     let admission = Arc::new(Admission::new(queue.clone(), None, lanes, metrics.clone()));
-    let worker =
-        Arc::new(Worker::new(queue.clone(), executor, settings, &metrics).admitting(admission));
+    let config = gitdispatch::config::Config::from_toml_str("", &|_| None).unwrap();
+    let planner = Arc::new(gitdispatch::plan::Planner::new(&config).unwrap());
+    let runtime = gitdispatch::runtime::Current::new(
+        gitdispatch::runtime::Runtime::build(&config, planner, None).unwrap(),
+    );
+    let mut parts = WorkerParts::new(queue.clone(), executor, settings, runtime);
+    parts.admission = admission;
+    let worker = Arc::new(Worker::new(parts, &metrics));
     let before = starts.load(Ordering::Relaxed);
     let shutdown = CancellationToken::new();
     let began = Instant::now();

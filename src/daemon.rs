@@ -402,18 +402,18 @@ pub async fn run(
             };
             tracing::info!(%address, scheme, "Listening for webhooks.");
         }
-        let state = app.listener_state(shutdown.clone())?;
-        if let Some(path) = &config_path {
-            // `POST /v1/reload` asks the same reloader as SIGHUP.
+        // `POST /v1/reload` asks the same reloader as SIGHUP.
+        let reloads = config_path.as_ref().map(|path| {
             let (requests, receiver) = tokio::sync::mpsc::channel(4);
-            let _ = state.reloads.set(requests);
             parts.spawn(reload_on_request(
                 app.clone(),
                 path.clone(),
                 receiver,
                 shutdown.clone(),
             ));
-        }
+            requests
+        });
+        let state = app.listener_state(shutdown.clone(), reloads);
         let shutdown = shutdown.clone();
         parts.spawn(async move {
             (

@@ -16,7 +16,7 @@
 //! CodePipeline job neither supersede nor are superseded.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -137,36 +137,25 @@ impl LaneRules {
     }
 }
 
-/// The owner of lane jobs' states: the journal they are kept in, and which pipelines
-/// supersede.
+/// The owner of lane jobs' states: the journal they are kept in. The rules it applies
+/// (which pipelines supersede) are the runtime's: a reload replaces them.
 pub struct Lanes {
     journal: Arc<dyn Journal>,
-    /// Which pipelines supersede, and their projects' skip flags; a reload replaces them.
-    rules: Arc<RwLock<LaneRules>>,
     /// The lanes held (paused, or busy with a long execution) when last read, and when
     /// that was.
     held: Mutex<(Option<Instant>, HashSet<Lane>)>,
 }
 
 impl Lanes {
-    pub fn new(journal: Arc<dyn Journal>, rules: Arc<RwLock<LaneRules>>) -> Lanes {
+    pub fn new(journal: Arc<dyn Journal>) -> Lanes {
         Lanes {
             journal,
-            rules,
             held: Mutex::new((None, HashSet::new())),
         }
     }
 
     pub fn journal(&self) -> &Arc<dyn Journal> {
         &self.journal
-    }
-
-    /// See [`LaneRules::deploys_all_of`].
-    pub fn deploys_all_of(&self, newer: &ExecutionRequest, older: &ExecutionRequest) -> bool {
-        self.rules
-            .read()
-            .expect("lane rules lock")
-            .deploys_all_of(newer, older)
     }
 
     /// Records jobs just queued as waiting (one on record keeps what it says), with
@@ -208,23 +197,17 @@ impl Lanes {
         }
     }
 
-    /// With `supersede = true` on the request's serial pipeline: the newer waiting job
+    /// With `supersede = true` on the request's serial pipeline (as `rules` say): the newer waiting job
     /// that carries this one, when the invariant lets this one be skipped; it is then
     /// recorded superseded. `None` means: start it. Whatever cannot be known (the
     /// journal or the executor cannot be asked) starts it.
     pub async fn supersede(
         &self,
+        rules: &LaneRules,
         request: &ExecutionRequest,
         executor: &dyn Executor,
     ) -> Option<LaneJob> {
-        if request.group.is_none()
-            || !self
-                .rules
-                .read()
-                .expect("lane rules lock")
-                .supersede
-                .contains(&request.pipeline)
-        {
+        if request.group.is_none() || !rules.supersede.contains(&request.pipeline) {
             return None;
         }
         let lookup = async {
@@ -250,7 +233,7 @@ impl Lanes {
                     .job(&newer.name)
                     .await?
                     .and_then(|whole| whole.request())
-                    .is_some_and(|carrier| self.deploys_all_of(&carrier, request));
+                    .is_some_and(|carrier| rules.deploys_all_of(&carrier, request));
                 if covers {
                     return Ok(Some(newer));
                 }
@@ -474,13 +457,11 @@ mod tests {
             crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
                 .unwrap(),
         );
-        let lanes = Lanes::new(
-            journal.clone(),
-            Arc::new(RwLock::new(LaneRules {
-                supersede: HashSet::from(["deploy".to_string()]),
-                ..LaneRules::default()
-            })),
-        );
+        let lanes = Lanes::new(journal.clone());
+        let rules = LaneRules {
+            supersede: HashSet::from(["deploy".to_string()]),
+            ..LaneRules::default()
+        };
         let executor = LocalExecutor::open(LocalSettings {
             path: directory.path().join("executions.db"),
             log_dir: directory.path().join("log"),
@@ -507,12 +488,25 @@ mod tests {
         // The oldest's execution was started (a worker that stopped before it
         // recorded so): it runs, whatever waits behind it.
         executor.start(&requests[0]).await.unwrap();
-        assert!(lanes.supersede(&requests[0], &executor).await.is_none());
+        assert!(
+            lanes
+                .supersede(&rules, &requests[0], &executor)
+                .await
+                .is_none()
+        );
         // The next one has no execution: the newest carries it.
-        let carrier = lanes.supersede(&requests[1], &executor).await.unwrap();
+        let carrier = lanes
+            .supersede(&rules, &requests[1], &executor)
+            .await
+            .unwrap();
         assert_eq!(carrier.name, requests[2].name.as_str());
         // The newest has nothing newer behind it.
-        assert!(lanes.supersede(&requests[2], &executor).await.is_none());
+        assert!(
+            lanes
+                .supersede(&rules, &requests[2], &executor)
+                .await
+                .is_none()
+        );
         let lane = Lane::of(&requests[0]);
         let carried = lanes
             .carried_by(&lane, requests[2].name.as_str())

@@ -23,7 +23,7 @@ use crate::event::{CommitSha, DeliveryId, Event, EventKind, Occurrence, Push, Re
 use crate::execution::name::ExecutionName;
 use crate::github::{CallError, GithubClient};
 use crate::ledger::{Claimant, Ledger, LedgerError, claims_of};
-use crate::plan::{PlanError, Planner};
+use crate::plan::PlanError;
 use crate::source::github::history::GithubHistory;
 use crate::source::{CommitHistory, HistoryError, WalkEnd};
 
@@ -106,8 +106,8 @@ impl std::fmt::Display for Line {
 /// What reconcile works with.
 pub struct Reconciler {
     pub client: Arc<GithubClient>,
-    /// The planner a reload may replace.
-    pub planner: Arc<arc_swap::ArcSwap<Planner>>,
+    /// The planner in force (a reload replaces it).
+    pub runtime: crate::runtime::Current,
     pub ledger: Arc<dyn Ledger>,
     /// Where what reconcile plans is claimed and queued.
     pub admission: Arc<Admission>,
@@ -189,7 +189,7 @@ impl Reconciler {
                 Vec::new(),
                 WalkEnd::Reached,
             );
-            if !self.planner.load().takes(&probe) {
+            if !self.runtime.load().planner.takes(&probe) {
                 continue;
             }
             let line = |outcome, lane: Option<String>, commit: &CommitSha| Line {
@@ -216,7 +216,7 @@ impl Reconciler {
                 continue;
             }
             // Plan the gap as a push from `last` to `head` would have been planned.
-            let planner = self.planner.load_full();
+            let planner = self.runtime.load_full().planner.clone();
             let deferred = planner.plan(&{
                 let mut event = push_event(
                     repository,

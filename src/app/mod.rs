@@ -24,14 +24,13 @@ use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
 use crate::report::Reporter;
 use crate::report::github::GithubReporter;
-use crate::server::{AppState, Live};
+use crate::runtime::{Current, Runtime, RuntimeError};
+use crate::server::AppState;
 use crate::source::CommitHistory;
-use crate::source::codecommit::CodeCommitSource;
 use crate::source::codecommit::history::CodeCommitHistory;
 use crate::source::github::history::GithubHistory;
 use crate::telemetry::Metrics;
-use crate::worker::{Worker, WorkerSettings};
-use arc_swap::ArcSwap;
+use crate::worker::{Worker, WorkerParts, WorkerSettings};
 
 mod open;
 #[cfg(test)]
@@ -94,8 +93,6 @@ pub enum AppError {
     Recovery(#[source] ExecutorError),
     #[error("{0} needs AWS settings, and none were loaded")]
     NoAwsSettings(&'static str),
-    #[error("cannot set up CodeCommit deliveries")]
-    CodeCommit(#[from] crate::source::codecommit::https::ClientError),
     #[error("cannot set up calls to GitHub")]
     Github(#[from] GithubError),
     #[error(transparent)]
@@ -103,7 +100,7 @@ pub enum AppError {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
-    Tls(#[from] crate::server::tls::TlsError),
+    Runtime(#[from] RuntimeError),
     #[error("only a restart can take this configuration: {0}")]
     RestartNeeded(String),
 }
@@ -116,8 +113,6 @@ pub struct App {
     pub queue: OpenedQueue,
     /// Present when built to work: its recovery has run.
     pub executor: Option<OpenedExecutor>,
-    /// Present when `[codecommit]` is configured.
-    pub codecommit: Option<Arc<CodeCommitSource>>,
     /// The sources whose pushes' commits are read from their history.
     histories: HashMap<Source, Arc<dyn CommitHistory>>,
     /// Where the worker reports; `None` when reporting is off.
@@ -128,21 +123,21 @@ pub struct App {
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
     /// Deliveries, lane jobs and pauses, for operators.
     pub journal: Arc<dyn crate::journal::Journal>,
-    /// The pipelines with `supersede = true`; a reload replaces them.
-    lane_rules: Arc<std::sync::RwLock<crate::lanes::LaneRules>>,
+    /// What a reload replaces: the planner, lane rules, secrets, tokens, networks and
+    /// certificate, shared by the listener and the worker.
+    pub runtime: Current,
     /// How every producer's planned starts get on the queue: the listener's
     /// deliveries, the API, replays, the worker's expansions and CodePipeline jobs,
     /// reconcile.
     pub admission: Arc<crate::admission::Admission>,
     /// What the API asks about executions, when it is on.
     describer: Option<Arc<dyn Executor>>,
-    /// The planner every part plans with; a reload replaces it.
-    planner: Arc<ArcSwap<Planner>>,
     /// The custom action's job calls, when `[codepipeline]` is configured and this
     /// process works.
     codepipeline: Option<Arc<crate::source::codepipeline::CodePipeline>>,
-    /// The listener's state, once made: a reload replaces what it holds.
-    state: std::sync::Mutex<Option<Arc<AppState>>>,
+    /// Whether this process listens (its listener's state was made): a reload then
+    /// ends the sessions of tokens it removed.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -173,19 +168,17 @@ impl App {
             None => None,
         };
         let mut histories: HashMap<Source, Arc<dyn CommitHistory>> = HashMap::new();
-        let codecommit = match &compiled.config.codecommit {
-            Some(config) => {
-                let aws = aws.clone().ok_or(AppError::NoAwsSettings("CodeCommit"))?;
-                histories.insert(Source::CodeCommit, Arc::new(CodeCommitHistory::new(aws)));
-                Some(Arc::new(CodeCommitSource::new(config)?))
-            }
-            None => None,
-        };
+        if compiled.config.codecommit.is_some() {
+            let aws = aws.clone().ok_or(AppError::NoAwsSettings("CodeCommit"))?;
+            histories.insert(Source::CodeCommit, Arc::new(CodeCommitHistory::new(aws)));
+        }
+        let runtime = Current::new(Runtime::build(
+            &compiled.config,
+            compiled.planner.clone(),
+            None,
+        )?);
         let ledger = open_ledger(&compiled.config, aws.as_ref()).await?;
         let journal = open_journal(&compiled.config, aws.as_ref()).await?;
-        let lane_rules = Arc::new(std::sync::RwLock::new(
-            crate::lanes::LaneRules::from_config(&compiled.config),
-        ));
         let github =
             GithubClient::from_config(&compiled.config.github, &compiled.config.typed.github_auth)?
                 .map(Arc::new);
@@ -224,12 +217,8 @@ impl App {
             }
             _ => None,
         };
-        let compiled_planner = compiled.planner.clone();
         let metrics = Arc::new(Metrics::default());
-        let lanes = Arc::new(crate::lanes::Lanes::new(
-            journal.clone(),
-            lane_rules.clone(),
-        ));
+        let lanes = Arc::new(crate::lanes::Lanes::new(journal.clone()));
         let admission = Arc::new(crate::admission::Admission::new(
             queue.queue(),
             ledger.clone(),
@@ -243,25 +232,27 @@ impl App {
             metrics,
             queue,
             executor,
-            codecommit,
             histories,
             reporter,
             github,
             ledger,
             journal,
-            lane_rules,
+            runtime,
             describer,
-            planner: Arc::new(ArcSwap::new(compiled_planner)),
-            state: std::sync::Mutex::new(None),
+            listening: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// What the listener's request handlers share.
-    pub fn listener_state(&self, shutdown: CancellationToken) -> Result<Arc<AppState>, AppError> {
+    /// What the listener's request handlers share. `reloads` is where `POST
+    /// /v1/reload` asks for a reload, when the daemon can read its file again.
+    pub fn listener_state(
+        &self,
+        shutdown: CancellationToken,
+        reloads: Option<tokio::sync::mpsc::Sender<crate::server::ReloadRequest>>,
+    ) -> Arc<AppState> {
         let mut state = AppState::new(
             &self.compiled.config,
-            self.planner.load_full(),
-            self.codecommit.clone(),
+            self.runtime.clone(),
             self.queue.queue(),
             self.metrics.clone(),
             shutdown,
@@ -270,15 +261,11 @@ impl App {
         state.journal = Some(self.journal.clone());
         state.queue_admin = Some(self.queue.admin());
         state.executor = self.describer.clone();
-        if let Some(tls) = &self.compiled.config.server.tls {
-            state
-                .tls
-                .store(Some(Arc::new(crate::server::tls::acceptor(tls)?)));
-        }
-        let state = Arc::new(state);
-        *self.state.lock().expect("listener state lock") = Some(state.clone());
+        state.reloads = reloads;
+        self.listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.end_revoked_sessions(&self.compiled.config);
-        Ok(state)
+        Arc::new(state)
     }
 
     /// Ends, in the background, the page's sessions opened with a token `config` does
@@ -317,29 +304,14 @@ impl App {
                 "[api], [codepipeline] or [github.reconcile] needs the ledger, which is opened at start".into(),
             ));
         }
-        let codecommit = match &new.codecommit {
-            Some(config) => Some(Arc::new(CodeCommitSource::new(config)?)),
-            None => None,
-        };
-        // A certificate renewed on disk is read again; one that cannot be read refuses
-        // the whole reload.
-        let tls = match &new.server.tls {
-            Some(config) => Some(Arc::new(crate::server::tls::acceptor(config)?)),
-            None => None,
-        };
-        self.planner.store(compiled.planner.clone());
-        if let Some(state) = self.state.lock().expect("listener state lock").as_ref() {
-            state.reload(Live::new(new, compiled.planner.clone(), codecommit));
-            if self.compiled.config.server.tls.is_some() && tls.is_some() {
-                state.tls.store(tls);
-            }
-        }
+        // One runtime, built whole before anything is swapped: a certificate that
+        // cannot be read refuses the whole reload.
+        let runtime = Runtime::build(new, compiled.planner.clone(), Some(&self.runtime.load()))?;
+        self.runtime.replace(runtime);
         if let Some(executor) = &self.executor {
             executor.reload(new);
         }
-        *self.lane_rules.write().expect("lane rules lock") =
-            crate::lanes::LaneRules::from_config(new);
-        if self.state.lock().expect("listener state lock").is_some() {
+        if self.listening.load(std::sync::atomic::Ordering::Relaxed) {
             self.end_revoked_sessions(new);
         }
         Ok(restart_only_changes(&self.compiled.config, new))
@@ -350,7 +322,7 @@ impl App {
         let config = &self.compiled.config;
         Some(crate::reconcile::Reconciler {
             client: self.github.clone()?,
-            planner: self.planner.clone(),
+            runtime: self.runtime.clone(),
             ledger: self.ledger.clone()?,
             admission: self.admission.clone(),
             config: config.github.reconcile.clone()?,
@@ -366,18 +338,18 @@ impl App {
         if let Some(codecommit) = &config.codecommit {
             max_commits.insert(Source::CodeCommit, codecommit.max_commits);
         }
-        Some(Arc::new(
-            Worker::new(
-                self.queue.queue(),
-                executor.executor(),
-                WorkerSettings::from_config(&self.compiled.config.worker),
-                &self.metrics,
-            )
-            .expanding(self.planner.clone(), self.histories.clone(), max_commits)
-            .reporting(self.reporter.clone())
-            .admitting(self.admission.clone())
-            .following(self.following()),
-        ))
+        let mut parts = WorkerParts::new(
+            self.queue.queue(),
+            executor.executor(),
+            WorkerSettings::from_config(&config.worker),
+            self.runtime.clone(),
+        );
+        parts.admission = self.admission.clone();
+        parts.histories = self.histories.clone();
+        parts.max_commits = max_commits;
+        parts.reporter = self.reporter.clone();
+        parts.codepipeline = self.following();
+        Some(Arc::new(Worker::new(parts, &self.metrics)))
     }
 }
 
@@ -394,7 +366,6 @@ impl App {
             continue_after: Duration::from_secs(config.continue_after_secs),
             start_timeout: Duration::from_secs(config.start_timeout_secs),
             pipelines: config.pipelines.clone(),
-            planner: self.planner.clone(),
         })
     }
 }

@@ -63,8 +63,8 @@ async fn handle_trigger(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, ApiError> {
-    let live = state.live.load_full();
-    let Some(source) = &live.manual else {
+    let runtime = state.runtime.load_full();
+    let Some(source) = &runtime.manual else {
         return Err(ApiError::NotConfigured("api"));
     };
     source.authenticate(headers)?;
@@ -84,7 +84,7 @@ async fn handle_trigger(
     let event = manual::decode(&body, key.as_deref())?;
     let span = tracing::info_span!("delivery", source = "manual", delivery = %event.delivery);
     async {
-        let plan = live.planner.plan(&event)?;
+        let plan = runtime.planner.plan(&event)?;
         let request = plan
             .requests
             .first()
@@ -152,7 +152,7 @@ pub(super) async fn status(
 }
 
 async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiError> {
-    let live = state.live.load_full();
+    let runtime = state.runtime.load_full();
     let Some(executor) = &state.executor else {
         return Err(ApiError::NotConfigured("api"));
     };
@@ -160,7 +160,7 @@ async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiErro
         .map_err(|error| SourceError::Malformed(format!("{name:?}: {error}")))?;
     // A name starts with its pipeline's: try the pipelines it could belong to.
     let mut unavailable = None;
-    for pipeline in live.planner.pipeline_names() {
+    for pipeline in runtime.planner.pipeline_names() {
         if !name.as_str().starts_with(&format!("{pipeline}-")) {
             continue;
         }
@@ -194,14 +194,14 @@ async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiErro
 /// `POST /v1/reload`: the same reload as SIGHUP; `200` with what became of it, `422`
 /// with every problem of a refused configuration (the running one goes on).
 pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let live = state.live.load_full();
-    let Some(source) = &live.manual else {
+    let runtime = state.runtime.load_full();
+    let Some(source) = &runtime.manual else {
         return ApiError::NotConfigured("api").into_response();
     };
     if let Err(error) = source.authenticate(&headers) {
         return ApiError::from(error).into_response();
     }
-    let Some(reloads) = state.reloads.get() else {
+    let Some(reloads) = &state.reloads else {
         return ApiError::NotFound("this process was not started from a configuration file".into())
             .into_response();
     };

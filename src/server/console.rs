@@ -29,8 +29,8 @@ pub(super) async fn authenticate(
     headers: &HeaderMap,
     method: &Method,
 ) -> Result<(), ApiError> {
-    let live = state.live.load_full();
-    let Some(source) = &live.manual else {
+    let runtime = state.runtime.load_full();
+    let Some(source) = &runtime.manual else {
         return Err(ApiError::NotConfigured("api"));
     };
     if headers.contains_key("authorization") {
@@ -87,8 +87,12 @@ async fn operator_body(
 /// Refuses a pipeline the running configuration does not have: `404` when it names
 /// what the call is about (a lane), `422` when it is a field of the body.
 fn known_pipeline(state: &AppState, pipeline: &str, field: Option<&str>) -> Result<(), ApiError> {
-    let live = state.live.load_full();
-    if live.planner.pipeline_names().any(|name| name == pipeline) {
+    let runtime = state.runtime.load_full();
+    if runtime
+        .planner
+        .pipeline_names()
+        .any(|name| name == pipeline)
+    {
         return Ok(());
     }
     let missing = format!("no pipeline {pipeline:?} is configured");
@@ -321,11 +325,11 @@ pub(super) async fn replays(
     // A serial lane's deploy is not replayed over a newer deploy of the same projects
     // from the same ref, queued since and not replayed with it: the lane would end on
     // the older commit.
-    let lanes = state.admission.lanes().map(|lanes| lanes.as_ref());
+    let runtime = state.runtime.load_full();
     let mut skipped = Vec::new();
     let mut kept = Vec::new();
     for job in &chosen {
-        match overtaken(lanes, journal.as_ref(), &jobs, &chosen, job).await? {
+        match overtaken(&runtime.lane_rules, journal.as_ref(), &jobs, &chosen, job).await? {
             Some(newer) => skipped.push(Skipped {
                 original: original_of(job),
                 commit: job.commit.clone(),
@@ -403,7 +407,7 @@ pub(super) async fn replays(
 /// `job` would undo (it ran, or runs first): same serial lane, source, repository and
 /// ref, deploying every project `job` deploys.
 async fn overtaken(
-    lanes: Option<&crate::lanes::Lanes>,
+    rules: &crate::lanes::LaneRules,
     journal: &dyn Journal,
     jobs: &[LaneJob],
     chosen: &[&LaneJob],
@@ -429,9 +433,7 @@ async fn overtaken(
             .job(&newer.name)
             .await?
             .and_then(|whole| whole.request())
-            .is_some_and(|carrier| {
-                lanes.is_none_or(|lanes| lanes.deploys_all_of(&carrier, &request))
-            });
+            .is_some_and(|carrier| rules.deploys_all_of(&carrier, &request));
         if covers {
             return Ok(Some(newer.name.clone()));
         }

@@ -305,7 +305,7 @@ pub async fn run(
         let idle_timeout = state.idle_timeout;
         let header_timeout = state.header_timeout;
         let metrics = state.metrics.clone();
-        let tls = state.tls.load_full();
+        let tls = state.runtime.load().tls.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
             let serve = async {

@@ -9,7 +9,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Request, State};
@@ -31,7 +30,6 @@ mod console;
 mod error;
 mod listener;
 mod session;
-pub mod tls;
 mod ui;
 mod webhooks;
 
@@ -47,18 +45,20 @@ use crate::error::Chain;
 use crate::event::{Event, EventKind};
 use crate::job::Job;
 use crate::ledger;
-use crate::plan::{PlanError, Planner};
+use crate::plan::PlanError;
 use crate::queue::{Queue, QueueError};
+use crate::runtime::Current;
 use crate::source::SourceError;
-use crate::source::codecommit::{self, CodeCommitSource};
-use crate::source::github::{self, Decoded, GithubSecrets};
+use crate::source::codecommit::{self};
+use crate::source::github::{self, Decoded};
 use crate::telemetry::{Metrics, labels};
 
 /// Everything a request handler needs, shared by all requests.
 pub struct AppState {
-    /// What a reload replaces (SIGHUP): routes and pipelines, secrets and tokens. A
-    /// request works with the one it loaded first, whole.
-    pub live: ArcSwap<Live>,
+    /// What a reload replaces (SIGHUP, `POST /v1/reload`): routes and pipelines,
+    /// secrets and tokens, networks, the certificate. A request works with the one it
+    /// loaded first, whole.
+    pub runtime: Current,
     /// Where planned jobs go; a 2xx means they are durable there.
     pub queue: Arc<dyn Queue>,
     /// How planned jobs get on the queue (claims, lane records, heads): the step every
@@ -85,27 +85,13 @@ pub struct AppState {
     pub queue_admin: Option<Arc<dyn crate::queue::QueueAdmin>>,
     /// What `GET /v1/executions/{name}` asks.
     pub executor: Option<Arc<dyn crate::executor::Executor>>,
-    /// The TLS acceptor when `[server.tls]` is set; a reload replaces it with one for
-    /// the certificate on disk then.
-    pub tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
-    /// Where `POST /v1/reload` asks for a reload (the daemon's reloader).
-    pub reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    /// Where `POST /v1/reload` asks for a reload (the daemon's reloader), when the
+    /// daemon was started from a file it can read again.
+    pub reloads: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
 
 /// A reload asked for over the API: the answer says what became of it.
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
-
-/// The part of the listener's state that a reload replaces, all at once.
-pub struct Live {
-    pub planner: Arc<Planner>,
-    pub github: GithubSecrets,
-    /// Present when `[codecommit]` is configured.
-    pub codecommit: Option<Arc<CodeCommitSource>>,
-    /// Who may call the API; `None` when `[api]` has no token.
-    pub manual: Option<crate::source::manual::ManualSource>,
-    /// Where each surface takes requests from (empty: anywhere).
-    pub networks: SurfaceNetworks,
-}
 
 pub use crate::config::SurfaceNetworks;
 
@@ -145,34 +131,11 @@ impl Surface {
     }
 }
 
-impl Live {
-    pub fn new(
-        config: &Config,
-        planner: Arc<Planner>,
-        codecommit: Option<Arc<CodeCommitSource>>,
-    ) -> Live {
-        Live {
-            planner,
-            github: GithubSecrets::from_config(config),
-            codecommit,
-            manual: crate::source::manual::ManualSource::from_config(&config.api),
-            networks: config.typed.networks.clone(),
-        }
-    }
-}
-
 impl AppState {
-    /// Swaps in what a reloaded configuration says; requests in flight finish with what
-    /// they started with.
-    pub fn reload(&self, live: Live) {
-        self.live.store(Arc::new(live));
-    }
-
-    /// Builds the state from a validated configuration.
+    /// Builds the state from a validated configuration and the runtime in force.
     pub fn new(
         config: &Config,
-        planner: Arc<Planner>,
-        codecommit: Option<Arc<CodeCommitSource>>,
+        runtime: Current,
         queue: Arc<dyn Queue>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -181,7 +144,7 @@ impl AppState {
         let quota = Quota::per_second(NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN));
         AppState {
-            live: ArcSwap::from_pointee(Live::new(config, planner, codecommit)),
+            runtime,
             admission: Arc::new(crate::admission::Admission::new(
                 queue.clone(),
                 None,
@@ -209,8 +172,7 @@ impl AppState {
             journal: None,
             queue_admin: None,
             executor: None,
-            reloads: std::sync::OnceLock::new(),
-            tls: arc_swap::ArcSwapOption::empty(),
+            reloads: None,
         }
     }
 }
@@ -302,8 +264,8 @@ async fn guard(
     let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
     let surface = Surface::of(request.uri().path());
     request.extensions_mut().insert(ClientAddress(client));
-    let live = state.live.load();
-    let allowed = surface.networks(&live.networks);
+    let runtime = state.runtime.load();
+    let allowed = surface.networks(&runtime.networks);
     if !allowed.is_empty() && !allowed.iter().any(|network| network.contains(&client)) {
         tracing::warn!(%client, surface = surface.label(), "Refused a request from an address outside the surface's allowed_networks.");
         count_refusal(
@@ -313,7 +275,7 @@ async fn guard(
         );
         return ApiError::AddressNotAllowed(client).into_response();
     }
-    drop(live);
+    drop(runtime);
     if let Err(not_until) = state.limiter.check_key(&client) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),

@@ -136,8 +136,8 @@ pub(super) async fn login(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let live = state.live.load_full();
-    let Some(source) = &live.manual else {
+    let runtime = state.runtime.load_full();
+    let Some(source) = &runtime.manual else {
         return refused_page(ApiError::NotConfigured("api"));
     };
     let fields = match form(&state, client, &headers, body).await {
@@ -199,8 +199,8 @@ pub(super) async fn logout(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let live = state.live.load_full();
-    if let Some(source) = &live.manual {
+    let runtime = state.runtime.load_full();
+    if let Some(source) = &runtime.manual {
         match session(&state, source, &headers).await {
             Ok(Some(session)) => {
                 let fields = match form(&state, client, &headers, body).await {
@@ -279,8 +279,8 @@ fn short(commit: &str) -> &str {
 }
 
 pub(super) async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let live = state.live.load_full();
-    let Some(source) = &live.manual else {
+    let runtime = state.runtime.load_full();
+    let Some(source) = &runtime.manual else {
         return refused_page(ApiError::NotConfigured("api"));
     };
     let session = match session(&state, source, &headers).await {

@@ -81,8 +81,8 @@ async fn handle_github(
     // The body's bytes count against its client's budget until the request ends.
     let mut held = state.bodies.claim(client);
     let body = read_body(headers, body, state.max_body_bytes, &mut held).await?;
-    let live = state.live.load();
-    let verified = github::verify(&live.github, headers, &body)?;
+    let runtime = state.runtime.load();
+    let verified = github::verify(&runtime.github, headers, &body)?;
     let delivery = verified.delivery().clone();
     let span = tracing::info_span!("delivery", source = "github", delivery = %delivery, event = verified.event_name());
     let decoded = span.in_scope(|| github::decode(verified))?;
@@ -114,8 +114,8 @@ async fn handle_codecommit(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, ApiError> {
-    let live = state.live.load_full();
-    let Some(source) = &live.codecommit else {
+    let runtime = state.runtime.load_full();
+    let Some(source) = &runtime.codecommit else {
         return Err(ApiError::NotConfigured("codecommit"));
     };
     let mut held = state.bodies.claim(client);
@@ -210,7 +210,7 @@ fn plan_events(
     let mut intake = crate::admission::Intake::new(Some(ledger::Claimant::Delivery));
     let mut skipped = Vec::new();
     let mut matched = 0;
-    let planner = state.live.load().planner.clone();
+    let planner = state.runtime.load().planner.clone();
     for event in &events {
         let plan = planner.plan(event)?;
         record_plan(state, event, &plan);

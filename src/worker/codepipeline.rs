@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::watch::watch_delay;
-use super::{Settle, Worker};
+use super::{Handler, Run, Settle, Worker};
 use crate::error::Chain;
 use crate::event::EventKind;
 use crate::execution::name::ExecutionName;
@@ -27,6 +27,7 @@ use crate::execution::report::Follow;
 use crate::executor::ExecutionStatus;
 use crate::job::Job;
 use crate::journal::{DeliveryRecord, JobState};
+use crate::queue::Received;
 use crate::queue::enqueue;
 use crate::retry::backoff;
 use crate::source::codepipeline::{CodePipeline, CodePipelineError, Polled, PolledJob};
@@ -42,8 +43,6 @@ pub struct Following {
     pub start_timeout: Duration,
     /// The pipelines a job may name; any when empty.
     pub pipelines: Vec<String>,
-    /// The planner a reload may replace (the one `expand` jobs plan with).
-    pub planner: Arc<arc_swap::ArcSwap<crate::plan::Planner>>,
 }
 
 /// What a polled job asks the admission step to queue: its starts, the follows that
@@ -65,6 +64,22 @@ struct Token {
     /// has none: its continuation counts from its own take).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     since_ms: Option<i64>,
+}
+
+impl Handler for Follow {
+    fn span(&self, _: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            kind = "follow",
+            codepipeline_job = %self.job_id,
+            execution = %self.execution,
+            look = self.look,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle {
+        worker.follow(self, run.received.receive_count).await
+    }
 }
 
 impl Worker {
@@ -190,7 +205,7 @@ impl Worker {
         let mut event = event.as_ref().clone();
         self.find_source(following, &mut event).await;
         let mut record = DeliveryRecord::received(&job.id, Some(&event));
-        let plan = match following.planner.load().plan(&event) {
+        let plan = match self.runtime.load().planner.plan(&event) {
             Ok(plan) if !plan.requests.is_empty() => plan,
             planned => {
                 return Err(Refused {
@@ -425,7 +440,7 @@ impl Worker {
     /// Why the followed execution will never start, when the journal says so: its
     /// start was dead-lettered, or a newer job of its lane superseded it.
     async fn never_starts(&self, follow: &Follow) -> Option<String> {
-        let lanes = self.lanes.as_ref()?;
+        let lanes = self.lanes()?;
         let job = lanes
             .journal()
             .job(follow.execution.as_str())

@@ -4,56 +4,49 @@
 //! job is acknowledged only once every start is on the queue. A crash in between
 //! expands again into the same names, which start nothing twice.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use super::{Settle, Worker};
+use super::{Handler, Run, Settle, Worker};
 use crate::error::Chain;
-use crate::event::{Event, EventKind, Push, Source};
+use crate::event::{Event, EventKind, Push};
 use crate::execution::Expansion;
 use crate::ledger::Claimant;
-use crate::plan::Planner;
 use crate::queue::Received;
-use crate::retry::backoff;
-use crate::source::{CommitHistory, HistoryError, WalkEnd};
+use crate::source::{HistoryError, WalkEnd};
 use crate::telemetry::labels;
 
-/// What a worker needs to expand.
-pub(super) struct Expanding {
-    /// The planner a reload may replace.
-    pub(super) planner: Arc<arc_swap::ArcSwap<Planner>>,
-    pub(super) histories: HashMap<Source, Arc<dyn CommitHistory>>,
-    /// Commits one push may expand to, by source.
-    pub(super) max_commits: HashMap<Source, usize>,
+impl Handler for Expansion {
+    fn span(&self, received: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            kind = "expand",
+            delivery = %self.delivery,
+            repository = %self.repository,
+            git_ref = %self.git_ref,
+            before = %self.before,
+            after = %self.after,
+            receive_count = received.receive_count,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle {
+        worker.expand(run.received, self).await
+    }
 }
 
 impl Worker {
     pub(super) async fn expand(&self, received: &Received, expansion: &Expansion) -> Settle {
-        let Some(expanding) = &self.expansion else {
-            return Settle::DeadLetter(
-                "this worker was not given what expanding a push needs".to_string(),
-            );
-        };
-        let Some(history) = expanding.histories.get(&expansion.source) else {
+        let Some(history) = self.histories.get(&expansion.source) else {
             return Settle::DeadLetter(format!(
                 "no commit history is configured for {} pushes",
                 expansion.source
             ));
         };
-        let retry = || {
-            backoff(
-                received.receive_count,
-                self.settings.retry_initial,
-                self.settings.retry_max,
-            )
-        };
+        let retry = || self.retry_delay(received);
         let walk = match history
             .walk(
                 &expansion.repository,
                 &expansion.before,
                 &expansion.after,
-                expanding
-                    .max_commits
+                self.max_commits
                     .get(&expansion.source)
                     .copied()
                     .unwrap_or(1),
@@ -103,7 +96,7 @@ impl Worker {
                 commits: walk.commits,
             }),
         };
-        let plan = match expanding.planner.load().plan(&event) {
+        let plan = match self.runtime.load().planner.plan(&event) {
             Ok(plan) => plan,
             Err(error) => return Settle::DeadLetter(error.to_string()),
         };

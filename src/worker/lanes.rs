@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use super::report::{carried, superseded};
-use crate::admission::Admission;
 use crate::error::Chain;
 use crate::execution::ExecutionRequest;
 use crate::executor::Execution;
@@ -32,22 +31,13 @@ pub(super) enum Parking {
 }
 
 impl Worker {
-    /// Has the worker queue what it plans (`expand`, CodePipeline jobs) through the
-    /// admission step, and keep, honour and report its lanes' states through that
-    /// step's lanes.
-    pub fn admitting(mut self, admission: Arc<Admission>) -> Worker {
-        self.lanes = admission.lanes().cloned();
-        self.admission = admission;
-        self
-    }
-
     /// What becomes of a received job whose lane may be held (paused, or busy with a
     /// long execution): run it, or park it in the journal (it is acknowledged off the
     /// queue, and put back in order when the hold ends), or, when it cannot be parked
     /// (the journal cannot be written, the lane has as many parked as it may keep),
     /// hold it in flight.
     pub(super) async fn parking(&self, received: &Received) -> Parking {
-        let Some(lanes) = &self.lanes else {
+        let Some(lanes) = self.lanes() else {
             return Parking::Run;
         };
         let Read::Job(job) = Job::read(&received.message.body) else {
@@ -127,7 +117,7 @@ impl Worker {
         request: &ExecutionRequest,
         hard_stop: &CancellationToken,
     ) -> bool {
-        let Some(lanes) = self.lanes.as_ref().filter(|_| request.group.is_some()) else {
+        let Some(lanes) = self.lanes().filter(|_| request.group.is_some()) else {
             return true;
         };
         let lane = Lane::of(request);
@@ -186,10 +176,17 @@ impl Worker {
     /// it is recorded superseded, counted and (with reporting on) shown pending until
     /// its carrier ends, and the caller acknowledges it.
     pub(super) async fn superseded(&self, request: &ExecutionRequest) -> bool {
-        let Some(lanes) = &self.lanes else {
+        let Some(lanes) = self.lanes() else {
             return false;
         };
-        let Some(newer) = lanes.supersede(request, self.executor.as_ref()).await else {
+        let Some(newer) = lanes
+            .supersede(
+                &self.runtime.load().lane_rules,
+                request,
+                self.executor.as_ref(),
+            )
+            .await
+        else {
             return false;
         };
         tracing::info!(superseded_by = %newer.name, "Superseded: a newer job of the lane deploys the same project from the same ref; it carries this one.");
@@ -213,7 +210,7 @@ impl Worker {
         ended: Result<&Execution, &str>,
         details_url: Option<String>,
     ) {
-        let Some(lanes) = self.lanes.as_ref().filter(|_| self.reports()) else {
+        let Some(lanes) = self.lanes().filter(|_| self.reports()) else {
             return;
         };
         let carried_jobs = match lanes

@@ -33,16 +33,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::clock::Clock;
 use crate::config::WorkerConfig;
 use crate::error::Chain;
 use crate::event::Source;
 use crate::executor::Executor;
 use crate::job::{Job, JobKind, Read};
-use crate::plan::Planner;
-use crate::queue::{Queue, QueueError, Receipt, Received};
+use crate::queue::{Queue, QueueError, Receipt, Received, enqueue};
 use crate::report::Reporter;
 use crate::retry::backoff;
+use crate::runtime::Current;
 use crate::source::CommitHistory;
 use crate::telemetry::{Metrics, labels};
 
@@ -119,6 +120,52 @@ struct WorkerMetrics {
     start_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
+impl WorkerMetrics {
+    /// Registers the counters in `metrics`.
+    fn register(&self, metrics: &Metrics) {
+        let families = [
+            (
+                "gitdispatch_jobs",
+                "Jobs handled by the worker, by outcome",
+                &self.jobs,
+            ),
+            (
+                "gitdispatch_executions_started",
+                "Execution starts, by pipeline and whether the execution was new",
+                &self.starts,
+            ),
+            (
+                "gitdispatch_executions_ended",
+                "Ends of held executions, by pipeline and status",
+                &self.executions_ended,
+            ),
+            (
+                "gitdispatch_expansions",
+                "Pushes whose commits were fetched, by how the walk ended",
+                &self.expansions,
+            ),
+            (
+                "gitdispatch_reports",
+                "Reports to the source, by outcome",
+                &self.reports,
+            ),
+            (
+                "gitdispatch_executions_superseded",
+                "Start jobs not started because a newer job of their serial lane waited, by pipeline",
+                &self.superseded,
+            ),
+        ];
+        for (name, help, family) in families {
+            metrics.register_family(name, help, family.clone());
+        }
+        metrics.register_histogram(
+            "gitdispatch_start_latency_seconds",
+            "From a delivery's jobs being queued to their executions' starts",
+            self.start_latency.clone(),
+        );
+    }
+}
+
 impl Default for WorkerMetrics {
     fn default() -> Self {
         WorkerMetrics {
@@ -136,78 +183,39 @@ impl Default for WorkerMetrics {
     }
 }
 
-/// Drains a queue into an executor.
-pub struct Worker {
-    queue: Arc<dyn Queue>,
-    executor: Arc<dyn Executor>,
-    limiter: DefaultDirectRateLimiter,
-    settings: WorkerSettings,
-    metrics: WorkerMetrics,
-    /// What `expand` jobs need: the planner, each source's commit history, and how
-    /// many commits one push may expand to.
-    expansion: Option<expand::Expanding>,
-    /// Where reports go; `None` when reporting is off.
-    reporter: Option<Arc<dyn Reporter>>,
+/// What a worker is made of: one value, so that a worker is whole when it is made.
+pub struct WorkerParts {
+    pub queue: Arc<dyn Queue>,
+    pub executor: Arc<dyn Executor>,
+    pub settings: WorkerSettings,
     /// How what the worker plans (expanded pushes, CodePipeline jobs) gets on the
-    /// queue: the step every producer shares.
-    admission: Arc<crate::admission::Admission>,
-    /// Where each start's state is kept, and pauses and supersede read: the
-    /// admission's.
-    lanes: Option<Arc<crate::lanes::Lanes>>,
-    /// With `[codepipeline]`: the custom action this worker serves.
-    following: Option<codepipeline::Following>,
-    clock: Clock,
+    /// queue; its lanes (when it has a journal) keep each start's state, and pauses
+    /// and supersede read them.
+    pub admission: Arc<Admission>,
+    /// The planner and lane rules in force; a reload replaces them.
+    pub runtime: Current,
+    /// Each source's commit history, for `expand` jobs (a source without one
+    /// dead-letters them), and how many commits one push may expand to.
+    pub histories: HashMap<Source, Arc<dyn CommitHistory>>,
+    pub max_commits: HashMap<Source, usize>,
+    /// Where reports go; `None` when reporting is off.
+    pub reporter: Option<Arc<dyn Reporter>>,
+    /// The CodePipeline custom action this worker serves, when `[codepipeline]` is
+    /// configured.
+    pub codepipeline: Option<codepipeline::Following>,
 }
 
-impl Worker {
+impl WorkerParts {
+    /// A worker that starts what it receives, with no journal, history, reporting or
+    /// custom action: what the queue and executor alone make.
     pub fn new(
         queue: Arc<dyn Queue>,
         executor: Arc<dyn Executor>,
         settings: WorkerSettings,
-        metrics: &Metrics,
-    ) -> Worker {
-        let quota = Quota::per_second(
-            NonZeroU32::new(settings.starts_per_second).unwrap_or(NonZeroU32::MIN),
-        )
-        .allow_burst(NonZeroU32::new(settings.start_burst).unwrap_or(NonZeroU32::MIN));
-        let worker_metrics = WorkerMetrics::default();
-        metrics.register_family(
-            "gitdispatch_jobs",
-            "Jobs handled by the worker, by outcome",
-            worker_metrics.jobs.clone(),
-        );
-        metrics.register_family(
-            "gitdispatch_executions_started",
-            "Execution starts, by pipeline and whether the execution was new",
-            worker_metrics.starts.clone(),
-        );
-        metrics.register_family(
-            "gitdispatch_executions_ended",
-            "Ends of held executions, by pipeline and status",
-            worker_metrics.executions_ended.clone(),
-        );
-        metrics.register_family(
-            "gitdispatch_expansions",
-            "Pushes whose commits were fetched, by how the walk ended",
-            worker_metrics.expansions.clone(),
-        );
-        metrics.register_family(
-            "gitdispatch_reports",
-            "Reports to the source, by outcome",
-            worker_metrics.reports.clone(),
-        );
-        metrics.register_family(
-            "gitdispatch_executions_superseded",
-            "Start jobs not started because a newer job of their serial lane waited, by pipeline",
-            worker_metrics.superseded.clone(),
-        );
-        metrics.register_histogram(
-            "gitdispatch_start_latency_seconds",
-            "From a delivery's jobs being queued to their executions' starts",
-            worker_metrics.start_latency.clone(),
-        );
-        Worker {
-            admission: Arc::new(crate::admission::Admission::new(
+        runtime: Current,
+    ) -> WorkerParts {
+        WorkerParts {
+            admission: Arc::new(Admission::new(
                 queue.clone(),
                 None,
                 None,
@@ -215,52 +223,66 @@ impl Worker {
             )),
             queue,
             executor,
+            settings,
+            runtime,
+            histories: HashMap::new(),
+            max_commits: HashMap::new(),
+            reporter: None,
+            codepipeline: None,
+        }
+    }
+}
+
+/// Drains a queue into an executor.
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    executor: Arc<dyn Executor>,
+    limiter: DefaultDirectRateLimiter,
+    settings: WorkerSettings,
+    metrics: WorkerMetrics,
+    admission: Arc<Admission>,
+    runtime: Current,
+    histories: HashMap<Source, Arc<dyn CommitHistory>>,
+    max_commits: HashMap<Source, usize>,
+    reporter: Option<Arc<dyn Reporter>>,
+    following: Option<codepipeline::Following>,
+    clock: Clock,
+}
+
+impl Worker {
+    pub fn new(parts: WorkerParts, metrics: &Metrics) -> Worker {
+        let settings = parts.settings;
+        let quota = Quota::per_second(
+            NonZeroU32::new(settings.starts_per_second).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(settings.start_burst).unwrap_or(NonZeroU32::MIN));
+        let worker_metrics = WorkerMetrics::default();
+        worker_metrics.register(metrics);
+        Worker {
+            queue: parts.queue,
+            executor: parts.executor,
             limiter: RateLimiter::direct(quota),
             settings,
             metrics: worker_metrics,
-            expansion: None,
-            reporter: None,
-            lanes: None,
-            following: None,
+            admission: parts.admission,
+            runtime: parts.runtime,
+            histories: parts.histories,
+            max_commits: parts.max_commits,
+            reporter: parts.reporter,
+            following: parts.codepipeline,
             clock: Clock::new(),
         }
     }
 
-    /// Lets the worker report: it queues reports as executions start and end, follows
-    /// executions nothing else follows (`watch`), and writes reports with `reporter`.
-    pub fn reporting(mut self, reporter: Option<Arc<dyn Reporter>>) -> Worker {
-        self.reporter = reporter;
-        self
+    /// The lanes whose states the worker keeps and honours; `None` without a journal.
+    fn lanes(&self) -> Option<&Arc<crate::lanes::Lanes>> {
+        self.admission.lanes()
     }
 
     /// How long until `not_before_ms`, when that is still ahead.
     fn not_due(&self, not_before_ms: i64) -> Option<Duration> {
         let ahead = not_before_ms - self.clock.now_ms();
         (ahead > 0).then(|| Duration::from_millis(ahead as u64))
-    }
-
-    /// Lets the worker run `expand` jobs: it fetches a push's commits from the
-    /// source's history (at most `max_commits` of that source), plans them with
-    /// `planner` and queues their starts.
-    pub fn expanding(
-        mut self,
-        planner: Arc<arc_swap::ArcSwap<Planner>>,
-        histories: HashMap<Source, Arc<dyn CommitHistory>>,
-        max_commits: HashMap<Source, usize>,
-    ) -> Worker {
-        self.expansion = Some(expand::Expanding {
-            planner,
-            histories,
-            max_commits,
-        });
-        self
-    }
-
-    /// Lets the worker serve a CodePipeline custom action: poll its jobs
-    /// ([`Worker::poll_codepipeline`]) and run `follow` jobs.
-    pub fn following(mut self, following: Option<codepipeline::Following>) -> Worker {
-        self.following = following;
-        self
     }
 
     /// Runs until `shutdown` is cancelled; then lets jobs in progress finish for the
@@ -503,95 +525,55 @@ impl Worker {
             }
             Read::Invalid(reason) => return Settle::DeadLetter(reason),
         };
-        match job.kind {
-            JobKind::Start { request } => {
-                let span = tracing::info_span!(
-                    "job",
-                    execution = %request.name,
-                    pipeline = %request.pipeline,
-                    delivery = %request.origin.delivery,
-                    repository = %request.origin.repository,
-                    git_ref = %request.origin.git_ref,
-                    commit = %request.origin.commit,
-                    receive_count = received.receive_count,
-                );
-                self.start(received, &request, held_since, hard_stop)
-                    .instrument(span)
-                    .await
-            }
-            JobKind::Expand { expansion } => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = "expand",
-                    delivery = %expansion.delivery,
-                    repository = %expansion.repository,
-                    git_ref = %expansion.git_ref,
-                    before = %expansion.before,
-                    after = %expansion.after,
-                    receive_count = received.receive_count,
-                );
-                self.expand(received, &expansion).instrument(span).await
-            }
-            JobKind::Report { report } => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = "report",
-                    repository = %report.target.repository,
-                    commit = %report.target.commit,
-                    context = %report.target.context,
-                    stage = report.stage.as_str(),
-                    attempt = report.attempt,
-                );
-                self.report(&report).instrument(span).await
-            }
-            JobKind::Watch { watch } => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = "watch",
-                    execution = %watch.execution,
-                    pipeline = %watch.pipeline,
-                    look = watch.look,
-                );
-                self.watch(&watch, received.receive_count)
-                    .instrument(span)
-                    .await
-            }
-            JobKind::Release { release } => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = "release",
-                    execution = %release.request.name,
-                    pipeline = %release.request.pipeline,
-                    look = release.look,
-                );
-                self.release(&release, received.receive_count)
-                    .instrument(span)
-                    .await
-            }
-            JobKind::Unpark { unpark } => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = "unpark",
-                    pipeline = %unpark.pipeline,
-                    environment = %unpark.environment,
-                    fence = %unpark.fence,
-                    round = unpark.round,
-                );
-                self.unpark(&unpark, received.receive_count)
-                    .instrument(span)
-                    .await
-            }
-            JobKind::Follow { follow } => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = "follow",
-                    codepipeline_job = %follow.job_id,
-                    execution = %follow.execution,
-                    look = follow.look,
-                );
-                self.follow(&follow, received.receive_count)
-                    .instrument(span)
-                    .await
+        let run = Run {
+            received,
+            held_since,
+            hard_stop,
+        };
+        match &job.kind {
+            JobKind::Start { request } => self.dispatch(request, &run).await,
+            JobKind::Expand { expansion } => self.dispatch(expansion, &run).await,
+            JobKind::Report { report } => self.dispatch(report, &run).await,
+            JobKind::Watch { watch } => self.dispatch(watch, &run).await,
+            JobKind::Release { release } => self.dispatch(release, &run).await,
+            JobKind::Unpark { unpark } => self.dispatch(unpark, &run).await,
+            JobKind::Follow { follow } => self.dispatch(follow, &run).await,
+        }
+    }
+
+    /// Runs one job in its kind's span.
+    async fn dispatch<H: Handler>(&self, handler: &H, run: &Run<'_>) -> Settle {
+        handler
+            .handle(self, run)
+            .instrument(handler.span(run.received))
+            .await
+    }
+
+    /// The backoff before a failed job is tried again, growing with its receives.
+    fn retry_delay(&self, received: &Received) -> Duration {
+        self.retry_after(received.receive_count)
+    }
+
+    /// The backoff before a job received `receive_count` times is tried again.
+    fn retry_after(&self, receive_count: u32) -> Duration {
+        backoff(
+            receive_count,
+            self.settings.retry_initial,
+            self.settings.retry_max,
+        )
+    }
+
+    /// Queues `jobs`, what a handled job leaves to do: the job is acknowledged once
+    /// they are on the queue, or retried after the backoff (handling it again is safe:
+    /// starts are found by name, reports and follows are idempotent). `what` says, in
+    /// the log, what could not be queued.
+    async fn queue_or_retry(&self, received: &Received, jobs: &[Job], what: &str) -> Settle {
+        match enqueue(self.queue.as_ref(), jobs).await {
+            Ok(()) => Settle::Ack,
+            Err(error) => {
+                let delay = self.retry_delay(received);
+                tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue {what}; will try again.");
+                Settle::Retry(delay)
             }
         }
     }
@@ -628,6 +610,22 @@ impl Worker {
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc();
     }
+}
+
+/// What a job is handled with, besides its own fields.
+struct Run<'a> {
+    received: &'a Received,
+    /// When its chain was received: a lane's job is held in flight only so long.
+    held_since: tokio::time::Instant,
+    /// Cancelled when the grace period of a shutdown is over.
+    hard_stop: &'a CancellationToken,
+}
+
+/// A job kind: its own fields, the span its work logs in, and how a worker handles it
+/// (each kind's in its own file). One dispatch, [`Worker::handle`], runs them all.
+trait Handler {
+    fn span(&self, received: &Received) -> tracing::Span;
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle;
 }
 
 /// How a held execution's wait ended.

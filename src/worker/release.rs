@@ -8,16 +8,33 @@ use std::time::Duration;
 
 use super::report::ended;
 use super::watch::watch_delay;
-use super::{Settle, Worker};
+use super::{Handler, Run, Settle, Worker};
 use crate::error::Chain;
 use crate::execution::report::Release;
 use crate::job::Job;
 use crate::journal::Lane;
+use crate::queue::Received;
 use crate::queue::enqueue;
 use crate::telemetry::labels;
 
 /// The longest wait between two looks.
 const MAX_RELEASE_DELAY: Duration = Duration::from_secs(60);
+
+impl Handler for Release {
+    fn span(&self, _: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            kind = "release",
+            execution = %self.request.name,
+            pipeline = %self.request.pipeline,
+            look = self.look,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle {
+        worker.release(self, run.received.receive_count).await
+    }
+}
 
 impl Worker {
     pub(super) async fn release(&self, release: &Release, receive_count: u32) -> Settle {
@@ -45,7 +62,7 @@ impl Worker {
             ]))
             .inc();
         let lane = Lane::of(request);
-        if let Some(lanes) = &self.lanes {
+        if let Some(lanes) = self.lanes() {
             lanes.ended(request, execution.status.as_str()).await;
         }
         let details_url = self.executor.link(&execution.id);
@@ -61,7 +78,7 @@ impl Worker {
         }
         self.report_carried(request, Ok(&execution), details_url)
             .await;
-        if let Some(lanes) = &self.lanes
+        if let Some(lanes) = self.lanes()
             && let Err(error) = lanes.journal().vacate(&lane).await
         {
             tracing::warn!(error = %Chain(&error), "Could not mark the lane free; will try again.");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Settle, Worker};
+use super::{Handler, Run, Settle, Worker};
 use crate::error::Chain;
 use crate::execution::Action;
 use crate::execution::ExecutionRequest;
@@ -20,6 +20,7 @@ use crate::execution::name::ExecutionName;
 use crate::execution::report::{Report, ReportState, ReportTarget, Stage};
 use crate::executor::{Execution, ExecutionStatus};
 use crate::job::Job;
+use crate::queue::Received;
 use crate::queue::enqueue;
 
 use crate::report::{ReportError, Reported, log_given_up};
@@ -32,6 +33,24 @@ pub(super) const REPORT_ATTEMPTS: u32 = 20;
 /// Backoff between tries of a report: from the worker's `retry_initial_ms`, doubling
 /// up to 10 minutes, so that a GitHub outage of an hour or two loses no report.
 const REPORT_RETRY_MAX: Duration = Duration::from_secs(600);
+
+impl Handler for Report {
+    fn span(&self, _: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            kind = "report",
+            repository = %self.target.repository,
+            commit = %self.target.commit,
+            context = %self.target.context,
+            stage = self.stage.as_str(),
+            attempt = self.attempt,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, _: &Run<'_>) -> Settle {
+        worker.report(self).await
+    }
+}
 
 impl Worker {
     pub(super) async fn report(&self, report: &Report) -> Settle {

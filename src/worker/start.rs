@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::report::{ended, not_started, started as started_report};
 use super::watch::watch_delay;
-use super::{End, Settle, Worker};
+use super::{End, Handler, Run, Settle, Worker};
 use crate::error::Chain;
 use crate::execution::ExecutionRequest;
 use crate::execution::report::Watch;
@@ -21,6 +21,27 @@ use crate::telemetry::labels;
 /// How long a started execution may fail to be described before its job is released
 /// to be looked at again later (never dead-lettered: the execution exists).
 const DESCRIBE_PATIENCE: Duration = Duration::from_secs(300);
+
+impl Handler for ExecutionRequest {
+    fn span(&self, received: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            execution = %self.name,
+            pipeline = %self.pipeline,
+            delivery = %self.origin.delivery,
+            repository = %self.origin.repository,
+            git_ref = %self.origin.git_ref,
+            commit = %self.origin.commit,
+            receive_count = received.receive_count,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle {
+        worker
+            .start(run.received, self, run.held_since, run.hard_stop)
+            .await
+    }
+}
 
 impl Worker {
     /// Starts one execution (see [`Worker::run_start`]); a start that can never succeed
@@ -37,7 +58,7 @@ impl Worker {
             .await;
         if let Settle::DeadLetter(reason) = &settle {
             // Not waiting any more: it must not supersede an older job run later.
-            if let Some(lanes) = &self.lanes {
+            if let Some(lanes) = self.lanes() {
                 lanes.rejected(request, reason).await;
             }
             if let Some(target) = &request.report {
@@ -126,7 +147,7 @@ impl Worker {
                     self.metrics.start_latency.observe(waited);
                 }
             }
-            if let Some(lanes) = &self.lanes {
+            if let Some(lanes) = self.lanes() {
                 lanes.started(request).await;
             }
             let details_url = self.executor.link(started.id());
@@ -152,18 +173,9 @@ impl Worker {
                     Job::report(started_report(request, target, details_url)),
                     Job::watch(watch),
                 ];
-                return match enqueue(self.queue.as_ref(), &jobs).await {
-                    Ok(()) => Settle::Ack,
-                    Err(error) => {
-                        let delay = backoff(
-                            received.receive_count,
-                            self.settings.retry_initial,
-                            self.settings.retry_max,
-                        );
-                        tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the report of a start; will start again (finding it by name).");
-                        Settle::Retry(delay)
-                    }
-                };
+                return self
+                    .queue_or_retry(received, &jobs, "the report of a start")
+                    .await;
             }
             if let Some(target) = target {
                 self.queue_reports(vec![started_report(request, target, details_url.clone())])
@@ -174,11 +186,11 @@ impl Worker {
             // and a `release` job follows the execution instead.
             let hand_over = (request.group.is_some()
                 && self.executor.outlives_this_process()
-                && self.lanes.is_some())
+                && self.lanes().is_some())
             .then_some(held_since + self.settings.max_hold);
             match self.wait_for_end(request, hand_over, hard_stop).await {
                 End::Finished(execution) => {
-                    if let Some(lanes) = &self.lanes {
+                    if let Some(lanes) = self.lanes() {
                         lanes.ended(request, execution.status.as_str()).await;
                     }
                     self.report_carried(request, Ok(&execution), details_url.clone())
@@ -196,18 +208,9 @@ impl Worker {
                     // The end is acknowledged once its report is queued: a check left
                     // pending would hold merges. A failure goes round again, finding
                     // the ended execution by name.
-                    return match enqueue(self.queue.as_ref(), &[Job::report(report)]).await {
-                        Ok(()) => Settle::Ack,
-                        Err(error) => {
-                            let delay = backoff(
-                                received.receive_count,
-                                self.settings.retry_initial,
-                                self.settings.retry_max,
-                            );
-                            tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "Could not queue the report of an end; will look again.");
-                            Settle::Retry(delay)
-                        }
-                    };
+                    return self
+                        .queue_or_retry(received, &[Job::report(report)], "the report of an end")
+                        .await;
                 }
                 End::Interrupted => {
                     tracing::warn!("The execution was interrupted; starting it again.");
@@ -216,11 +219,7 @@ impl Worker {
                 End::Stopped => return Settle::Release(Duration::ZERO),
                 End::HeldTooLong => return self.hand_over(request, received).await,
                 End::Unknown(error) => {
-                    let delay = backoff(
-                        received.receive_count,
-                        self.settings.retry_initial,
-                        self.settings.retry_max,
-                    );
+                    let delay = self.retry_delay(received);
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not tell whether the execution ended; will look again.");
                     return Settle::Retry(delay);
                 }
@@ -234,17 +233,11 @@ impl Worker {
     /// holding the job (it is released to be taken up again: the start finds the
     /// execution by name, and tries again).
     async fn hand_over(&self, request: &ExecutionRequest, received: &Received) -> Settle {
-        let Some(lanes) = &self.lanes else {
+        let Some(lanes) = self.lanes() else {
             return Settle::Release(Duration::ZERO);
         };
         let lane = crate::journal::Lane::of(request);
-        let retry = || {
-            backoff(
-                received.receive_count,
-                self.settings.retry_initial,
-                self.settings.retry_max,
-            )
-        };
+        let retry = || self.retry_delay(received);
         if let Err(error) = lanes.journal().occupy(&lane, request.name.as_str()).await {
             tracing::warn!(error = %Chain(&error), "Could not mark the lane busy; its job goes back to the queue, to be held again.");
             return Settle::Release(retry());

@@ -156,9 +156,7 @@ impl Harness {
             .unwrap(),
         );
         let worker = Arc::new(Worker::new(
-            queue.clone(),
-            executor,
-            settings,
+            WorkerParts::new(queue.clone(), executor, settings, runtime("")),
             &Metrics::default(),
         ));
         Harness {
@@ -442,27 +440,22 @@ async fn expanding_harness(
     let mut harness = Harness::new(executor.clone(), settings()).await;
     let text = "[[pipelines]]\nname = \"deploy\"\ncommand = [\"true\"]\nconcurrency = \"serial\"\n\
                 [[routes]]\npipeline = \"deploy\"\nsources = [\"codecommit\"]\nenvironment = \"acceptance\"\n";
-    let config = Config::from_toml_str(text, &|_| None).unwrap();
     let mut histories: HashMap<Source, Arc<dyn crate::source::CommitHistory>> = HashMap::new();
     if let Some(history) = history {
         histories.insert(Source::CodeCommit, history);
     }
-    harness.worker = Arc::new(
-        Worker::new(
-            harness.queue.clone(),
-            executor,
-            settings(),
-            &Metrics::default(),
-        )
-        .expanding(
-            Arc::new(arc_swap::ArcSwap::from_pointee(
-                Planner::new(&config).unwrap(),
-            )),
-            histories,
-            HashMap::from([(Source::CodeCommit, max_commits)]),
-        ),
-    );
+    let mut parts = WorkerParts::new(harness.queue.clone(), executor, settings(), runtime(text));
+    parts.histories = histories;
+    parts.max_commits = HashMap::from([(Source::CodeCommit, max_commits)]);
+    harness.worker = Arc::new(Worker::new(parts, &Metrics::default()));
     harness
+}
+
+/// The runtime of a configuration text.
+fn runtime(text: &str) -> crate::runtime::Current {
+    let config = Config::from_toml_str(text, &|_| None).unwrap();
+    let planner = Arc::new(Planner::new(&config).unwrap());
+    crate::runtime::Current::new(crate::runtime::Runtime::build(&config, planner, None).unwrap())
 }
 
 fn history_of(commits: u32, errors: Vec<crate::source::HistoryError>) -> Arc<ScriptedHistory> {

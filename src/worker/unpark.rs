@@ -6,17 +6,34 @@
 //! nothing parked ends the hold. Only the round of the chain the hold names acts: a
 //! pause or a long execution stops the chain, a stale one is replaced.
 
-use super::{Settle, Worker};
+use super::{Handler, Run, Settle, Worker};
 use crate::error::Chain;
 use crate::execution::report::Unpark;
 use crate::job::Job;
 use crate::journal::{HoldEnd, Lane};
+use crate::queue::Received;
 use crate::queue::enqueue;
-use crate::retry::backoff;
+
+impl Handler for Unpark {
+    fn span(&self, _: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            kind = "unpark",
+            pipeline = %self.pipeline,
+            environment = %self.environment,
+            fence = %self.fence,
+            round = self.round,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle {
+        worker.unpark(self, run.received.receive_count).await
+    }
+}
 
 impl Worker {
     pub(super) async fn unpark(&self, unpark: &Unpark, receive_count: u32) -> Settle {
-        let Some(lanes) = &self.lanes else {
+        let Some(lanes) = self.lanes() else {
             return Settle::Ack;
         };
         let journal = lanes.journal();
@@ -25,11 +42,7 @@ impl Worker {
             environment: unpark.environment.clone(),
         };
         let retry = |what: &str, error: &(dyn std::error::Error + 'static)| {
-            let delay = backoff(
-                receive_count,
-                self.settings.retry_initial,
-                self.settings.retry_max,
-            );
+            let delay = self.retry_after(receive_count);
             tracing::warn!(error = %Chain(error), retry_in_ms = delay.as_millis() as u64, "Could not {what}; will try again.");
             Settle::Retry(delay)
         };

@@ -7,28 +7,38 @@
 use std::time::Duration;
 
 use super::report::ended;
-use super::{Settle, Worker};
+use super::{Handler, Run, Settle, Worker};
 use crate::error::Chain;
 use crate::execution::report::Watch;
 use crate::job::Job;
+use crate::queue::Received;
 use crate::queue::enqueue;
-use crate::retry::backoff;
 
 /// The longest wait between two looks.
 const MAX_WATCH_DELAY: Duration = Duration::from_secs(300);
+
+impl Handler for Watch {
+    fn span(&self, _: &Received) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            kind = "watch",
+            execution = %self.execution,
+            pipeline = %self.pipeline,
+            look = self.look,
+        )
+    }
+
+    async fn handle(&self, worker: &Worker, run: &Run<'_>) -> Settle {
+        worker.watch(self, run.received.receive_count).await
+    }
+}
 
 impl Worker {
     pub(super) async fn watch(&self, watch: &Watch, receive_count: u32) -> Settle {
         if let Some(wait) = self.not_due(watch.not_before_ms) {
             return Settle::Release(wait);
         }
-        let retry = || {
-            backoff(
-                receive_count,
-                self.settings.retry_initial,
-                self.settings.retry_max,
-            )
-        };
+        let retry = || self.retry_after(receive_count);
         match self
             .executor
             .describe(&watch.pipeline, &watch.execution)

@@ -26,7 +26,7 @@ use gitdispatch::plan::Planner;
 use gitdispatch::queue::sqs::SqsQueue;
 use gitdispatch::queue::{Message, Queue, QueueError, enqueue};
 use gitdispatch::telemetry::Metrics;
-use gitdispatch::worker::{Worker, WorkerSettings};
+use gitdispatch::worker::{Worker, WorkerParts, WorkerSettings};
 use tokio_util::sync::CancellationToken;
 
 /// A Step Functions client whose calls go through `proxy`.
@@ -55,7 +55,11 @@ async fn drain(
     settings: WorkerSettings,
     done: impl std::future::Future<Output = ()>,
 ) {
-    let worker = Arc::new(Worker::new(queue, executor, settings, &Metrics::default()));
+    let runtime = common::runtime_of(&common::example_config());
+    let worker = Arc::new(Worker::new(
+        WorkerParts::new(queue, executor, settings, runtime),
+        &Metrics::default(),
+    ));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     done.await;

@@ -22,11 +22,10 @@ use gitdispatch::execution::ExecutionRequest;
 use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
 use gitdispatch::executor::{Executor, ExecutorError, Started};
 use gitdispatch::job::Job;
-use gitdispatch::plan::Planner;
 use gitdispatch::queue::sqs::SqsQueue;
 use gitdispatch::queue::{Queue, enqueue};
 use gitdispatch::telemetry::Metrics;
-use gitdispatch::worker::Worker;
+use gitdispatch::worker::{Worker, WorkerParts};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -518,9 +517,12 @@ async fn a_message_received_twice_starts_one_execution() {
 
     // The next worker receives it again once its visibility runs out.
     let worker = Arc::new(Worker::new(
-        queue.clone(),
-        executor,
-        settings(),
+        WorkerParts::new(
+            queue.clone(),
+            executor,
+            settings(),
+            common::runtime_of(&common::example_config()),
+        ),
         &Metrics::default(),
     ));
     let shutdown = CancellationToken::new();
@@ -591,9 +593,12 @@ async fn every_job_ends_in_exactly_one_execution_despite_throttling_and_failures
         enqueue(queue.as_ref(), &jobs).await.unwrap();
     }
     let worker = Arc::new(Worker::new(
-        queue.clone(),
-        executor,
-        settings(),
+        WorkerParts::new(
+            queue.clone(),
+            executor,
+            settings(),
+            common::runtime_of(&common::example_config()),
+        ),
         &Metrics::default(),
     ));
     let shutdown = CancellationToken::new();
@@ -667,8 +672,7 @@ async fn a_delivery_that_cannot_be_queued_gets_a_5xx() {
     let shutdown = CancellationToken::new();
     let state = Arc::new(gitdispatch::server::AppState::new(
         &config,
-        Arc::new(Planner::new(&config).unwrap()),
-        None,
+        common::runtime_of(&config),
         queue,
         Arc::new(Metrics::default()),
         shutdown.clone(),

@@ -44,7 +44,7 @@ impl Harness {
         let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
         tokio::spawn(gitdispatch::server::run(
             listener,
-            app.listener_state(shutdown.clone()).unwrap(),
+            app.listener_state(shutdown.clone(), None),
             shutdown.clone(),
         ));
         Harness {

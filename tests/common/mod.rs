@@ -83,6 +83,14 @@ impl Drop for TestApp {
 
 /// The listener as the daemon assembles it (`App::build`, `server::run`), on
 /// `127.0.0.1:0`, with the embedded queue in a directory of its own.
+/// The runtime `config` makes, as a daemon starting with it has.
+pub fn runtime_of(config: &Config) -> gitdispatch::runtime::Current {
+    let planner = std::sync::Arc::new(gitdispatch::plan::Planner::new(config).unwrap());
+    gitdispatch::runtime::Current::new(
+        gitdispatch::runtime::Runtime::build(config, planner, None).unwrap(),
+    )
+}
+
 pub async fn spawn_app(mut config: Config) -> TestApp {
     let directory = tempfile::tempdir().unwrap();
     let queue_path = directory.path().join("queue.db");
@@ -102,7 +110,7 @@ pub async fn spawn_app(mut config: Config) -> TestApp {
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::run(
         listener,
-        app.listener_state(shutdown.clone()).unwrap(),
+        app.listener_state(shutdown.clone(), None),
         shutdown.clone(),
     ));
     TestApp {

@@ -1443,13 +1443,15 @@ async fn an_execution_longer_than_a_job_may_be_held_keeps_its_lane_in_order() {
     let arn = sfn
         .create_state_machine()
         .name(moto::unique("long-deploy"))
-        .definition(r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Wait", "Seconds": 5, "End": true}}}"#)
+        .definition(r#"{"StartAt": "Deploy", "States": {"Deploy": {"Type": "Wait", "Seconds": 8, "End": true}}}"#)
         .role_arn("arn:aws:iam::123456789012:role/gitdispatch-sample")
         .send()
         .await
         .unwrap()
         .state_machine_arn()
         .to_string();
+    // Each execution outlives the 2 s hold by 6 s: room for a loaded machine to hand
+    // the lane over while the first still runs, which is what is looked at.
     let aws_text = aws::aws_config_text(&queue_url, &arn)
         .replace("[worker]\n", "[worker]\nmax_hold_secs = 2\n");
     let text = format!(
@@ -1474,7 +1476,7 @@ async fn an_execution_longer_than_a_job_may_be_held_keeps_its_lane_in_order() {
     // While the first runs past the hold: nothing of the lane is in flight on SQS, the
     // lane is busy with it, the two after it parked.
     let api = |path: &str| format!("http://{}{path}", daemon.address);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let lane = loop {
         let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
         let lane = lane_of(&lanes, "deploy", "acceptance");

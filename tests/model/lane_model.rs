@@ -598,7 +598,7 @@ async fn open_lab(directory: &Path, supersede: bool, worker: &str) -> Lab {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(gitdispatch::server::run(
         listener,
-        app.listener_state(shutdown.clone()).unwrap(),
+        app.listener_state(shutdown.clone(), None),
         shutdown.clone(),
     ));
     Lab {
