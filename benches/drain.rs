@@ -20,6 +20,7 @@ use gitdispatch::event::{
 use gitdispatch::executor::stepfunctions::StepFunctionsExecutor;
 use gitdispatch::job::Job;
 use gitdispatch::journal::Journal;
+use gitdispatch::journal::deferred::Deferred;
 use gitdispatch::journal::sqlite::SqliteJournal;
 use gitdispatch::lanes::Lanes;
 use gitdispatch::plan::Planner;
@@ -191,8 +192,10 @@ async fn drain(
         max_hold: Duration::from_secs(11 * 3600),
     };
     let lanes = journal.then(|| {
-        let journal: Arc<dyn Journal> =
-            Arc::new(SqliteJournal::open(&directory.path().join("ledger.db")).unwrap());
+        let journal: Arc<dyn Journal> = Arc::new(Deferred::new(
+            Arc::new(SqliteJournal::open(&directory.path().join("ledger.db")).unwrap()),
+            Default::default(),
+        ));
         Arc::new(Lanes::new(journal))
     });
     let metrics = Arc::new(Metrics::default());

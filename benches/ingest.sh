@@ -13,6 +13,9 @@
 # A run with any non-2xx answer or socket error is reported as FAILED, not as a rate.
 #
 #   benches/ingest.sh [seconds per run]        default 5
+#
+# With PROFILE=<file.svg>, perf samples gitdispatch through its 16-connection run (DWARF
+# call stacks) and inferno draws the flame graph there (`cargo install inferno`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
@@ -101,6 +104,8 @@ sed -e "s|listen = \"127.0.0.1:8080\"|listen = \"127.0.0.1:$port\"|" \
     -e "s|per_second = 50|per_second = 10000000|" \
     -e "s|burst = 200|burst = 10000000|" \
     config/gitdispatch.toml > "$directory/gitdispatch.toml"
+# The journal as shipped (the ledger's SQLite file), in the run's directory.
+printf '\n[ledger]\ntype = "sqlite"\npath = "%s/ledger.db"\n' "$directory" >> "$directory/gitdispatch.toml"
 GITHUB_WEBHOOK_SECRET=bench-secret GITDISPATCH_LOG=warn \
     target/release/gitdispatch --config "$directory/gitdispatch.toml" listen &
 daemon=$!
@@ -109,11 +114,25 @@ wait_for "http://127.0.0.1:$port/healthz"
 sleep 0.5
 idle=$(rss "$daemon" VmRSS)
 for connections in 16 64; do
+    if [ -n "${PROFILE:-}" ] && [ "$connections" = 16 ]; then
+        perf record -F 499 --call-graph dwarf,16384 -p "$daemon" -o "$directory/perf.data" -q &
+        perf=$!
+        sleep 0.5
+    fi
     echo "gitdispatch $connections $(load "http://127.0.0.1:$port" "$connections")" >> "$results"
+    if [ -n "${perf:-}" ]; then
+        kill -INT "$perf"; wait "$perf" || true
+        perf script -i "$directory/perf.data" 2> /dev/null | inferno-collapse-perf > "$directory/folded.txt"
+        inferno-flamegraph --title "gitdispatch ingest, 16 connections" < "$directory/folded.txt" > "$PROFILE"
+        cp "$directory/folded.txt" "${PROFILE%.svg}.folded"
+        unset perf
+    fi
 done
 peak=$(rss "$daemon" VmHWM)
-jobs=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from jobs").fetchone()[0])' "$directory/queue.db")
 kill "$daemon"; wait "$daemon" 2>/dev/null || true
+count() { python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])' "$@"; }
+jobs=$(count "$directory/queue.db" "select count(*) from jobs")
+recorded=$(count "$directory/ledger.db" "select count(*) from deliveries")
 
 # The largest deliveries, on a fresh gitdispatch: a push listing 2,048 commits (time to
 # plan and queue all of them, answered after the commit), then a 25 MB push (2,048
@@ -138,7 +157,8 @@ for name, body in (("wide", push(40, 1 << 100)), ("huge", push(12150, 1 << 101))
 PY
 port=$(free_port)
 sed -i -e "s|listen = \"127.0.0.1:[0-9]*\"|listen = \"127.0.0.1:$port\"|" \
-    -e "s|$directory/queue.db|$directory/large-queue.db|" "$directory/gitdispatch.toml"
+    -e "s|$directory/queue.db|$directory/large-queue.db|" \
+    -e "s|$directory/ledger.db|$directory/large-ledger.db|" "$directory/gitdispatch.toml"
 GITHUB_WEBHOOK_SECRET=bench-secret GITDISPATCH_LOG=warn \
     target/release/gitdispatch --config "$directory/gitdispatch.toml" listen &
 daemon=$!
@@ -172,11 +192,11 @@ for connections in 16 64; do
 done
 
 python3 - "$results" "$idle" "$peak" "$jobs" "$seconds" "$wide_status" "$wide_seconds" \
-    "$huge_status" "$huge_seconds" "$large_idle" "$large_peak" "$huge_bytes" <<'PY'
+    "$huge_status" "$huge_seconds" "$large_idle" "$large_peak" "$huge_bytes" "$recorded" <<'PY'
 import sys
 rows = [line.split() for line in open(sys.argv[1])]
 idle, peak, jobs, seconds = sys.argv[2:6]
-wide_status, wide_seconds, huge_status, huge_seconds, large_idle, large_peak, huge_bytes = sys.argv[6:]
+wide_status, wide_seconds, huge_status, huge_seconds, large_idle, large_peak, huge_bytes, recorded = sys.argv[6:]
 ceiling = {row[1]: float(row[2]) for row in rows if row[0] == "ceiling"}
 print(f"{seconds} s per run; ratios are to the ceiling at the same connections")
 print(f"{'server':12} {'conns':>5} {'req/s':>10} {'x ceiling':>10} {'p50 ms':>8} {'p99 ms':>8}  run")
@@ -189,9 +209,12 @@ for connections in gd:
     print(f"gitdispatch / webhook at {connections} connections: {gd[connections] / wh[connections]:.1f}x")
 sent = sum(int(row[5]) for row in rows if row[0] == "gitdispatch")
 print(f"gitdispatch RSS: idle {int(idle) / 1024:.1f} MiB, peak under load {int(peak) / 1024:.1f} MiB")
-print(f"gitdispatch: {sent} deliveries answered, {jobs} jobs on disk (a commit sent again is the same job)")
+print(f"gitdispatch: {sent} deliveries answered, {jobs} jobs on disk (a commit sent again is the same job), "
+      f"{recorded} deliveries in the journal")
 print(f"push of 2,048 commits: answered {wide_status} in {float(wide_seconds) * 1000:.0f} ms (verified, planned, queued)")
 above = (int(large_peak) - int(large_idle)) * 1024
 print(f"push of {int(huge_bytes) / 2**20:.1f} MiB: answered {huge_status} in {float(huge_seconds) * 1000:.0f} ms; "
       f"peak RSS {above / 2**20:.0f} MiB above idle = {above / int(huge_bytes):.2f}x the payload")
 PY
+# A run with any non-2xx answer or socket error is a failed run.
+! grep -q FAILED "$results"

@@ -452,6 +452,11 @@ pub async fn run(
             tracing::error!(part, error = %Chain(error.as_ref()), "A part failed while stopping.");
         }
     }
+    if !app.settle_journal(Duration::from_secs(5)).await {
+        tracing::warn!(
+            "Stopped before the journal wrote the records of every queued job; the jobs are on the queue, their records are lost."
+        );
+    }
     if let Some(executor) = &app.executor {
         let left = match stop_requested.await {
             Ok(requested) => grace.saturating_sub(requested.elapsed()),

@@ -22,6 +22,57 @@ pub fn open_durable(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
+/// How often a file whose writer does not checkpoint is checkpointed.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The WAL file is cut back to this size after a checkpoint let it start over.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Has `connection`, a file's one writer, leave checkpoints to
+/// [`checkpoint_periodically`]: its commits then fsync the WAL alone, never the
+/// database file too (a checkpoint copies the WAL's pages there and syncs it).
+pub fn leave_checkpoints(connection: &Connection) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    Ok(())
+}
+
+/// Checkpoints the WAL of the file at `path` from a connection of its own, every
+/// [`CHECKPOINT_EVERY`], while `alive` says so: passive checkpoints, which never wait
+/// for the writer nor make it wait. Durability is the writer's commits' (WAL with
+/// `synchronous=FULL`): a checkpoint only moves committed pages.
+pub fn checkpoint_periodically(
+    path: std::path::PathBuf,
+    alive: impl Fn() -> bool + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let connection = match Connection::open(&path) {
+            Ok(connection) => std::sync::Arc::new(std::sync::Mutex::new(connection)),
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "Cannot open a connection to checkpoint the file; its WAL is checkpointed by nothing.");
+                return;
+            }
+        };
+        let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !alive() {
+                return;
+            }
+            let connection = connection.clone();
+            let checkpointed = tokio::task::spawn_blocking(move || {
+                let connection = connection.lock().expect("a checkpointer's connection lock");
+                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            })
+            .await;
+            if let Ok(Err(error)) = checkpointed {
+                tracing::debug!(%error, path = %path.display(), "A checkpoint did not complete; the next one tries again.");
+            }
+        }
+    });
+}
+
 /// One connection shared by async callers, used on the blocking pool and never on an
 /// async thread: what the ledger, the journal and the local executor's record hold.
 #[derive(Clone)]

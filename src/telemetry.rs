@@ -38,7 +38,7 @@ pub fn init() {
     };
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
 
 /// Every counter the daemon keeps.
 pub struct Metrics {

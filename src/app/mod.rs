@@ -121,8 +121,10 @@ pub struct App {
     pub github: Option<Arc<GithubClient>>,
     /// The record of planned commits, when `[github.reconcile]` is configured.
     pub ledger: Option<Arc<dyn crate::ledger::Ledger>>,
-    /// Deliveries, lane jobs and pauses, for operators.
+    /// Deliveries, lane jobs and pauses, for operators: `deferred`, over the backend.
     pub journal: Arc<dyn crate::journal::Journal>,
+    /// The journal whose admission records are written after the answer.
+    deferred: Arc<crate::journal::deferred::Deferred>,
     /// What a reload replaces: the planner, lane rules, secrets, tokens, networks and
     /// certificate, shared by the listener and the worker.
     pub runtime: Current,
@@ -178,7 +180,18 @@ impl App {
             None,
         )?);
         let ledger = open_ledger(&compiled.config, aws.as_ref()).await?;
-        let journal = open_journal(&compiled.config, aws.as_ref()).await?;
+        let metrics = Arc::new(Metrics::default());
+        let lost = prometheus_client::metrics::family::Family::default();
+        metrics.register_family(
+            "gitdispatch_journal_records_lost",
+            "Records of queued jobs the journal could not keep (its queue of records full, or the write failed), by reason",
+            lost.clone(),
+        );
+        let deferred = Arc::new(crate::journal::deferred::Deferred::new(
+            open_journal(&compiled.config, aws.as_ref()).await?,
+            lost,
+        ));
+        let journal: Arc<dyn crate::journal::Journal> = deferred.clone();
         let github =
             GithubClient::from_config(&compiled.config.github, &compiled.config.typed.github_auth)?
                 .map(Arc::new);
@@ -217,7 +230,6 @@ impl App {
             }
             _ => None,
         };
-        let metrics = Arc::new(Metrics::default());
         let lanes = Arc::new(crate::lanes::Lanes::new(journal.clone()));
         let admission = Arc::new(crate::admission::Admission::new(
             queue.queue(),
@@ -237,6 +249,7 @@ impl App {
             github,
             ledger,
             journal,
+            deferred,
             runtime,
             describer,
             listening: std::sync::atomic::AtomicBool::new(false),
@@ -315,6 +328,12 @@ impl App {
             self.end_revoked_sessions(new);
         }
         Ok(restart_only_changes(&self.compiled.config, new))
+    }
+
+    /// Waits, for at most `patience`, until the journal has written the records of
+    /// everything admitted (what a stopping daemon does last); whether it has.
+    pub async fn settle_journal(&self, patience: Duration) -> bool {
+        self.deferred.settle_within(patience).await
     }
 
     /// Reconcile, when `[github.reconcile]` is configured.

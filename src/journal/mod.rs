@@ -10,6 +10,7 @@
 //! record is started), never a delivery or a start; a paused lane is the one thing it
 //! decides, and its pauses are read again every few seconds.
 
+pub mod deferred;
 pub mod dynamodb;
 pub mod sqlite;
 

@@ -423,6 +423,35 @@ async fn the_sqlite_journal_keeps_the_contract() {
     prunes_beyond_the_count(Arc::new(again)).await;
 }
 
+/// The journal the daemon uses: the admission's records written after the answer,
+/// everything else waiting for them. It keeps the same contract, read at once after
+/// each write; what it wrote is in the file for another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_journal_writing_records_after_the_answer_keeps_the_contract() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ledger.db");
+    let lost = prometheus_client::metrics::family::Family::default();
+    let deferred = Arc::new(gitdispatch::journal::deferred::Deferred::new(
+        Arc::new(SqliteJournal::open(&path).unwrap()),
+        lost.clone(),
+    ));
+    contract(deferred.clone()).await;
+    assert!(
+        deferred
+            .settle_within(std::time::Duration::from_secs(5))
+            .await
+    );
+    let again = SqliteJournal::open(&path).unwrap();
+    assert_eq!(again.lane_jobs(None).await.unwrap().len(), 47);
+    assert_eq!(
+        lost.get_or_create(&vec![("reason", "failed".to_string())])
+            .get(),
+        0,
+        "no record lost"
+    );
+    prunes_beyond_the_count(deferred).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dynamodb_journal_keeps_the_contract() {
     let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);

@@ -106,6 +106,12 @@ impl EmbeddedQueue {
         let (commands, receiver) = mpsc::unbounded_channel();
         let health = Arc::new(WriterHealth::default());
         tokio::spawn(writer(connection, receiver, health.clone()));
+        // The writer's commits fsync the WAL alone; checkpoints run beside them, for
+        // as long as the queue is open.
+        let open = commands.downgrade();
+        crate::sqlite::checkpoint_periodically(settings.path.clone(), move || {
+            open.upgrade().is_some()
+        });
         Ok(EmbeddedQueue {
             commands,
             health,

@@ -11,6 +11,7 @@ use crate::queue::{Message, Receipt, Received};
 
 pub(super) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let connection = crate::sqlite::open_durable(path)?;
+    crate::sqlite::leave_checkpoints(&connection)?;
     connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS jobs (
              seq INTEGER PRIMARY KEY AUTOINCREMENT,
