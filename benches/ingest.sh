@@ -113,6 +113,9 @@ pids+=($daemon)
 wait_for "http://127.0.0.1:$port/healthz"
 sleep 0.5
 idle=$(rss "$daemon" VmRSS)
+# CPU time (user + system, in clock ticks) of a process and its threads.
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_before=$(cpu "$daemon")
 for connections in 16 64; do
     if [ -n "${PROFILE:-}" ] && [ "$connections" = 16 ]; then
         perf record -F 499 --call-graph dwarf,16384 -p "$daemon" -o "$directory/perf.data" -q &
@@ -129,6 +132,9 @@ for connections in 16 64; do
     fi
 done
 peak=$(rss "$daemon" VmHWM)
+cpu_after=$(cpu "$daemon")
+cpu_used=$(( cpu_after - cpu_before ))
+ticks=$(getconf CLK_TCK)
 kill "$daemon"; wait "$daemon" 2>/dev/null || true
 count() { python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])' "$@"; }
 jobs=$(count "$directory/queue.db" "select count(*) from jobs")
@@ -192,11 +198,13 @@ for connections in 16 64; do
 done
 
 python3 - "$results" "$idle" "$peak" "$jobs" "$seconds" "$wide_status" "$wide_seconds" \
-    "$huge_status" "$huge_seconds" "$large_idle" "$large_peak" "$huge_bytes" "$recorded" <<'PY'
+    "$huge_status" "$huge_seconds" "$large_idle" "$large_peak" "$huge_bytes" "$recorded" \
+    "$cpu_used" "$ticks" <<'PY'
 import sys
 rows = [line.split() for line in open(sys.argv[1])]
 idle, peak, jobs, seconds = sys.argv[2:6]
-wide_status, wide_seconds, huge_status, huge_seconds, large_idle, large_peak, huge_bytes, recorded = sys.argv[6:]
+wide_status, wide_seconds, huge_status, huge_seconds, large_idle, large_peak, huge_bytes, recorded = sys.argv[6:14]
+cpu_used, ticks = int(sys.argv[14]), int(sys.argv[15])
 ceiling = {row[1]: float(row[2]) for row in rows if row[0] == "ceiling"}
 print(f"{seconds} s per run; ratios are to the ceiling at the same connections")
 print(f"{'server':12} {'conns':>5} {'req/s':>10} {'x ceiling':>10} {'p50 ms':>8} {'p99 ms':>8}  run")
@@ -208,6 +216,8 @@ wh = {row[1]: float(row[2]) for row in rows if row[0] == "webhook"}
 for connections in gd:
     print(f"gitdispatch / webhook at {connections} connections: {gd[connections] / wh[connections]:.1f}x")
 sent = sum(int(row[5]) for row in rows if row[0] == "gitdispatch")
+print(f"gitdispatch CPU: {cpu_used / ticks / max(sent, 1) * 1e6:.0f} us per delivery answered "
+      f"({cpu_used / ticks / (2 * float(seconds)):.2f} cores through both runs)")
 print(f"gitdispatch RSS: idle {int(idle) / 1024:.1f} MiB, peak under load {int(peak) / 1024:.1f} MiB")
 print(f"gitdispatch: {sent} deliveries answered, {jobs} jobs on disk (a commit sent again is the same job), "
       f"{recorded} deliveries in the journal")
