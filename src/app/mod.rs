@@ -403,9 +403,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     let github = |config: &Config| {
         let github = &config.github;
         (
-            github.token.is_some(),
-            github.app_id,
-            github.installation_id,
+            config.typed.github_auth.clone(),
             github.api_url.clone(),
             github.reports_per_minute,
             github.redeliver.clone(),

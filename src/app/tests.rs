@@ -109,3 +109,29 @@ fn aws_settings_are_checked() {
     let compiled = from_toml_str(&fifo, &env).unwrap();
     assert_eq!(compiled.config.queue.type_name(), "sqs (FIFO)");
 }
+
+/// What a reload cannot take is found by comparing typed sections: a rotated GitHub
+/// token (the client is made at start) is one, whatever its length; rotated webhook
+/// secrets and a new allow-list are taken.
+#[test]
+fn restart_only_changes_are_found_by_comparing_typed_sections() {
+    let with = |github: &str| {
+        let text = MINIMAL.replace(
+            "webhook_secrets = [\"${SECRET}\"]",
+            &format!("webhook_secrets = [\"${{SECRET}}\"]\n{github}"),
+        );
+        from_toml_str(&text, &env).unwrap().config
+    };
+    let old = with("token = \"ghp_first_token_000000\"");
+    let rotated = with("token = \"ghp_other_token_111111\"");
+    assert_eq!(
+        restart_only_changes(&old, &rotated),
+        vec!["github (token, App, api_url, redeliver, reconcile)".to_string()]
+    );
+    let same_token =
+        with("token = \"ghp_first_token_000000\"\nallowed_networks = [\"10.0.0.0/8\"]");
+    assert!(restart_only_changes(&old, &same_token).is_empty());
+    let mut secrets = old.clone();
+    secrets.github.webhook_secrets.clear();
+    assert!(restart_only_changes(&old, &secrets).is_empty());
+}

@@ -79,6 +79,46 @@ impl GithubAuth {
     }
 }
 
+/// Equal when GitHub would be called the same way: the same token, or the same App
+/// with the same key (what a reload compares: the client is made at start).
+impl PartialEq for GithubAuth {
+    fn eq(&self, other: &GithubAuth) -> bool {
+        use secrecy::ExposeSecret;
+        match (self, other) {
+            (GithubAuth::None, GithubAuth::None) => true,
+            (GithubAuth::Token(one), GithubAuth::Token(other)) => {
+                one.expose_secret() == other.expose_secret()
+            }
+            (
+                GithubAuth::App {
+                    app_id,
+                    installation_id,
+                    key,
+                },
+                GithubAuth::App {
+                    app_id: other_app,
+                    installation_id: other_installation,
+                    key: other_key,
+                },
+            ) => app_id == other_app && installation_id == other_installation && key == other_key,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for AppKey {
+    fn eq(&self, other: &AppKey) -> bool {
+        use secrecy::ExposeSecret;
+        match (self, other) {
+            (AppKey::Inline(one), AppKey::Inline(other)) => {
+                one.expose_secret() == other.expose_secret()
+            }
+            (AppKey::File(one), AppKey::File(other)) => one == other,
+            _ => false,
+        }
+    }
+}
+
 /// A GitHub App's private key (PEM).
 #[derive(Debug, Clone)]
 pub enum AppKey {
