@@ -17,7 +17,18 @@ pub fn open_durable(path: &Path) -> rusqlite::Result<Connection> {
     }
     let connection = Connection::open(path)?;
     connection.busy_timeout(Duration::from_secs(5))?;
-    connection.pragma_update(None, "journal_mode", "WAL")?;
+    // Turning a new file to WAL takes it whole, and SQLite answers "busy" at once
+    // (without waiting) when another process is at it: tried again for as long as
+    // the busy timeout.
+    let mut tries = 0;
+    while let Err(error) = connection.pragma_update(None, "journal_mode", "WAL") {
+        let busy = error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+        tries += 1;
+        if !busy || tries >= 100 {
+            return Err(error);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     connection.pragma_update(None, "synchronous", "FULL")?;
     Ok(connection)
 }

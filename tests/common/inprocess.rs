@@ -34,10 +34,16 @@ impl Drop for Harness {
 impl Harness {
     /// Assembles the configuration `text`, whose embedded queue is at `queue_path`.
     pub async fn start(text: &str, queue_path: PathBuf) -> Harness {
-        let compiled = gitdispatch::app::from_toml_str(text, &|name| {
+        let mut compiled = gitdispatch::app::from_toml_str(text, &|name| {
             (name == "GITHUB_WEBHOOK_SECRET").then(|| SECRET.to_string())
         })
         .unwrap_or_else(|error| panic!("{error}"));
+        // The journal beside the queue, not in the working directory's `var/`.
+        if compiled.config.ledger == gitdispatch::config::LedgerConfig::default() {
+            compiled.config.ledger = gitdispatch::config::LedgerConfig::Sqlite {
+                path: queue_path.with_file_name("ledger.db"),
+            };
+        }
         let app = App::build(compiled, true).await.unwrap();
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -99,6 +99,13 @@ pub async fn spawn_app(mut config: Config) -> TestApp {
         visibility_timeout_secs: 30,
         max_receives: 5,
     };
+    // The journal in the test's own directory, not the working directory's `var/`
+    // that every test would share.
+    if config.ledger == gitdispatch::config::LedgerConfig::default() {
+        config.ledger = gitdispatch::config::LedgerConfig::Sqlite {
+            path: directory.path().join("ledger.db"),
+        };
+    }
     let compiled = gitdispatch::app::compile(config).expect("the test config compiles");
     let app = App::build(compiled, false).await.unwrap();
     let OpenedQueue::Embedded(queue) = &app.queue else {

@@ -423,6 +423,26 @@ async fn the_sqlite_journal_keeps_the_contract() {
     prunes_beyond_the_count(Arc::new(again)).await;
 }
 
+/// Processes that open a new journal file together (a `listen` and a `work` started
+/// at once) all open it: one makes the tables and adds the columns, the others find
+/// them made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_opening_a_new_file_together_all_open_it() {
+    for _ in 0..20 {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("ledger.db");
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || SqliteJournal::open(&path).map(|_| ()))
+            })
+            .collect();
+        for opened in opening {
+            opened.await.unwrap().unwrap();
+        }
+    }
+}
+
 /// The journal the daemon uses: the admission's records written after the answer,
 /// everything else waiting for them. It keeps the same contract, read at once after
 /// each write; what it wrote is in the file for another process.

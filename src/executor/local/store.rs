@@ -134,8 +134,13 @@ pub(super) const SCHEMA_VERSION: i64 = 2;
 
 pub(super) fn open_store(path: &Path) -> rusqlite::Result<Connection> {
     let connection = crate::sqlite::open_durable(path)?;
-    connection.execute_batch(
-        "CREATE TABLE IF NOT EXISTS executions (
+    // The tables are made, the version read and the file upgraded by one writer at a
+    // time: processes opening a file together must neither add the same columns twice
+    // nor find the file locked by a reader that became a writer.
+    connection.execute_batch("BEGIN IMMEDIATE")?;
+    let upgraded = (|| {
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS executions (
              name TEXT PRIMARY KEY,
              pipeline TEXT NOT NULL,
              environment TEXT NOT NULL,
@@ -150,28 +155,35 @@ pub(super) fn open_store(path: &Path) -> rusqlite::Result<Connection> {
              owner_pid INTEGER NOT NULL
          );
          CREATE INDEX IF NOT EXISTS executions_by_start ON executions (started_at);",
-    )?;
-    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if version < 2 {
-        // Version 1 kept one run per name and knew the daemon by its pid only.
-        connection.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE executions ADD COLUMN planned_name TEXT;
-             ALTER TABLE executions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
-             ALTER TABLE executions ADD COLUMN owner TEXT;
-             ALTER TABLE executions ADD COLUMN pid INTEGER;
-             ALTER TABLE executions ADD COLUMN pid_start INTEGER;
-             ALTER TABLE executions ADD COLUMN run_id TEXT;
-             UPDATE executions SET planned_name = name WHERE planned_name IS NULL;
-             CREATE INDEX IF NOT EXISTS executions_by_planned_name
-                 ON executions (planned_name, attempt);
-             PRAGMA user_version = 2;
-             COMMIT;",
         )?;
-    } else if version > SCHEMA_VERSION {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "the execution record was written by a newer release (schema {version}, this release knows {SCHEMA_VERSION})"
-        )));
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if version < 2 {
+            // Version 1 kept one run per name and knew the daemon by its pid only.
+            connection.execute_batch(
+                "ALTER TABLE executions ADD COLUMN planned_name TEXT;
+                 ALTER TABLE executions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+                 ALTER TABLE executions ADD COLUMN owner TEXT;
+                 ALTER TABLE executions ADD COLUMN pid INTEGER;
+                 ALTER TABLE executions ADD COLUMN pid_start INTEGER;
+                 ALTER TABLE executions ADD COLUMN run_id TEXT;
+                 UPDATE executions SET planned_name = name WHERE planned_name IS NULL;
+                 CREATE INDEX IF NOT EXISTS executions_by_planned_name
+                     ON executions (planned_name, attempt);
+                 PRAGMA user_version = 2;",
+            )?;
+        } else if version > SCHEMA_VERSION {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "the execution record was written by a newer release (schema {version}, this release knows {SCHEMA_VERSION})"
+            )));
+        }
+        Ok(())
+    })();
+    match upgraded {
+        Ok(()) => connection.execute_batch("COMMIT")?,
+        Err(error) => {
+            let _ = connection.execute_batch("ROLLBACK");
+            return Err(error);
+        }
     }
     Ok(connection)
 }
@@ -242,6 +254,28 @@ pub(super) async fn finish(
                     Duration::from_secs(5),
                 ))
                 .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Processes opening a new record together (a daemon restarted while its old
+    /// process still stops) all open it: one upgrades it, the others find it upgraded.
+    #[test]
+    fn processes_opening_a_new_record_together_all_open_it() {
+        for _ in 0..20 {
+            let directory = tempfile::tempdir().unwrap();
+            let path = directory.path().join("executions.db");
+            let opening: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || super::open_store(&path).map(|_| ()))
+                })
+                .collect();
+            for opened in opening {
+                opened.join().unwrap().unwrap();
             }
         }
     }

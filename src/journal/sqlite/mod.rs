@@ -246,9 +246,14 @@ fn begin_hold(connection: &Connection, lane: &Lane) -> rusqlite::Result<()> {
 impl SqliteJournal {
     pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
         let connection = crate::sqlite::open_durable(path)
-            .and_then(|connection| {
+            .and_then(|mut connection| {
                 connection.pragma_update(None, "synchronous", "NORMAL")?;
-                connection.execute_batch(
+                // One writer at a time makes or upgrades the tables: processes that
+                // open a new file together (a `listen` and a `work` started at once)
+                // would otherwise both add the same column.
+                let transaction = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                transaction.execute_batch(
                     "CREATE TABLE IF NOT EXISTS deliveries (
                          source TEXT NOT NULL,
                          id TEXT NOT NULL,
@@ -289,7 +294,8 @@ impl SqliteJournal {
                          PRIMARY KEY (pipeline, environment)
                      );",
                 )?;
-                add_columns(&connection)?;
+                add_columns(&transaction)?;
+                transaction.commit()?;
                 Ok(connection)
             })
             .map_err(|error| JournalError::new(format!("cannot open {}", path.display()), error))?;
