@@ -249,18 +249,90 @@ impl Lanes {
                 return None;
             }
         };
-        // A job taken back after a restart may have started before the journal heard
-        // of it: only an execution the executor does not know may be skipped.
+        self.skip_for(request, newer, executor).await
+    }
+
+    /// A replay of a serial lane's deploy that a newer deploy of the same projects and
+    /// ref, queued after the replay's original, ran over before the replay's turn
+    /// (started or ended): skipped, recorded superseded by it, so that the lane never
+    /// ends on the older commit. Replays are planned without such a deploy (the
+    /// console leaves them out); this catches one the journal did not know of then
+    /// (its record lost in a crash before it was written, recorded when it started).
+    /// `None` means: start it; so does whatever cannot be known.
+    pub async fn overtaken_replay(
+        &self,
+        rules: &LaneRules,
+        request: &ExecutionRequest,
+        executor: &dyn Executor,
+    ) -> Option<LaneJob> {
+        // Only a serial lane's.
+        request.group.as_ref()?;
+        let lookup = async {
+            let Some(me) = self.journal.job(request.name.as_str()).await? else {
+                return Ok(None);
+            };
+            let (JobState::Waiting, Some(original)) = (me.state, me.replay_of.as_deref()) else {
+                return Ok(None);
+            };
+            let Some(original) = self.journal.job(original).await? else {
+                return Ok(None);
+            };
+            let mut ran: Vec<LaneJob> = self
+                .journal
+                .lane_jobs(Some(&me.lane))
+                .await?
+                .into_iter()
+                .filter(|newer| {
+                    newer.name != me.name
+                        && matches!(newer.state, JobState::Started | JobState::Ended)
+                        && overwrites(newer, &original)
+                })
+                .collect();
+            ran.sort_by_key(|newer| std::cmp::Reverse(newer.seq));
+            for newer in ran {
+                let covers = self
+                    .journal
+                    .job(&newer.name)
+                    .await?
+                    .and_then(|whole| whole.request())
+                    .is_some_and(|carrier| rules.deploys_all_of(&carrier, request));
+                if covers {
+                    return Ok(Some(newer));
+                }
+            }
+            Ok::<_, JournalError>(None)
+        };
+        let newer = match lookup.await {
+            Ok(Some(newer)) => newer,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not read the lane's jobs; starting this replay.");
+                return None;
+            }
+        };
+        self.skip_for(request, newer, executor).await
+    }
+
+    /// Records `request` superseded by `newer` and returns it, unless its execution
+    /// exists (a job taken back after a restart may have started before the journal
+    /// heard of it: only an execution the executor does not know may be skipped) or
+    /// that cannot be told.
+    async fn skip_for(
+        &self,
+        request: &ExecutionRequest,
+        newer: LaneJob,
+        executor: &dyn Executor,
+    ) -> Option<LaneJob> {
         match executor.describe(&request.pipeline, &request.name).await {
             Err(ExecutorError::NotFound { .. }) => {}
             Ok(_) => {
                 tracing::info!(
-                    "A newer job of the lane waits, but this one's execution exists: it runs."
+                    "A newer job of the lane carries this one, but this one's execution exists: it runs."
                 );
                 return None;
             }
             Err(error) => {
-                tracing::warn!(error = %Chain(&error), "Could not tell whether this job's execution exists; starting it rather than superseding it.");
+                tracing::warn!(error = %Chain(&error), "Could not tell whether this job's execution exists; starting it rather than skipping it.");
                 return None;
             }
         }
@@ -514,6 +586,107 @@ mod tests {
             .unwrap();
         assert_eq!(carried.len(), 1);
         assert_eq!(carried[0].request(), Some(requests[1].clone()));
+    }
+
+    /// A replay planned while the journal did not know of a newer deploy of its ref
+    /// (its record lost in a crash) is not run once that deploy has run: recorded when
+    /// it started, it is found, and the replay is skipped, carried by it. A replay whose
+    /// newer deploy has not run, or is of another ref, runs.
+    #[tokio::test]
+    async fn a_replay_is_not_run_over_a_newer_deploy_that_ran_since_its_original() {
+        use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings};
+        let directory = tempfile::tempdir().unwrap();
+        let journal: Arc<dyn Journal> = Arc::new(
+            crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
+                .unwrap(),
+        );
+        let lanes = Lanes::new(journal.clone());
+        let rules = LaneRules::default();
+        let executor = LocalExecutor::open(LocalSettings {
+            path: directory.path().join("executions.db"),
+            log_dir: directory.path().join("log"),
+            pipelines: std::collections::HashMap::from([(
+                "deploy".to_string(),
+                LocalPipeline {
+                    command: vec!["true".into()],
+                    timeout: Duration::from_secs(10),
+                },
+            )]),
+            max_attempts: 3,
+            details_url: None,
+        })
+        .await
+        .unwrap();
+        // The original ran and ended.
+        let original = request(1);
+        lanes
+            .admitted(None, &waiting(&[(original.clone(), None)]))
+            .await
+            .unwrap();
+        lanes.started(&original).await;
+        lanes.ended(&original, "SUCCEEDED").await;
+        // Its replay is queued; a newer commit of the same ref was queued before it,
+        // but its record never reached the journal.
+        let mut replay = request(1);
+        replay.name = crate::execution::name::ExecutionName::parse(
+            "deploy-production-r1-00000000000000000001",
+        )
+        .unwrap();
+        lanes
+            .admitted(
+                None,
+                &waiting(&[(replay.clone(), Some(original.name.to_string()))]),
+            )
+            .await
+            .unwrap();
+        let newer = request(2);
+        // While the newer deploy has not run, the replay runs.
+        assert!(
+            lanes
+                .overtaken_replay(&rules, &replay, &executor)
+                .await
+                .is_none()
+        );
+        // The newer deploy starts (and is recorded then): the replay is skipped.
+        lanes.started(&newer).await;
+        let carrier = lanes
+            .overtaken_replay(&rules, &replay, &executor)
+            .await
+            .expect("the replay is overtaken");
+        assert_eq!(carrier.name, newer.name.as_str());
+        let skipped = journal.job(replay.name.as_str()).await.unwrap().unwrap();
+        assert_eq!(skipped.state, JobState::Superseded);
+        assert_eq!(skipped.status.as_deref(), Some(newer.name.as_str()));
+
+        // Another ref's newer deploy does not overtake a replay.
+        let mut other = request(3);
+        other.origin.git_ref = crate::event::RefName::parse("refs/heads/other").unwrap();
+        other.name = crate::execution::name::ExecutionName::parse(
+            "deploy-production-r1-00000000000000000003",
+        )
+        .unwrap();
+        let mut other_original = request(4);
+        other_original.origin.git_ref = crate::event::RefName::parse("refs/heads/other").unwrap();
+        lanes
+            .admitted(None, &waiting(&[(other_original.clone(), None)]))
+            .await
+            .unwrap();
+        lanes.ended(&other_original, "SUCCEEDED").await;
+        lanes
+            .admitted(
+                None,
+                &waiting(&[(other.clone(), Some(other_original.name.to_string()))]),
+            )
+            .await
+            .unwrap();
+        // A newer deploy of main ran since.
+        lanes.started(&request(5)).await;
+        assert!(
+            lanes
+                .overtaken_replay(&rules, &other, &executor)
+                .await
+                .is_none()
+        );
     }
 
     fn request(n: u8) -> ExecutionRequest {

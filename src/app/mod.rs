@@ -412,7 +412,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     };
     [
         (
-            "server (listen, limits, proxies, networks)",
+            "server (listen, limits, proxies)",
             server(old) != server(new),
         ),
         (

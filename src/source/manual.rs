@@ -87,7 +87,10 @@ impl ManualSource {
         let offered = value
             .to_str()
             .ok()
-            .and_then(|text| text.strip_prefix("Bearer "))
+            // The scheme's name is case-insensitive (RFC 9110, 11.1).
+            .and_then(|text| text.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| {
                 SourceError::Unauthenticated(
                     "the Authorization header is not a bearer token".into(),
@@ -293,6 +296,19 @@ mod tests {
         ] {
             assert!(source.authenticate(&headers(wrong)).is_err(), "{wrong:?}");
         }
+        for scheme in ["bearer", "BEARER"] {
+            assert!(
+                source
+                    .authenticate(&headers(Some(&format!("{scheme} token-one-0123456789"))))
+                    .is_ok(),
+                "the scheme's name is case-insensitive"
+            );
+        }
+        assert!(
+            source
+                .authenticate(&headers(Some("Basic token-one-0123456789")))
+                .is_err()
+        );
         let mut twice = headers(Some("Bearer token-one-0123456789"));
         twice.append(
             "authorization",

@@ -179,17 +179,22 @@ impl Worker {
         let Some(lanes) = self.lanes() else {
             return false;
         };
-        let Some(newer) = lanes
-            .supersede(
-                &self.runtime.load().lane_rules,
-                request,
-                self.executor.as_ref(),
-            )
-            .await
-        else {
-            return false;
+        let runtime = self.runtime.load_full();
+        let rules = &runtime.lane_rules;
+        let executor = self.executor.as_ref();
+        let newer = match lanes.supersede(rules, request, executor).await {
+            Some(newer) => {
+                tracing::info!(superseded_by = %newer.name, "Superseded: a newer job of the lane deploys the same project from the same ref; it carries this one.");
+                newer
+            }
+            None => match lanes.overtaken_replay(rules, request, executor).await {
+                Some(newer) => {
+                    tracing::info!(superseded_by = %newer.name, "A replay not run: a newer deploy of the same projects from the same ref ran since its original; the lane stays on it.");
+                    newer
+                }
+                None => return false,
+            },
         };
-        tracing::info!(superseded_by = %newer.name, "Superseded: a newer job of the lane deploys the same project from the same ref; it carries this one.");
         self.metrics
             .superseded
             .get_or_create(&labels(&[("pipeline", &request.pipeline)]))
