@@ -217,28 +217,14 @@ impl Lanes {
             if me.state != JobState::Waiting {
                 return Ok(None);
             }
-            let mut candidates: Vec<LaneJob> = self
+            let candidates: Vec<LaneJob> = self
                 .journal
                 .lane_jobs(Some(&me.lane))
                 .await?
                 .into_iter()
                 .filter(|newer| supersedes(newer, &me))
                 .collect();
-            candidates.sort_by_key(|newer| std::cmp::Reverse(newer.seq));
-            // The newest that deploys every project this one deploys (a monorepo's
-            // pipeline skips the projects a commit's paths leave alone): read whole.
-            for newer in candidates {
-                let covers = self
-                    .journal
-                    .job(&newer.name)
-                    .await?
-                    .and_then(|whole| whole.request())
-                    .is_some_and(|carrier| rules.deploys_all_of(&carrier, request));
-                if covers {
-                    return Ok(Some(newer));
-                }
-            }
-            Ok::<_, JournalError>(None)
+            self.newest_covering(rules, candidates, request).await
         };
         let newer = match lookup.await {
             Ok(Some(newer)) => newer,
@@ -277,7 +263,7 @@ impl Lanes {
             let Some(original) = self.journal.job(original).await? else {
                 return Ok(None);
             };
-            let mut ran: Vec<LaneJob> = self
+            let ran: Vec<LaneJob> = self
                 .journal
                 .lane_jobs(Some(&me.lane))
                 .await?
@@ -288,19 +274,7 @@ impl Lanes {
                         && overwrites(newer, &original)
                 })
                 .collect();
-            ran.sort_by_key(|newer| std::cmp::Reverse(newer.seq));
-            for newer in ran {
-                let covers = self
-                    .journal
-                    .job(&newer.name)
-                    .await?
-                    .and_then(|whole| whole.request())
-                    .is_some_and(|carrier| rules.deploys_all_of(&carrier, request));
-                if covers {
-                    return Ok(Some(newer));
-                }
-            }
-            Ok::<_, JournalError>(None)
+            self.newest_covering(rules, ran, request).await
         };
         let newer = match lookup.await {
             Ok(Some(newer)) => newer,
@@ -311,6 +285,30 @@ impl Lanes {
             }
         };
         self.skip_for(request, newer, executor).await
+    }
+
+    /// The newest of `candidates` that deploys every project `request` deploys (a
+    /// monorepo's pipeline skips the projects a commit's paths leave alone), each read
+    /// whole from the journal.
+    async fn newest_covering(
+        &self,
+        rules: &LaneRules,
+        mut candidates: Vec<LaneJob>,
+        request: &ExecutionRequest,
+    ) -> Result<Option<LaneJob>, JournalError> {
+        candidates.sort_by_key(|newer| std::cmp::Reverse(newer.seq));
+        for newer in candidates {
+            let covers = self
+                .journal
+                .job(&newer.name)
+                .await?
+                .and_then(|whole| whole.request())
+                .is_some_and(|carrier| rules.deploys_all_of(&carrier, request));
+            if covers {
+                return Ok(Some(newer));
+            }
+        }
+        Ok(None)
     }
 
     /// Records `request` superseded by `newer` and returns it, unless its execution
@@ -523,7 +521,6 @@ mod tests {
     /// oldest is skipped for the newest only while no execution of it exists.
     #[tokio::test]
     async fn a_job_whose_execution_exists_is_never_superseded() {
-        use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings};
         let directory = tempfile::tempdir().unwrap();
         let journal: Arc<dyn Journal> = Arc::new(
             crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
@@ -534,21 +531,7 @@ mod tests {
             supersede: HashSet::from(["deploy".to_string()]),
             ..LaneRules::default()
         };
-        let executor = LocalExecutor::open(LocalSettings {
-            path: directory.path().join("executions.db"),
-            log_dir: directory.path().join("log"),
-            pipelines: std::collections::HashMap::from([(
-                "deploy".to_string(),
-                LocalPipeline {
-                    command: vec!["true".into()],
-                    timeout: Duration::from_secs(10),
-                },
-            )]),
-            max_attempts: 3,
-            details_url: None,
-        })
-        .await
-        .unwrap();
+        let executor = local_executor(directory.path()).await;
         let requests: Vec<ExecutionRequest> = (1..=3).map(request).collect();
         let queued: Vec<(ExecutionRequest, Option<String>)> = requests
             .iter()
@@ -594,7 +577,6 @@ mod tests {
     /// newer deploy has not run, or is of another ref, runs.
     #[tokio::test]
     async fn a_replay_is_not_run_over_a_newer_deploy_that_ran_since_its_original() {
-        use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings};
         let directory = tempfile::tempdir().unwrap();
         let journal: Arc<dyn Journal> = Arc::new(
             crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
@@ -602,21 +584,7 @@ mod tests {
         );
         let lanes = Lanes::new(journal.clone());
         let rules = LaneRules::default();
-        let executor = LocalExecutor::open(LocalSettings {
-            path: directory.path().join("executions.db"),
-            log_dir: directory.path().join("log"),
-            pipelines: std::collections::HashMap::from([(
-                "deploy".to_string(),
-                LocalPipeline {
-                    command: vec!["true".into()],
-                    timeout: Duration::from_secs(10),
-                },
-            )]),
-            max_attempts: 3,
-            details_url: None,
-        })
-        .await
-        .unwrap();
+        let executor = local_executor(directory.path()).await;
         // The original ran and ended.
         let original = request(1);
         lanes
@@ -687,6 +655,26 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// A local executor of the `deploy` pipeline, its record in `directory`.
+    async fn local_executor(directory: &std::path::Path) -> crate::executor::local::LocalExecutor {
+        use crate::executor::local::{LocalExecutor, LocalPipeline, LocalSettings};
+        LocalExecutor::open(LocalSettings {
+            path: directory.join("executions.db"),
+            log_dir: directory.join("log"),
+            pipelines: std::collections::HashMap::from([(
+                "deploy".to_string(),
+                LocalPipeline {
+                    command: vec!["true".into()],
+                    timeout: Duration::from_secs(10),
+                },
+            )]),
+            max_attempts: 3,
+            details_url: None,
+        })
+        .await
+        .unwrap()
     }
 
     fn request(n: u8) -> ExecutionRequest {
