@@ -172,9 +172,11 @@ impl Lanes {
         }
     }
 
-    /// The job's execution was started (or found started).
-    pub async fn started(&self, request: &ExecutionRequest) {
-        self.mark(request, JobState::Started, None).await;
+    /// The job's execution was started (or found started); `sent_at_ms`, when the
+    /// queue took the job, places it in its lane should it have no record.
+    pub async fn started(&self, request: &ExecutionRequest, sent_at_ms: Option<i64>) {
+        let job = LaneJob::received(request, sent_at_ms);
+        self.advance(&job, JobState::Started, None).await;
     }
 
     /// The job's execution ended, as `status` says.
@@ -191,8 +193,12 @@ impl Lanes {
     /// Moves a job on; a journal that cannot be written is logged (it costs the views
     /// and supersede, which then starts the job: never a start).
     async fn mark(&self, request: &ExecutionRequest, state: JobState, status: Option<&str>) {
-        let job = LaneJob::queued(request, 0, None);
-        if let Err(error) = self.journal.advance(&job, state, status).await {
+        self.advance(&LaneJob::queued(request, 0, None), state, status)
+            .await;
+    }
+
+    async fn advance(&self, job: &LaneJob, state: JobState, status: Option<&str>) {
+        if let Err(error) = self.journal.advance(job, state, status).await {
             tracing::warn!(error = %Chain(&error), state = state.as_str(), "Could not record a job's state in the journal.");
         }
     }
@@ -263,16 +269,23 @@ impl Lanes {
             let Some(original) = self.journal.job(original).await? else {
                 return Ok(None);
             };
-            let ran: Vec<LaneJob> = self
-                .journal
-                .lane_jobs(Some(&me.lane))
-                .await?
-                .into_iter()
+            let jobs = self.journal.lane_jobs(Some(&me.lane)).await?;
+            // A newer deploy that is replayed too (a replay of it waits, and runs after
+            // this one) leaves the lane on itself: this replay runs.
+            let replayed: HashSet<&str> = jobs
+                .iter()
+                .filter(|job| job.name != me.name && job.state == JobState::Waiting)
+                .filter_map(|job| job.replay_of.as_deref())
+                .collect();
+            let ran: Vec<LaneJob> = jobs
+                .iter()
                 .filter(|newer| {
                     newer.name != me.name
                         && matches!(newer.state, JobState::Started | JobState::Ended)
+                        && !replayed.contains(newer.name.as_str())
                         && overwrites(newer, &original)
                 })
+                .cloned()
                 .collect();
             self.newest_covering(rules, ran, request).await
         };
@@ -412,7 +425,11 @@ impl Lanes {
     /// when the hold ends: `true` when parked (acknowledge it), `false` when the lane
     /// is not held any more, or the job was put back since the hold began, or the lane
     /// has as many parked as it may keep (start it, or hold it in flight).
-    pub async fn park(&self, request: &ExecutionRequest) -> Result<bool, JournalError> {
+    pub async fn park(
+        &self,
+        request: &ExecutionRequest,
+        sent_at_ms: Option<i64>,
+    ) -> Result<bool, JournalError> {
         // The admission step records a job once it is queued; a worker may receive it
         // a moment before. Its place in the lane (the order it is put back in, and
         // what it may supersede) is that record's: wait a little for it rather than
@@ -424,7 +441,10 @@ impl Lanes {
             tokio::time::sleep(RECORD_WAIT).await;
         }
         self.journal
-            .park(&LaneJob::queued(request, 0, None), request.group.is_some())
+            .park(
+                &LaneJob::received(request, sent_at_ms),
+                request.group.is_some(),
+            )
             .await
     }
 }
@@ -591,7 +611,7 @@ mod tests {
             .admitted(None, &waiting(&[(original.clone(), None)]))
             .await
             .unwrap();
-        lanes.started(&original).await;
+        lanes.started(&original, None).await;
         lanes.ended(&original, "SUCCEEDED").await;
         // Its replay is queued; a newer commit of the same ref was queued before it,
         // but its record never reached the journal.
@@ -615,8 +635,30 @@ mod tests {
                 .await
                 .is_none()
         );
-        // The newer deploy starts (and is recorded then): the replay is skipped.
-        lanes.started(&newer).await;
+        // The newer deploy starts (and is recorded then): the replay is skipped,
+        // unless the newer one is replayed too (its replay runs after this one).
+        lanes.started(&newer, None).await;
+        let mut newer_replay = request(2);
+        newer_replay.name = crate::execution::name::ExecutionName::parse(
+            "deploy-production-r1-00000000000000000002",
+        )
+        .unwrap();
+        lanes
+            .admitted(
+                None,
+                &waiting(&[(newer_replay.clone(), Some(newer.name.to_string()))]),
+            )
+            .await
+            .unwrap();
+        assert!(
+            lanes
+                .overtaken_replay(&rules, &replay, &executor)
+                .await
+                .is_none(),
+            "replayed together, both run"
+        );
+        lanes.started(&newer_replay, None).await;
+        lanes.ended(&newer_replay, "SUCCEEDED").await;
         let carrier = lanes
             .overtaken_replay(&rules, &replay, &executor)
             .await
@@ -648,13 +690,55 @@ mod tests {
             .await
             .unwrap();
         // A newer deploy of main ran since.
-        lanes.started(&request(5)).await;
+        lanes.started(&request(5), None).await;
         assert!(
             lanes
                 .overtaken_replay(&rules, &other, &executor)
                 .await
                 .is_none()
         );
+    }
+
+    /// A job whose admission record was lost (a crash right after its delivery's
+    /// answer) is parked in its lane at the place the queue gave it, not when a worker
+    /// came to it: put back before the jobs queued after it, never carrying them.
+    #[tokio::test]
+    async fn a_job_without_a_record_is_parked_where_the_queue_took_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let journal: Arc<dyn Journal> = Arc::new(
+            crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
+                .unwrap(),
+        );
+        let lanes = Lanes::new(journal.clone());
+        let (first, lost, last) = (request(1), request(2), request(3));
+        let lane = Lane::of(&first);
+        journal.pause(&lane, "release freeze").await.unwrap();
+        lanes
+            .admitted(None, &waiting(&[(first.clone(), None)]))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let lost_sent_at = crate::clock::now_ms();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lanes
+            .admitted(None, &waiting(&[(last.clone(), None)]))
+            .await
+            .unwrap();
+        for (request, sent_at) in [(&first, None), (&last, None), (&lost, Some(lost_sent_at))] {
+            assert!(lanes.park(request, sent_at).await.unwrap());
+        }
+        let parked: Vec<String> = journal
+            .parked(&lane, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|job| job.name)
+            .collect();
+        let in_order: Vec<String> = [&first, &lost, &last]
+            .iter()
+            .map(|request| request.name.to_string())
+            .collect();
+        assert_eq!(parked, in_order);
     }
 
     /// A local executor of the `deploy` pipeline, its record in `directory`.

@@ -321,6 +321,19 @@ impl LaneJob {
         }
     }
 
+    /// The record a worker makes of a job it received with no record (the admission
+    /// step's was lost in a crash): its place in the lane is when the queue took it
+    /// (`sent_at_ms`, when the queue says), not when the worker came to it, so that it
+    /// is put back, and compared for supersede, before the jobs queued after it.
+    pub fn received(request: &ExecutionRequest, sent_at_ms: Option<i64>) -> LaneJob {
+        let mut job = LaneJob::queued(request, 0, None);
+        if let Some(sent_at) = sent_at_ms {
+            job.seq = sent_at * 1000;
+            job.queued_at_ms = sent_at;
+        }
+        job
+    }
+
     /// The job as a store gives it back: a rejection an earlier release kept as
     /// `ended` reads as rejected.
     pub(crate) fn read_back(mut self) -> LaneJob {

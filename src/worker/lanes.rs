@@ -57,7 +57,7 @@ impl Worker {
         if !held {
             return Parking::Run;
         }
-        match lanes.park(&request).await {
+        match lanes.park(&request, received.sent_at_ms).await {
             Ok(true) => {
                 tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, execution = %request.name, "Parked a job of a held lane; it is put back in order when the hold ends.");
                 // A serial lane whose hold ended and whose parked jobs are going back:

@@ -148,7 +148,7 @@ impl Worker {
                 }
             }
             if let Some(lanes) = self.lanes() {
-                lanes.started(request).await;
+                lanes.started(request, received.sent_at_ms).await;
             }
             let details_url = self.executor.link(started.id());
             let target = request.report.as_ref().filter(|_| self.reports());
