@@ -19,6 +19,7 @@ use super::body::read_body;
 use super::{Answer, ApiError, AppState, ClientAddress, answer};
 use crate::error::Chain;
 use crate::execution::name::ExecutionName;
+use crate::journal::JobState;
 use crate::source::SourceError;
 use crate::source::manual;
 
@@ -185,6 +186,28 @@ async fn handle_status(state: &AppState, name: &str) -> Result<Response, ApiErro
         return Err(ApiError::Unavailable(
             "the executor cannot be asked now; try again".into(),
         ));
+    }
+    // A job that will never start says so: skipped for a newer one of its lane, or
+    // dead-lettered.
+    if let Some(journal) = &state.journal
+        && let Some(job) = journal.job(name.as_str()).await?
+        && matches!(job.state, JobState::Superseded | JobState::Rejected)
+    {
+        let detail = match job.state {
+            JobState::Superseded => job
+                .status
+                .map(|carrier| format!("not run: {carrier} carries it")),
+            _ => job.status.map(|reason| format!("not run: {reason}")),
+        };
+        return Ok(Json(crate::operator::ExecutionView {
+            name: name.to_string(),
+            pipeline: job.lane.pipeline,
+            id: String::new(),
+            status: job.state.as_str().to_ascii_uppercase(),
+            finished: true,
+            detail,
+        })
+        .into_response());
     }
     Err(ApiError::NotFound(format!(
         "no execution named {name} has started (it may still be queued)"

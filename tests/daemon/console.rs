@@ -397,6 +397,19 @@ async fn supersede_starts_the_newest_of_five_and_records_four() {
             assert_eq!(job["status"], planned[4], "superseded by the newest: {job}");
         }
     }
+    // Asked after by name, a superseded job says it will never start, and what
+    // carries it.
+    let (status, execution) = console.get(&format!("/v1/executions/{}", planned[0])).await;
+    assert_eq!(status, 200, "{execution}");
+    assert_eq!(execution["status"], "SUPERSEDED", "{execution}");
+    assert_eq!(execution["finished"], true, "{execution}");
+    assert!(
+        execution["detail"]
+            .as_str()
+            .unwrap()
+            .contains(planned[4].as_str()),
+        "{execution}"
+    );
     let metrics = reqwest::get(console.url("/metrics"))
         .await
         .unwrap()
