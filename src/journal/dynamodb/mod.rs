@@ -534,8 +534,8 @@ impl Journal for DynamoJournal {
         self.parked_jobs(lane, limit).await
     }
 
-    async fn releasing(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
-        self.mark_releasing(_lane, jobs).await
+    async fn releasing(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        self.mark_releasing(lane, jobs).await
     }
 
     async fn unparked(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {

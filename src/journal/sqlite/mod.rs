@@ -504,12 +504,12 @@ impl Journal for SqliteJournal {
         self.parked_jobs(lane, limit).await
     }
 
-    async fn releasing(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
-        self.mark_releasing(_lane, jobs).await
+    async fn releasing(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        self.mark_releasing(lane, jobs).await
     }
 
-    async fn unparked(&self, _lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
-        self.mark_unparked(_lane, jobs).await
+    async fn unparked(&self, lane: &Lane, jobs: &[LaneJob]) -> Result<(), JournalError> {
+        self.mark_unparked(lane, jobs).await
     }
 
     async fn fence(
