@@ -724,7 +724,16 @@ mod tests {
             .admitted(None, &waiting(&[(last.clone(), None)]))
             .await
             .unwrap();
-        for (request, sent_at) in [(&first, None), (&last, None), (&lost, Some(lost_sent_at))] {
+        // Two jobs sent in one call, both without a record, parked in the order the
+        // queue handed them out.
+        // (Its name sorts before the other's: the order is not the names'.)
+        let sent_with_it = request(0);
+        for (request, sent_at) in [
+            (&first, None),
+            (&last, None),
+            (&lost, Some(lost_sent_at)),
+            (&sent_with_it, Some(lost_sent_at)),
+        ] {
             assert!(lanes.park(request, sent_at).await.unwrap());
         }
         let parked: Vec<String> = journal
@@ -734,7 +743,7 @@ mod tests {
             .into_iter()
             .map(|job| job.name)
             .collect();
-        let in_order: Vec<String> = [&first, &lost, &last]
+        let in_order: Vec<String> = [&first, &lost, &sent_with_it, &last]
             .iter()
             .map(|request| request.name.to_string())
             .collect();

@@ -322,13 +322,17 @@ impl LaneJob {
     }
 
     /// The record a worker makes of a job it received with no record (the admission
-    /// step's was lost in a crash): its place in the lane is when the queue took it
-    /// (`sent_at_ms`, when the queue says), not when the worker came to it, so that it
-    /// is put back, and compared for supersede, before the jobs queued after it.
+    /// step's was lost in a crash, or is late): its place in the lane is when the queue
+    /// took it (`sent_at_ms`, when the queue says), not when the worker came to it, so
+    /// that it is put back, and compared for supersede, before the jobs queued after it
+    /// (whose records are at their admission, after this one's send). Jobs sent in one
+    /// call share that time; among them, the one the worker came to later (in tenths of
+    /// a second since the send, up to 99.9 s) is later, as the queue handed them out.
     pub fn received(request: &ExecutionRequest, sent_at_ms: Option<i64>) -> LaneJob {
         let mut job = LaneJob::queued(request, 0, None);
         if let Some(sent_at) = sent_at_ms {
-            job.seq = sent_at * 1000;
+            let since_send = ((job.queued_at_ms - sent_at) / 100).clamp(0, 999);
+            job.seq = sent_at * 1000 + since_send;
             job.queued_at_ms = sent_at;
         }
         job
