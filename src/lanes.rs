@@ -430,15 +430,26 @@ impl Lanes {
         request: &ExecutionRequest,
         sent_at_ms: Option<i64>,
     ) -> Result<bool, JournalError> {
-        // The admission step records a job once it is queued; a worker may receive it
-        // a moment before. Its place in the lane (the order it is put back in, and
+        // The admission step records a job just after it is queued; a worker may
+        // receive it before. Its place in the lane (the order it is put back in, and
         // what it may supersede) is that record's: wait a little for it rather than
-        // record a place of our own.
+        // record a place of our own. A serial lane's job whose record has not come
+        // (late, or lost in a crash) is not parked: it is held in flight, and so is
+        // the rest of its ordering group behind it, until it can be parked or the
+        // lane is not held; a place of its own could put it behind newer commits.
+        let mut recorded = false;
         for _ in 0..RECORD_WAIT_TRIES {
             if self.journal.job(request.name.as_str()).await?.is_some() {
+                recorded = true;
                 break;
             }
             tokio::time::sleep(RECORD_WAIT).await;
+        }
+        if !recorded && request.group.is_some() {
+            return Err(JournalError {
+                message: "the job's record in its lane has not come yet".to_string(),
+                source: None,
+            });
         }
         self.journal
             .park(
@@ -699,18 +710,20 @@ mod tests {
         );
     }
 
-    /// A job whose admission record was lost (a crash right after its delivery's
-    /// answer) is parked in its lane at the place the queue gave it, not when a worker
-    /// came to it: put back before the jobs queued after it, never carrying them.
+    /// A serial lane's job whose admission record has not come (late, or lost in a
+    /// crash right after its delivery's answer) is not parked under a place of its
+    /// own, which could be behind newer commits: parking it fails (the worker holds it
+    /// in flight, its group behind it) until the record comes; then it is parked at
+    /// the record's place, in commit order.
     #[tokio::test]
-    async fn a_job_without_a_record_is_parked_where_the_queue_took_it() {
+    async fn a_job_without_a_record_is_parked_only_at_its_recorded_place() {
         let directory = tempfile::tempdir().unwrap();
         let journal: Arc<dyn Journal> = Arc::new(
             crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
                 .unwrap(),
         );
         let lanes = Lanes::new(journal.clone());
-        let (first, lost, last) = (request(1), request(2), request(3));
+        let (first, late, last) = (request(1), request(2), request(3));
         let lane = Lane::of(&first);
         journal.pause(&lane, "release freeze").await.unwrap();
         lanes
@@ -718,24 +731,28 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let lost_sent_at = crate::clock::now_ms();
+        let late_record = waiting(&[(late.clone(), None)]);
         tokio::time::sleep(Duration::from_millis(20)).await;
         lanes
             .admitted(None, &waiting(&[(last.clone(), None)]))
             .await
             .unwrap();
-        // Two jobs sent in one call, both without a record, parked in the order the
-        // queue handed them out.
-        // (Its name sorts before the other's: the order is not the names'.)
-        let sent_with_it = request(0);
-        for (request, sent_at) in [
-            (&first, None),
-            (&last, None),
-            (&lost, Some(lost_sent_at)),
-            (&sent_with_it, Some(lost_sent_at)),
-        ] {
-            assert!(lanes.park(request, sent_at).await.unwrap());
-        }
+        assert!(lanes.park(&first, None).await.unwrap());
+        assert!(lanes.park(&last, None).await.unwrap());
+        assert!(
+            lanes
+                .park(&late, Some(crate::clock::now_ms()))
+                .await
+                .is_err(),
+            "parked under a place of its own"
+        );
+        lanes.admitted(None, &late_record).await.unwrap();
+        assert!(
+            lanes
+                .park(&late, Some(crate::clock::now_ms()))
+                .await
+                .unwrap()
+        );
         let parked: Vec<String> = journal
             .parked(&lane, 10)
             .await
@@ -743,7 +760,7 @@ mod tests {
             .into_iter()
             .map(|job| job.name)
             .collect();
-        let in_order: Vec<String> = [&first, &lost, &sent_with_it, &last]
+        let in_order: Vec<String> = [&first, &late, &last]
             .iter()
             .map(|request| request.name.to_string())
             .collect();

@@ -114,6 +114,31 @@ pub async fn executions_of(
     }
 }
 
+/// The state machine's executions as (start, stop, name), in the order they started;
+/// a running one stops at `i64::MAX`. What order and overlap checks read.
+pub async fn runs_by_start(client: &aws_sdk_sfn::Client, arn: &str) -> Vec<(i64, i64, String)> {
+    let mut runs: Vec<(i64, i64, String)> = client
+        .list_executions()
+        .state_machine_arn(arn)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .iter()
+        .map(|execution| {
+            (
+                execution.start_date().as_nanos() as i64,
+                execution
+                    .stop_date()
+                    .map_or(i64::MAX, |date| date.as_nanos() as i64),
+                execution.name().to_string(),
+            )
+        })
+        .collect();
+    runs.sort();
+    runs
+}
+
 pub async fn wait_until_finished(client: &aws_sdk_sfn::Client, arn: &str, names: &[String]) {
     for _ in 0..600 {
         let all = executions_of(client, arn).await;

@@ -1305,25 +1305,7 @@ async fn a_restart_while_a_lane_runs_never_starts_the_next_execution_beside_it()
     aws::wait_until_finished(&sfn, &arn, &[first[2].clone(), second[2].clone()]).await;
     aws::wait_until_drained(&sqs, &queue_url).await;
 
-    let mut executions: Vec<(i64, i64, String)> = sfn
-        .list_executions()
-        .state_machine_arn(&arn)
-        .send()
-        .await
-        .unwrap()
-        .executions()
-        .iter()
-        .map(|execution| {
-            (
-                execution.start_date().as_nanos() as i64,
-                execution
-                    .stop_date()
-                    .map_or(i64::MAX, |date| date.as_nanos() as i64),
-                execution.name().to_string(),
-            )
-        })
-        .collect();
-    executions.sort();
+    let executions = aws::runs_by_start(&sfn, &arn).await;
     let names: Vec<&str> = executions
         .iter()
         .map(|(_, _, name)| name.as_str())
@@ -1521,25 +1503,7 @@ async fn an_execution_longer_than_a_job_may_be_held_keeps_its_lane_in_order() {
 
     aws::wait_until_finished(&sfn, &arn, &planned).await;
     aws::wait_until_drained(&sqs, &queue_url).await;
-    let mut runs: Vec<(i64, i64, String)> = sfn
-        .list_executions()
-        .state_machine_arn(&arn)
-        .send()
-        .await
-        .unwrap()
-        .executions()
-        .iter()
-        .map(|execution| {
-            (
-                execution.start_date().as_nanos() as i64,
-                execution
-                    .stop_date()
-                    .map_or(i64::MAX, |date| date.as_nanos() as i64),
-                execution.name().to_string(),
-            )
-        })
-        .collect();
-    runs.sort();
+    let runs = aws::runs_by_start(&sfn, &arn).await;
     let names: Vec<&str> = runs.iter().map(|(_, _, name)| name.as_str()).collect();
     assert_eq!(names, planned, "in commit order: {}", daemon.log());
     for pair in runs.windows(2) {
