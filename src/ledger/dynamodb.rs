@@ -50,17 +50,17 @@ impl Ledger for DynamoLedger {
     async fn claim(&self, claims: &[Claim], by: Claimant) -> Result<Vec<bool>, LedgerError> {
         let now = now_secs();
         // One write per key (two routes of one lane and commit make one claim).
-        let mut keys: Vec<String> = Vec::new();
+        let mut keys: HashMap<String, usize> = HashMap::new();
         let mut writes = Vec::new();
         let mut position = Vec::with_capacity(claims.len());
         for claim in claims {
             let key = claim.key();
-            if let Some(index) = keys.iter().position(|known| *known == key) {
+            if let Some(&index) = keys.get(&key) {
                 position.push(index);
                 continue;
             }
             position.push(keys.len());
-            keys.push(key.clone());
+            keys.insert(key.clone(), keys.len());
             let item = HashMap::from([
                 ("pk".to_string(), text(&format!("claim#{key}"))),
                 ("claimant".to_string(), text(by.as_str())),

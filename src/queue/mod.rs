@@ -6,7 +6,10 @@
 //! being acknowledged is dead-lettered; messages of one ordering group are handed out
 //! in send order, and none of a group while an earlier one is in flight (one receive
 //! may hand out several of a group, in order, as SQS FIFO does: the worker then runs
-//! them one after the other).
+//! them one after the other). Several received messages may share one receipt (SQS's
+//! envelopes, `sqs`): each of them is settled once, with that receipt; the shared
+//! message leaves the queue once all are acknowledged or dead-lettered, and comes back
+//! whole, all of them, when one is released.
 
 pub mod embedded;
 pub mod sqs;

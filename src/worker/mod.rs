@@ -436,7 +436,10 @@ impl Worker {
             async move {
                 let mut waiting = waiting.lock().await;
                 worker.settle(&received, settle).await;
-                waiting.retain(|receipt| *receipt != received.receipt);
+                // One of its receipt: an envelope's messages share theirs.
+                if let Some(index) = waiting.iter().position(|r| *r == received.receipt) {
+                    waiting.remove(index);
+                }
             }
         };
         // The chain's jobs were all received now: none may be held in flight past
@@ -498,7 +501,11 @@ impl Worker {
             }
             let receipts = waiting.lock().await;
             let mut extends = JoinSet::new();
-            for receipt in receipts.iter() {
+            let mut extended = std::collections::HashSet::new();
+            for receipt in receipts
+                .iter()
+                .filter(|receipt| extended.insert(&receipt.0))
+            {
                 let (queue, receipt) = (self.queue.clone(), receipt.clone());
                 extends.spawn(async move { queue.extend(&receipt, visibility).await });
             }
@@ -662,20 +669,23 @@ impl Settle {
 }
 
 /// Splits a batch into chains: one per ordering group (in receive order, which is send
-/// order within a group), one per ungrouped message.
+/// order within a group), one per ungrouped message, or per envelope of them (its
+/// messages share a receipt, and settle it together): as many chains as the queue
+/// handed out messages, at most.
 fn chains(batch: Vec<Received>) -> Vec<Vec<Received>> {
     let mut chains: Vec<Vec<Received>> = Vec::new();
-    let mut by_group: HashMap<String, usize> = HashMap::new();
+    let mut by_key: HashMap<(bool, String), usize> = HashMap::new();
     for received in batch {
-        match received.message.group.clone() {
-            Some(group) => match by_group.get(&group) {
-                Some(&index) => chains[index].push(received),
-                None => {
-                    by_group.insert(group, chains.len());
-                    chains.push(vec![received]);
-                }
-            },
-            None => chains.push(vec![received]),
+        let key = match &received.message.group {
+            Some(group) => (true, group.clone()),
+            None => (false, received.receipt.0.clone()),
+        };
+        match by_key.get(&key) {
+            Some(&index) => chains[index].push(received),
+            None => {
+                by_key.insert(key, chains.len());
+                chains.push(vec![received]);
+            }
         }
     }
     chains

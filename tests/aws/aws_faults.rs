@@ -266,16 +266,23 @@ fn messages(count: usize) -> Vec<Message> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_after_part_of_a_delivery_went_in_is_a_failure_to_retry() {
-    // Fifteen jobs: the first batch of ten goes in, SQS refuses the second as the
-    // sender's fault. The first ten would run without the rest: the delivery must fail
-    // (503, redelivered), not be refused (4xx, given up).
+    // Fifteen jobs of 40 KiB: the first call (an envelope of six) goes in, SQS refuses
+    // the second as the sender's fault. The first six would run without the rest: the
+    // delivery must fail (503, redelivered), not be refused (4xx, given up).
     let queue = queue_answering(|index, ids| {
         (index == 1).then(|| {
             serde_json::json!({"Successful": [], "Failed": ids.iter().map(|id| refused(id)).collect::<Vec<_>>()})
         })
     })
     .await;
-    let error = queue.send(&messages(15)).await.unwrap_err();
+    let big: Vec<Message> = messages(15)
+        .into_iter()
+        .map(|message| Message {
+            body: format!(r#"{{"pad":"{}"}}"#, "x".repeat(40 * 1024)),
+            ..message
+        })
+        .collect();
+    let error = queue.send(&big).await.unwrap_err();
     assert!(
         matches!(&error, QueueError::Unavailable { message: reason, .. } if reason.contains("after other messages")),
         "{error}"

@@ -927,3 +927,107 @@ table = "{table}"
         .sum();
     assert_eq!(waiting, 4000, "{}", lanes["lanes"]);
 }
+
+/// A push of more commits than one SQS batch takes goes out in envelopes (a serial
+/// lane's in one group, a parallel lane's in any order); the worker is killed while the
+/// serial lane's envelope is half done. Every commit still runs exactly once, the
+/// serial lane's in commit order and one at a time, and nothing is left on the queue or
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_sent_in_envelopes_runs_every_commit_once_in_order_across_a_crash() {
+    let sdk = moto::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let (queue_url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 5).await;
+    let arn = create_sample_state_machine(&sfn).await;
+    let text = aws_config_text(&queue_url, &arn)
+        + &format!(
+            r#"
+[[pipelines]]
+name = "build"
+state_machine_arn = "{arn}"
+
+[[routes]]
+pipeline = "build"
+repository = "acme/*"
+events = ["push"]
+environment = "ci"
+"#
+        );
+    let environment = moto::environment();
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = Daemon::start(&text, &environment);
+
+    let commits: Vec<Value> = (0..16)
+        .map(|n| {
+            serde_json::json!({
+                "id": format!("{:040x}", 0xe4_0000_u64 + n),
+                "message": format!("Commit {n}"),
+                "author": {"name": "Mary Doe", "username": "mary"},
+                "added": [], "removed": [], "modified": [format!("src/{n}.rs")],
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/hotfix/envelopes",
+        "before": format!("{:040x}", 0xe3_0000_u64),
+        "after": commits.last().unwrap()["id"],
+        "created": false, "deleted": false, "forced": false,
+        "commits": commits,
+        "head_commit": commits.last().unwrap(),
+        "repository": {"full_name": "acme/project-api-v2", "pushed_at": 1_800_000_000},
+    }))
+    .unwrap();
+    let delivery = Delivery::new("push", body.clone());
+    let answer = delivery
+        .post(&reqwest::Client::new(), &daemon.url())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let names = executions(&answer);
+    assert_eq!(names.len(), 32);
+    let planned = plan_body(&text, "push", &body, &delivery.id);
+    let serial: Vec<String> = planned
+        .iter()
+        .filter(|request| request.pipeline == "deploy")
+        .map(|request| request.name.to_string())
+        .collect();
+    assert_eq!(serial.len(), 16);
+
+    // Killed once the serial lane is a few commits in: its envelope is in flight.
+    for _ in 0..300 {
+        let started = common::aws::runs_by_start(&sfn, &arn)
+            .await
+            .iter()
+            .filter(|run| serial.contains(&run.2))
+            .count();
+        if started >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill();
+    daemon.spawn(&environment);
+
+    wait_until_finished(&sfn, &arn, &names).await;
+    wait_until_drained(&sqs, &queue_url).await;
+    let all = executions_of(&sfn, &arn).await;
+    let got: HashSet<&String> = all.keys().collect();
+    let want: HashSet<&String> = names.iter().collect();
+    assert_eq!(got, want, "exactly one execution per commit and lane");
+    let runs: Vec<(i64, i64, String)> = common::aws::runs_by_start(&sfn, &arn)
+        .await
+        .into_iter()
+        .filter(|run| serial.contains(&run.2))
+        .collect();
+    let order: Vec<&String> = runs.iter().map(|run| &run.2).collect();
+    assert_eq!(order, serial.iter().collect::<Vec<_>>(), "commit order");
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "one at a time: {pair:?}");
+    }
+    assert!(
+        moto::dead_letter_ids(&sqs, &dead_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
+}

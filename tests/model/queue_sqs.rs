@@ -4,6 +4,7 @@
 use crate::common;
 use crate::queue_contract;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,5 +142,100 @@ async fn a_fifo_queue_drops_an_id_sent_again_after_its_message_was_deleted() {
             .unwrap()
             .is_empty(),
         "the re-sent id stays dropped"
+    );
+}
+
+/// A FIFO queue and 40 messages of one group, sent in one call: they go out in
+/// envelopes (fewer messages on the queue than were sent) and come back in order.
+async fn envelopes_on_fifo() -> (
+    Arc<dyn Queue>,
+    Arc<SqsQueue>,
+    Vec<gitdispatch::queue::Message>,
+    String,
+) {
+    let client = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let (url, dead_url) = moto::create_queue(&client, true, Duration::from_secs(3), 5).await;
+    let sqs = Arc::new(SqsQueue::open(client, &url).await.unwrap());
+    let queue: Arc<dyn Queue> = sqs.clone();
+    let messages: Vec<_> = (0..40)
+        .map(|n| {
+            let mut message =
+                queue_contract::message(&format!("m{n:02}"), Some("deploy/acceptance"));
+            message.body = format!(
+                r#"{{"v":1,"type":"start","id":"m{n:02}","pad":"{}"}}"#,
+                "x".repeat(9000)
+            );
+            message
+        })
+        .collect();
+    queue.send(&messages).await.unwrap();
+    (queue, sqs, messages, dead_url)
+}
+
+fn ids_of(received: &[gitdispatch::queue::Received]) -> Vec<String> {
+    received.iter().map(|r| r.message.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_long_run_of_one_group_goes_out_in_envelopes_and_comes_back_in_order() {
+    let (queue, sqs, messages, _) = envelopes_on_fifo().await;
+    let received = queue_contract::receive_n(&queue, 40).await;
+    assert_eq!(ids_of(&received), ids_of_messages(&messages));
+    let receipts: HashSet<&str> = received.iter().map(|r| r.receipt.0.as_str()).collect();
+    assert!(
+        receipts.len() >= 2 && receipts.len() < 10,
+        "{} messages on the queue for 40 sent",
+        receipts.len()
+    );
+    assert!(received.iter().all(|r| r.message.body.contains("pad")));
+    for item in &received {
+        queue.ack(&item.receipt).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        queue
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sqs.depth().await.unwrap().in_flight, 0);
+}
+
+fn ids_of_messages(messages: &[gitdispatch::queue::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn an_envelope_stays_until_every_message_of_it_is_settled() {
+    let (queue, _, messages, dead_url) = envelopes_on_fifo().await;
+    let first = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert!(first.len() > 1, "an envelope's messages");
+    assert!(first.iter().all(|r| r.receipt == first[0].receipt));
+    // All but its last acknowledged, one of them dead-lettered: still in flight, so
+    // nothing more of the group comes.
+    let (last, rest) = first.split_last().unwrap();
+    queue.dead_letter(&rest[1], "cannot succeed").await.unwrap();
+    for (index, item) in rest.iter().enumerate() {
+        if index != 1 {
+            queue.ack(&item.receipt).await.unwrap();
+        }
+    }
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    // The last one released: the envelope comes back whole, its receive counted.
+    queue.release(&last.receipt, Duration::ZERO).await.unwrap();
+    let again = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(ids_of(&again), ids_of(&first));
+    assert!(again.iter().all(|r| r.receive_count == 2));
+    for item in &again {
+        queue.ack(&item.receipt).await.unwrap();
+    }
+    let later = queue_contract::receive_n(&queue, messages.len() - first.len()).await;
+    assert_eq!(ids_of(&later), ids_of_messages(&messages[first.len()..]));
+    let client = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    assert_eq!(
+        moto::dead_letter_ids(&client, &dead_url).await,
+        vec![rest[1].message.id.clone()],
+        "the dead-lettered message went alone"
     );
 }

@@ -6,6 +6,15 @@
 //! as message attributes, so a message reads the same from either queue type and from
 //! the dead-letter queue. Dead-lettering after too many receives is the queue's own
 //! redrive policy; an explicit dead letter is sent to the redrive policy's target.
+//!
+//! Envelopes: a send of more than one batch of messages of one ordering group (or of
+//! no group) packs them, in order, into envelopes of up to a batch's bytes, so that a
+//! push of thousands of commits is a few calls, not hundreds in a row (a group's
+//! calls cannot overlap: SQS FIFO orders a group by arrival). A received envelope is
+//! handed out as its messages, in order, sharing its receipt; it is deleted once every
+//! one of them is acknowledged (or dead-lettered, which sends that one alone to the
+//! dead-letter queue), and comes back whole when one is released: those acknowledged
+//! already are handled again, which names make safe.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,6 +44,8 @@ const SEND_ATTEMPTS: u32 = 5;
 const ID_ATTRIBUTE: &str = "gitdispatch-id";
 const GROUP_ATTRIBUTE: &str = "gitdispatch-group";
 const REASON_ATTRIBUTE: &str = "gitdispatch-reason";
+/// On an envelope: how many messages it holds.
+const ENVELOPE_ATTRIBUTE: &str = "gitdispatch-envelope";
 
 /// What an SQS queue needs of the configuration: a queue URL, receives SQS can serve,
 /// and a FIFO queue for serial pipelines.
@@ -101,6 +112,25 @@ fn attribute(
 pub struct SqsQueue {
     client: Client,
     facts: QueueFacts,
+    /// Envelopes received and not yet settled, by receipt.
+    open: std::sync::Mutex<HashMap<String, Open>>,
+}
+
+/// A received envelope's messages not yet settled, and whether one was released (the
+/// envelope then comes back whole, and is neither deleted nor hidden again).
+#[derive(Debug)]
+struct Open {
+    unsettled: usize,
+    released: bool,
+}
+
+/// One message inside an envelope.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Part {
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    body: String,
 }
 
 /// An SQS call that failed: what was being done, and the SDK's error as the cause.
@@ -171,7 +201,11 @@ impl SqsQueue {
             max_message_bytes: number(QueueAttributeName::MaximumMessageSize, 262_144) as usize,
             dead_letter,
         };
-        Ok(SqsQueue { client, facts })
+        Ok(SqsQueue {
+            client,
+            facts,
+            open: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn facts(&self) -> &QueueFacts {
@@ -239,11 +273,19 @@ impl SqsQueue {
         }
     }
 
-    fn entry(&self, index: usize, message: &Message) -> SendMessageBatchRequestEntry {
+    fn entry(&self, index: usize, message: &Outgoing) -> SendMessageBatchRequestEntry {
+        let mut attributes = attributes(&message.message, None);
+        if message.parts > 0 {
+            attributes.insert(
+                ENVELOPE_ATTRIBUTE.to_string(),
+                string_attribute(&message.parts.to_string()),
+            );
+        }
+        let message = &message.message;
         let mut entry = SendMessageBatchRequestEntry::builder()
             .id(index.to_string())
             .message_body(&message.body)
-            .set_message_attributes(Some(attributes(message, None)));
+            .set_message_attributes(Some(attributes));
         if self.facts.fifo {
             entry = entry
                 .message_group_id(Self::message_group(message))
@@ -274,12 +316,97 @@ fn sqs_allows(character: char) -> bool {
 /// Streams of a send going out at once.
 const SEND_CONCURRENCY: usize = 8;
 
+/// A message as it is sent: one of ours, or an envelope of `parts` of them.
+#[derive(Debug)]
+struct Outgoing {
+    message: Message,
+    /// How many messages the envelope holds; 0 for a message of ours.
+    parts: usize,
+}
+
+impl Outgoing {
+    fn plain(message: &Message) -> Outgoing {
+        Outgoing {
+            message: message.clone(),
+            parts: 0,
+        }
+    }
+
+    fn size(&self) -> usize {
+        SqsQueue::size(&self.message)
+            + if self.parts > 0 {
+                ENVELOPE_ATTRIBUTE.len() + "String".len() + 20
+            } else {
+                0
+            }
+    }
+}
+
+/// A stream's messages as they go out: as they are when they fit in one batch, else
+/// packed in order into envelopes of up to `limit` bytes (a message too big to share
+/// one goes alone). An envelope takes the stream's group; its id is made of its
+/// messages' ids, so that the same send packs into the same ids.
+fn envelopes(messages: &[&Message], limit: usize) -> Vec<Outgoing> {
+    if messages.len() <= MAX_BATCH {
+        return messages
+            .iter()
+            .map(|message| Outgoing::plain(message))
+            .collect();
+    }
+    // Room for the envelope's own id and group attributes and its JSON frame.
+    let limit = limit.saturating_sub(512);
+    let mut out = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
+    let mut ids: Vec<&str> = Vec::new();
+    let mut bytes = 0;
+    let group = messages.first().and_then(|message| message.group.clone());
+    let close = |parts: &mut Vec<String>, ids: &mut Vec<&str>, out: &mut Vec<Outgoing>| {
+        if parts.is_empty() {
+            return;
+        }
+        let digest = Sha256::digest(ids.join("\n").as_bytes());
+        out.push(Outgoing {
+            message: Message {
+                id: format!("envelope-{}", &hex::encode(digest)[..40]),
+                group: group.clone(),
+                body: format!("{{\"parts\":[{}]}}", parts.join(",")),
+            },
+            parts: parts.len(),
+        });
+        parts.clear();
+        ids.clear();
+    };
+    for message in messages {
+        let part = serde_json::to_string(&Part {
+            id: message.id.clone(),
+            group: message.group.clone(),
+            body: message.body.clone(),
+        })
+        .expect("strings serialize");
+        if part.len() + 1 > limit {
+            close(&mut parts, &mut ids, &mut out);
+            out.push(Outgoing::plain(message));
+            bytes = 0;
+            continue;
+        }
+        if bytes + part.len() + 1 > limit {
+            close(&mut parts, &mut ids, &mut out);
+            bytes = 0;
+        }
+        bytes += part.len() + 1;
+        parts.push(part);
+        ids.push(&message.id);
+    }
+    close(&mut parts, &mut ids, &mut out);
+    out
+}
+
 /// A stream's messages in batches of up to 10 entries and MAX_BATCH_BYTES, in order.
-fn batches<'a>(messages: &[&'a Message]) -> Vec<Vec<&'a Message>> {
-    let mut batches: Vec<Vec<&Message>> = Vec::new();
+fn batches(messages: &[Outgoing]) -> Vec<Vec<&Outgoing>> {
+    let mut batches: Vec<Vec<&Outgoing>> = Vec::new();
     let mut bytes = 0;
     for message in messages {
-        let size = SqsQueue::size(message);
+        let size = message.size();
         let full = batches
             .last()
             .is_none_or(|batch| batch.len() == MAX_BATCH || bytes + size > MAX_BATCH_BYTES);
@@ -374,6 +501,49 @@ pub fn read_dead_letter(message: &aws_sdk_sqs::types::Message) -> Option<Message
     read_message(message).map(|received| received.message)
 }
 
+/// How many messages a received envelope holds; `None` for a message of ours.
+fn envelope_parts(message: &aws_sdk_sqs::types::Message) -> Option<usize> {
+    message
+        .message_attributes()?
+        .get(ENVELOPE_ATTRIBUTE)?
+        .string_value()?
+        .parse()
+        .ok()
+}
+
+/// A received message as the messages it carries: itself, or an envelope's, in order,
+/// sharing its receipt. An envelope that cannot be read is handed out as it is (its
+/// body is no job: the worker dead-letters it).
+fn open_message(received: Received, envelope: bool) -> Vec<Received> {
+    if !envelope {
+        return vec![received];
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        parts: Vec<Part>,
+    }
+    match serde_json::from_str::<Envelope>(&received.message.body) {
+        Ok(envelope) if !envelope.parts.is_empty() => envelope
+            .parts
+            .into_iter()
+            .map(|part| Received {
+                receipt: received.receipt.clone(),
+                message: Message {
+                    id: part.id,
+                    group: part.group,
+                    body: part.body,
+                },
+                receive_count: received.receive_count,
+                sent_at_ms: received.sent_at_ms,
+            })
+            .collect(),
+        _ => {
+            tracing::error!(id = %received.message.id, "An envelope on the queue cannot be read.");
+            vec![received]
+        }
+    }
+}
+
 fn whole_seconds(duration: Duration) -> i32 {
     // SQS counts visibility in whole seconds, at most 12 hours; round up so a delay is
     // never shorter than asked.
@@ -426,7 +596,21 @@ impl Queue for SqsQueue {
                 None => ungrouped.push(message),
             }
         }
-        streams.extend(ungrouped.chunks(MAX_BATCH).map(<[&Message]>::to_vec));
+        let limit = self.facts.max_message_bytes.min(MAX_BATCH_BYTES);
+        let mut streams: Vec<Vec<Outgoing>> = streams
+            .iter()
+            .map(|stream| envelopes(stream, limit))
+            .collect();
+        // Messages of no group go out in any order: each envelope (or batch) a stream.
+        let loose = envelopes(&ungrouped, limit);
+        if loose.iter().any(|message| message.parts > 0) {
+            streams.extend(loose.into_iter().map(|message| vec![message]));
+        } else {
+            let mut loose = loose.into_iter().peekable();
+            while loose.peek().is_some() {
+                streams.push(loose.by_ref().take(MAX_BATCH).collect());
+            }
+        }
         let sent_any = std::sync::atomic::AtomicBool::new(false);
         let sent_any = &sent_any;
         // Every stream runs to its end or its first error: whether a refusal is the
@@ -476,10 +660,31 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|error| unavailable("cannot receive", error))?;
-        Ok(output.messages().iter().filter_map(read_message).collect())
+        let mut received = Vec::new();
+        for message in output.messages() {
+            let Some(read) = read_message(message) else {
+                continue;
+            };
+            let parts = open_message(read, envelope_parts(message).is_some());
+            if parts.len() > 1 {
+                self.open.lock().expect("open lock").insert(
+                    parts[0].receipt.0.clone(),
+                    Open {
+                        unsettled: parts.len(),
+                        released: false,
+                    },
+                );
+            }
+            received.extend(parts);
+        }
+        Ok(received)
     }
 
     async fn ack(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        match self.settle_part(receipt, false) {
+            Envelope::NotOne | Envelope::Settled => {}
+            Envelope::Unsettled | Envelope::Released => return Ok(()),
+        }
         match self
             .client
             .delete_message()
@@ -504,10 +709,22 @@ impl Queue for SqsQueue {
     }
 
     async fn release(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
-        self.change_visibility(receipt, delay).await
+        match self.settle_part(receipt, true) {
+            Envelope::Released => Ok(()),
+            _ => self.change_visibility(receipt, delay).await,
+        }
     }
 
     async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), QueueError> {
+        let released = self
+            .open
+            .lock()
+            .expect("open lock")
+            .get(&receipt.0)
+            .is_some_and(|open| open.released);
+        if released {
+            return Ok(());
+        }
         self.change_visibility(receipt, visibility).await
     }
 
@@ -554,7 +771,42 @@ impl Queue for SqsQueue {
     }
 }
 
+/// What settling one message of a receipt does to its envelope.
+enum Envelope {
+    /// The receipt is a message's own.
+    NotOne,
+    /// Others of the envelope are not settled yet: leave it in flight.
+    Unsettled,
+    /// This was its last: delete it (or, when releasing, make it visible).
+    Settled,
+    /// It was released already: it comes back whole; leave it be.
+    Released,
+}
+
 impl SqsQueue {
+    /// Counts one message of `receipt`'s envelope settled (`release`: given back).
+    fn settle_part(&self, receipt: &Receipt, release: bool) -> Envelope {
+        let mut open = self.open.lock().expect("open lock");
+        let Some(envelope) = open.get_mut(&receipt.0) else {
+            return Envelope::NotOne;
+        };
+        envelope.unsettled = envelope.unsettled.saturating_sub(1);
+        let outcome = if envelope.released {
+            Envelope::Released
+        } else if release {
+            envelope.released = true;
+            Envelope::Settled
+        } else if envelope.unsettled == 0 {
+            Envelope::Settled
+        } else {
+            Envelope::Unsettled
+        };
+        if envelope.unsettled == 0 {
+            open.remove(&receipt.0);
+        }
+        outcome
+    }
+
     /// Sends one batch; entries SQS did not take are sent again (the call is not
     /// atomic), those it refused as the sender's fault fail the send. `sent_any` says
     /// whether an earlier entry of the same send went in: a refusal is then not the
@@ -562,11 +814,11 @@ impl SqsQueue {
     /// failure to retry, which a redelivery completes (names make that safe).
     async fn send_batch(
         &self,
-        batch: &[&Message],
+        batch: &[&Outgoing],
         sent_any: &std::sync::atomic::AtomicBool,
     ) -> Result<(), QueueError> {
         use std::sync::atomic::Ordering;
-        let mut pending: Vec<&Message> = batch.to_vec();
+        let mut pending: Vec<&Outgoing> = batch.to_vec();
         for attempt in 1..=SEND_ATTEMPTS {
             let entries: Vec<SendMessageBatchRequestEntry> = pending
                 .iter()
@@ -599,11 +851,11 @@ impl SqsQueue {
                     return Err(if sent_any.load(Ordering::SeqCst) {
                         QueueError::unavailable(format!(
                             "SQS refused message {} after other messages of the same send went in: {reason}",
-                            message.id
+                            message.message.id
                         ))
                     } else {
                         QueueError::Refused {
-                            id: message.id.clone(),
+                            id: message.message.id.clone(),
                             reason,
                         }
                     });

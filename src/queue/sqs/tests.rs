@@ -32,3 +32,84 @@ fn visibility_rounds_up_to_whole_seconds() {
     assert_eq!(whole_seconds(Duration::from_millis(2500)), 3);
     assert_eq!(whole_seconds(Duration::from_secs(100_000)), 43_200);
 }
+
+fn grouped(id: &str, bytes: usize) -> Message {
+    Message {
+        id: id.into(),
+        group: Some("deploy/acceptance".into()),
+        body: format!(r#"{{"pad":"{}"}}"#, "x".repeat(bytes)),
+    }
+}
+
+#[test]
+fn up_to_one_batch_of_a_stream_goes_out_as_it_is() {
+    let messages: Vec<Message> = (0..MAX_BATCH)
+        .map(|n| grouped(&n.to_string(), 10))
+        .collect();
+    let refs: Vec<&Message> = messages.iter().collect();
+    let out = envelopes(&refs, MAX_BATCH_BYTES);
+    assert_eq!(out.len(), MAX_BATCH);
+    assert!(out.iter().all(|message| message.parts == 0));
+}
+
+#[test]
+fn a_longer_stream_is_packed_in_order_into_envelopes_that_fit() {
+    let messages: Vec<Message> = (0..300)
+        .map(|n| grouped(&format!("m{n:03}"), 2000))
+        .collect();
+    let refs: Vec<&Message> = messages.iter().collect();
+    let out = envelopes(&refs, 64 * 1024);
+    assert!(out.len() > 1 && out.len() < 20, "{} envelopes", out.len());
+    let mut opened = Vec::new();
+    for envelope in &out {
+        assert!(envelope.parts > 0);
+        assert!(envelope.size() <= 64 * 1024, "{}", envelope.size());
+        assert_eq!(envelope.message.group.as_deref(), Some("deploy/acceptance"));
+        let received = Received {
+            receipt: Receipt("r".into()),
+            message: envelope.message.clone(),
+            receive_count: 1,
+            sent_at_ms: None,
+        };
+        let parts = open_message(received, true);
+        assert_eq!(parts.len(), envelope.parts);
+        opened.extend(parts.into_iter().map(|part| part.message));
+    }
+    assert_eq!(opened, messages, "every message, in order, as it was");
+    // The same send packs into the same ids (a retried send deduplicates).
+    let again = envelopes(&refs, 64 * 1024);
+    let ids = |out: &[Outgoing]| -> Vec<String> {
+        out.iter()
+            .map(|message| message.message.id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&out), ids(&again));
+}
+
+#[test]
+fn a_message_too_big_to_share_an_envelope_goes_alone_in_its_place() {
+    let mut messages: Vec<Message> = (0..12).map(|n| grouped(&format!("m{n}"), 100)).collect();
+    messages.insert(5, grouped("big", 64 * 1024 - 300));
+    let refs: Vec<&Message> = messages.iter().collect();
+    let out = envelopes(&refs, 64 * 1024);
+    let shape: Vec<usize> = out.iter().map(|message| message.parts).collect();
+    assert_eq!(shape, vec![5, 0, 7]);
+    assert_eq!(out[1].message.id, "big");
+}
+
+#[test]
+fn an_envelope_that_cannot_be_read_is_handed_out_as_it_is() {
+    let received = Received {
+        receipt: Receipt("r".into()),
+        message: Message {
+            id: "envelope-x".into(),
+            group: None,
+            body: "not json".into(),
+        },
+        receive_count: 1,
+        sent_at_ms: None,
+    };
+    let parts = open_message(received, true);
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].message.body, "not json");
+}
