@@ -400,11 +400,11 @@ impl Worker {
         Ok(count)
     }
 
-    /// Runs the jobs of one chain (one ordering group, or a single ungrouped job) one
-    /// after the other, keeping the waiting ones invisible meanwhile. The chain stops at
-    /// the first job that is not settled for good (released for later, or stopped by a
-    /// shutdown) and gives the rest back in order: a later commit never overtakes an
-    /// earlier one.
+    /// Runs the jobs of one chain, keeping the waiting ones invisible meanwhile: one
+    /// ordering group's one after the other, stopping at the first job that is not
+    /// settled for good (released for later, or stopped by a shutdown) and giving the
+    /// rest back in order, so that a later commit never overtakes an earlier one; an
+    /// envelope of ungrouped jobs side by side.
     async fn run_chain(
         self: Arc<Self>,
         chain: Vec<Received>,
@@ -412,11 +412,7 @@ impl Worker {
         permits: Arc<Semaphore>,
         hard_stop: CancellationToken,
     ) {
-        let mut permit = Some(permit);
-        // The receipts still to settle. Settling one and extending the visibility of
-        // the others never interleave (one lock, held across both): a heartbeat that
-        // extended a receipt just released would hide the job again, and SQS FIFO
-        // would then hand out a later job of its group first.
+        // The receipts still to settle (see `settle_waiting`).
         let waiting: Arc<tokio::sync::Mutex<Vec<Receipt>>> = Arc::new(tokio::sync::Mutex::new(
             chain
                 .iter()
@@ -430,39 +426,44 @@ impl Worker {
             self.clone()
                 .heartbeat(waiting.clone(), heartbeat_stop.clone()),
         ));
-        let settle_and_forget = |received: Received, settle: Settle| {
-            let waiting = waiting.clone();
-            let worker = self.clone();
-            async move {
-                let mut waiting = waiting.lock().await;
-                worker.settle(&received, settle).await;
-                // One of its receipt: an envelope's messages share theirs.
-                if let Some(index) = waiting.iter().position(|r| *r == received.receipt) {
-                    waiting.remove(index);
-                }
-            }
-        };
         // The chain's jobs were all received now: none may be held in flight past
         // max_hold from here (SQS lets a message be in flight 12 hours at most).
         let held_since = tokio::time::Instant::now();
+        let chained = Chained {
+            waiting,
+            permits,
+            hard_stop,
+            held_since,
+        };
+        if chain.len() > 1
+            && chain
+                .iter()
+                .all(|received| received.message.group.is_none())
+        {
+            self.run_side_by_side(chain, permit, chained).await;
+        } else {
+            self.run_in_order(chain, permit, &chained).await;
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+    }
+
+    /// A chain of one ordering group: its jobs one after the other. The chain stops at
+    /// the first job that is not settled for good and gives the rest back in order.
+    async fn run_in_order(
+        self: &Arc<Self>,
+        chain: Vec<Received>,
+        permit: OwnedSemaphorePermit,
+        chained: &Chained,
+    ) {
+        let mut permit = Some(permit);
         let mut jobs = chain.into_iter();
         while let Some(received) = jobs.next() {
-            let mut parking = self.parking(&received).await;
-            if let lanes::Parking::Hold(lane) = &parking {
-                drop(permit.take());
-                (permit, parking) = self
-                    .hold_while_held(lane, &received, &permits, &hard_stop)
-                    .await;
-            }
-            let settle = if hard_stop.is_cancelled() {
-                Settle::Release(Duration::ZERO)
-            } else if let lanes::Parking::Parked = parking {
-                Settle::Ack
-            } else {
-                self.handle(&received, held_since, &hard_stop).await
-            };
+            let settle;
+            (settle, permit) = self.step(&received, permit, chained).await;
             let for_good = settle.is_for_good();
-            settle_and_forget(received, settle).await;
+            self.settle_waiting(&chained.waiting, received, settle)
+                .await;
             if !for_good {
                 let rest: Vec<Received> = jobs.by_ref().collect();
                 if !rest.is_empty() {
@@ -472,13 +473,97 @@ impl Worker {
                     );
                 }
                 for later in rest {
-                    settle_and_forget(later, Settle::Release(Duration::ZERO)).await;
+                    self.settle_waiting(&chained.waiting, later, Settle::Release(Duration::ZERO))
+                        .await;
                 }
             }
         }
-        heartbeat_stop.cancel();
-        let _ = heartbeat.await;
         drop(permit);
+    }
+
+    /// An envelope of jobs that run in any order: side by side, as they would had they
+    /// come one by one, each with a permit of its own (the chain's is the first's).
+    async fn run_side_by_side(
+        self: &Arc<Self>,
+        chain: Vec<Received>,
+        permit: OwnedSemaphorePermit,
+        chained: Chained,
+    ) {
+        let chained = Arc::new(chained);
+        let mut first = Some(permit);
+        let mut running = JoinSet::new();
+        let mut jobs = chain.into_iter();
+        while let Some(received) = jobs.next() {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => tokio::select! {
+                    _ = chained.hard_stop.cancelled() => {
+                        for job in std::iter::once(received).chain(jobs.by_ref()) {
+                            self.settle_waiting(&chained.waiting, job, Settle::Release(Duration::ZERO))
+                                .await;
+                        }
+                        break;
+                    }
+                    permit = chained.permits.clone().acquire_owned() => {
+                        permit.expect("the semaphore is never closed")
+                    }
+                },
+            };
+            let (worker, chained) = (self.clone(), chained.clone());
+            running.spawn(async move {
+                let (settle, permit) = worker.step(&received, Some(permit), &chained).await;
+                worker
+                    .settle_waiting(&chained.waiting, received, settle)
+                    .await;
+                drop(permit);
+            });
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// One job of a chain: parked if its lane is held (held in flight, without a
+    /// permit, while it cannot be), else handled. What becomes of it, and the permit to
+    /// go on with.
+    async fn step(
+        &self,
+        received: &Received,
+        mut permit: Option<OwnedSemaphorePermit>,
+        chained: &Chained,
+    ) -> (Settle, Option<OwnedSemaphorePermit>) {
+        let mut parking = self.parking(received).await;
+        if let lanes::Parking::Hold(lane) = &parking {
+            drop(permit.take());
+            (permit, parking) = self
+                .hold_while_held(lane, received, &chained.permits, &chained.hard_stop)
+                .await;
+        }
+        let settle = if chained.hard_stop.is_cancelled() {
+            Settle::Release(Duration::ZERO)
+        } else if let lanes::Parking::Parked = parking {
+            Settle::Ack
+        } else {
+            self.handle(received, chained.held_since, &chained.hard_stop)
+                .await
+        };
+        (settle, permit)
+    }
+
+    /// Settles a job of a chain and stops extending its receipt. Settling and
+    /// extending never interleave (one lock, held across both): a heartbeat that
+    /// extended a receipt just released would hide the job again, and SQS FIFO would
+    /// then hand out a later job of its group first.
+    async fn settle_waiting(
+        &self,
+        waiting: &tokio::sync::Mutex<Vec<Receipt>>,
+        received: Received,
+        settle: Settle,
+    ) {
+        let mut waiting = waiting.lock().await;
+        self.settle(&received, settle).await;
+        // One of its receipt: an envelope's jobs share theirs.
+        if let Some(index) = waiting.iter().position(|r| *r == received.receipt) {
+            waiting.remove(index);
+        }
     }
 
     /// Extends the visibility of every receipt in `waiting` at a third of the timeout,
@@ -617,6 +702,17 @@ impl Worker {
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc();
     }
+}
+
+/// What the jobs of a chain share.
+struct Chained {
+    /// The receipts still to settle, which the chain's heartbeat extends.
+    waiting: Arc<tokio::sync::Mutex<Vec<Receipt>>>,
+    permits: Arc<Semaphore>,
+    /// Cancelled when the grace period of a shutdown is over.
+    hard_stop: CancellationToken,
+    /// When the chain was received: a lane's job is held in flight only so long.
+    held_since: tokio::time::Instant,
 }
 
 /// What a job is handled with, besides its own fields.

@@ -396,3 +396,115 @@ async fn a_lane_waiting_on_a_long_deploy_does_not_starve_the_builds() {
         );
     }
 }
+
+/// Twelve builds (a parallel pipeline) queued in one send go to SQS in one envelope:
+/// they still run side by side, as many at once as the worker's concurrency, each
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_of_builds_runs_them_side_by_side() {
+    let sqs = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let (url, _) = moto::create_queue(&sqs, true, Duration::from_secs(30), 5).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+    let text = "[github]\nwebhook_secrets = [\"s\"]\n\
+        [[pipelines]]\nname = \"build\"\ncommand = [\"true\"]\n\
+        [[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\n";
+    let planner = Planner::new(&Config::from_toml_str(text, &|_| None).unwrap()).unwrap();
+    let commits: Vec<serde_json::Value> = (0..12)
+        .map(|n| {
+            serde_json::json!({
+                "id": format!("{:040x}", 0xb0_0000_u64 + n),
+                "message": format!("Commit {n}"),
+                "author": {"name": "Mary Doe", "username": "mary"},
+                "added": [], "removed": [], "modified": [],
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": format!("{:040x}", 0xaf_0000_u64),
+        "after": commits.last().unwrap()["id"],
+        "created": false, "deleted": false, "forced": false,
+        "commits": commits,
+        "head_commit": commits.last().unwrap(),
+        "repository": {"full_name": "acme/project-api-v2"},
+    }))
+    .unwrap();
+    let delivery = gitdispatch::event::DeliveryId::parse("envelope-of-builds").unwrap();
+    let gitdispatch::source::github::Decoded::Event(event) =
+        gitdispatch::source::github::decode_payload("push", &delivery, &body).unwrap()
+    else {
+        panic!("not an event");
+    };
+    let requests = planner.plan(&event).unwrap().requests;
+    assert_eq!(requests.len(), 12);
+    assert!(requests.iter().all(|request| request.group.is_none()));
+    let jobs: Vec<Job> = requests.iter().cloned().map(Job::start).collect();
+    enqueue(queue.as_ref(), &jobs).await.unwrap();
+    let first = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first.len(), 12, "one envelope holds them all");
+    for received in &first {
+        queue
+            .release(&received.receipt, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+
+    let directory = tempfile::tempdir().unwrap();
+    let executor = Arc::new(
+        LocalExecutor::open(LocalSettings {
+            path: directory.path().join("executions.db"),
+            log_dir: directory.path().join("log"),
+            pipelines: HashMap::from([(
+                "build".to_string(),
+                LocalPipeline {
+                    command: vec!["sleep".into(), "1".into()],
+                    timeout: Duration::from_secs(60),
+                },
+            )]),
+            max_attempts: 3,
+            details_url: None,
+        })
+        .await
+        .unwrap(),
+    );
+    let settings = WorkerSettings {
+        concurrency: 4,
+        ..short_polls()
+    };
+    let records = executor.clone();
+    let done = async {
+        for _ in 0..300 {
+            let recent = records.recent(20).await.unwrap();
+            if recent
+                .iter()
+                .filter(|record| record.status == RunStatus::Succeeded)
+                .count()
+                == 12
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("not every build ended");
+    };
+    drain(queue, executor.clone(), settings, done).await;
+    let recent = executor.recent(20).await.unwrap();
+    assert_eq!(recent.len(), 12, "each once");
+    // How many ran at once, at the most: the worker's concurrency.
+    let most = recent
+        .iter()
+        .map(|run| {
+            let start = run.started_at_ms;
+            recent
+                .iter()
+                .filter(|other| other.started_at_ms <= start && other.ended_at_ms.unwrap() > start)
+                .count()
+        })
+        .max()
+        .unwrap();
+    let spans: Vec<(i64, Option<i64>)> = recent
+        .iter()
+        .map(|run| (run.started_at_ms, run.ended_at_ms))
+        .collect();
+    assert_eq!(most, 4, "{spans:?}");
+}
