@@ -409,26 +409,7 @@ async fn an_envelope_of_builds_runs_them_side_by_side() {
         [[pipelines]]\nname = \"build\"\ncommand = [\"true\"]\n\
         [[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\n";
     let planner = Planner::new(&Config::from_toml_str(text, &|_| None).unwrap()).unwrap();
-    let commits: Vec<serde_json::Value> = (0..12)
-        .map(|n| {
-            serde_json::json!({
-                "id": format!("{:040x}", 0xb0_0000_u64 + n),
-                "message": format!("Commit {n}"),
-                "author": {"name": "Mary Doe", "username": "mary"},
-                "added": [], "removed": [], "modified": [],
-            })
-        })
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "ref": "refs/heads/main",
-        "before": format!("{:040x}", 0xaf_0000_u64),
-        "after": commits.last().unwrap()["id"],
-        "created": false, "deleted": false, "forced": false,
-        "commits": commits,
-        "head_commit": commits.last().unwrap(),
-        "repository": {"full_name": "acme/project-api-v2"},
-    }))
-    .unwrap();
+    let body = common::push_listing(12, 0xb0_0000, "refs/heads/main");
     let delivery = gitdispatch::event::DeliveryId::parse("envelope-of-builds").unwrap();
     let gitdispatch::source::github::Decoded::Event(event) =
         gitdispatch::source::github::decode_payload("push", &delivery, &body).unwrap()

@@ -859,26 +859,7 @@ table = "{table}"
         environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let daemon = Daemon::start_as("listen", &text, &environment);
 
-    let commits: Vec<Value> = (0..2000)
-        .map(|n| {
-            serde_json::json!({
-                "id": format!("{:040x}", 0xb16_0000_u64 + n),
-                "message": format!("Commit {n}"),
-                "author": {"name": "Mary Doe", "username": "mary"},
-                "added": [], "removed": [], "modified": [format!("src/{n}.rs")],
-            })
-        })
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "ref": "refs/heads/hotfix/big",
-        "before": format!("{:040x}", 0xb15_0000_u64),
-        "after": commits.last().unwrap()["id"],
-        "created": false, "deleted": false, "forced": false,
-        "commits": commits,
-        "head_commit": commits.last().unwrap(),
-        "repository": {"full_name": "acme/project-api-v2", "pushed_at": 1_800_000_000},
-    }))
-    .unwrap();
+    let body = common::push_listing(2000, 0xb16_0000, "refs/heads/hotfix/big");
     let before = proxy.calls().len();
     let started = std::time::Instant::now();
     let answer = Delivery::new("push", body)
@@ -959,26 +940,7 @@ environment = "ci"
         environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut daemon = Daemon::start(&text, &environment);
 
-    let commits: Vec<Value> = (0..16)
-        .map(|n| {
-            serde_json::json!({
-                "id": format!("{:040x}", 0xe4_0000_u64 + n),
-                "message": format!("Commit {n}"),
-                "author": {"name": "Mary Doe", "username": "mary"},
-                "added": [], "removed": [], "modified": [format!("src/{n}.rs")],
-            })
-        })
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "ref": "refs/heads/hotfix/envelopes",
-        "before": format!("{:040x}", 0xe3_0000_u64),
-        "after": commits.last().unwrap()["id"],
-        "created": false, "deleted": false, "forced": false,
-        "commits": commits,
-        "head_commit": commits.last().unwrap(),
-        "repository": {"full_name": "acme/project-api-v2", "pushed_at": 1_800_000_000},
-    }))
-    .unwrap();
+    let body = common::push_listing(16, 0xe4_0000, "refs/heads/hotfix/envelopes");
     let delivery = Delivery::new("push", body.clone());
     let answer = delivery
         .post(&reqwest::Client::new(), &daemon.url())

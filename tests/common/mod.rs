@@ -51,6 +51,32 @@ pub fn push_variant(name: &str, n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A push of `count` commits to `git_ref` of acme/project-api-v2, listed in the
+/// delivery, oldest first: commit `n` has id `first + n` (in hex, 40 digits) and
+/// changes `src/{n}.rs`; the push's old head is `first - 1`.
+pub fn push_listing(count: u64, first: u64, git_ref: &str) -> Vec<u8> {
+    let commits: Vec<serde_json::Value> = (0..count)
+        .map(|n| {
+            serde_json::json!({
+                "id": format!("{:040x}", first + n),
+                "message": format!("Commit {n}"),
+                "author": {"name": "Mary Doe", "username": "mary"},
+                "added": [], "removed": [], "modified": [format!("src/{n}.rs")],
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "ref": git_ref,
+        "before": format!("{:040x}", first - 1),
+        "after": commits.last().unwrap()["id"],
+        "created": false, "deleted": false, "forced": false,
+        "commits": commits,
+        "head_commit": commits.last().unwrap(),
+        "repository": {"full_name": "acme/project-api-v2", "pushed_at": 1_800_000_000},
+    }))
+    .unwrap()
+}
+
 /// The example configuration with the test secret.
 pub fn example_config() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gitdispatch.toml");
