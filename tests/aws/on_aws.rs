@@ -815,6 +815,25 @@ async fn the_sample_state_machine_takes_each_documented_path() {
 /// request timeout is raised to 30 s here, GitHub Enterprise's, so that a loaded
 /// machine cannot make moto's own Python the failure). Prints how long it took, for
 /// BENCHMARKS.md.
+/// The AWS configuration with a parallel build route beside its serial deploys: every
+/// push to a branch of acme/* is built in `ci`.
+fn with_builds(queue_url: &str, arn: &str) -> String {
+    aws_config_text(queue_url, arn)
+        + &format!(
+            r#"
+[[pipelines]]
+name = "build"
+state_machine_arn = "{arn}"
+
+[[routes]]
+pipeline = "build"
+repository = "acme/*"
+events = ["push"]
+environment = "ci"
+"#
+        )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_of_two_thousand_commits_is_answered_in_tens_of_dynamodb_calls() {
     let sdk = moto::sdk_config().await;
@@ -831,19 +850,9 @@ async fn a_push_of_two_thousand_commits_is_answered_in_tens_of_dynamodb_calls() 
         }
     })
     .await;
-    let text = (aws_config_text(&queue_url, &arn)
+    let text = (with_builds(&queue_url, &arn)
         + &format!(
             r#"
-[[pipelines]]
-name = "build"
-state_machine_arn = "{arn}"
-
-[[routes]]
-pipeline = "build"
-repository = "acme/*"
-events = ["push"]
-environment = "ci"
-
 [api]
 tokens = ["a-token-that-opens-the-ledger-01"]
 
@@ -921,20 +930,7 @@ async fn a_push_sent_in_envelopes_runs_every_commit_once_in_order_across_a_crash
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let (queue_url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 5).await;
     let arn = create_sample_state_machine(&sfn).await;
-    let text = aws_config_text(&queue_url, &arn)
-        + &format!(
-            r#"
-[[pipelines]]
-name = "build"
-state_machine_arn = "{arn}"
-
-[[routes]]
-pipeline = "build"
-repository = "acme/*"
-events = ["push"]
-environment = "ci"
-"#
-        );
+    let text = with_builds(&queue_url, &arn);
     let environment = moto::environment();
     let environment: Vec<(&str, &str)> =
         environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
