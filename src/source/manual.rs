@@ -124,7 +124,94 @@ pub fn decode(body: &[u8], key: Option<&str>) -> Result<Event, SourceError> {
             "the body is not a JSON object".into(),
         ));
     };
+    // A field named twice is ambiguous (which environment?): refused, not read as its
+    // last.
+    if let Some(name) = repeated_key(body) {
+        return Err(SourceError::Unusable(format!("{name}: is given twice")));
+    }
     decode_fields(fields, key)
+}
+
+/// Where a JSON body first gives a key twice in one object, as a path
+/// (`override_branches[0].branch`), if it does anywhere.
+fn repeated_key(body: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    /// The path of the value being read.
+    struct Repeats(String);
+    impl<'de> DeserializeSeed<'de> for Repeats {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Repeats {
+        type Value = Option<String>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("JSON")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut first = None;
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.0.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.0)
+                };
+                let inner = map.next_value_seed(Repeats(path.clone()))?;
+                if first.is_none() {
+                    first = if seen.insert(key) { inner } else { Some(path) };
+                }
+            }
+            Ok(first)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut first = None;
+            let mut index = 0;
+            while let Some(inner) =
+                seq.next_element_seed(Repeats(format!("{}[{index}]", self.0)))?
+            {
+                first = first.or(inner);
+                index += 1;
+            }
+            Ok(first)
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    Repeats(String::new())
+        .deserialize(&mut deserializer)
+        .ok()
+        .flatten()
 }
 
 /// Decodes a trigger's fields (a body's, or what another source asks in its words).
@@ -254,6 +341,14 @@ mod tests {
             (
                 r#"{"pipeline": "d", "environment": "e", "override_branches": 3}"#,
                 "override_branches",
+            ),
+            (
+                r#"{"pipeline": "d", "environment": "production", "environment": "acceptance"}"#,
+                "environment",
+            ),
+            (
+                r#"{"pipeline": "d", "environment": "e", "override_branches": [{"project": "p", "branch": "a", "branch": "b"}]}"#,
+                "override_branches[0].branch",
             ),
         ] {
             let error = decode(body.as_bytes(), None).unwrap_err();
