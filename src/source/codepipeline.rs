@@ -158,16 +158,19 @@ fn trigger(
     let mut body = Map::new();
     body.insert("pipeline".into(), Value::String(setting("Pipeline")?));
     body.insert("environment".into(), Value::String(setting("Environment")?));
-    if let Some(parameters) = configuration
+    if let Some(text) = configuration
         .get("UserParameters")
         .filter(|text| !text.trim().is_empty())
     {
-        let Ok(Value::Object(parameters)) = serde_json::from_str(parameters) else {
+        let Ok(Value::Object(parameters)) = serde_json::from_str(text) else {
             return Err(
                 "UserParameters: must be a JSON object of skip_* flags and override_branches"
                     .into(),
             );
         };
+        if let Some(name) = super::manual::repeated_key(text.as_bytes()) {
+            return Err(format!("UserParameters: {name} is given twice"));
+        }
         for (key, value) in parameters {
             if matches!(key.as_str(), "pipeline" | "environment" | "commit") {
                 return Err(format!(
@@ -440,6 +443,17 @@ mod tests {
                     ("UserParameters", r#"{"colour": "blue"}"#),
                 ],
                 "colour",
+            ),
+            (
+                vec![
+                    ("Pipeline", "deploy"),
+                    ("Environment", "production"),
+                    (
+                        "UserParameters",
+                        r#"{"skip_api_v1": true, "skip_api_v1": false}"#,
+                    ),
+                ],
+                "skip_api_v1 is given twice",
             ),
         ] {
             let polled = decode(&job(&configuration, None)).unwrap();

@@ -134,7 +134,7 @@ pub fn decode(body: &[u8], key: Option<&str>) -> Result<Event, SourceError> {
 
 /// Where a JSON body first gives a key twice in one object, as a path
 /// (`override_branches[0].branch`), if it does anywhere.
-fn repeated_key(body: &[u8]) -> Option<String> {
+pub(crate) fn repeated_key(body: &[u8]) -> Option<String> {
     use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
     /// The path of the value being read.
     struct Repeats(String);
