@@ -116,6 +116,10 @@ pub struct Received {
     pub receive_count: u32,
     /// When it was sent (milliseconds since the epoch), when the backend says.
     pub sent_at_ms: Option<i64>,
+    /// Whether other messages share its receipt (an envelope's): giving the receipt
+    /// back would bring them all back and count a receive against each, so a failure
+    /// of this one is retried in place.
+    pub shared: bool,
 }
 
 /// What a backend can promise beyond at-least-once delivery.

@@ -297,16 +297,13 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let mut held = vec![first];
-            while held.len() < self.settings.batch_size {
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => held.push(permit),
-                    Err(_) => break,
-                }
-            }
+            // As many as there is room for now, the others' permits left free during
+            // the receive: a chain already running (an envelope's builds, side by
+            // side) takes them as it needs them.
+            let room = (1 + permits.available_permits()).min(self.settings.batch_size);
             let received = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                received = self.queue.receive(held.len(), self.settings.receive_wait) => received,
+                received = self.queue.receive(room, self.settings.receive_wait) => received,
             };
             let batch = match received {
                 Ok(batch) => {
@@ -335,20 +332,20 @@ impl Worker {
                 }
             }
             // One permit per chain: a lane waiting behind its running execution holds
-            // one, however many of its jobs came in this receive. The permits of the
-            // rest go back at once.
+            // one, however many of its jobs came in this receive. The first chain has
+            // the permit the receive was made with; the others wait for theirs in
+            // their own tasks (their jobs kept invisible meanwhile), and the next
+            // receive waits behind them.
+            let mut first = Some(first);
             for chain in chains(batch) {
-                let permit = held
-                    .pop()
-                    .expect("a batch never has more chains than messages");
                 tasks.spawn(self.clone().run_chain(
                     chain,
-                    permit,
+                    first.take(),
                     permits.clone(),
                     hard_stop.clone(),
                 ));
             }
-            drop(held);
+            drop(first);
             while tasks.try_join_next().is_some() {}
         }
 
@@ -391,10 +388,12 @@ impl Worker {
                 .clone()
                 .try_acquire_owned()
                 .expect("one permit per chain");
-            tasks.spawn(
-                self.clone()
-                    .run_chain(chain, permit, permits.clone(), hard_stop.clone()),
-            );
+            tasks.spawn(self.clone().run_chain(
+                chain,
+                Some(permit),
+                permits.clone(),
+                hard_stop.clone(),
+            ));
         }
         while tasks.join_next().await.is_some() {}
         Ok(count)
@@ -408,7 +407,7 @@ impl Worker {
     async fn run_chain(
         self: Arc<Self>,
         chain: Vec<Received>,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
         permits: Arc<Semaphore>,
         hard_stop: CancellationToken,
     ) {
@@ -434,6 +433,23 @@ impl Worker {
             permits,
             hard_stop,
             held_since,
+        };
+        let permit = match permit {
+            Some(permit) => Some(permit),
+            None => tokio::select! {
+                _ = chained.hard_stop.cancelled() => None,
+                permit = chained.permits.clone().acquire_owned() => permit.ok(),
+            },
+        };
+        let Some(permit) = permit else {
+            // Stopped before there was room for it: given back, in order.
+            for received in chain {
+                self.settle_waiting(&chained.waiting, received, Settle::Release(Duration::ZERO))
+                    .await;
+            }
+            heartbeat_stop.cancel();
+            let _ = heartbeat.await;
+            return;
         };
         if chain.len() > 1
             && chain
@@ -542,10 +558,42 @@ impl Worker {
         } else if let lanes::Parking::Parked = parking {
             Settle::Ack
         } else {
-            self.handle(received, chained.held_since, &chained.hard_stop)
-                .await
+            self.handle_in_place(received, chained).await
         };
         (settle, permit)
+    }
+
+    /// Handles a job; one that shares its message (an envelope's) and fails is tried
+    /// again in place after its backoff, each try counted as a receive, and
+    /// dead-lettered alone once it has had as many as the queue gives: giving the
+    /// message back would count a receive against every job of it, and the queue would
+    /// dead-letter them all for the failures of a few.
+    async fn handle_in_place(&self, received: &Received, chained: &Chained) -> Settle {
+        if !received.shared {
+            return self
+                .handle(received, chained.held_since, &chained.hard_stop)
+                .await;
+        }
+        let mut attempt = received.clone();
+        loop {
+            let settle = self
+                .handle(&attempt, chained.held_since, &chained.hard_stop)
+                .await;
+            let Settle::Retry(delay) = settle else {
+                return settle;
+            };
+            let tries = attempt.receive_count;
+            if self.queue.max_receives().is_some_and(|max| tries >= max) {
+                return Settle::DeadLetter(format!(
+                    "failed {tries} tries in a row (the worker's log says why)"
+                ));
+            }
+            tokio::select! {
+                _ = chained.hard_stop.cancelled() => return Settle::Release(Duration::ZERO),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            attempt.receive_count += 1;
+        }
     }
 
     /// Settles a job of a chain and stops extending its receipt. Settling and

@@ -90,8 +90,9 @@ impl Worker {
         let hold = request.group.is_some() || !self.executor.outlives_this_process();
         // A lane's job retries in place rather than going back to the queue: the later
         // jobs of the lane, handed out with it, would otherwise be received again with
-        // it every time, and dead-lettered by the queue's receive count for waiting.
-        let retry_in_place = request.group.is_some();
+        // it every time, and dead-lettered by the queue's receive count for waiting. So
+        // does a job of an envelope, for the jobs that share its message.
+        let retry_in_place = request.group.is_some() || received.shared;
         let mut tries = received.receive_count;
         loop {
             tokio::select! {

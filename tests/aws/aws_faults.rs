@@ -397,14 +397,9 @@ async fn a_lane_waiting_on_a_long_deploy_does_not_starve_the_builds() {
     }
 }
 
-/// Twelve builds (a parallel pipeline) queued in one send go to SQS in one envelope:
-/// they still run side by side, as many at once as the worker's concurrency, each
-/// once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_envelope_of_builds_runs_them_side_by_side() {
-    let sqs = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
-    let (url, _) = moto::create_queue(&sqs, true, Duration::from_secs(30), 5).await;
-    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+/// The builds of a push of twelve commits (a parallel pipeline, so no ordering group):
+/// more than one batch, so they go to SQS in one envelope.
+fn twelve_builds() -> Vec<ExecutionRequest> {
     let text = "[github]\nwebhook_secrets = [\"s\"]\n\
         [[pipelines]]\nname = \"build\"\ncommand = [\"true\"]\n\
         [[routes]]\npipeline = \"build\"\nenvironment = \"ci\"\n";
@@ -419,6 +414,18 @@ async fn an_envelope_of_builds_runs_them_side_by_side() {
     let requests = planner.plan(&event).unwrap().requests;
     assert_eq!(requests.len(), 12);
     assert!(requests.iter().all(|request| request.group.is_none()));
+    requests
+}
+
+/// Twelve builds (a parallel pipeline) queued in one send go to SQS in one envelope:
+/// they still run side by side, as many at once as the worker's concurrency, each
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_of_builds_runs_them_side_by_side() {
+    let sqs = aws_sdk_sqs::Client::new(&moto::sdk_config().await);
+    let (url, _) = moto::create_queue(&sqs, true, Duration::from_secs(30), 5).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+    let requests = twelve_builds();
     let jobs: Vec<Job> = requests.iter().cloned().map(Job::start).collect();
     enqueue(queue.as_ref(), &jobs).await.unwrap();
     let first = queue.receive(10, Duration::from_secs(1)).await.unwrap();
@@ -488,4 +495,78 @@ async fn an_envelope_of_builds_runs_them_side_by_side() {
         .map(|run| (run.started_at_ms, run.ended_at_ms))
         .collect();
     assert_eq!(most, 4, "{spans:?}");
+}
+
+/// Start failures spread over an envelope's builds, a few at each try: build i fails
+/// its (i mod 3 + 1)-th start. Given back whole at each failure, the envelope would use up
+/// the queue's three receives and be dead-lettered with builds never started; each
+/// build retried in place instead, every build starts once and nothing is
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_spread_over_an_envelope_are_retried_in_place() {
+    let sdk = moto::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let arn = create_sample_state_machine(&sfn).await;
+    let (url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 3).await;
+    let queue: Arc<dyn Queue> = Arc::new(SqsQueue::open(sqs.clone(), &url).await.unwrap());
+    let requests = twelve_builds();
+    let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
+    let index: HashMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| (name.clone(), index))
+        .collect();
+    let attempts: std::sync::Mutex<HashMap<String, usize>> = Default::default();
+    let proxy = Proxy::start(moto::url(), move |call| {
+        if !call.is("StartExecution") {
+            return Fault::Forward;
+        }
+        let name = started_name(call);
+        let mut attempts = attempts.lock().unwrap();
+        let attempt = attempts.entry(name.clone()).or_default();
+        *attempt += 1;
+        if index.get(&name).is_some_and(|i| i % 3 == *attempt - 1) {
+            // A denied call: the SDK does not retry it, the worker does.
+            let (status, body) = proxy::error(400, "AccessDeniedException");
+            Fault::Answer(status, body)
+        } else {
+            Fault::Forward
+        }
+    })
+    .await;
+    let through_proxy = aws_sdk_sfn::Client::from_conf(
+        aws_sdk_sfn::config::Builder::from(&sdk)
+            .endpoint_url(&proxy.url)
+            .build(),
+    );
+    let executor = Arc::new(StepFunctionsExecutor::new(
+        through_proxy,
+        HashMap::from([("build".to_string(), arn.clone())]),
+    ));
+    let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
+    enqueue(queue.as_ref(), &jobs).await.unwrap();
+    drain(queue, executor, settings(), async {
+        wait_until_finished(&sfn, &arn, &names).await;
+    })
+    .await;
+    wait_until_drained(&sqs, &url).await;
+    let all = executions_of(&sfn, &arn).await;
+    let mut got: Vec<&String> = all.keys().collect();
+    got.sort();
+    let mut want: Vec<&String> = names.iter().collect();
+    want.sort();
+    assert_eq!(got, want, "every build, once");
+    let failed = proxy
+        .calls()
+        .iter()
+        .filter(|call| call.is("StartExecution") && !call.forwarded)
+        .count();
+    // Only the first starts of every third build failed: no build was started again
+    // (as a whole envelope given back would have each of them).
+    assert_eq!(failed, 4);
+    assert!(
+        moto::dead_letter_ids(&sqs, &dead_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
 }

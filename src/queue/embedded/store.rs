@@ -116,6 +116,7 @@ pub(super) fn receive(
                 message: Message { id, group, body },
                 receive_count: receive_count + 1,
                 sent_at_ms: Some(sent_at),
+                shared: false,
             });
         }
         if !exhausted {

@@ -423,6 +423,32 @@ fn batches(messages: &[Outgoing]) -> Vec<Vec<&Outgoing>> {
     batches
 }
 
+/// Streams that fit in one batch share batches (a batch keeps each group's messages in
+/// their order): a push's reports, a group per commit, are a few calls rather than one
+/// per commit. Longer streams stay as they are.
+fn share_batches(streams: Vec<Vec<Outgoing>>) -> Vec<Vec<Outgoing>> {
+    let (small, mut out): (Vec<Vec<Outgoing>>, Vec<Vec<Outgoing>>) = streams
+        .into_iter()
+        .partition(|stream| batches(stream).len() == 1);
+    let mut shared: Vec<Outgoing> = Vec::new();
+    let mut bytes = 0;
+    for stream in small {
+        let size: usize = stream.iter().map(Outgoing::size).sum();
+        if !shared.is_empty()
+            && (shared.len() + stream.len() > MAX_BATCH || bytes + size > MAX_BATCH_BYTES)
+        {
+            out.push(std::mem::take(&mut shared));
+            bytes = 0;
+        }
+        shared.extend(stream);
+        bytes += size;
+    }
+    if !shared.is_empty() {
+        out.push(shared);
+    }
+    out
+}
+
 /// SQS deduplication ids take 1 to 128 printable ASCII characters; execution names
 /// always fit, other ids are hashed.
 fn dedup_id(id: &str) -> String {
@@ -484,6 +510,7 @@ fn read_message(message: &aws_sdk_sqs::types::Message) -> Option<Received> {
         },
         receive_count,
         sent_at_ms,
+        shared: false,
     })
 }
 
@@ -523,20 +550,24 @@ fn open_message(received: Received, envelope: bool) -> Vec<Received> {
         parts: Vec<Part>,
     }
     match serde_json::from_str::<Envelope>(&received.message.body) {
-        Ok(envelope) if !envelope.parts.is_empty() => envelope
-            .parts
-            .into_iter()
-            .map(|part| Received {
-                receipt: received.receipt.clone(),
-                message: Message {
-                    id: part.id,
-                    group: part.group,
-                    body: part.body,
-                },
-                receive_count: received.receive_count,
-                sent_at_ms: received.sent_at_ms,
-            })
-            .collect(),
+        Ok(envelope) if !envelope.parts.is_empty() => {
+            let shared = envelope.parts.len() > 1;
+            envelope
+                .parts
+                .into_iter()
+                .map(|part| Received {
+                    receipt: received.receipt.clone(),
+                    message: Message {
+                        id: part.id,
+                        group: part.group,
+                        body: part.body,
+                    },
+                    receive_count: received.receive_count,
+                    sent_at_ms: received.sent_at_ms,
+                    shared,
+                })
+                .collect()
+        }
         _ => {
             tracing::error!(id = %received.message.id, "An envelope on the queue cannot be read.");
             vec![received]
@@ -601,16 +632,14 @@ impl Queue for SqsQueue {
             .iter()
             .map(|stream| envelopes(stream, limit))
             .collect();
-        // Messages of no group go out in any order: each envelope (or batch) a stream.
-        let loose = envelopes(&ungrouped, limit);
-        if loose.iter().any(|message| message.parts > 0) {
-            streams.extend(loose.into_iter().map(|message| vec![message]));
-        } else {
-            let mut loose = loose.into_iter().peekable();
-            while loose.peek().is_some() {
-                streams.push(loose.by_ref().take(MAX_BATCH).collect());
-            }
-        }
+        // Messages of no group go out in any order: each envelope a stream, or each
+        // one a stream of its own to share batches with the others.
+        streams.extend(
+            envelopes(&ungrouped, limit)
+                .into_iter()
+                .map(|message| vec![message]),
+        );
+        let streams = share_batches(streams);
         let sent_any = std::sync::atomic::AtomicBool::new(false);
         let sent_any = &sent_any;
         // Every stream runs to its end or its first error: whether a refusal is the

@@ -70,6 +70,7 @@ fn a_longer_stream_is_packed_in_order_into_envelopes_that_fit() {
             message: envelope.message.clone(),
             receive_count: 1,
             sent_at_ms: None,
+            shared: false,
         };
         let parts = open_message(received, true);
         assert_eq!(parts.len(), envelope.parts);
@@ -108,8 +109,49 @@ fn an_envelope_that_cannot_be_read_is_handed_out_as_it_is() {
         },
         receive_count: 1,
         sent_at_ms: None,
+        shared: false,
     };
     let parts = open_message(received, true);
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].message.body, "not json");
+}
+
+#[test]
+fn streams_of_one_batch_share_batches_in_their_order() {
+    let one = |group: &str, id: &str| Outgoing {
+        message: Message {
+            id: id.into(),
+            group: Some(group.into()),
+            body: "{}".into(),
+        },
+        parts: 0,
+    };
+    // 25 groups of one message (a push's reports), a group of three, and a long one.
+    let mut streams: Vec<Vec<Outgoing>> = (0..25)
+        .map(|n| vec![one(&format!("report/{n}"), &format!("r{n}"))])
+        .collect();
+    streams.insert(3, vec![one("g", "g1"), one("g", "g2"), one("g", "g3")]);
+    let long: Vec<Outgoing> = (0..11).map(|n| one("long", &format!("l{n}"))).collect();
+    streams.push(long);
+    let out = share_batches(streams);
+    let ids = |stream: &Vec<Outgoing>| -> Vec<String> {
+        stream
+            .iter()
+            .map(|message| message.message.id.clone())
+            .collect()
+    };
+    assert_eq!(out[0].len(), 11, "the long stream as it was");
+    let shared: Vec<&Vec<Outgoing>> = out[1..].iter().collect();
+    assert_eq!(shared.len(), 3, "28 messages in batches of up to 10");
+    assert!(shared.iter().all(|batch| batches(batch).len() == 1));
+    let all: Vec<String> = shared.iter().flat_map(|batch| ids(batch)).collect();
+    assert_eq!(all.len(), 28);
+    let in_group: Vec<&String> = all.iter().filter(|id| id.starts_with('g')).collect();
+    assert_eq!(in_group, ["g1", "g2", "g3"]);
+    // A group's messages are never split between two batches.
+    assert!(
+        shared
+            .iter()
+            .any(|batch| ids(batch).iter().filter(|id| id.starts_with('g')).count() == 3)
+    );
 }
