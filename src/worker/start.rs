@@ -53,6 +53,10 @@ impl Worker {
         held_since: tokio::time::Instant,
         hard_stop: &CancellationToken,
     ) -> Settle {
+        if let Some(reason) = self.dead_lettered_before(received, request).await {
+            tracing::warn!(%reason, "This job was dead-lettered from its envelope before the envelope came back; it is dead-lettered again, not tried again.");
+            return Settle::DeadLetter(reason);
+        }
         let settle = self
             .run_start(received, request, held_since, hard_stop)
             .await;
@@ -68,6 +72,29 @@ impl Worker {
             self.report_carried(request, Err(reason), None).await;
         }
         settle
+    }
+
+    /// Whether a job of an envelope given back whole (its worker stopped before it was
+    /// done) was dead-lettered from it before, as the journal says: the reason then.
+    /// Such a job goes to the dead letters again (a FIFO dead-letter queue keeps it
+    /// once; a standard one may hold it twice) rather than being tried again, and
+    /// perhaps run, while a dead letter says it failed.
+    async fn dead_lettered_before(
+        &self,
+        received: &Received,
+        request: &ExecutionRequest,
+    ) -> Option<String> {
+        if !received.shared || received.receive_count < 2 {
+            return None;
+        }
+        let job = self
+            .lanes()?
+            .journal()
+            .job(request.name.as_str())
+            .await
+            .ok()??;
+        (job.state == crate::journal::JobState::Rejected)
+            .then(|| job.status.unwrap_or_else(|| "dead-lettered before".into()))
     }
 
     /// Starts one execution and, when its job must be held (a serial lane, or an
@@ -120,7 +147,11 @@ impl Worker {
                             "could not start the execution in {tries} tries: {error}"
                         ));
                     }
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry, holding the lane.");
+                    if request.group.is_some() {
+                        tracing::warn!(%error, tries, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry, holding the lane.");
+                    } else {
+                        tracing::warn!(%error, tries, retry_in_ms = delay.as_millis() as u64, "Could not start the execution; will retry in place, beside the other jobs of its envelope.");
+                    }
                     tries += 1;
                     tokio::select! {
                         _ = hard_stop.cancelled() => return Settle::Release(Duration::ZERO),

@@ -989,3 +989,81 @@ async fn a_push_sent_in_envelopes_runs_every_commit_once_in_order_across_a_crash
         "nothing dead-lettered"
     );
 }
+
+/// Builds of one envelope that cannot start (Step Functions denies every start) are
+/// dead-lettered one by one; the worker is killed half way, and after the restart
+/// every start is allowed. The envelope comes back whole: a build dead-lettered from
+/// it before is dead-lettered again, not started (the journal says it was), the others
+/// start, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_dead_lettered_from_an_envelope_stays_so_after_a_crash() {
+    let sdk = moto::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let (queue_url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 3).await;
+    let table = moto::ledger_table(&aws_sdk_dynamodb::Client::new(&sdk), "dead-again").await;
+    let arn = create_sample_state_machine(&sfn).await;
+    let deny = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let denying = deny.clone();
+    let proxy = Proxy::start(moto::url(), move |call| {
+        if call.is("StartExecution") && denying.load(std::sync::atomic::Ordering::SeqCst) {
+            let (status, body) = proxy::error(400, "AccessDeniedException");
+            Fault::Answer(status, body)
+        } else {
+            Fault::Forward
+        }
+    })
+    .await;
+    let text = (with_builds(&queue_url, &arn)
+        + &format!("\n[ledger]\ntype = \"dynamodb\"\ntable = \"{table}\"\n"))
+        .replace("concurrency = 32", "concurrency = 2")
+        .replace("retry_initial_ms = 1000", "retry_initial_ms = 200")
+        .replace("retry_max_secs = 300", "retry_max_secs = 1");
+    let mut environment: Vec<(&str, String)> = moto::environment();
+    environment.push(("AWS_ENDPOINT_URL_SFN", proxy.url.clone()));
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = Daemon::start(&text, &environment);
+    let body = common::push_listing(12, 0xdd_0000, "refs/heads/feature/denied");
+    let answer = Delivery::new("push", body)
+        .post(&reqwest::Client::new(), &daemon.url())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let names = executions(&answer);
+    assert_eq!(names.len(), 12, "builds only");
+
+    let mut dead = Vec::new();
+    for _ in 0..300 {
+        dead = moto::dead_letter_ids(&sqs, &dead_url).await;
+        if dead.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.kill();
+    assert!(
+        dead.len() >= 2 && dead.len() < 12,
+        "killed with some dead-lettered and some not: {dead:?}"
+    );
+    deny.store(false, std::sync::atomic::Ordering::SeqCst);
+    daemon.spawn(&environment);
+    wait_until_drained(&sqs, &queue_url).await;
+
+    let dead = moto::dead_letter_ids(&sqs, &dead_url).await;
+    let started: HashSet<String> = executions_of(&sfn, &arn).await.into_keys().collect();
+    for name in &dead {
+        assert!(
+            !started.contains(name),
+            "{name} is a dead letter, and it ran"
+        );
+    }
+    let mut accounted: Vec<&String> = dead.iter().chain(started.iter()).collect();
+    accounted.sort();
+    let mut expected: Vec<&String> = names.iter().collect();
+    expected.sort();
+    assert_eq!(
+        accounted, expected,
+        "every build started or dead-lettered, once"
+    );
+}
