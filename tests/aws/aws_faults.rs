@@ -535,13 +535,8 @@ async fn failures_spread_over_an_envelope_are_retried_in_place() {
         }
     })
     .await;
-    let through_proxy = aws_sdk_sfn::Client::from_conf(
-        aws_sdk_sfn::config::Builder::from(&sdk)
-            .endpoint_url(&proxy.url)
-            .build(),
-    );
     let executor = Arc::new(StepFunctionsExecutor::new(
-        through_proxy,
+        sfn_through(&proxy).await,
         HashMap::from([("build".to_string(), arn.clone())]),
     ));
     let jobs: Vec<Job> = requests.into_iter().map(Job::start).collect();
