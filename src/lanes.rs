@@ -232,16 +232,7 @@ impl Lanes {
                 .collect();
             self.newest_covering(rules, candidates, request).await
         };
-        let newer = match lookup.await {
-            Ok(Some(newer)) => newer,
-            Ok(None) => return None,
-            Err(error) => {
-                // Not knowing what waits must never keep a commit from deploying.
-                tracing::warn!(error = %Chain(&error), "Could not read the lane's waiting jobs; starting this one.");
-                return None;
-            }
-        };
-        self.skip_for(request, newer, executor).await
+        self.skip_for(request, lookup.await, executor).await
     }
 
     /// A replay of a serial lane's deploy that a newer deploy of the same projects and
@@ -289,15 +280,7 @@ impl Lanes {
                 .collect();
             self.newest_covering(rules, ran, request).await
         };
-        let newer = match lookup.await {
-            Ok(Some(newer)) => newer,
-            Ok(None) => return None,
-            Err(error) => {
-                tracing::warn!(error = %Chain(&error), "Could not read the lane's jobs; starting this replay.");
-                return None;
-            }
-        };
-        self.skip_for(request, newer, executor).await
+        self.skip_for(request, lookup.await, executor).await
     }
 
     /// The newest of `candidates` that deploys every project `request` deploys (a
@@ -324,16 +307,24 @@ impl Lanes {
         Ok(None)
     }
 
-    /// Records `request` superseded by `newer` and returns it, unless its execution
-    /// exists (a job taken back after a restart may have started before the journal
-    /// heard of it: only an execution the executor does not know may be skipped) or
-    /// that cannot be told.
+    /// Records `request` superseded by `newer`, the job found to carry it, and returns
+    /// it, unless its execution exists (a job taken back after a restart may have
+    /// started before the journal heard of it: only an execution the executor does not
+    /// know may be skipped), or that cannot be told, or the journal could not be read
+    /// (not knowing must never keep a commit from deploying).
     async fn skip_for(
         &self,
         request: &ExecutionRequest,
-        newer: LaneJob,
+        newer: Result<Option<LaneJob>, JournalError>,
         executor: &dyn Executor,
     ) -> Option<LaneJob> {
+        let newer = match newer {
+            Ok(newer) => newer?,
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "Could not read the lane's jobs; starting this one.");
+                return None;
+            }
+        };
         match executor.describe(&request.pipeline, &request.name).await {
             Err(ExecutorError::NotFound { .. }) => {}
             Ok(_) => {
@@ -422,14 +413,12 @@ impl Lanes {
     }
 
     /// Parks a start job of a held lane in the journal, to be put back in queue order
-    /// when the hold ends: `true` when parked (acknowledge it), `false` when the lane
-    /// is not held any more, or the job was put back since the hold began, or the lane
-    /// has as many parked as it may keep (start it, or hold it in flight).
+    /// when the hold ends; what became of it.
     pub async fn park(
         &self,
         request: &ExecutionRequest,
         sent_at_ms: Option<i64>,
-    ) -> Result<bool, JournalError> {
+    ) -> Result<Park, JournalError> {
         // The admission step records a job just after it is queued; a worker may
         // receive it before. Its place in the lane (the order it is put back in, and
         // what it may supersede) is that record's: wait a little for it rather than
@@ -445,19 +434,37 @@ impl Lanes {
             }
             tokio::time::sleep(RECORD_WAIT).await;
         }
-        if !recorded && request.group.is_some() {
-            return Err(JournalError {
-                message: "the job's record in its lane has not come yet".to_string(),
-                source: None,
-            });
+        let ordered = request.group.is_some();
+        if !recorded && ordered {
+            return Ok(Park::Hold("its record in its lane has not come yet"));
         }
-        self.journal
-            .park(
-                &LaneJob::received(request, sent_at_ms),
-                request.group.is_some(),
-            )
-            .await
+        let job = LaneJob::received(request, sent_at_ms);
+        if self.journal.park(&job, ordered).await? {
+            return Ok(Park::Parked);
+        }
+        // Not parked: the lane is not held any more, or the job was put back since
+        // the hold began (it runs), or the lane keeps as many parked as it may (it
+        // waits on the queue).
+        let full = self.journal.hold(&job.lane).await?.is_some_and(|hold| {
+            (hold.holds() || ordered) && hold.parked >= crate::journal::MAX_PARKED
+        });
+        Ok(if full {
+            Park::Hold("its lane keeps as many parked jobs as it may")
+        } else {
+            Park::Run
+        })
     }
+}
+
+/// What became of a job of a held lane that the worker asked to park.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Park {
+    /// Parked in the journal: acknowledge it.
+    Parked,
+    /// Its lane is not held any more, or it was put back since the hold began: run it.
+    Run,
+    /// Neither parked nor to run, for the reason given: hold it in flight.
+    Hold(&'static str),
 }
 
 /// How long a job waits, at most, for the admission step's record of it before it is
@@ -737,21 +744,25 @@ mod tests {
             .admitted(None, &waiting(&[(last.clone(), None)]))
             .await
             .unwrap();
-        assert!(lanes.park(&first, None).await.unwrap());
-        assert!(lanes.park(&last, None).await.unwrap());
+        assert_eq!(lanes.park(&first, None).await.unwrap(), Park::Parked);
+        assert_eq!(lanes.park(&last, None).await.unwrap(), Park::Parked);
         assert!(
-            lanes
-                .park(&late, Some(crate::clock::now_ms()))
-                .await
-                .is_err(),
+            matches!(
+                lanes
+                    .park(&late, Some(crate::clock::now_ms()))
+                    .await
+                    .unwrap(),
+                Park::Hold(_)
+            ),
             "parked under a place of its own"
         );
         lanes.admitted(None, &late_record).await.unwrap();
-        assert!(
+        assert_eq!(
             lanes
                 .park(&late, Some(crate::clock::now_ms()))
                 .await
-                .unwrap()
+                .unwrap(),
+            Park::Parked
         );
         let parked: Vec<String> = journal
             .parked(&lane, 10)
@@ -765,6 +776,50 @@ mod tests {
             .map(|request| request.name.to_string())
             .collect();
         assert_eq!(parked, in_order);
+    }
+
+    /// A paused lane that keeps as many parked jobs as it may: the next one is held
+    /// on the queue, never run (it was run before: "not parked" read as "not held").
+    #[tokio::test]
+    async fn a_job_beyond_what_a_held_lane_may_park_is_held_not_run() {
+        let directory = tempfile::tempdir().unwrap();
+        let journal: Arc<dyn Journal> = Arc::new(
+            crate::journal::sqlite::SqliteJournal::open(&directory.path().join("ledger.db"))
+                .unwrap(),
+        );
+        let lanes = Lanes::new(journal.clone());
+        let lane = Lane::of(&request(1));
+        journal.pause(&lane, "release freeze").await.unwrap();
+        let numbered = |n: u64| {
+            let mut job = request(1);
+            job.name =
+                crate::execution::name::ExecutionName::parse(&format!("deploy-production-{n:020}"))
+                    .unwrap();
+            job
+        };
+        let all: Vec<(ExecutionRequest, Option<String>)> = (0..=crate::journal::MAX_PARKED)
+            .map(|n| (numbered(n), None))
+            .collect();
+        lanes.admitted(None, &waiting(&all)).await.unwrap();
+        for (job, _) in &all[..crate::journal::MAX_PARKED as usize] {
+            assert!(
+                journal
+                    .park(&LaneJob::received(job, None), true)
+                    .await
+                    .unwrap()
+            );
+        }
+        let (beyond, _) = all.last().unwrap();
+        assert!(matches!(
+            lanes.park(beyond, None).await.unwrap(),
+            Park::Hold(_)
+        ));
+        // Resumed, its parked jobs go back first: it does not overtake them.
+        journal.resume(&lane).await.unwrap();
+        assert!(matches!(
+            lanes.park(beyond, None).await.unwrap(),
+            Park::Hold(_)
+        ));
     }
 
     /// A local executor of the `deploy` pipeline, its record in `directory`.

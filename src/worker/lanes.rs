@@ -17,7 +17,7 @@ use crate::execution::ExecutionRequest;
 use crate::executor::Execution;
 use crate::job::{Job, JobKind, Read};
 use crate::journal::Lane;
-use crate::lanes::PAUSE_REFRESH;
+use crate::lanes::{PAUSE_REFRESH, Park};
 use crate::queue::Received;
 use crate::telemetry::labels;
 
@@ -58,7 +58,7 @@ impl Worker {
             return Parking::Run;
         }
         match lanes.park(&request, received.sent_at_ms).await {
-            Ok(true) => {
+            Ok(Park::Parked) => {
                 tracing::info!(pipeline = %lane.pipeline, environment = %lane.environment, execution = %request.name, "Parked a job of a held lane; it is put back in order when the hold ends.");
                 // A serial lane whose hold ended and whose parked jobs are going back:
                 // this one follows them. Should the chain putting them back have been
@@ -68,7 +68,11 @@ impl Worker {
                 }
                 Parking::Parked
             }
-            Ok(false) => Parking::Run,
+            Ok(Park::Run) => Parking::Run,
+            Ok(Park::Hold(why)) => {
+                tracing::info!(execution = %request.name, why, "A job of a held lane is not parked; holding it on the queue instead.");
+                Parking::Hold(lane)
+            }
             Err(error) => {
                 tracing::warn!(error = %Chain(&error), "Could not park a job of a held lane; holding it on the queue instead.");
                 Parking::Hold(lane)
