@@ -48,7 +48,7 @@ pub async fn receive_n(queue: &Arc<dyn Queue>, count: usize) -> Vec<Received> {
     all
 }
 
-async fn nothing_receivable(queue: &Arc<dyn Queue>) -> bool {
+pub async fn nothing_receivable(queue: &Arc<dyn Queue>) -> bool {
     queue
         .receive(10, Duration::from_millis(0))
         .await
