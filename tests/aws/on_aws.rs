@@ -919,8 +919,8 @@ table = "{table}"
 }
 
 /// A push of more commits than one SQS batch takes goes out in envelopes (a serial
-/// lane's in one group, a parallel lane's in any order); the worker is killed while the
-/// serial lane's envelope is half done. Every commit still runs exactly once, the
+/// lane's in one group, a parallel lane's in any order), to two workers; one is killed
+/// while the serial lane's envelope is half done. Every commit still runs exactly once, the
 /// serial lane's in commit order and one at a time, and nothing is left on the queue or
 /// dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -935,6 +935,13 @@ async fn a_push_sent_in_envelopes_runs_every_commit_once_in_order_across_a_crash
     let environment: Vec<(&str, &str)> =
         environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut daemon = Daemon::start(&text, &environment);
+    // A second worker on the same queue, which takes the envelope over when the first
+    // is killed.
+    let _other = Daemon::start_as(
+        "work",
+        &text.replace("[worker]\n", "[worker]\nmetrics_listen = \"127.0.0.1:0\"\n"),
+        &environment,
+    );
 
     let body = common::push_listing(16, 0xe4_0000, "refs/heads/hotfix/envelopes");
     let delivery = Delivery::new("push", body.clone());
