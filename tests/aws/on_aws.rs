@@ -1074,3 +1074,119 @@ async fn a_build_dead_lettered_from_an_envelope_stays_so_after_a_crash() {
         "every build started or dead-lettered, once"
     );
 }
+
+/// The operator token of the test that pauses a lane.
+const TOKEN: &str = "operator-token-for-tests-01";
+
+/// A `GET` of the operator API, as JSON.
+async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap_or_default(),
+    )
+}
+
+/// How many jobs of deploy/acceptance a `GET /v1/lanes` answer says are parked.
+fn parked(lanes: &Value) -> u64 {
+    lanes["lanes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|lane| lane["pipeline"] == "deploy" && lane["environment"] == "acceptance")
+        .and_then(|lane| lane["waiting"]["parked"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Envelopes meet a paused lane with supersede, on SQS with a DynamoDB journal and the
+/// listener and worker apart: a push of eleven commits (one envelope) and then one of
+/// one, both while the lane is paused, are parked; on resume they go back (in an
+/// envelope again) and only the newest deploys, every other commit recorded superseded
+/// by it. Nothing is left on the queue or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lane_with_supersede_takes_envelopes_and_deploys_only_the_newest() {
+    let sdk = moto::sdk_config().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (queue_url, dead_url) = moto::create_queue(&sqs, true, Duration::from_secs(5), 3).await;
+    let table = moto::ledger_table(&aws_sdk_dynamodb::Client::new(&sdk), "journal").await;
+    let arn = create_sample_state_machine(&sfn).await;
+    let aws_text = aws_config_text(&queue_url, &arn).replace(
+        "concurrency = \"serial\"",
+        "concurrency = \"serial\"\nsupersede = true",
+    );
+    let text = format!(
+        "{aws_text}\n[api]\ntokens = [\"${{GITDISPATCH_API_TOKEN}}\"]\n\n[ledger]\ntype = \"dynamodb\"\ntable = \"{table}\"\n"
+    );
+    let mut environment: Vec<(&str, String)> = moto::environment();
+    environment.push(("GITDISPATCH_API_TOKEN", TOKEN.to_string()));
+    let environment: Vec<(&str, &str)> =
+        environment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let listener = Daemon::start_as("listen", &text, &environment);
+    let worker = Daemon::start_as(
+        "work",
+        &text.replace("[worker]\n", "[worker]\nmetrics_listen = \"127.0.0.1:0\"\n"),
+        &environment,
+    );
+    let client = reqwest::Client::new();
+    let api = |path: &str| format!("http://{}{path}", listener.address);
+    let lane_action = |action: &'static str| {
+        client
+            .post(api(&format!("/v1/lanes/deploy/acceptance/{action}")))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"reason": "release freeze"}).to_string())
+            .send()
+    };
+    assert_eq!(lane_action("pause").await.unwrap().status().as_u16(), 200);
+    let mut names = Vec::new();
+    for (count, first) in [(11, 0xe5_0000), (1, 0xe5_0000 + 11)] {
+        let body = common::push_listing(count, first, "refs/heads/hotfix/meet");
+        let answer = Delivery::new("push", body)
+            .post(&client, &listener.url())
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        names.extend(executions(&answer));
+    }
+    assert_eq!(names.len(), 12);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, lanes) = get_json(&client, &api("/v1/lanes")).await;
+        if parked(&lanes) == 12 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never parked the jobs: {lanes} {}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(executions_of(&sfn, &arn).await.is_empty());
+
+    assert_eq!(lane_action("resume").await.unwrap().status().as_u16(), 200);
+    let newest = names.last().unwrap().clone();
+    wait_until_finished(&sfn, &arn, std::slice::from_ref(&newest)).await;
+    wait_until_drained(&sqs, &queue_url).await;
+    let ran: Vec<String> = executions_of(&sfn, &arn).await.into_keys().collect();
+    assert_eq!(
+        ran,
+        std::slice::from_ref(&newest),
+        "only the newest deploys"
+    );
+    for name in &names[..11] {
+        let (_, execution) = get_json(&client, &api(&format!("/v1/executions/{name}"))).await;
+        assert_eq!(execution["status"], "SUPERSEDED", "{name}: {execution}");
+        assert!(
+            execution["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&newest),
+            "{name}: {execution}"
+        );
+    }
+    assert!(moto::dead_letter_ids(&sqs, &dead_url).await.is_empty());
+}
